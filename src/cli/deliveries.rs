@@ -1,0 +1,35 @@
+//! `herald deliveries`: act on delivery rows.
+
+use std::process::ExitCode;
+
+use crate::config::Config;
+use crate::domain::DeliveryKind;
+use crate::store::now;
+
+/// Subcommands of `herald deliveries`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Requeue rows that ended failed or expired.
+    Retry {
+        /// Requeue `failed` and `expired` rows (required, to say what you mean).
+        #[arg(long)]
+        failed: bool,
+    },
+}
+
+/// Runs the subcommand.
+pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
+    let Command::Retry { failed } = command;
+    if !failed {
+        anyhow::bail!("say which rows to retry: `herald deliveries retry --failed`");
+    }
+    let store = super::open_store(config).await?;
+    let t = now();
+    let expiry = config.expiry(DeliveryKind::Digest, None).as_secs() as i64;
+    let n = store.retry_failed(t, t + expiry).await?;
+    println!(
+        "requeued {n} failed or expired deliveries; `herald deliver --until-empty` sends them"
+    );
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

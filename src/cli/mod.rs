@@ -1,0 +1,138 @@
+//! The command line: one file per subcommand, each with its arguments and its run.
+
+mod deliver;
+mod deliveries;
+mod ingest;
+mod migrate;
+mod preview;
+mod send;
+mod status;
+mod subscribers;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+
+use crate::compose::Composer;
+use crate::config::Config;
+use crate::store::Store;
+use crate::tokens::Signer;
+
+/// herald — regional news alerts and digests.
+#[derive(Debug, Parser)]
+#[command(name = "herald", version, about, long_about = None)]
+pub struct Cli {
+    /// Configuration file.
+    #[arg(long, global = true, env = "HERALD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
+    config: PathBuf,
+    /// The command to run.
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create or upgrade the database schema.
+    Migrate(migrate::Args),
+    /// Ingest, deliver and serve HTTP until SIGTERM/SIGINT, then drain.
+    Daemon,
+    /// Poll feeds once and print new/updated/unchanged/failed counts per feed.
+    Ingest(ingest::Args),
+    /// Send a region's digest now to its confirmed readers, then deliver the queue.
+    Send(send::Args),
+    /// Send what is queued, then exit.
+    Deliver(deliver::Args),
+    /// Render a region's digest without sending it.
+    Preview(preview::Args),
+    /// Manage readers.
+    #[command(subcommand)]
+    Subscribers(subscribers::Command),
+    /// Show counts by delivery state, queue age, last error and feed health.
+    Status,
+    /// Act on delivery rows.
+    #[command(subcommand)]
+    Deliveries(deliveries::Command),
+}
+
+/// Parses arguments, runs the command, and turns errors into a message and exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HERALD_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("warn,herald=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .try_init();
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Migrate(args) => migrate::run(&config, args).await,
+        Command::Daemon => crate::daemon::run(config).await,
+        Command::Ingest(args) => ingest::run(&config, args).await,
+        Command::Send(args) => send::run(&config, args).await,
+        Command::Deliver(args) => deliver::run(&config, args).await,
+        Command::Preview(args) => preview::run(&config, args).await,
+        Command::Subscribers(cmd) => subscribers::run(&config, cmd).await,
+        Command::Status => status::run(&config).await,
+        Command::Deliveries(cmd) => deliveries::run(&config, cmd).await,
+    }
+}
+
+/// Opens the database, applies migrations and syncs regions: every command starts here.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    store.migrate().await?;
+    store.sync_regions(&config.regions).await?;
+    Ok(store)
+}
+
+/// The token signer from config, or from the generated key file.
+pub fn signer(config: &Config) -> anyhow::Result<Signer> {
+    Ok(Signer::from_config(
+        config.security.secret.as_deref(),
+        &config.security.secret_file,
+    )?)
+}
+
+/// Loads and checks the email templates.
+pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
+    let dir = config.mail.templates_dir.clone();
+    let composer = Composer::new(config, &dir, signer(config)?)
+        .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
+    Ok(Arc::new(composer))
+}
+
+/// Formats Unix seconds as a UTC timestamp for tables.
+pub fn format_time(t: Option<i64>) -> String {
+    t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+        .unwrap_or_else(|| "never".into())
+}

@@ -1,0 +1,106 @@
+//! `herald preview`: render a region's digest without sending it.
+
+use std::process::ExitCode;
+
+use crate::compose::DigestRequest;
+use crate::config::Config;
+use crate::domain::{Cadence, Email, RegionSlug};
+use crate::store::{DeliveryArticle, Store, StoreError, now};
+
+/// Output formats.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// The HTML part.
+    Html,
+    /// The text/plain part.
+    Text,
+    /// The whole message as it would be sent.
+    Eml,
+}
+
+/// Options for `herald preview`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The region to preview.
+    #[arg(long)]
+    region: String,
+    /// Which cadence's digest.
+    #[arg(long, default_value = "daily")]
+    cadence: Cadence,
+    /// What to print.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+}
+
+/// The articles a digest of `region` would carry now: the last period's, or the
+/// newest twenty when the period is empty (so a preview always shows something).
+pub async fn region_articles(
+    store: &Store,
+    region: &RegionSlug,
+    region_name: &str,
+    cadence: Cadence,
+    now: i64,
+) -> Result<Vec<DeliveryArticle>, StoreError> {
+    let mut rows = store
+        .recent_articles(region, now - cadence.period().num_seconds(), 50)
+        .await?;
+    if rows.is_empty() {
+        rows = store.recent_articles(region, 0, 20).await?;
+    }
+    Ok(rows
+        .into_iter()
+        .map(|a| DeliveryArticle {
+            article_id: a.id,
+            region_slug: region.to_string(),
+            region_name: region_name.to_string(),
+            title: a.title,
+            link: a.link,
+            summary: a.summary,
+            category: a.category,
+            published_at: a.published_at,
+        })
+        .collect())
+}
+
+/// Prints the rendered digest to stdout.
+pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
+    let region = config
+        .known_region(&args.region)
+        .map_err(anyhow::Error::msg)?;
+    let store = super::open_store(config).await?;
+    let t = now();
+    let articles = region_articles(&store, &region.slug, &region.name, args.cadence, t).await?;
+    store.close().await;
+    if articles.is_empty() {
+        anyhow::bail!(
+            "region {} has no articles yet; run `herald ingest` first",
+            region.slug
+        );
+    }
+    let composer = super::composer(config)?;
+    let email = Email::parse("preview@example.invalid").expect("valid preview address");
+    let request = DigestRequest {
+        subscriber_id: 0,
+        email: &email,
+        timezone: region.timezone.tz(),
+        cadence: Some(args.cadence),
+        message_id: "00000000000000000000000000000000",
+        articles: &articles,
+        now: t,
+    };
+    match args.format {
+        Format::Eml => {
+            let composed = composer.digest(&request)?;
+            print!("{}", String::from_utf8_lossy(&composed.bytes));
+        }
+        Format::Text | Format::Html => {
+            let ctx = composer.digest_context(&request);
+            let (text, html) = composer.render_digest(&ctx)?;
+            match args.format {
+                Format::Text => println!("Subject: {}\n\n{text}", ctx.subject),
+                _ => println!("{html}"),
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

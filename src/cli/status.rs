@@ -1,0 +1,44 @@
+//! `herald status`: the outbox and the feeds at a glance.
+
+use std::process::ExitCode;
+
+use super::format_time;
+use crate::config::Config;
+use crate::store::now;
+
+/// Prints counts by state, the oldest waiting row, the last error and each feed's last poll.
+pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(config).await?;
+    let queue = store.queue_status().await?;
+    println!("deliveries:");
+    for (state, n) in &queue.by_state {
+        println!("  {:<11} {n}", state.as_str());
+    }
+    match queue.oldest_waiting_since {
+        Some(t) => println!(
+            "oldest waiting: {} ({}s ago)",
+            format_time(Some(t)),
+            now() - t
+        ),
+        None => println!("oldest waiting: none"),
+    }
+    match &queue.last_error {
+        Some((t, e)) => println!("last error: {} {e}", format_time(Some(*t))),
+        None => println!("last error: none"),
+    }
+    println!("feeds:");
+    for feed in store.feed_statuses().await? {
+        let state = match &feed.last_error {
+            Some(e) => format!("FAILING: {e}"),
+            None => "ok".into(),
+        };
+        println!(
+            "  {:<14} {}  last success {}  {state}",
+            feed.region,
+            feed.url,
+            format_time(feed.last_success_at)
+        );
+    }
+    store.close().await;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,294 @@
+//! `herald subscribers`: add, list, remove, import and export readers.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use super::format_time;
+use crate::config::Config;
+use crate::domain::{Cadence, Email, RegionSlug, Timezone};
+use crate::store::{AddOutcome, NewSubscriber, Store, now};
+
+/// Subcommands of `herald subscribers`.
+#[derive(Debug, clap::Subcommand)]
+pub enum Command {
+    /// Add a reader (an admin action).
+    Add {
+        /// The reader's address.
+        email: String,
+        /// Region(s) to follow; repeat or separate with commas.
+        #[arg(long = "region", required = true, value_delimiter = ',')]
+        regions: Vec<String>,
+        /// Cadence for these regions.
+        #[arg(long, default_value = "daily")]
+        cadence: Cadence,
+        /// IANA time zone (default: the first region's).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// Mark as confirmed (skip double opt-in).
+        #[arg(long)]
+        confirmed: bool,
+    },
+    /// One line per reader: address, state, regions with cadences, time zone.
+    List,
+    /// Erase a reader; a hashed suppression entry stays.
+    Remove {
+        /// The reader's address.
+        email: String,
+    },
+    /// Import readers from CSV with header `email,regions,cadence,timezone`.
+    Import {
+        /// The CSV file (`-` for standard input).
+        file: PathBuf,
+        /// Mark every imported reader as confirmed.
+        #[arg(long)]
+        confirmed: bool,
+    },
+    /// Write every reader as CSV to standard output.
+    Export,
+}
+
+/// Runs the subcommand.
+pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
+    let store = super::open_store(config).await?;
+    let code = match command {
+        Command::Add {
+            email,
+            regions,
+            cadence,
+            timezone,
+            confirmed,
+        } => {
+            let new = reader(
+                config,
+                &email,
+                &regions,
+                cadence,
+                timezone.as_deref(),
+                confirmed,
+            )
+            .map_err(anyhow::Error::msg)?;
+            match store.add_subscriber(&new, now()).await? {
+                AddOutcome::Added => println!(
+                    "added {} ({})",
+                    new.email,
+                    if confirmed {
+                        "confirmed"
+                    } else {
+                        "pending: gets no digests until confirmed"
+                    }
+                ),
+                AddOutcome::AddedRegions(n) => {
+                    println!("{} already exists; added {n} region(s)", new.email)
+                }
+                AddOutcome::Unchanged => println!("{} already exists; nothing changed", new.email),
+            }
+            ExitCode::SUCCESS
+        }
+        Command::List => {
+            for row in store.list_subscribers().await? {
+                let regions: Vec<String> = row
+                    .regions
+                    .iter()
+                    .map(|(r, c)| format!("{r}:{c}"))
+                    .collect();
+                println!(
+                    "{}\t{}\t{}\t{}",
+                    row.email,
+                    row.state,
+                    if regions.is_empty() {
+                        "-".into()
+                    } else {
+                        regions.join(",")
+                    },
+                    row.timezone
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Remove { email } => {
+            let email = Email::parse(&email)?;
+            if store.remove_subscriber(&email, now()).await? {
+                println!("removed {email}; their data is erased and the address is suppressed");
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("error: {email} is not a subscriber");
+                ExitCode::FAILURE
+            }
+        }
+        Command::Import { file, confirmed } => import(config, &store, &file, confirmed).await?,
+        Command::Export => {
+            export(&store).await?;
+            ExitCode::SUCCESS
+        }
+    };
+    store.close().await;
+    Ok(code)
+}
+
+/// Builds a validated reader from user input; the error says which value is wrong.
+fn reader(
+    config: &Config,
+    email: &str,
+    regions: &[String],
+    cadence: Cadence,
+    timezone: Option<&str>,
+    confirmed: bool,
+) -> Result<NewSubscriber, String> {
+    let email = Email::parse(email).map_err(|e| e.to_string())?;
+    let mut picked: Vec<(RegionSlug, Cadence)> = Vec::new();
+    for entry in regions.iter().flat_map(|r| r.split(';')) {
+        let entry = entry.trim();
+        if entry.is_empty() {
+            continue;
+        }
+        // `slug:cadence` overrides the cadence for one region (as `export` writes it).
+        let (slug, own) = match entry.split_once(':') {
+            Some((slug, c)) => (slug, Some(c.parse::<Cadence>()?)),
+            None => (entry, None),
+        };
+        let region = config.known_region(slug)?;
+        picked.push((region.slug.clone(), own.unwrap_or(cadence)));
+    }
+    let Some((first, _)) = picked.first() else {
+        return Err("no region given; use --region SLUG".into());
+    };
+    let timezone: Timezone = match timezone.map(str::trim).filter(|t| !t.is_empty()) {
+        Some(t) => t.parse()?,
+        None => config.region(first).expect("known region").timezone,
+    };
+    Ok(NewSubscriber {
+        email,
+        regions: picked,
+        timezone,
+        confirmed,
+    })
+}
+
+async fn import(
+    config: &Config,
+    store: &Store,
+    file: &PathBuf,
+    confirmed: bool,
+) -> anyhow::Result<ExitCode> {
+    let input: Box<dyn std::io::Read> = if file.as_os_str() == "-" {
+        Box::new(std::io::stdin())
+    } else {
+        Box::new(
+            std::fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?,
+        )
+    };
+    let mut reader_csv = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(input);
+    let headers = reader_csv
+        .headers()
+        .context("cannot read the CSV header")?
+        .clone();
+    let column = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
+    let (Some(email_col), Some(regions_col)) = (column("email"), column("regions")) else {
+        anyhow::bail!(
+            "the CSV header must name at least `email` and `regions` (expected: email,regions,cadence,timezone)"
+        );
+    };
+    let cadence_col = column("cadence");
+    let timezone_col = column("timezone");
+    let (mut added, mut updated, mut unchanged, mut rejected) = (0, 0, 0, 0);
+    for (i, record) in reader_csv.records().enumerate() {
+        let line = i + 2;
+        let record = match record {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("line {line}: skipped: {e}");
+                rejected += 1;
+                continue;
+            }
+        };
+        let get = |col: Option<usize>| {
+            col.and_then(|c| record.get(c))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let cadence = match get(cadence_col).as_str() {
+            "" => Ok(Cadence::Daily),
+            c => c.parse::<Cadence>(),
+        };
+        let timezone = get(timezone_col);
+        let result = cadence.and_then(|cadence| {
+            reader(
+                config,
+                &get(Some(email_col)),
+                &[get(Some(regions_col))],
+                cadence,
+                Some(timezone.as_str()),
+                confirmed,
+            )
+        });
+        match result {
+            Ok(new) => match store.add_subscriber(&new, now()).await? {
+                AddOutcome::Added => added += 1,
+                AddOutcome::AddedRegions(_) => updated += 1,
+                AddOutcome::Unchanged => unchanged += 1,
+            },
+            Err(e) => {
+                eprintln!("line {line}: skipped: {e}");
+                rejected += 1;
+            }
+        }
+    }
+    println!(
+        "imported: {added} added, {updated} updated, {unchanged} unchanged, {rejected} rejected"
+    );
+    Ok(if rejected > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn export(store: &Store) -> anyhow::Result<()> {
+    let mut out = csv::Writer::from_writer(std::io::stdout());
+    out.write_record([
+        "email",
+        "regions",
+        "cadence",
+        "timezone",
+        "state",
+        "created_at",
+        "confirmed_at",
+    ])?;
+    for row in store.list_subscribers().await? {
+        let cadence = row
+            .regions
+            .first()
+            .map(|(_, c)| *c)
+            .unwrap_or(Cadence::Daily);
+        let regions: Vec<String> = row
+            .regions
+            .iter()
+            .map(|(r, c)| {
+                if *c == cadence {
+                    r.clone()
+                } else {
+                    format!("{r}:{c}")
+                }
+            })
+            .collect();
+        out.write_record([
+            row.email.as_str(),
+            &regions.join(";"),
+            cadence.as_str(),
+            &row.timezone,
+            row.state.as_str(),
+            &format_time(Some(row.created_at)),
+            &row.confirmed_at
+                .map(|t| format_time(Some(t)))
+                .unwrap_or_default(),
+        ])?;
+    }
+    out.flush()?;
+    Ok(())
+}

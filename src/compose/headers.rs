@@ -1,0 +1,134 @@
+//! The list headers lettre has no type for, as typed headers so values pass
+//! through lettre's encoder (no raw CR/LF can reach the message).
+
+use lettre::message::header::{Header, HeaderName, HeaderValue};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// `List-Unsubscribe: <https://…/unsubscribe?token=…>` (RFC 2369).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListUnsubscribe(String);
+
+impl ListUnsubscribe {
+    /// The header for one unsubscribe URL.
+    pub fn new(url: &str) -> ListUnsubscribe {
+        ListUnsubscribe(url.chars().filter(|c| !c.is_control()).collect())
+    }
+}
+
+impl Header for ListUnsubscribe {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe")
+    }
+
+    fn parse(s: &str) -> Result<Self, BoxError> {
+        let url = s.trim().trim_start_matches('<').trim_end_matches('>');
+        Ok(ListUnsubscribe::new(url))
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), format!("<{}>", self.0))
+    }
+}
+
+/// `List-Unsubscribe-Post: List-Unsubscribe=One-Click` (RFC 8058).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListUnsubscribePost;
+
+impl Header for ListUnsubscribePost {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Unsubscribe-Post")
+    }
+
+    fn parse(s: &str) -> Result<Self, BoxError> {
+        if s.trim() == "List-Unsubscribe=One-Click" {
+            Ok(ListUnsubscribePost)
+        } else {
+            Err("List-Unsubscribe-Post must be List-Unsubscribe=One-Click".into())
+        }
+    }
+
+    fn display(&self) -> HeaderValue {
+        HeaderValue::new(Self::name(), "List-Unsubscribe=One-Click".into())
+    }
+}
+
+/// `List-Id: Site Name <site-name.sending-domain>` (RFC 2919).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListId {
+    label: String,
+    id: String,
+}
+
+impl ListId {
+    /// A list id derived from the list's name and the sending domain.
+    pub fn new(name: &str, domain: &str) -> ListId {
+        let label: String = name
+            .chars()
+            .filter(|c| c.is_ascii_graphic() || *c == ' ')
+            .filter(|c| !"\"<>\\".contains(*c))
+            .collect();
+        let mut slug: String = name
+            .to_ascii_lowercase()
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        while slug.contains("--") {
+            slug = slug.replace("--", "-");
+        }
+        let slug = slug.trim_matches('-');
+        let slug = if slug.is_empty() { "news" } else { slug };
+        ListId {
+            label: label.trim().to_string(),
+            id: format!("{slug}.{domain}"),
+        }
+    }
+}
+
+impl Header for ListId {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("List-Id")
+    }
+
+    fn parse(s: &str) -> Result<Self, BoxError> {
+        let (label, id) = s.rsplit_once('<').ok_or("List-Id needs <id>")?;
+        Ok(ListId {
+            label: label.trim().trim_matches('"').to_string(),
+            id: id.trim_end_matches('>').to_string(),
+        })
+    }
+
+    fn display(&self) -> HeaderValue {
+        let value = if self.label.is_empty() {
+            format!("<{}>", self.id)
+        } else {
+            format!("\"{}\" <{}>", self.label, self.id)
+        };
+        HeaderValue::new(Self::name(), value)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn list_id_is_a_dotted_id_under_the_sending_domain() {
+        let id = ListId::new("Herald Demo News", "demo.example");
+        assert_eq!(id.id, "herald-demo-news.demo.example");
+        let mut headers = lettre::message::header::Headers::new();
+        headers.set(id);
+        assert_eq!(
+            headers.get_raw("List-Id"),
+            Some("\"Herald Demo News\" <herald-demo-news.demo.example>")
+        );
+    }
+
+    #[test]
+    fn control_characters_never_reach_a_header() {
+        let header = ListUnsubscribe::new("https://x.example/u?token=1\r\nBcc: a@b.c");
+        let mut headers = lettre::message::header::Headers::new();
+        headers.set(header);
+        assert!(!headers.to_string().trim_end().contains('\n'));
+    }
+}

@@ -1,0 +1,479 @@
+//! Compose: templates in, MIME messages out.
+//!
+//! Templates are loaded and test-rendered once at start-up, so a broken template stops
+//! herald with a clear error instead of producing half-rendered mail. Every header goes
+//! through lettre's typed builders; feed text only ever reaches template variables,
+//! which the HTML template auto-escapes.
+
+mod headers;
+
+use std::path::{Path, PathBuf};
+
+use chrono::TimeZone;
+use lettre::Message;
+use lettre::address::Envelope;
+use lettre::message::{Mailbox, MultiPart};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::domain::{Cadence, Email};
+use crate::store::DeliveryArticle;
+use crate::tokens::{Purpose, Signer};
+
+pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost};
+
+/// How long the links in an email keep working.
+const LINK_LIFETIME_SECS: i64 = 400 * 86_400;
+
+/// Templates every email kind needs; each must exist and render.
+const TEMPLATES: [&str; 2] = ["email/digest.html.j2", "email/digest.txt.j2"];
+
+/// Why an email could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum ComposeError {
+    /// A template file is missing or unreadable.
+    #[error("cannot read template {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A template has a syntax error or fails to render.
+    #[error("template {name} is broken: {message}")]
+    Template {
+        /// The template.
+        name: String,
+        /// minijinja's description, with the line.
+        message: String,
+    },
+    /// lettre refused to build the message.
+    #[error("cannot build the email: {0}")]
+    Build(String),
+}
+
+/// One rendered email, ready for a transport.
+#[derive(Debug, Clone)]
+pub struct Composed {
+    /// SMTP envelope (MAIL FROM, RCPT TO).
+    pub envelope: Envelope,
+    /// The formatted message.
+    pub bytes: Vec<u8>,
+    /// The `Message-ID` header value, with angle brackets.
+    pub message_id: String,
+    /// The subject, for logs and previews.
+    pub subject: String,
+}
+
+/// What a digest template is given. Field names are the template interface.
+#[derive(Debug, Clone, Serialize)]
+pub struct DigestContext {
+    /// Site (list) name.
+    pub site_name: String,
+    /// The email's subject.
+    pub subject: String,
+    /// `daily`, `weekly`, `alert` or `manual`.
+    pub cadence: String,
+    /// The date line, in the reader's zone.
+    pub edition_label: String,
+    /// Articles grouped by region.
+    pub groups: Vec<RegionGroup>,
+    /// Total articles.
+    pub article_count: usize,
+    /// Whether to print region headings (reader follows several regions).
+    pub show_region_headings: bool,
+    /// One-click unsubscribe link.
+    pub unsubscribe_url: String,
+    /// Preferences link.
+    pub preferences_url: String,
+    /// Sender's postal address.
+    pub postal_address: String,
+    /// The reader's address.
+    pub reader_email: String,
+}
+
+/// A region heading and its articles.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionGroup {
+    /// The region.
+    pub region: RegionRef,
+    /// Its articles, newest first.
+    pub articles: Vec<ArticleView>,
+}
+
+/// A region as templates see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RegionRef {
+    /// Slug.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+}
+
+/// An article as templates see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ArticleView {
+    /// Title (plain text).
+    pub title: String,
+    /// Link (http or https).
+    pub url: String,
+    /// Summary (plain text).
+    pub summary: String,
+    /// Category.
+    pub category: String,
+    /// Publication time in the reader's zone, preformatted.
+    pub published: String,
+}
+
+/// A digest to compose for one reader.
+#[derive(Debug, Clone)]
+pub struct DigestRequest<'a> {
+    /// The reader's id (for signed links).
+    pub subscriber_id: i64,
+    /// The reader's address.
+    pub email: &'a Email,
+    /// The reader's zone, for dates.
+    pub timezone: chrono_tz::Tz,
+    /// The digest's cadence, if scheduled; `None` for manual sends.
+    pub cadence: Option<Cadence>,
+    /// Stored Message-ID (32 hex digits), reused on every retry.
+    pub message_id: &'a str,
+    /// The articles, ordered by region.
+    pub articles: &'a [DeliveryArticle],
+    /// Now, in Unix seconds (for the date line and link expiry).
+    pub now: i64,
+}
+
+/// Renders and builds emails. Cheap to share between workers.
+pub struct Composer {
+    env: minijinja::Environment<'static>,
+    from: Mailbox,
+    domain: String,
+    list_id: ListId,
+    site_name: String,
+    postal_address: String,
+    public_url: url::Url,
+    signer: Signer,
+}
+
+impl Composer {
+    /// Loads the templates under `dir` and checks each renders with sample data.
+    pub fn new(config: &Config, dir: &Path, signer: Signer) -> Result<Composer, ComposeError> {
+        let mut env = minijinja::Environment::new();
+        env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        for name in TEMPLATES {
+            let path = dir.join(name);
+            let source = std::fs::read_to_string(&path).map_err(|source| ComposeError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            env.add_template_owned(name.to_string(), source)
+                .map_err(|e| template_error(name, &e))?;
+        }
+        let domain = config.mail.sending_domain().to_string();
+        let composer = Composer {
+            env,
+            from: config.mail.from.clone(),
+            list_id: ListId::new(&config.mail.list_name, &domain),
+            domain,
+            site_name: config.mail.list_name.clone(),
+            postal_address: config.mail.postal_address.clone(),
+            public_url: config.http.public_url.clone(),
+            signer,
+        };
+        composer.self_test()?;
+        Ok(composer)
+    }
+
+    /// Renders every template once with sample data, so errors surface at start-up.
+    fn self_test(&self) -> Result<(), ComposeError> {
+        let email = Email::parse("sample.reader@example.org").expect("valid sample address");
+        let articles = vec![DeliveryArticle {
+            article_id: 1,
+            region_slug: "sample".into(),
+            region_name: "Sample Town".into(),
+            title: "Sample <story> & \"quotes\"".into(),
+            link: "https://example.org/story".into(),
+            summary: "A sample summary.".into(),
+            category: "Community".into(),
+            published_at: Some(0),
+        }];
+        self.digest(&DigestRequest {
+            subscriber_id: 1,
+            email: &email,
+            timezone: chrono_tz::UTC,
+            cadence: Some(Cadence::Daily),
+            message_id: "00000000000000000000000000000000",
+            articles: &articles,
+            now: 0,
+        })
+        .map(|_| ())
+    }
+
+    /// The one-click unsubscribe link for a reader.
+    pub fn unsubscribe_url(&self, subscriber_id: i64, now: i64) -> String {
+        self.link("unsubscribe", Purpose::Unsubscribe, subscriber_id, now)
+    }
+
+    /// The preferences link for a reader.
+    pub fn preferences_url(&self, subscriber_id: i64, now: i64) -> String {
+        self.link("preferences", Purpose::Preferences, subscriber_id, now)
+    }
+
+    fn link(&self, path: &str, purpose: Purpose, subscriber_id: i64, now: i64) -> String {
+        let token = self
+            .signer
+            .sign(purpose, subscriber_id, now + LINK_LIFETIME_SECS);
+        let mut url = self.public_url.clone();
+        let base = url.path().trim_end_matches('/').to_string();
+        url.set_path(&format!("{base}/{path}"));
+        url.query_pairs_mut().clear().append_pair("token", &token);
+        url.to_string()
+    }
+
+    /// Renders the template context of a digest (also used by `herald preview`).
+    pub fn digest_context(&self, req: &DigestRequest<'_>) -> DigestContext {
+        let mut groups: Vec<RegionGroup> = Vec::new();
+        for article in req.articles {
+            if groups.last().map(|g| g.region.slug.as_str()) != Some(article.region_slug.as_str()) {
+                groups.push(RegionGroup {
+                    region: RegionRef {
+                        slug: article.region_slug.clone(),
+                        name: article.region_name.clone(),
+                    },
+                    articles: Vec::new(),
+                });
+            }
+            let published = article
+                .published_at
+                .and_then(|t| req.timezone.timestamp_opt(t, 0).single())
+                .map(|t| t.format("%-d %b %Y, %H:%M").to_string())
+                .unwrap_or_default();
+            groups
+                .last_mut()
+                .expect("a group was pushed above")
+                .articles
+                .push(ArticleView {
+                    title: article.title.clone(),
+                    url: article.link.clone(),
+                    summary: article.summary.clone(),
+                    category: article.category.clone(),
+                    published,
+                });
+        }
+        let edition_label = req
+            .timezone
+            .timestamp_opt(req.now, 0)
+            .single()
+            .map(|t| t.format("%A, %-d %B %Y").to_string())
+            .unwrap_or_default();
+        let label = match groups.as_slice() {
+            [only] => only.region.name.clone(),
+            _ => self.site_name.clone(),
+        };
+        let kind = match req.cadence {
+            Some(Cadence::Daily) => "daily digest",
+            Some(Cadence::Weekly) => "weekly digest",
+            Some(Cadence::Alert) => "alert",
+            None => "news update",
+        };
+        let first = req.articles.first().map(|a| a.title.as_str()).unwrap_or("");
+        let more = req.articles.len().saturating_sub(1);
+        let subject = if more > 0 {
+            format!("{label} {kind}: {first} (+{more} more)")
+        } else {
+            format!("{label} {kind}: {first}")
+        };
+        DigestContext {
+            site_name: self.site_name.clone(),
+            subject,
+            cadence: req
+                .cadence
+                .map(|c| c.as_str().to_string())
+                .unwrap_or_else(|| "manual".into()),
+            edition_label,
+            show_region_headings: groups.len() > 1,
+            article_count: req.articles.len(),
+            groups,
+            unsubscribe_url: self.unsubscribe_url(req.subscriber_id, req.now),
+            preferences_url: self.preferences_url(req.subscriber_id, req.now),
+            postal_address: self.postal_address.clone(),
+            reader_email: req.email.to_string(),
+        }
+    }
+
+    /// Renders the text and HTML parts of a context.
+    pub fn render_digest(&self, ctx: &DigestContext) -> Result<(String, String), ComposeError> {
+        let render = |name: &str| {
+            self.env
+                .get_template(name)
+                .and_then(|t| t.render(minijinja::value::Serde(ctx)))
+                .map_err(|e| template_error(name, &e))
+        };
+        Ok((
+            render("email/digest.txt.j2")?,
+            render("email/digest.html.j2")?,
+        ))
+    }
+
+    /// Builds the complete digest email for one reader.
+    pub fn digest(&self, req: &DigestRequest<'_>) -> Result<Composed, ComposeError> {
+        let ctx = self.digest_context(req);
+        let (text, html) = self.render_digest(&ctx)?;
+        let message_id = self.message_id(req.message_id);
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(Mailbox::new(None, req.email.to_address()))
+            .subject(ctx.subject.clone())
+            .message_id(Some(message_id.clone()))
+            .date_now()
+            .header(ListUnsubscribe::new(&ctx.unsubscribe_url))
+            .header(ListUnsubscribePost)
+            .header(self.list_id.clone())
+            .multipart(MultiPart::alternative_plain_html(text, html))
+            .map_err(|e| ComposeError::Build(e.to_string()))?;
+        Ok(Composed {
+            envelope: message.envelope().clone(),
+            bytes: message.formatted(),
+            message_id,
+            subject: ctx.subject,
+        })
+    }
+
+    /// `<uuid@sending-domain>` from the stored 32 hex digits.
+    fn message_id(&self, stored: &str) -> String {
+        let uuid = u128::from_str_radix(stored, 16)
+            .map(uuid::Uuid::from_u128)
+            .unwrap_or_else(|_| uuid::Uuid::new_v4());
+        format!("<{}@{}>", uuid.hyphenated(), self.domain)
+    }
+}
+
+fn template_error(name: &str, error: &minijinja::Error) -> ComposeError {
+    let mut message = error.to_string();
+    if let Some(line) = error.line() {
+        message = format!("line {line}: {message}");
+    }
+    ComposeError::Template {
+        name: name.to_string(),
+        message,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> Config {
+        Config::from_toml(
+            Path::new("config/herald.toml"),
+            r#"
+            [http]
+            public_url = "https://news.example.org"
+            [mail]
+            from = "Demo News <news@demo.example>"
+            postal_address = "1 Main St, Riverton"
+            [[regions]]
+            slug = "town"
+            name = "Town"
+            "#,
+            std::iter::empty(),
+        )
+        .unwrap()
+    }
+
+    fn templates_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates")
+    }
+
+    fn article(region: &str, title: &str) -> DeliveryArticle {
+        DeliveryArticle {
+            article_id: 1,
+            region_slug: region.into(),
+            region_name: region.to_uppercase(),
+            title: title.into(),
+            link: "https://news.example.org/a?x=1&y=2".into(),
+            summary: "Summary".into(),
+            category: "Schools".into(),
+            published_at: Some(1_795_248_000),
+        }
+    }
+
+    #[test]
+    fn digest_has_headers_parts_and_escaped_feed_text() {
+        let composer = Composer::new(&config(), &templates_dir(), Signer::new(b"k")).unwrap();
+        let email = Email::parse("reader@example.org").unwrap();
+        let articles = vec![
+            article("state", "<script>alert('x')</script> Budget"),
+            article("town", "Fair"),
+        ];
+        let composed = composer
+            .digest(&DigestRequest {
+                subscriber_id: 9,
+                email: &email,
+                timezone: chrono_tz::Europe::Berlin,
+                cadence: Some(Cadence::Daily),
+                message_id: "0123456789abcdef0123456789abcdef",
+                articles: &articles,
+                now: 1_795_248_000,
+            })
+            .unwrap();
+        let text = String::from_utf8(composed.bytes.clone()).unwrap();
+        assert!(
+            text.contains("Message-ID: <01234567-89ab-cdef-0123-456789abcdef@demo.example>"),
+            "{text}"
+        );
+        assert!(text.contains("List-Unsubscribe: <https://news.example.org/unsubscribe?token=9."));
+        assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+        assert!(text.contains("List-Id: "));
+        assert!(text.contains("multipart/alternative"));
+        let plain_at = text.find("Content-Type: text/plain").unwrap();
+        let html_at = text.find("Content-Type: text/html").unwrap();
+        assert!(plain_at < html_at, "text/plain must come first");
+        let request_again = DigestRequest {
+            subscriber_id: 9,
+            email: &email,
+            timezone: chrono_tz::Europe::Berlin,
+            cadence: Some(Cadence::Daily),
+            message_id: "0123456789abcdef0123456789abcdef",
+            articles: &articles,
+            now: 1_795_248_000,
+        };
+        let (plain, html) = composer
+            .render_digest(&composer.digest_context(&request_again))
+            .unwrap();
+        assert!(!html.contains("<script>"), "feed markup must not reach the HTML part");
+        assert!(html.contains("&lt;script&gt;"), "the title is shown, escaped");
+        assert!(plain.contains("<script>alert"), "text/plain carries the title as text");
+        assert!(html.contains("1 Main St") && plain.contains("1 Main St"));
+        assert!(html.contains("nsubscribe") && plain.contains("/unsubscribe?token="));
+        assert_eq!(composed.envelope.to()[0].to_string(), "reader@example.org");
+    }
+
+    #[test]
+    fn a_broken_template_is_an_error_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("email")).unwrap();
+        std::fs::write(dir.path().join("email/digest.txt.j2"), "ok {{ site_name }}").unwrap();
+        std::fs::write(
+            dir.path().join("email/digest.html.j2"),
+            "{% for a in groups %}unclosed",
+        )
+        .unwrap();
+        let err = Composer::new(&config(), dir.path(), Signer::new(b"k"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("email/digest.html.j2"), "{err}");
+        std::fs::write(
+            dir.path().join("email/digest.html.j2"),
+            "{{ no_such_variable }}",
+        )
+        .unwrap();
+        let err = Composer::new(&config(), dir.path(), Signer::new(b"k"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("undefined"), "{err}");
+    }
+}

@@ -1,0 +1,111 @@
+//! `herald daemon`: the same stages as the CLI, in a loop, plus the HTTP server.
+//!
+//! SIGINT or SIGTERM fires one shutdown signal: ingest stops, the deliverer stops
+//! claiming, lets in-flight messages finish within the drain timeout, gives back
+//! what it did not send, and the process exits 0.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::config::Config;
+use crate::deliver::{Deliverer, Transport};
+use crate::ingest::ingest_all;
+use crate::shutdown::{Shutdown, Trigger};
+use crate::store::Store;
+use crate::web::{AppState, router};
+
+/// Runs until a signal, then drains and returns.
+pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
+    let config = Arc::new(config);
+    let store = crate::cli::open_store(&config).await?;
+    let composer = crate::cli::composer(&config)?;
+    let signer = Arc::new(crate::cli::signer(&config)?);
+    let transport = Arc::new(Transport::from_config(&config));
+    let listener = tokio::net::TcpListener::bind(config.http.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    tracing::info!(
+        listen = %config.http.listen,
+        database = %config.database.url,
+        transport = ?config.mail.transport,
+        "herald daemon started"
+    );
+
+    let (trigger, shutdown) = Shutdown::new();
+    tokio::spawn(wait_for_signal(trigger));
+
+    let ingest = tokio::spawn(ingest_loop(config.clone(), store.clone(), shutdown.clone()));
+    let deliverer = Deliverer::new(&config, store.clone(), composer, transport);
+    let deliver = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move { deliverer.run(shutdown).await }
+    });
+    let app = router(AppState {
+        store: store.clone(),
+        signer,
+    });
+    let http = tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.triggered().await })
+                .await
+        }
+    });
+
+    shutdown.triggered().await;
+    tracing::info!("shutting down: no new claims, draining in-flight messages");
+    let delivered = deliver.await.context("the delivery task panicked")?;
+    if let Err(error) = delivered {
+        tracing::error!(%error, "delivery stopped with an error");
+    }
+    let _ = ingest.await;
+    if let Ok(Err(error)) = http.await {
+        tracing::error!(%error, "HTTP server error");
+    }
+    store.close().await;
+    tracing::info!("herald daemon stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wait_for_signal(trigger: Trigger) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    trigger.fire();
+}
+
+async fn ingest_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
+    while !shutdown.is_triggered() {
+        match ingest_all(&config, &store, None).await {
+            Ok(reports) => {
+                for report in reports {
+                    match report.result {
+                        Ok(counts) if counts.new + counts.updated > 0 => tracing::info!(
+                            region = %report.region, feed = %report.feed,
+                            new = counts.new, updated = counts.updated, "ingested"
+                        ),
+                        Ok(_) => {}
+                        Err(error) => tracing::warn!(
+                            region = %report.region, feed = %report.feed, %error, "feed failed"
+                        ),
+                    }
+                }
+            }
+            Err(error) => tracing::error!(%error, "ingest failed"),
+        }
+        shutdown.sleep(config.ingest.interval).await;
+    }
+}

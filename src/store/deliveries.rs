@@ -1,0 +1,806 @@
+//! The outbox: planning deliveries in sets, claiming them under a lease, recording outcomes.
+
+use std::collections::HashMap;
+
+use sqlx::AssertSqlSafe;
+
+use super::subscribers::email_hash;
+use super::{Result, Store, StoreError, placeholders};
+use crate::domain::{Cadence, DeliveryKind, DeliveryState, RegionSlug, SubscriberState};
+
+/// What planning one edition produced.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PlanSummary {
+    /// The edition row (new, or the existing one for this slot).
+    pub edition_id: i64,
+    /// Emails queued.
+    pub deliveries: u64,
+    /// Article placements across those emails.
+    pub articles: u64,
+    /// On a dry run: each recipient with the number of articles they would get.
+    pub recipients: Vec<(String, i64)>,
+}
+
+/// A row claimed by a worker, with what composing it needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// Row id.
+    pub id: i64,
+    /// The reader's id.
+    pub subscriber_id: i64,
+    /// Confirmation, alert or digest.
+    pub kind: DeliveryKind,
+    /// Digest cadence, when a digest.
+    pub cadence: Option<Cadence>,
+    /// Planned when the row was made; reused on every retry.
+    pub message_id: String,
+    /// Attempts including this one.
+    pub attempts: i64,
+    /// After this, the row expires instead of being sent.
+    pub expires_at: i64,
+    /// The reader's address; `None` when the reader was erased meanwhile.
+    pub email: Option<String>,
+    /// The reader's state now (checked at send time, not only at plan time).
+    pub subscriber_state: Option<SubscriberState>,
+    /// The reader's zone name.
+    pub timezone: Option<String>,
+    /// Whether the address is on the suppression list.
+    pub suppressed: bool,
+    /// The articles to carry, ordered by region then newest first.
+    pub articles: Vec<DeliveryArticle>,
+}
+
+/// One article placed in one email.
+#[derive(Debug, Clone)]
+pub struct DeliveryArticle {
+    /// Article id.
+    pub article_id: i64,
+    /// Region it is shown under.
+    pub region_slug: String,
+    /// Region display name.
+    pub region_name: String,
+    /// Title.
+    pub title: String,
+    /// Link.
+    pub link: String,
+    /// Summary.
+    pub summary: String,
+    /// Category.
+    pub category: String,
+    /// Publication time.
+    pub published_at: Option<i64>,
+}
+
+/// The result of one attempt, to be written back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Accepted by the server, with its reply.
+    Sent {
+        /// The server's reply (or the file written).
+        reply: String,
+    },
+    /// Temporary failure; try again at `retry_at`.
+    Deferred {
+        /// What went wrong.
+        error: String,
+        /// When to try again.
+        retry_at: i64,
+    },
+    /// Refused permanently.
+    Bounced {
+        /// The server's reply.
+        reply: String,
+        /// Whether the mailbox does not exist (5.1.x): the reader is suppressed too.
+        suppress: bool,
+    },
+    /// Cannot be sent and retrying will not help.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Too old to be worth sending.
+    Expired,
+    /// The reader left or was erased.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// The address is suppressed.
+    Suppressed,
+}
+
+impl Outcome {
+    /// The state this outcome puts the row in.
+    pub fn state(&self) -> DeliveryState {
+        match self {
+            Outcome::Sent { .. } => DeliveryState::Sent,
+            Outcome::Deferred { .. } => DeliveryState::Deferred,
+            Outcome::Bounced { .. } => DeliveryState::Bounced,
+            Outcome::Failed { .. } => DeliveryState::Failed,
+            Outcome::Expired => DeliveryState::Expired,
+            Outcome::Cancelled { .. } => DeliveryState::Cancelled,
+            Outcome::Suppressed => DeliveryState::Suppressed,
+        }
+    }
+}
+
+/// The outbox at a glance, for `herald status` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStatus {
+    /// Rows per state.
+    pub by_state: Vec<(DeliveryState, i64)>,
+    /// Creation time of the oldest row still waiting (queued or deferred).
+    pub oldest_waiting_since: Option<i64>,
+    /// The most recent error recorded on any row.
+    pub last_error: Option<(i64, String)>,
+}
+
+impl Store {
+    /// Queues one digest for each confirmed reader of `region` at `cadence` who has
+    /// articles there (added since `since`) they have not received yet, in one transaction.
+    ///
+    /// Set-based: three statements whatever the number of readers. The primary key on
+    /// (reader, article) in `delivery_articles` is what keeps an article from reaching
+    /// a reader twice, even when two planners race.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn plan_region_digest(
+        &self,
+        slot_key: &str,
+        region: &RegionSlug,
+        cadence: Cadence,
+        since: i64,
+        now: i64,
+        expires_at: i64,
+        dry_run: bool,
+    ) -> Result<PlanSummary> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at)
+             VALUES ($1, 'digest', $2, $3, $4) ON CONFLICT (slot_key) DO NOTHING",
+        )
+        .bind(slot_key)
+        .bind(cadence.as_str())
+        .bind(region.as_str())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let (edition_id,): (i64,) = sqlx::query_as("SELECT id FROM editions WHERE slot_key = $1")
+            .bind(slot_key)
+            .fetch_one(&mut *tx)
+            .await?;
+        let deliveries = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state, attempts,
+                 message_id, next_attempt_at, expires_at, created_at, updated_at)
+             SELECT $1, s.id, 'digest', $2, $3, 'queued', 0, {rand}, $4, $5, $4, $4
+             FROM subscribers s JOIN subscriptions sub ON sub.subscriber_id = s.id
+             WHERE s.state = 'confirmed' AND sub.region_slug = $6 AND sub.cadence = $2
+               AND EXISTS (
+                 SELECT 1 FROM article_regions ar
+                 WHERE ar.region_slug = sub.region_slug AND ar.added_at >= $7
+                   AND NOT EXISTS (SELECT 1 FROM delivery_articles da
+                                   WHERE da.subscriber_id = s.id AND da.article_id = ar.article_id))
+             ON CONFLICT (subscriber_id, edition_id) DO NOTHING",
+            rand = self.random_hex_sql()
+        )))
+        .bind(edition_id)
+        .bind(cadence.as_str())
+        .bind(DeliveryKind::Digest.priority())
+        .bind(now)
+        .bind(expires_at)
+        .bind(region.as_str())
+        .bind(since)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let articles = sqlx::query(
+            "INSERT INTO delivery_articles (delivery_id, subscriber_id, article_id, region_slug)
+             SELECT d.id, d.subscriber_id, ar.article_id, ar.region_slug
+             FROM deliveries d JOIN article_regions ar ON ar.region_slug = $2 AND ar.added_at >= $3
+             WHERE d.edition_id = $1 AND d.state = 'queued'
+             ON CONFLICT (subscriber_id, article_id) DO NOTHING",
+        )
+        .bind(edition_id)
+        .bind(region.as_str())
+        .bind(since)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        // A concurrent planner may have taken every article of a row we just made.
+        let empty = sqlx::query(
+            "DELETE FROM deliveries WHERE edition_id = $1 AND state = 'queued'
+               AND NOT EXISTS (SELECT 1 FROM delivery_articles da WHERE da.delivery_id = deliveries.id)",
+        )
+        .bind(edition_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        let mut recipients = Vec::new();
+        if dry_run {
+            recipients = sqlx::query_as(
+                "SELECT s.email, COUNT(*) FROM deliveries d
+                 JOIN subscribers s ON s.id = d.subscriber_id
+                 JOIN delivery_articles da ON da.delivery_id = d.id
+                 WHERE d.edition_id = $1 GROUP BY s.email ORDER BY s.email",
+            )
+            .bind(edition_id)
+            .fetch_all(&mut *tx)
+            .await?;
+            tx.rollback().await?;
+        } else {
+            tx.commit().await?;
+        }
+        Ok(PlanSummary {
+            edition_id,
+            deliveries: deliveries.saturating_sub(empty),
+            articles,
+            recipients,
+        })
+    }
+
+    /// Marks waiting rows whose expiry has passed as `expired`. Returns how many.
+    pub async fn expire_overdue(&self, now: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET state = 'expired', lease_until = NULL, updated_at = $1
+             WHERE state IN ('queued', 'deferred') AND expires_at < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Claims up to `limit` due rows for this worker until `lease_until`, most urgent lane
+    /// first. Rows whose lease ran out (a crashed worker) are due again.
+    pub async fn claim_due_deliveries(
+        &self,
+        limit: usize,
+        now: i64,
+        lease_until: i64,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+            "UPDATE deliveries SET state = 'sending', lease_until = $1, attempts = attempts + 1,
+                 updated_at = $2
+             WHERE id IN (
+                 SELECT id FROM deliveries
+                 WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= $2)
+                    OR (state = 'sending' AND lease_until < $2)
+                 ORDER BY priority, next_attempt_at, id
+                 LIMIT $3 {skip_locked})
+             RETURNING id",
+            skip_locked = self.skip_locked_sql()
+        )))
+        .bind(lease_until)
+        .bind(now)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
+        self.load_deliveries(&ids).await
+    }
+
+    /// Loads claimed rows with their reader and articles, in id order.
+    async fn load_deliveries(&self, ids: &[i64]) -> Result<Vec<ClaimedDelivery>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let sql = format!(
+            "SELECT d.id, d.subscriber_id, d.kind, d.cadence, d.message_id, d.attempts, d.expires_at,
+                    s.email, s.state, s.timezone
+             FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE d.id IN ({}) ORDER BY d.id",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query_as::<
+            _,
+            (
+                i64,
+                i64,
+                String,
+                Option<String>,
+                String,
+                i64,
+                i64,
+                Option<String>,
+                Option<String>,
+                Option<String>,
+            ),
+        >(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
+
+        let sql = format!(
+            "SELECT da.delivery_id, a.id, da.region_slug, COALESCE(r.name, da.region_slug), a.title, a.link,
+                    a.summary, a.category, a.published_at
+             FROM delivery_articles da
+             JOIN articles a ON a.id = da.article_id
+             LEFT JOIN regions r ON r.slug = da.region_slug
+             WHERE da.delivery_id IN ({})
+             ORDER BY da.delivery_id, da.region_slug, COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC",
+            placeholders(1, ids.len())
+        );
+        let mut query = sqlx::query_as::<
+            _,
+            (
+                i64,
+                i64,
+                String,
+                String,
+                String,
+                String,
+                String,
+                String,
+                Option<i64>,
+            ),
+        >(AssertSqlSafe(sql));
+        for id in ids {
+            query = query.bind(*id);
+        }
+        let mut articles: HashMap<i64, Vec<DeliveryArticle>> = HashMap::new();
+        for (
+            delivery_id,
+            article_id,
+            region_slug,
+            region_name,
+            title,
+            link,
+            summary,
+            category,
+            published_at,
+        ) in query.fetch_all(&self.pool).await?
+        {
+            articles
+                .entry(delivery_id)
+                .or_default()
+                .push(DeliveryArticle {
+                    article_id,
+                    region_slug,
+                    region_name,
+                    title,
+                    link,
+                    summary,
+                    category,
+                    published_at,
+                });
+        }
+
+        let hashes: Vec<String> = rows
+            .iter()
+            .filter_map(|r| r.7.as_deref().map(email_hash))
+            .collect();
+        let suppressed: std::collections::HashSet<String> = if hashes.is_empty() {
+            Default::default()
+        } else {
+            let sql = format!(
+                "SELECT email_hash FROM suppressions WHERE email_hash IN ({})",
+                placeholders(1, hashes.len())
+            );
+            let mut query = sqlx::query_as::<_, (String,)>(AssertSqlSafe(sql));
+            for hash in &hashes {
+                query = query.bind(hash.clone());
+            }
+            query
+                .fetch_all(&self.pool)
+                .await?
+                .into_iter()
+                .map(|(h,)| h)
+                .collect()
+        };
+
+        rows.into_iter()
+            .map(
+                |(
+                    id,
+                    subscriber_id,
+                    kind,
+                    cadence,
+                    message_id,
+                    attempts,
+                    expires_at,
+                    email,
+                    state,
+                    timezone,
+                )| {
+                    let is_suppressed = email
+                        .as_deref()
+                        .map(|e| suppressed.contains(&email_hash(e)))
+                        .unwrap_or(false);
+                    Ok(ClaimedDelivery {
+                        id,
+                        subscriber_id,
+                        kind: kind.parse().map_err(StoreError::Corrupt)?,
+                        cadence: cadence
+                            .map(|c| c.parse().map_err(StoreError::Corrupt))
+                            .transpose()?,
+                        message_id,
+                        attempts,
+                        expires_at,
+                        email,
+                        subscriber_state: state
+                            .map(|s| s.parse().map_err(StoreError::Corrupt))
+                            .transpose()?,
+                        timezone,
+                        suppressed: is_suppressed,
+                        articles: articles.remove(&id).unwrap_or_default(),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    /// Writes a batch of outcomes in one transaction (one forced flush for the batch).
+    /// Only rows still `sending` are touched, so a late worker cannot undo another's result.
+    pub async fn record_outcomes(&self, outcomes: &[(i64, Outcome)], now: i64) -> Result<()> {
+        if outcomes.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.pool.begin().await?;
+        for (id, outcome) in outcomes {
+            let (reply, error, next_attempt, sent_at) = match outcome {
+                Outcome::Sent { reply } => (Some(reply.as_str()), None, None, Some(now)),
+                Outcome::Deferred { error, retry_at } => {
+                    (None, Some(error.as_str()), Some(*retry_at), None)
+                }
+                Outcome::Bounced { reply, .. } => {
+                    (Some(reply.as_str()), Some(reply.as_str()), None, None)
+                }
+                Outcome::Failed { error } => (None, Some(error.as_str()), None, None),
+                Outcome::Expired => (None, None, None, None),
+                Outcome::Cancelled { reason } => (None, Some(reason.as_str()), None, None),
+                Outcome::Suppressed => (None, Some("address is suppressed"), None, None),
+            };
+            sqlx::query(
+                "UPDATE deliveries SET state = $1, smtp_reply = COALESCE($2, smtp_reply),
+                     last_error = COALESCE($3, last_error),
+                     next_attempt_at = COALESCE($4, next_attempt_at), sent_at = $5,
+                     lease_until = NULL, updated_at = $6
+                 WHERE id = $7 AND state = 'sending'",
+            )
+            .bind(outcome.state().as_str())
+            .bind(reply)
+            .bind(error)
+            .bind(next_attempt)
+            .bind(sent_at)
+            .bind(now)
+            .bind(*id)
+            .execute(&mut *tx)
+            .await?;
+            if let Outcome::Bounced {
+                suppress: true,
+                reply,
+            } = outcome
+            {
+                let owner: Option<(String,)> = sqlx::query_as(
+                    "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id = $1",
+                )
+                .bind(*id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some((email,)) = owner {
+                    sqlx::query(
+                        "UPDATE subscribers SET state = 'suppressed', updated_at = $1 WHERE email = $2",
+                    )
+                    .bind(now)
+                    .bind(&email)
+                    .execute(&mut *tx)
+                    .await?;
+                    sqlx::query(
+                        "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3)
+                         ON CONFLICT (email_hash) DO NOTHING",
+                    )
+                    .bind(email_hash(&email))
+                    .bind(format!("bounced: {reply}"))
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Gives claimed rows back (shutdown before they were sent): due again at once,
+    /// with the attempt that never happened taken back.
+    pub async fn release_deliveries(&self, ids: &[i64], now: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'queued' END,
+                 attempts = attempts - 1, lease_until = NULL, next_attempt_at = $1, updated_at = $1
+             WHERE state = 'sending' AND id IN ({})",
+            placeholders(2, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// How many rows are due now (queued or deferred and due, or with a lapsed lease).
+    pub async fn due_count(&self, now: i64) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM deliveries
+             WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= $1)
+                OR (state = 'sending' AND lease_until < $1)",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    /// Counts per state, oldest waiting row and the last error.
+    pub async fn queue_status(&self) -> Result<QueueStatus> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut by_state = Vec::new();
+        for state in DeliveryState::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            by_state.push((state, n));
+        }
+        let (oldest,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(created_at) FROM deliveries WHERE state IN ('queued', 'deferred', 'sending')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let last_error: Option<(i64, String)> = sqlx::query_as(
+            "SELECT updated_at, last_error FROM deliveries WHERE last_error IS NOT NULL
+               AND state IN ('deferred', 'bounced', 'failed')
+             ORDER BY updated_at DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(QueueStatus {
+            by_state,
+            oldest_waiting_since: oldest,
+            last_error,
+        })
+    }
+
+    /// Counts per state for the rows of one edition.
+    pub async fn edition_counts(&self, edition_id: i64) -> Result<Vec<(DeliveryState, i64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM deliveries WHERE edition_id = $1 GROUP BY state",
+        )
+        .bind(edition_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((s.parse().map_err(StoreError::Corrupt)?, n)))
+            .collect()
+    }
+
+    /// Puts `failed` and `expired` rows back in the queue with a fresh expiry. Returns how many.
+    pub async fn retry_failed(&self, now: i64, expires_at: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET state = 'queued', next_attempt_at = $1, expires_at = $2,
+                 lease_until = NULL, updated_at = $1
+             WHERE state IN ('failed', 'expired')",
+        )
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Every row's (subscriber email, state, attempts, message id, last error): for tests and audits.
+    pub async fn delivery_ledger(
+        &self,
+    ) -> Result<Vec<(Option<String>, DeliveryState, i64, String, Option<String>)>> {
+        let rows: Vec<(Option<String>, String, i64, String, Option<String>)> = sqlx::query_as(
+            "SELECT s.email, d.state, d.attempts, d.message_id, d.last_error
+             FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id ORDER BY d.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(e, s, a, m, l)| Ok((e, s.parse().map_err(StoreError::Corrupt)?, a, m, l)))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Email;
+    use crate::store::testing::stores;
+    use crate::store::{FeedItem, NewSubscriber};
+
+    async fn seed(store: &Store) -> RegionSlug {
+        let town: RegionSlug = "town".parse().unwrap();
+        let feed = store.feed_id(&town, "file://town.xml").await.unwrap();
+        let items: Vec<FeedItem> = (0..3)
+            .map(|i| FeedItem {
+                guid: format!("g{i}"),
+                link: format!("https://news.example/{i}"),
+                title: format!("Story {i}"),
+                summary: String::new(),
+                category: String::new(),
+                published_at: Some(1_000 + i),
+            })
+            .collect();
+        store
+            .record_feed_items(feed, &town, &items, 1_000)
+            .await
+            .unwrap();
+        for (email, confirmed) in [
+            ("a@example.org", true),
+            ("b@example.org", true),
+            ("p@example.org", false),
+        ] {
+            store
+                .add_subscriber(
+                    &NewSubscriber {
+                        email: Email::parse(email).unwrap(),
+                        regions: vec![(town.clone(), Cadence::Daily)],
+                        timezone: "UTC".parse().unwrap(),
+                        confirmed,
+                    },
+                    1_000,
+                )
+                .await
+                .unwrap();
+        }
+        town
+    }
+
+    #[tokio::test]
+    async fn planning_is_set_based_and_never_repeats_an_article() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let town = seed(store).await;
+            let plan = store
+                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
+                .await
+                .unwrap();
+            assert_eq!(
+                plan.deliveries, 2,
+                "pending readers get nothing ({backend:?})"
+            );
+            assert_eq!(plan.articles, 6);
+            // The same slot again, and a new slot: nothing new for anyone.
+            let again = store
+                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_001, 9_000, false)
+                .await
+                .unwrap();
+            assert_eq!(again.deliveries, 0);
+            let other = store
+                .plan_region_digest("manual:2", &town, Cadence::Daily, 0, 2_002, 9_000, false)
+                .await
+                .unwrap();
+            assert_eq!(other.deliveries, 0, "{backend:?}");
+            assert_eq!(store.due_count(2_003).await.unwrap(), 2);
+        }
+    }
+
+    #[tokio::test]
+    async fn claims_lease_and_record_outcomes() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let town = seed(store).await;
+            store
+                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
+                .await
+                .unwrap();
+            let claimed = store.claim_due_deliveries(10, 2_000, 2_300).await.unwrap();
+            assert_eq!(claimed.len(), 2, "{backend:?}");
+            assert_eq!(claimed[0].articles.len(), 3);
+            assert_eq!(claimed[0].message_id.len(), 32);
+            assert_ne!(claimed[0].message_id, claimed[1].message_id);
+            assert_eq!(claimed[0].attempts, 1);
+            // Leased rows are not claimed twice while the lease holds...
+            assert!(
+                store
+                    .claim_due_deliveries(10, 2_100, 2_400)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            // ...and come back after it lapses (a crashed worker), keeping their Message-ID.
+            let again = store.claim_due_deliveries(10, 2_301, 2_600).await.unwrap();
+            assert_eq!(again.len(), 2);
+            assert_eq!(again[0].message_id, claimed[0].message_id);
+            assert_eq!(again[0].attempts, 2);
+
+            store
+                .record_outcomes(
+                    &[
+                        (
+                            again[0].id,
+                            Outcome::Sent {
+                                reply: "250 ok".into(),
+                            },
+                        ),
+                        (
+                            again[1].id,
+                            Outcome::Deferred {
+                                error: "421 busy".into(),
+                                retry_at: 3_000,
+                            },
+                        ),
+                    ],
+                    2_400,
+                )
+                .await
+                .unwrap();
+            let status = store.queue_status().await.unwrap();
+            let count = |s| status.by_state.iter().find(|(st, _)| *st == s).unwrap().1;
+            assert_eq!(count(DeliveryState::Sent), 1);
+            assert_eq!(count(DeliveryState::Deferred), 1);
+            assert_eq!(status.last_error.unwrap().1, "421 busy");
+            // Deferred rows wait for their retry time, then expire after their expiry.
+            assert!(
+                store
+                    .claim_due_deliveries(10, 2_500, 2_800)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            assert_eq!(store.expire_overdue(10_000).await.unwrap(), 1);
+            assert_eq!(store.retry_failed(10_000, 20_000).await.unwrap(), 1);
+            assert_eq!(store.due_count(10_000).await.unwrap(), 1);
+        }
+    }
+
+    #[tokio::test]
+    async fn send_time_checks_see_unsubscribes_and_suppressions() {
+        for (_backend, t) in stores().await {
+            let store = &t.store;
+            let town = seed(store).await;
+            store
+                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
+                .await
+                .unwrap();
+            let claimed = store.claim_due_deliveries(10, 2_000, 2_300).await.unwrap();
+            store
+                .record_outcomes(
+                    &[(
+                        claimed[0].id,
+                        Outcome::Bounced {
+                            reply: "550 5.1.1 no such user".into(),
+                            suppress: true,
+                        },
+                    )],
+                    2_100,
+                )
+                .await
+                .unwrap();
+            let list = store.list_subscribers().await.unwrap();
+            assert_eq!(list[0].state, SubscriberState::Suppressed);
+            // Releasing the other row puts it back; its reader unsubscribes before the send.
+            store
+                .release_deliveries(&[claimed[1].id], 2_100)
+                .await
+                .unwrap();
+            store
+                .unsubscribe(claimed[1].subscriber_id, 2_150)
+                .await
+                .unwrap();
+            assert!(
+                store
+                    .claim_due_deliveries(10, 2_200, 2_500)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let ledger = store.delivery_ledger().await.unwrap();
+            assert_eq!(ledger[0].1, DeliveryState::Bounced);
+            assert_eq!(ledger[1].1, DeliveryState::Cancelled);
+            assert_eq!(ledger[1].2, 0, "a released claim is not an attempt");
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The database: connection, migrations, and every SQL statement herald runs.
+//!
+//! One set of statements serves SQLite and PostgreSQL through `sqlx::Any`; the few
+//! places where the two differ ask [`Backend`]. Times are integer Unix seconds.
+
+mod articles;
+mod deliveries;
+mod subscribers;
+
+pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedStatus};
+pub use deliveries::{ClaimedDelivery, DeliveryArticle, Outcome, PlanSummary, QueueStatus};
+pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyPool, Executor};
+
+use crate::config::Region;
+
+/// A database failure, with what herald was doing when it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Could not open or create the database.
+    #[error("cannot open database {url}: {source}")]
+    Connect {
+        /// The URL, without password.
+        url: String,
+        /// Why.
+        source: sqlx::Error,
+    },
+    /// The schema could not be brought up to date.
+    #[error("cannot apply migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A statement failed.
+    #[error("database error: {0}")]
+    Sql(#[from] sqlx::Error),
+    /// A row held a value herald does not understand (edited by hand?).
+    #[error("unexpected value in the database: {0}")]
+    Corrupt(String),
+}
+
+/// Shorthand for store results.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Which database engine is behind the pool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// The embedded default.
+    Sqlite,
+    /// For several daemons on one database.
+    Postgres,
+}
+
+/// The handle every stage uses to reach the database.
+#[derive(Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+/// The current time as Unix seconds.
+pub fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("***"));
+            parsed.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Store {
+    /// Opens the database at `url`, creating a SQLite file (and its folder) when missing.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let connect_error = |source| StoreError::Connect {
+            url: redact(url),
+            source,
+        };
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        };
+        let mut url = url.to_string();
+        if backend == Backend::Sqlite {
+            let path = url
+                .trim_start_matches("sqlite://")
+                .trim_start_matches("sqlite:")
+                .split('?')
+                .next()
+                .unwrap_or_default()
+                .to_string();
+            if !path.is_empty() && path != ":memory:" {
+                if let Some(parent) = Path::new(&path).parent()
+                    && !parent.as_os_str().is_empty()
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        connect_error(sqlx::Error::Io(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot create folder {}: {e}", parent.display()),
+                        )))
+                    })?;
+                }
+                if !url.contains("mode=") {
+                    url.push_str(if url.contains('?') {
+                        "&mode=rwc"
+                    } else {
+                        "?mode=rwc"
+                    });
+                }
+            }
+        }
+        let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(30))
+            .after_connect(move |conn, _meta| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers run beside the writer; FULL makes a `sent`
+                        // row survive a power cut. Writers wait instead of failing.
+                        conn.execute("PRAGMA journal_mode = WAL").await?;
+                        conn.execute("PRAGMA synchronous = FULL").await?;
+                        conn.execute("PRAGMA busy_timeout = 10000").await?;
+                        conn.execute("PRAGMA foreign_keys = ON").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(connect_error)?;
+        Ok(Store { pool, backend })
+    }
+
+    /// Brings the schema up to date.
+    pub async fn migrate(&self) -> Result<()> {
+        match self.backend {
+            Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
+            Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        Ok(())
+    }
+
+    /// Which engine this is.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every pooled connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
+    /// Makes the `regions` table match the configuration.
+    pub async fn sync_regions(&self, regions: &[Region]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        for region in regions {
+            sqlx::query(
+                "INSERT INTO regions (slug, name, parent, timezone) VALUES ($1, $2, $3, $4)
+                 ON CONFLICT (slug) DO UPDATE SET name = excluded.name,
+                     parent = excluded.parent, timezone = excluded.timezone",
+            )
+            .bind(region.slug.as_str())
+            .bind(&region.name)
+            .bind(region.parent.as_ref().map(|p| p.as_str().to_string()))
+            .bind(region.timezone.name())
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A random 128-bit hex string made by the database, for Message-IDs planned in SQL.
+    fn random_hex_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "lower(hex(randomblob(16)))",
+            Backend::Postgres => "replace(gen_random_uuid()::text, '-', '')",
+        }
+    }
+
+    /// `FOR UPDATE SKIP LOCKED` where the engine has it; SQLite serialises writers anyway.
+    fn skip_locked_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        }
+    }
+}
+
+/// `$first, $first+1, …` for an `IN (…)` list of `count` values.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! Opens a fresh store on SQLite, or on PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set.
+
+    use super::*;
+
+    /// A store plus whatever keeps it alive (the temp dir, or the PG schema name).
+    pub struct TestStore {
+        pub store: Store,
+        _dir: Option<tempfile::TempDir>,
+    }
+
+    /// Every backend the store tests should run on in this environment.
+    pub async fn stores() -> Vec<(Backend, TestStore)> {
+        let mut out = Vec::new();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("test.db").display());
+        let store = Store::connect(&url, 4).await.unwrap();
+        store.migrate().await.unwrap();
+        out.push((
+            Backend::Sqlite,
+            TestStore {
+                store,
+                _dir: Some(dir),
+            },
+        ));
+        if let Ok(base) = std::env::var("HERALD_TEST_POSTGRES_URL") {
+            out.push((Backend::Postgres, fresh_postgres(&base).await));
+        }
+        out
+    }
+
+    /// A new, empty database on the PostgreSQL server, so tests never see each other's rows.
+    async fn fresh_postgres(base: &str) -> TestStore {
+        sqlx::any::install_default_drivers();
+        let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = AnyPoolOptions::new()
+            .max_connections(1)
+            .connect(base)
+            .await
+            .expect("HERALD_TEST_POSTGRES_URL must point at a running PostgreSQL server");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&admin)
+            .await
+            .unwrap();
+        admin.close().await;
+        let mut url = url::Url::parse(base).unwrap();
+        url.set_path(&format!("/{name}"));
+        let store = Store::connect(url.as_str(), 4).await.unwrap();
+        store.migrate().await.unwrap();
+        TestStore { store, _dir: None }
+    }
+}

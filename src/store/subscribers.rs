@@ -1,0 +1,277 @@
+//! Readers and what they follow.
+
+use sha2::{Digest, Sha256};
+
+use super::{Result, Store, StoreError};
+use crate::domain::{Cadence, Email, RegionSlug, SubscriberState, Timezone};
+
+/// A reader to add, already validated.
+#[derive(Debug, Clone)]
+pub struct NewSubscriber {
+    /// Address.
+    pub email: Email,
+    /// Regions with the cadence for each.
+    pub regions: Vec<(RegionSlug, Cadence)>,
+    /// The reader's zone.
+    pub timezone: Timezone,
+    /// Confirmed by an admin (skips double opt-in).
+    pub confirmed: bool,
+}
+
+/// What `add_subscriber` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddOutcome {
+    /// A new reader row.
+    Added,
+    /// The address existed; `n` regions it did not follow yet were added.
+    AddedRegions(usize),
+    /// The address existed with all these regions: nothing changed.
+    Unchanged,
+}
+
+/// A reader as `subscribers list` and `export` show it.
+#[derive(Debug, Clone)]
+pub struct SubscriberRow {
+    /// Row id.
+    pub id: i64,
+    /// Address.
+    pub email: String,
+    /// State.
+    pub state: SubscriberState,
+    /// Zone name.
+    pub timezone: String,
+    /// Regions and cadences, sorted by region.
+    pub regions: Vec<(String, Cadence)>,
+    /// When the row was made.
+    pub created_at: i64,
+    /// When the reader confirmed.
+    pub confirmed_at: Option<i64>,
+}
+
+/// SHA-256 hex of a normalised address: what the suppression list keeps.
+pub fn email_hash(email: &str) -> String {
+    let digest = Sha256::digest(email.as_bytes());
+    digest.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+impl Store {
+    /// Adds a reader, or adds regions to an existing one; never changes state or cadences.
+    pub async fn add_subscriber(&self, new: &NewSubscriber, now: i64) -> Result<AddOutcome> {
+        let mut tx = self.pool.begin().await?;
+        let state = if new.confirmed {
+            SubscriberState::Confirmed
+        } else {
+            SubscriberState::Pending
+        };
+        let inserted: Option<(i64,)> = sqlx::query_as(
+            "INSERT INTO subscribers (email, state, timezone, created_at, confirmed_at, updated_at)
+             VALUES ($1, $2, $3, $4, $5, $4)
+             ON CONFLICT (email) DO NOTHING RETURNING id",
+        )
+        .bind(new.email.as_str())
+        .bind(state.as_str())
+        .bind(new.timezone.name())
+        .bind(now)
+        .bind(new.confirmed.then_some(now))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let (id, fresh) = match inserted {
+            Some((id,)) => (id, true),
+            None => {
+                let (id,): (i64,) = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
+                    .bind(new.email.as_str())
+                    .fetch_one(&mut *tx)
+                    .await?;
+                (id, false)
+            }
+        };
+        let mut added = 0;
+        for (region, cadence) in &new.regions {
+            let result = sqlx::query(
+                "INSERT INTO subscriptions (subscriber_id, region_slug, cadence, created_at)
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (subscriber_id, region_slug) DO NOTHING",
+            )
+            .bind(id)
+            .bind(region.as_str())
+            .bind(cadence.as_str())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            added += result.rows_affected() as usize;
+        }
+        tx.commit().await?;
+        Ok(if fresh {
+            AddOutcome::Added
+        } else if added > 0 {
+            AddOutcome::AddedRegions(added)
+        } else {
+            AddOutcome::Unchanged
+        })
+    }
+
+    /// Every reader with their subscriptions, ordered by address.
+    pub async fn list_subscribers(&self) -> Result<Vec<SubscriberRow>> {
+        let people: Vec<(i64, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, email, state, timezone, created_at, confirmed_at FROM subscribers ORDER BY email",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let subs: Vec<(i64, String, String)> = sqlx::query_as(
+            "SELECT subscriber_id, region_slug, cadence FROM subscriptions ORDER BY subscriber_id, region_slug",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_id: std::collections::HashMap<i64, Vec<(String, Cadence)>> = Default::default();
+        for (id, region, cadence) in subs {
+            let cadence = cadence.parse().map_err(StoreError::Corrupt)?;
+            by_id.entry(id).or_default().push((region, cadence));
+        }
+        people
+            .into_iter()
+            .map(|(id, email, state, timezone, created_at, confirmed_at)| {
+                Ok(SubscriberRow {
+                    id,
+                    email,
+                    state: state.parse().map_err(StoreError::Corrupt)?,
+                    timezone,
+                    regions: by_id.remove(&id).unwrap_or_default(),
+                    created_at,
+                    confirmed_at,
+                })
+            })
+            .collect()
+    }
+
+    /// Erases a reader: their row and subscriptions go, queued mail to them is cancelled,
+    /// and a hashed suppression entry stays so no old queue row can reach them.
+    /// Returns false when the address was not on file.
+    pub async fn remove_subscriber(&self, email: &Email, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
+            .bind(email.as_str())
+            .fetch_optional(&mut *tx)
+            .await?;
+        let Some((id,)) = found else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "UPDATE deliveries SET state = 'cancelled', last_error = 'reader removed', updated_at = $1,
+                 lease_until = NULL
+             WHERE subscriber_id = $2 AND state IN ('queued', 'deferred')",
+        )
+        .bind(now)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM subscribers WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, 'removed', $2)
+             ON CONFLICT (email_hash) DO NOTHING",
+        )
+        .bind(email_hash(email.as_str()))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Marks a reader unsubscribed and cancels mail queued for them. Idempotent.
+    pub async fn unsubscribe(&self, subscriber_id: i64, now: i64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        let changed = sqlx::query(
+            "UPDATE subscribers SET state = 'unsubscribed', unsubscribed_at = $1, updated_at = $1
+             WHERE id = $2 AND state IN ('pending', 'confirmed')",
+        )
+        .bind(now)
+        .bind(subscriber_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        sqlx::query(
+            "UPDATE deliveries SET state = 'cancelled', last_error = 'reader unsubscribed', updated_at = $1
+             WHERE subscriber_id = $2 AND state IN ('queued', 'deferred')",
+        )
+        .bind(now)
+        .bind(subscriber_id)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(changed > 0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing::stores;
+
+    fn reader(email: &str, regions: &[&str], confirmed: bool) -> NewSubscriber {
+        NewSubscriber {
+            email: Email::parse(email).unwrap(),
+            regions: regions
+                .iter()
+                .map(|r| (r.parse().unwrap(), Cadence::Daily))
+                .collect(),
+            timezone: "Europe/Berlin".parse().unwrap(),
+            confirmed,
+        }
+    }
+
+    #[tokio::test]
+    async fn adding_twice_changes_nothing() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let a = reader("Ada@Example.org", &["town"], true);
+            assert_eq!(
+                store.add_subscriber(&a, 1).await.unwrap(),
+                AddOutcome::Added
+            );
+            assert_eq!(
+                store.add_subscriber(&a, 2).await.unwrap(),
+                AddOutcome::Unchanged
+            );
+            let more = reader("ada@example.org", &["town", "state"], false);
+            assert_eq!(
+                store.add_subscriber(&more, 3).await.unwrap(),
+                AddOutcome::AddedRegions(1)
+            );
+            let list = store.list_subscribers().await.unwrap();
+            assert_eq!(list.len(), 1, "{backend:?}");
+            assert_eq!(list[0].email, "ada@example.org");
+            assert_eq!(
+                list[0].state,
+                SubscriberState::Confirmed,
+                "a later add must not reset the state"
+            );
+            assert_eq!(list[0].regions.len(), 2);
+            assert_eq!(list[0].timezone, "Europe/Berlin");
+        }
+    }
+
+    #[tokio::test]
+    async fn removal_erases_and_suppresses() {
+        for (_backend, t) in stores().await {
+            let store = &t.store;
+            let a = reader("gone@example.org", &["town"], true);
+            store.add_subscriber(&a, 1).await.unwrap();
+            assert!(store.remove_subscriber(&a.email, 2).await.unwrap());
+            assert!(!store.remove_subscriber(&a.email, 3).await.unwrap());
+            assert!(store.list_subscribers().await.unwrap().is_empty());
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT COUNT(*) FROM suppressions WHERE email_hash = $1")
+                    .bind(email_hash("gone@example.org"))
+                    .fetch_one(&store.pool)
+                    .await
+                    .unwrap();
+            assert_eq!(n, 1);
+        }
+    }
+}
