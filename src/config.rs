@@ -48,7 +48,7 @@ pub enum ConfigError {
 
 /// The file layout, as written in `herald.toml`. Strings are checked and turned into
 /// [`Config`] by [`RawConfig::validate`].
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct RawConfig {
     database: RawDatabase,
@@ -158,23 +158,6 @@ struct RawRegion {
     timezone: String,
     #[serde(default)]
     feeds: Vec<String>,
-}
-
-impl Default for RawConfig {
-    fn default() -> Self {
-        RawConfig {
-            database: RawDatabase::default(),
-            http: RawHttp::default(),
-            mail: RawMail::default(),
-            smtp: RawSmtp::default(),
-            schedule: RawSchedule::default(),
-            alerts: RawAlerts::default(),
-            ingest: RawIngest::default(),
-            deliver: RawDeliver::default(),
-            security: RawSecurity::default(),
-            regions: Vec::new(),
-        }
-    }
 }
 
 impl Default for RawDatabase {
@@ -525,7 +508,7 @@ impl Config {
         merge(&mut merged, file);
         for (key, value) in env {
             if let Some(rest) = key.strip_prefix("HERALD__") {
-                apply_env(&mut merged, rest, &value).map_err(|message| syntax(message))?;
+                apply_env(&mut merged, rest, &value).map_err(&syntax)?;
             }
         }
         let raw: RawConfig = merged.try_into().map_err(|e: toml::de::Error| {

@@ -53,6 +53,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .await;
     }
 
+    // A broken template must stop the send before anything is queued.
+    let composer = super::composer(config)?;
     let t = now();
     if args.dry_run || !args.yes {
         let plan = manual_digest(config, &store, &region.slug, args.cadence, t, true).await?;
@@ -97,7 +99,6 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         "queued {} digest(s) for {} ({} readers, {} articles placed)",
         plan.deliveries, region.slug, plan.deliveries, plan.articles
     );
-    let composer = super::composer(config)?;
     let transport = Arc::new(Transport::from_config(config));
     let deliverer = Deliverer::new(config, store.clone(), composer, transport.clone());
     let (trigger, shutdown) = Shutdown::new();

@@ -161,6 +161,7 @@ impl Composer {
     pub fn new(config: &Config, dir: &Path, signer: Signer) -> Result<Composer, ComposeError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
+        env.set_formatter(html_formatter);
         for name in TEMPLATES {
             let path = dir.join(name);
             let source = std::fs::read_to_string(&path).map_err(|source| ComposeError::Read {
@@ -349,6 +350,34 @@ impl Composer {
     }
 }
 
+/// HTML-escapes `& < > " '` only: minijinja's default also escapes `/`, which turns
+/// every link into `https:&#x2f;&#x2f;…` — valid, but unreadable in the source.
+fn html_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &minijinja::Value,
+) -> Result<(), minijinja::Error> {
+    match (state.auto_escape(), value.as_str()) {
+        (minijinja::AutoEscape::Html, Some(text)) if !value.is_safe() => {
+            let mut escaped = String::with_capacity(text.len() + 16);
+            for c in text.chars() {
+                match c {
+                    '&' => escaped.push_str("&amp;"),
+                    '<' => escaped.push_str("&lt;"),
+                    '>' => escaped.push_str("&gt;"),
+                    '"' => escaped.push_str("&quot;"),
+                    '\'' => escaped.push_str("&#39;"),
+                    c => escaped.push(c),
+                }
+            }
+            out.write_str(&escaped).map_err(|_| {
+                minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write output")
+            })
+        }
+        _ => minijinja::escape_formatter(out, state, value),
+    }
+}
+
 fn template_error(name: &str, error: &minijinja::Error) -> ComposeError {
     let mut message = error.to_string();
     if let Some(line) = error.line() {
@@ -442,9 +471,18 @@ mod tests {
         let (plain, html) = composer
             .render_digest(&composer.digest_context(&request_again))
             .unwrap();
-        assert!(!html.contains("<script>"), "feed markup must not reach the HTML part");
-        assert!(html.contains("&lt;script&gt;"), "the title is shown, escaped");
-        assert!(plain.contains("<script>alert"), "text/plain carries the title as text");
+        assert!(
+            !html.contains("<script>"),
+            "feed markup must not reach the HTML part"
+        );
+        assert!(
+            html.contains("&lt;script&gt;"),
+            "the title is shown, escaped"
+        );
+        assert!(
+            plain.contains("<script>alert"),
+            "text/plain carries the title as text"
+        );
         assert!(html.contains("1 Main St") && plain.contains("1 Main St"));
         assert!(html.contains("nsubscribe") && plain.contains("/unsubscribe?token="));
         assert_eq!(composed.envelope.to()[0].to_string(), "reader@example.org");

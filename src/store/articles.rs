@@ -63,6 +63,9 @@ pub struct FeedStatus {
     pub last_error: Option<String>,
 }
 
+/// (region, url, last polled, last success, last error).
+type FeedStatusRow = (String, String, Option<i64>, Option<i64>, Option<String>);
+
 impl Store {
     /// The id of the feed row for (region, url), created on first use.
     pub async fn feed_id(&self, region: &RegionSlug, url: &str) -> Result<i64> {
@@ -191,7 +194,7 @@ impl Store {
 
     /// Every feed's last poll, for `herald status`.
     pub async fn feed_statuses(&self) -> Result<Vec<FeedStatus>> {
-        let rows: Vec<(String, String, Option<i64>, Option<i64>, Option<String>)> = sqlx::query_as(
+        let rows: Vec<FeedStatusRow> = sqlx::query_as(
             "SELECT region_slug, url, last_polled_at, last_success_at, last_error
              FROM feeds ORDER BY region_slug, url",
         )
@@ -326,7 +329,7 @@ mod tests {
 
             // Polling again changes nothing; an edited title is an update, not a new article.
             let counts = store
-                .record_feed_items(state_feed, &state, &[shared.clone()], 120)
+                .record_feed_items(state_feed, &state, std::slice::from_ref(&shared), 120)
                 .await
                 .unwrap();
             assert_eq!(

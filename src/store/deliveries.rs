@@ -597,20 +597,43 @@ impl Store {
         Ok(n)
     }
 
-    /// Every row's (subscriber email, state, attempts, message id, last error): for tests and audits.
-    pub async fn delivery_ledger(
-        &self,
-    ) -> Result<Vec<(Option<String>, DeliveryState, i64, String, Option<String>)>> {
-        let rows: Vec<(Option<String>, String, i64, String, Option<String>)> = sqlx::query_as(
+    /// Every row in id order: for tests and audits.
+    pub async fn delivery_ledger(&self) -> Result<Vec<LedgerRow>> {
+        let rows: Vec<RawLedgerRow> = sqlx::query_as(
             "SELECT s.email, d.state, d.attempts, d.message_id, d.last_error
              FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id ORDER BY d.id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(e, s, a, m, l)| Ok((e, s.parse().map_err(StoreError::Corrupt)?, a, m, l)))
+            .map(|(email, state, attempts, message_id, last_error)| {
+                Ok(LedgerRow {
+                    email,
+                    state: state.parse().map_err(StoreError::Corrupt)?,
+                    attempts,
+                    message_id,
+                    last_error,
+                })
+            })
             .collect()
     }
+}
+
+type RawLedgerRow = (Option<String>, String, i64, String, Option<String>);
+
+/// One delivery row as the ledger shows it.
+#[derive(Debug, Clone)]
+pub struct LedgerRow {
+    /// The reader's address (`None` once erased).
+    pub email: Option<String>,
+    /// Current state.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Stored Message-ID (32 hex digits).
+    pub message_id: String,
+    /// Last error, if any.
+    pub last_error: Option<String>,
 }
 
 #[cfg(test)]
@@ -798,9 +821,9 @@ mod tests {
                     .is_empty()
             );
             let ledger = store.delivery_ledger().await.unwrap();
-            assert_eq!(ledger[0].1, DeliveryState::Bounced);
-            assert_eq!(ledger[1].1, DeliveryState::Cancelled);
-            assert_eq!(ledger[1].2, 0, "a released claim is not an attempt");
+            assert_eq!(ledger[0].state, DeliveryState::Bounced);
+            assert_eq!(ledger[1].state, DeliveryState::Cancelled);
+            assert_eq!(ledger[1].attempts, 0, "a released claim is not an attempt");
         }
     }
 }

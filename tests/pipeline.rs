@@ -1,0 +1,242 @@
+//! End to end with the real binary: a feed in, digests out over a real SMTP server,
+//! every delivery recorded; the second send delivers nothing.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Site, SmtpServer, parse_email};
+
+#[test]
+fn feed_to_digests_over_smtp_with_every_delivery_recorded() {
+    let smtp = SmtpServer::start();
+    let site = Site::new(smtp.port);
+
+    let ingest = site.run(&["ingest"]).ok();
+    assert!(ingest.stdout().contains("riverton"), "{}", ingest.stdout());
+    assert!(ingest.stdout().contains("0 failed"), "{}", ingest.stdout());
+
+    for email in ["ada@example.org", "Bo@Example.ORG", "cy@example.net"] {
+        site.run(&[
+            "subscribers",
+            "add",
+            email,
+            "--region",
+            "riverton",
+            "--confirmed",
+        ])
+        .ok();
+    }
+    // A pending reader must get nothing.
+    site.run(&[
+        "subscribers",
+        "add",
+        "pending@example.org",
+        "--region",
+        "riverton",
+    ])
+    .ok();
+
+    let send = site.run(&["send", "--region", "riverton", "--yes"]).ok();
+    assert!(send.stdout().contains("3 sent"), "{}", send.stdout());
+
+    let messages = smtp.wait_for(3, Duration::from_secs(10));
+    assert_eq!(messages.len(), 3, "exactly three digests arrive");
+    let mut recipients: Vec<String> = messages.iter().map(|(r, _)| r.trim().to_string()).collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["ada@example.org", "bo@example.org", "cy@example.net"]
+    );
+
+    let mut message_ids = Vec::new();
+    for (_, raw) in &messages {
+        let email = parse_email(raw);
+        let content_type = email.header("Content-Type").unwrap();
+        assert!(
+            content_type.starts_with("multipart/alternative"),
+            "{content_type}"
+        );
+        assert_eq!(email.parts.len(), 2);
+        assert!(
+            email.parts[0].0.starts_with("text/plain"),
+            "text/plain comes first"
+        );
+        assert!(email.parts[1].0.starts_with("text/html"));
+        let message_id = email.header("Message-ID").unwrap();
+        assert!(
+            message_id.starts_with('<') && message_id.ends_with("@test.example>"),
+            "{message_id}"
+        );
+        message_ids.push(message_id.to_string());
+        let unsubscribe = email.header("List-Unsubscribe").unwrap();
+        assert!(
+            unsubscribe.starts_with(&format!(
+                "<http://127.0.0.1:{}/unsubscribe?token=",
+                site.http_port
+            )),
+            "{unsubscribe}"
+        );
+        assert_eq!(
+            email.header("List-Unsubscribe-Post"),
+            Some("List-Unsubscribe=One-Click")
+        );
+        assert!(email.header("List-Id").unwrap().contains("test.example>"));
+        let (text, html) = (&email.parts[0].1, &email.parts[1].1);
+        for title in [
+            "Water main break closes Front Street",
+            "Holiday lights parade returns",
+        ] {
+            assert!(text.contains(title), "text part lacks {title:?}:\n{text}");
+            assert!(html.contains(title), "html part lacks {title:?}");
+        }
+        for part in [text, html] {
+            assert!(
+                part.contains("1 Test Street"),
+                "postal address in every part"
+            );
+            assert!(
+                part.contains("/unsubscribe?token="),
+                "unsubscribe link in every part"
+            );
+        }
+    }
+    message_ids.sort();
+    message_ids.dedup();
+    assert_eq!(message_ids.len(), 3, "every message has its own Message-ID");
+
+    // Every row is sent, with the server's reply and the Message-ID stored.
+    let rows =
+        site.sql("SELECT state, attempts, smtp_reply, message_id FROM deliveries ORDER BY id");
+    assert_eq!(rows.len(), 3);
+    for row in &rows {
+        assert_eq!(row[0], "sent");
+        assert_eq!(row[1], "1");
+        assert!(row[2].starts_with("250"), "reply stored: {row:?}");
+        assert_eq!(row[3].len(), 32);
+    }
+
+    // The same send again delivers nothing new.
+    let again = site.run(&["send", "--region", "riverton", "--yes"]).ok();
+    assert!(again.stdout().contains("queued 0"), "{}", again.stdout());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(smtp.messages().len(), 3, "a second send delivers nothing");
+    assert_eq!(site.sql("SELECT COUNT(*) FROM deliveries")[0][0], "3");
+
+    let status = site.run(&["status"]).ok();
+    assert!(
+        status.stdout().contains("sent        3"),
+        "{}",
+        status.stdout()
+    );
+}
+
+#[test]
+fn a_reader_of_two_regions_gets_one_email_grouped_by_region_and_no_article_twice() {
+    let smtp = SmtpServer::start();
+    let site = Site::new(smtp.port);
+    site.run(&["ingest"]).ok();
+    site.run(&[
+        "subscribers",
+        "add",
+        "both@example.org",
+        "--region",
+        "riverton,cascadia",
+        "--confirmed",
+    ])
+    .ok();
+    site.run(&["send", "--region", "riverton", "--yes"]).ok();
+    site.run(&["send", "--region", "cascadia", "--yes"]).ok();
+    let messages = smtp.wait_for(2, Duration::from_secs(10));
+    assert_eq!(messages.len(), 2);
+    // The bridge story is in both feeds (one article, two regions): it goes out once.
+    let bridge = "Ferry Street Bridge";
+    let carrying: usize = messages
+        .iter()
+        .filter(|(_, raw)| parse_email(raw).parts[0].1.contains(bridge))
+        .count();
+    assert_eq!(carrying, 1, "the shared story reaches the reader once");
+}
+
+#[test]
+fn dry_run_shows_recipients_and_sends_nothing() {
+    let smtp = SmtpServer::start();
+    let site = Site::new(smtp.port);
+    site.run(&["ingest"]).ok();
+    site.run(&[
+        "subscribers",
+        "add",
+        "ada@example.org",
+        "--region",
+        "cedar-falls",
+        "--confirmed",
+    ])
+    .ok();
+    let dry = site
+        .run(&["send", "--region", "cedar-falls", "--dry-run"])
+        .ok();
+    assert!(
+        dry.stdout().contains("ada@example.org  5 article(s)"),
+        "{}",
+        dry.stdout()
+    );
+    assert_eq!(site.sql("SELECT COUNT(*) FROM deliveries")[0][0], "0");
+    // Without --yes and without a terminal, nothing is sent either.
+    let refused = site.run(&["send", "--region", "cedar-falls"]).failed();
+    assert!(refused.stderr().contains("--yes"), "{}", refused.stderr());
+    assert!(smtp.messages().is_empty());
+}
+
+#[test]
+fn preview_renders_without_sending() {
+    let site = Site::new(1);
+    site.run(&["ingest"]).ok();
+    let text = site
+        .run(&["preview", "--region", "cedar-falls", "--format", "text"])
+        .ok()
+        .stdout();
+    assert!(text.contains("Bakers & \"Brewers\" Fair"), "{text}");
+    let html = site
+        .run(&["preview", "--region", "cedar-falls", "--format", "html"])
+        .ok()
+        .stdout();
+    assert!(
+        html.contains("Bakers &amp; &quot;Brewers&quot; Fair"),
+        "escaped in HTML"
+    );
+    let eml = site
+        .run(&["preview", "--region", "cedar-falls", "--format", "eml"])
+        .ok()
+        .stdout();
+    assert!(eml.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+    assert_eq!(site.sql("SELECT COUNT(*) FROM deliveries")[0][0], "0");
+}
+
+#[test]
+fn file_transport_writes_eml_files() {
+    let site = Site::new(1);
+    site.run(&["ingest"]).ok();
+    site.run(&[
+        "subscribers",
+        "add",
+        "ada@example.org",
+        "--region",
+        "riverton",
+        "--confirmed",
+    ])
+    .ok();
+    let mut cmd = site.command(&["send", "--region", "riverton", "--yes"]);
+    cmd.env("HERALD__MAIL__TRANSPORT", "file");
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let outbox = site.dir.path().join("var/outbox");
+    let files: Vec<_> = std::fs::read_dir(&outbox).unwrap().collect();
+    assert_eq!(files.len(), 1);
+    let raw = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
+    assert!(raw.contains("To: ada@example.org"));
+    assert_eq!(site.sql("SELECT state FROM deliveries")[0][0], "sent");
+}

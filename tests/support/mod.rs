@@ -1,0 +1,444 @@
+//! Shared helpers for integration tests: a scratch folder with its own config and
+//! SQLite file, the real `herald` binary, and a real SMTP server process.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The repository root (templates, demo feeds).
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A scratch installation: its own folder, config file and database.
+pub struct Site {
+    pub dir: tempfile::TempDir,
+    pub smtp_port: u16,
+    pub http_port: u16,
+    extra: String,
+    regions: String,
+}
+
+impl Site {
+    /// A site with the demo regions and feeds, sending over SMTP to `smtp_port`.
+    pub fn new(smtp_port: u16) -> Site {
+        let feeds = repo().join("config/feeds");
+        let regions = format!(
+            r#"
+[[regions]]
+slug = "cascadia"
+name = "Across Cascadia"
+timezone = "America/Los_Angeles"
+feeds = ["file://{f}/cascadia.xml"]
+
+[[regions]]
+slug = "riverton"
+name = "Riverton"
+parent = "cascadia"
+timezone = "America/Los_Angeles"
+feeds = ["file://{f}/riverton.atom"]
+
+[[regions]]
+slug = "cedar-falls"
+name = "Cedar Falls"
+parent = "cascadia"
+timezone = "America/Los_Angeles"
+feeds = ["file://{f}/cedar-falls.json"]
+"#,
+            f = feeds.display()
+        );
+        let site = Site {
+            dir: tempfile::tempdir().unwrap(),
+            smtp_port,
+            http_port: free_port(),
+            extra: String::new(),
+            regions,
+        };
+        site.write_config();
+        site
+    }
+
+    /// Replaces the regions block (e.g. to add a broken feed).
+    pub fn with_regions(mut self, regions: &str) -> Site {
+        self.regions = regions.to_string();
+        self.write_config();
+        self
+    }
+
+    /// Adds extra TOML sections to the config (e.g. `[ingest]`).
+    pub fn with_extra(mut self, extra: &str) -> Site {
+        self.extra = extra.to_string();
+        self.write_config();
+        self
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("herald.toml")
+    }
+
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("var/herald.db")
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            r#"
+[database]
+url = "sqlite://{db}"
+
+[http]
+listen = "127.0.0.1:{http}"
+public_url = "http://127.0.0.1:{http}"
+
+[mail]
+from = "Test News <news@test.example>"
+postal_address = "Test News, 1 Test Street, Testville"
+transport = "smtp"
+outbox_dir = "{outbox}"
+templates_dir = "{templates}"
+
+[smtp]
+host = "127.0.0.1"
+port = {smtp}
+connections = 2
+timeout = "5s"
+
+[security]
+secret = "integration-test-secret"
+
+[deliver]
+drain_timeout = "5s"
+{extra}
+{regions}
+"#,
+            db = self.db_path().display(),
+            http = self.http_port,
+            outbox = self.dir.path().join("var/outbox").display(),
+            templates = repo().join("templates").display(),
+            smtp = self.smtp_port,
+            extra = self.extra,
+            regions = self.regions,
+        );
+        std::fs::write(self.config_path(), text).unwrap();
+    }
+
+    /// A `herald` command in this site's folder with its config.
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
+        cmd.current_dir(self.dir.path())
+            .env("HERALD_CONFIG", self.config_path())
+            .env_remove("HERALD_LOG")
+            .args(args);
+        for (key, _) in std::env::vars() {
+            if key.starts_with("HERALD__") {
+                cmd.env_remove(key);
+            }
+        }
+        cmd
+    }
+
+    /// Runs `herald ARGS…` to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        let output = self.command(args).output().expect("run herald");
+        Run(output)
+    }
+
+    /// Opens the site's SQLite file directly (read-only checks).
+    pub fn sql(&self, query: &str) -> Vec<Vec<String>> {
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3,sys,json\n\
+                 c=sqlite3.connect(sys.argv[1])\n\
+                 print(json.dumps([[('' if v is None else str(v)) for v in r] for r in c.execute(sys.argv[2])]))",
+            )
+            .arg(self.db_path())
+            .arg(query)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    }
+}
+
+/// A finished command, with helpers to assert on it.
+pub struct Run(pub Output);
+
+impl Run {
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.0.stdout).into_owned()
+    }
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.0.stderr).into_owned()
+    }
+    pub fn success(&self) -> bool {
+        self.0.status.success()
+    }
+    /// Panics with both streams unless the command succeeded.
+    pub fn ok(self) -> Run {
+        assert!(
+            self.success(),
+            "command failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+    /// Panics unless the command failed.
+    pub fn failed(self) -> Run {
+        assert!(
+            !self.success(),
+            "command should have failed\nstdout:\n{}\nstderr:\n{}",
+            self.stdout(),
+            self.stderr()
+        );
+        self
+    }
+}
+
+/// A real SMTP server process (Python aiosmtpd) that saves each message to a folder.
+pub struct SmtpServer {
+    pub port: u16,
+    pub dir: tempfile::TempDir,
+    child: Child,
+    _stdin: ChildStdin,
+}
+
+impl SmtpServer {
+    pub fn start() -> SmtpServer {
+        let port = free_port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut child = Command::new("python3")
+            .arg(repo().join("tests/support/smtp_server.py"))
+            .arg(port.to_string())
+            .arg(dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3 must be installed (with aiosmtpd: pip install aiosmtpd)");
+        let stdin = child.stdin.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(
+            line.trim(),
+            "ready",
+            "the aiosmtpd test server did not start (is aiosmtpd installed? pip install aiosmtpd)"
+        );
+        SmtpServer {
+            port,
+            dir,
+            child,
+            _stdin: stdin,
+        }
+    }
+
+    /// Every message received so far, in arrival order: (recipients, raw message).
+    pub fn messages(&self) -> Vec<(String, String)> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|p| {
+                let rcpt = std::fs::read_to_string(p.with_extension("rcpt")).unwrap_or_default();
+                (rcpt, std::fs::read_to_string(&p).unwrap())
+            })
+            .collect()
+    }
+
+    /// Waits until at least `n` messages arrived, or panics after `timeout`.
+    pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(String, String)> {
+        let start = Instant::now();
+        loop {
+            let messages = self.messages();
+            if messages.len() >= n || start.elapsed() > timeout {
+                return messages;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One email, split into headers and decoded MIME parts.
+pub struct Parsed {
+    pub headers: Vec<(String, String)>,
+    /// (content type, decoded body) of each leaf part, in order.
+    pub parts: Vec<(String, String)>,
+}
+
+impl Parsed {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses headers (unfolding continuation lines) and a one-level multipart body,
+/// decoding quoted-printable and base64 parts.
+pub fn parse_email(raw: &str) -> Parsed {
+    let raw = raw.replace("\r\n", "\n");
+    let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+    let headers = parse_headers(head);
+    let content_type = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("Content-Type"))
+        .map(|(_, v)| v.clone())
+        .unwrap_or_default();
+    let mut parts = Vec::new();
+    if let Some(boundary) = content_type.split("boundary=").nth(1) {
+        let boundary = boundary
+            .trim_matches('"')
+            .split(';')
+            .next()
+            .unwrap()
+            .trim_matches('"');
+        for chunk in body.split(&format!("--{boundary}")).skip(1) {
+            if chunk.starts_with("--") {
+                break;
+            }
+            let chunk = chunk.trim_start_matches('\n');
+            let (part_head, part_body) = chunk.split_once("\n\n").unwrap_or((chunk, ""));
+            let part_headers = parse_headers(part_head);
+            let get = |n: &str| {
+                part_headers
+                    .iter()
+                    .find(|(k, _)| k.eq_ignore_ascii_case(n))
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            parts.push((
+                get("Content-Type"),
+                decode(&get("Content-Transfer-Encoding"), part_body),
+            ));
+        }
+    }
+    Parsed { headers, parts }
+}
+
+fn parse_headers(head: &str) -> Vec<(String, String)> {
+    let mut headers: Vec<(String, String)> = Vec::new();
+    for line in head.lines() {
+        if line.starts_with([' ', '\t']) {
+            if let Some(last) = headers.last_mut() {
+                last.1.push(' ');
+                last.1.push_str(line.trim());
+            }
+        } else if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    headers
+}
+
+fn decode(encoding: &str, body: &str) -> String {
+    match encoding.to_ascii_lowercase().as_str() {
+        "quoted-printable" => {
+            let joined = body.replace("=\n", "");
+            let bytes = joined.as_bytes();
+            let mut out = Vec::new();
+            let mut i = 0;
+            while i < bytes.len() {
+                if bytes[i] == b'='
+                    && i + 2 < bytes.len()
+                    && let Ok(b) = u8::from_str_radix(&joined[i + 1..i + 3], 16)
+                {
+                    out.push(b);
+                    i += 3;
+                    continue;
+                }
+                out.push(bytes[i]);
+                i += 1;
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        }
+        "base64" => {
+            use base64::Engine;
+            let clean: String = body.chars().filter(|c| !c.is_whitespace()).collect();
+            String::from_utf8_lossy(
+                &base64::engine::general_purpose::STANDARD
+                    .decode(clean)
+                    .unwrap_or_default(),
+            )
+            .into_owned()
+        }
+        _ => body.to_string(),
+    }
+}
+
+/// Waits until `path` answers HTTP 200 on 127.0.0.1:`port`.
+pub fn wait_http(port: u16, path: &str, timeout: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < timeout {
+        if let Ok((200, _)) = http(port, "GET", path, "") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+/// A minimal HTTP/1.1 request; returns (status, body).
+pub fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+/// Path of a file inside the repo.
+pub fn repo_file(rel: &str) -> PathBuf {
+    repo().join(rel)
+}
+
+/// True if `path` exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
