@@ -108,6 +108,7 @@ struct RawSchedule {
     daily: String,
     weekly: String,
     max_lateness: String,
+    tick: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -213,6 +214,7 @@ impl Default for RawSchedule {
             daily: "0 7 * * *".into(),
             weekly: "0 7 * * 1".into(),
             max_lateness: "6h".into(),
+            tick: "15s".into(),
         }
     }
 }
@@ -383,6 +385,8 @@ pub struct ScheduleConfig {
     pub weekly: croner::Cron,
     /// Missed slots older than this are skipped.
     pub max_lateness: Duration,
+    /// How often the daemon looks for due slots and breaking articles.
+    pub tick: Duration,
 }
 
 /// `[alerts]`.
@@ -794,6 +798,7 @@ impl RawConfig {
         };
         let smtp_timeout = duration("smtp.timeout", &self.smtp.timeout);
         let max_lateness = duration("schedule.max_lateness", &self.schedule.max_lateness);
+        let tick = duration("schedule.tick", &self.schedule.tick);
         let alert_max_age = duration("alerts.max_age", &self.alerts.max_age);
         let ingest_interval = duration("ingest.interval", &self.ingest.interval);
         let ingest_timeout = duration("ingest.timeout", &self.ingest.timeout);
@@ -959,6 +964,7 @@ impl RawConfig {
                 daily: daily.expect("checked above"),
                 weekly: weekly.expect("checked above"),
                 max_lateness,
+                tick: tick.max(Duration::from_millis(100)),
             },
             alerts: AlertsConfig {
                 categories: self

@@ -12,6 +12,7 @@ use anyhow::Context as _;
 use crate::config::Config;
 use crate::deliver::{Deliverer, Transport};
 use crate::ingest::ingest_all;
+use crate::plan::plan_due;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::Store;
 use crate::web::{AppState, router};
@@ -37,6 +38,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     tokio::spawn(wait_for_signal(trigger));
 
     let ingest = tokio::spawn(ingest_loop(config.clone(), store.clone(), shutdown.clone()));
+    let planner = tokio::spawn(plan_loop(config.clone(), store.clone(), shutdown.clone()));
     let deliverer = Deliverer::new(&config, store.clone(), composer, transport);
     let deliver = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -62,6 +64,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         tracing::error!(%error, "delivery stopped with an error");
     }
     let _ = ingest.await;
+    let _ = planner.await;
     if let Ok(Err(error)) = http.await {
         tracing::error!(%error, "HTTP server error");
     }
@@ -85,6 +88,25 @@ async fn wait_for_signal(trigger: Trigger) {
         let _ = tokio::signal::ctrl_c().await;
     }
     trigger.fire();
+}
+
+/// Plans due slots and alerts every few seconds; unique keys make overlapping passes
+/// (or several daemons) harmless.
+async fn plan_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
+    while !shutdown.is_triggered() {
+        match plan_due(&config, &store, chrono::Utc::now(), false).await {
+            Ok(report) if report.deliveries() > 0 => {
+                tracing::info!(
+                    emails = report.deliveries(),
+                    slots = report.slots.len(),
+                    "planned"
+                )
+            }
+            Ok(_) => {}
+            Err(error) => tracing::error!(%error, "planning failed"),
+        }
+        shutdown.sleep(config.schedule.tick).await;
+    }
 }
 
 async fn ingest_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {

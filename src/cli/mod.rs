@@ -4,6 +4,7 @@ mod deliver;
 mod deliveries;
 mod ingest;
 mod migrate;
+mod plan;
 mod preview;
 mod send;
 mod status;
@@ -41,6 +42,8 @@ enum Command {
     Daemon,
     /// Poll feeds once and print new/updated/unchanged/failed counts per feed.
     Ingest(ingest::Args),
+    /// Plan the digest slots and alerts due at an instant (default now).
+    Plan(plan::Args),
     /// Send a region's digest now to its confirmed readers, then deliver the queue.
     Send(send::Args),
     /// Send what is queued, then exit.
@@ -97,6 +100,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Migrate(args) => migrate::run(&config, args).await,
         Command::Daemon => crate::daemon::run(config).await,
         Command::Ingest(args) => ingest::run(&config, args).await,
+        Command::Plan(args) => plan::run(&config, args).await,
         Command::Send(args) => send::run(&config, args).await,
         Command::Deliver(args) => deliver::run(&config, args).await,
         Command::Preview(args) => preview::run(&config, args).await,

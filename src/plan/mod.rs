@@ -1,13 +1,17 @@
 //! Plan: decide who gets which email, and queue it in the outbox.
 //!
-//! Planning is set-based SQL in the store; this module picks the slot key, the
-//! content window and the expiry.
+//! The SQL is set-based and lives in the store; this module works out the slots due
+//! (cron in each reader's zone), the content windows, quiet hours and expiries.
 
-use chrono::Duration;
+mod schedule;
+
+pub use schedule::{due_slots, release_after_quiet_hours};
+
+use chrono::{DateTime, Duration, Utc};
 
 use crate::config::Config;
 use crate::domain::{Cadence, DeliveryKind, RegionSlug};
-use crate::store::{PlanSummary, Store, StoreError};
+use crate::store::{AlertPlan, PlanSummary, SlotPlan, Store, StoreError};
 
 /// Queues a digest of `region` now for its confirmed `cadence` readers: each gets the
 /// region's articles of the last period they have not received yet. A manual send is
@@ -25,17 +29,147 @@ pub async fn manual_digest(
         uuid::Uuid::new_v4().simple()
     );
     let since = now - cadence.period().num_seconds();
-    let expiry = Duration::from_std(config.expiry(DeliveryKind::Digest, Some(cadence)))
-        .unwrap_or(Duration::hours(24));
+    let expires_at = now + secs(config.expiry(DeliveryKind::Digest, Some(cadence)));
     store
-        .plan_region_digest(
-            &slot_key,
-            region,
-            cadence,
-            since,
-            now,
-            now + expiry.num_seconds(),
-            dry_run,
-        )
+        .plan_region_digest(&slot_key, region, cadence, since, now, expires_at, dry_run)
         .await
 }
+
+/// What one planning pass did.
+#[derive(Debug, Clone, Default)]
+pub struct PlanReport {
+    /// Digest slots planned: (cadence, zone, slot instant, summary).
+    pub slots: Vec<(Cadence, String, DateTime<Utc>, PlanSummary)>,
+    /// Stale slots skipped: (cadence, zone, slot instant).
+    pub skipped: Vec<(Cadence, String, DateTime<Utc>)>,
+    /// Alerts queued: (article id, zone, release instant, summary).
+    pub alerts: Vec<(i64, String, DateTime<Utc>, PlanSummary)>,
+    /// Fresh missed slots folded into a later slot of the same zone and cadence.
+    pub folded: usize,
+}
+
+impl PlanReport {
+    /// Emails queued in this pass.
+    pub fn deliveries(&self) -> u64 {
+        self.slots.iter().map(|s| s.3.deliveries).sum::<u64>()
+            + self.alerts.iter().map(|a| a.3.deliveries).sum::<u64>()
+    }
+}
+
+/// Plans every digest slot that came due since the last pass (up to `at`), and the
+/// alerts for breaking articles. Slots older than `schedule.max_lateness` are skipped and
+/// recorded, never sent late. On a dry run nothing is written.
+pub async fn plan_due(
+    config: &Config,
+    store: &Store,
+    at: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<PlanReport, StoreError> {
+    let mut report = PlanReport::default();
+    let max_lateness =
+        Duration::from_std(config.schedule.max_lateness).unwrap_or(Duration::hours(6));
+    let now = at.timestamp();
+    let since = match store.planner_last_run().await? {
+        Some(last) => DateTime::from_timestamp(last, 0).unwrap_or(at),
+        None => at - max_lateness,
+    };
+    for cadence in [Cadence::Daily, Cadence::Weekly] {
+        let cron = match cadence {
+            Cadence::Weekly => &config.schedule.weekly,
+            _ => &config.schedule.daily,
+        };
+        for zone_name in store.cadence_zones(cadence).await? {
+            let Ok(zone) = zone_name.parse::<chrono_tz::Tz>() else {
+                tracing::warn!(zone = %zone_name, "reader with an unknown time zone; skipped");
+                continue;
+            };
+            let mut fresh = Vec::new();
+            for slot in due_slots(cron, zone, since, at) {
+                let slot_key = format!("{cadence}:{zone_name}:{}", slot.timestamp());
+                if at - slot > max_lateness {
+                    if !dry_run && store.record_skipped_slot(&slot_key, now).await? {
+                        tracing::warn!(
+                            %cadence, zone = %zone_name, slot = %slot,
+                            "skipped a stale slot older than schedule.max_lateness"
+                        );
+                    }
+                    report.skipped.push((cadence, zone_name.clone(), slot));
+                } else {
+                    fresh.push((slot_key, slot));
+                }
+            }
+            // Several missed slots that are still fresh go out as one digest for the
+            // latest: its window covers the others, and readers get one email, not a burst.
+            report.folded += fresh.len().saturating_sub(1);
+            if let Some((slot_key, slot)) = fresh.pop() {
+                let expires_at = now + secs(config.expiry(DeliveryKind::Digest, Some(cadence)));
+                let summary = store
+                    .plan_slot_digest(
+                        &SlotPlan {
+                            slot_key: &slot_key,
+                            cadence,
+                            zone: &zone_name,
+                            slot_at: slot.timestamp(),
+                            period: cadence.period().num_seconds(),
+                            now,
+                            expires_at,
+                        },
+                        dry_run,
+                    )
+                    .await?;
+                report
+                    .slots
+                    .push((cadence, zone_name.clone(), slot, summary));
+            }
+        }
+    }
+    report.alerts = plan_alerts(config, store, at, dry_run).await?;
+    if !dry_run {
+        store.set_planner_last_run(now).await?;
+    }
+    Ok(report)
+}
+
+/// Queues alerts for breaking articles stored within `alerts.max_age`, held through each
+/// reader's quiet hours and expiring when the article is older than `max_age`.
+pub async fn plan_alerts(
+    config: &Config,
+    store: &Store,
+    at: DateTime<Utc>,
+    dry_run: bool,
+) -> Result<Vec<(i64, String, DateTime<Utc>, PlanSummary)>, StoreError> {
+    let mut out = Vec::new();
+    if dry_run {
+        return Ok(out);
+    }
+    let now = at.timestamp();
+    let max_age = secs(config.alerts.max_age);
+    for article in store.breaking_articles_since(now - max_age).await? {
+        let expires_at =
+            (article.ingested_at + max_age).min(now + secs(config.deliver.expiry_alert));
+        for zone_name in store.alert_zones(article.id).await? {
+            let zone = zone_name.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC);
+            let release = release_after_quiet_hours(at, zone, config.alerts.quiet_hours);
+            let summary = store
+                .plan_alert(&AlertPlan {
+                    article_id: article.id,
+                    zone: &zone_name,
+                    release_at: release.timestamp(),
+                    expires_at,
+                    now,
+                })
+                .await?;
+            if summary.deliveries > 0 {
+                out.push((article.id, zone_name, release, summary));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn secs(d: std::time::Duration) -> i64 {
+    d.as_secs() as i64
+}
+
+#[cfg(test)]
+mod tests;

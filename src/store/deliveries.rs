@@ -155,8 +155,8 @@ impl Store {
     ) -> Result<PlanSummary> {
         let mut tx = self.pool.begin().await?;
         sqlx::query(
-            "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at)
-             VALUES ($1, 'digest', $2, $3, $4) ON CONFLICT (slot_key) DO NOTHING",
+            "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at, slot_at)
+             VALUES ($1, 'digest', $2, $3, $4, $4) ON CONFLICT (slot_key) DO NOTHING",
         )
         .bind(slot_key)
         .bind(cadence.as_str())
@@ -170,8 +170,8 @@ impl Store {
             .await?;
         let deliveries = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state, attempts,
-                 message_id, next_attempt_at, expires_at, created_at, updated_at)
-             SELECT $1, s.id, 'digest', $2, $3, 'queued', 0, {rand}, $4, $5, $4, $4
+                 message_id, next_attempt_at, expires_at, created_at, updated_at, slot_at, window_start)
+             SELECT $1, s.id, 'digest', $2, $3, 'queued', 0, {rand}, $4, $5, $4, $4, $4, $7
              FROM subscribers s JOIN subscriptions sub ON sub.subscriber_id = s.id
              WHERE s.state = 'confirmed' AND sub.region_slug = $6 AND sub.cadence = $2
                AND EXISTS (
@@ -205,30 +205,8 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        // A concurrent planner may have taken every article of a row we just made.
-        let empty = sqlx::query(
-            "DELETE FROM deliveries WHERE edition_id = $1 AND state = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM delivery_articles da WHERE da.delivery_id = deliveries.id)",
-        )
-        .bind(edition_id)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let mut recipients = Vec::new();
-        if dry_run {
-            recipients = sqlx::query_as(
-                "SELECT s.email, COUNT(*) FROM deliveries d
-                 JOIN subscribers s ON s.id = d.subscriber_id
-                 JOIN delivery_articles da ON da.delivery_id = d.id
-                 WHERE d.edition_id = $1 GROUP BY s.email ORDER BY s.email",
-            )
-            .bind(edition_id)
-            .fetch_all(&mut *tx)
-            .await?;
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
-        }
+        let empty = self.drop_empty_deliveries(&mut tx, edition_id).await?;
+        let recipients = self.finish_plan(tx, edition_id, dry_run).await?;
         Ok(PlanSummary {
             edition_id,
             deliveries: deliveries.saturating_sub(empty),

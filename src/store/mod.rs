@@ -5,10 +5,12 @@
 
 mod articles;
 mod deliveries;
+mod planning;
 mod subscribers;
 
 pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedStatus};
 pub use deliveries::{ClaimedDelivery, DeliveryArticle, Outcome, PlanSummary, QueueStatus};
+pub use planning::{AlertPlan, BreakingArticle, SlotPlan};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 
 use std::path::Path;
