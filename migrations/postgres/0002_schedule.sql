@@ -25,3 +25,7 @@ CREATE TABLE skipped_slots (
     slot_key   TEXT PRIMARY KEY,
     skipped_at BIGINT NOT NULL
 );
+
+-- Article placements are the planner's bulk write: one index, keyed by (reader, article).
+-- Rows of one email are found by reader, then delivery.
+DROP INDEX delivery_articles_by_delivery;

@@ -25,3 +25,18 @@ CREATE TABLE skipped_slots (
     slot_key   TEXT PRIMARY KEY,
     skipped_at INTEGER NOT NULL
 );
+
+-- Article placements are the planner's bulk write (a million digests of twenty stories
+-- is twenty million rows): keep them in one B-tree keyed by (reader, article), without
+-- a rowid table or a second index. Rows of one email are found by reader, then delivery.
+CREATE TABLE delivery_articles_compact (
+    subscriber_id INTEGER NOT NULL,
+    article_id    INTEGER NOT NULL,
+    delivery_id   INTEGER NOT NULL,
+    region_slug   TEXT NOT NULL,
+    PRIMARY KEY (subscriber_id, article_id)
+) WITHOUT ROWID;
+INSERT INTO delivery_articles_compact (subscriber_id, article_id, delivery_id, region_slug)
+    SELECT subscriber_id, article_id, delivery_id, region_slug FROM delivery_articles;
+DROP TABLE delivery_articles;
+ALTER TABLE delivery_articles_compact RENAME TO delivery_articles;

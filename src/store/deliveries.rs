@@ -292,10 +292,11 @@ impl Store {
         let sql = format!(
             "SELECT da.delivery_id, a.id, da.region_slug, COALESCE(r.name, da.region_slug), a.title, a.link,
                     a.summary, a.category, a.published_at
-             FROM delivery_articles da
+             FROM deliveries d
+             JOIN delivery_articles da ON da.subscriber_id = d.subscriber_id AND da.delivery_id = d.id
              JOIN articles a ON a.id = da.article_id
              LEFT JOIN regions r ON r.slug = da.region_slug
-             WHERE da.delivery_id IN ({})
+             WHERE d.id IN ({})
              ORDER BY da.delivery_id, da.region_slug, COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC",
             placeholders(1, ids.len())
         );

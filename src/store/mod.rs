@@ -6,6 +6,7 @@
 mod articles;
 mod deliveries;
 mod planning;
+mod seed;
 mod subscribers;
 
 pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedStatus};
@@ -136,6 +137,10 @@ impl Store {
                         conn.execute("PRAGMA synchronous = FULL").await?;
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
+                        // Planning writes millions of index entries in one statement;
+                        // a 64 MB page cache keeps that off the disk until commit.
+                        conn.execute("PRAGMA cache_size = -65536").await?;
+                        conn.execute("PRAGMA temp_store = MEMORY").await?;
                     }
                     Ok(())
                 })

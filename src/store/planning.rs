@@ -173,10 +173,7 @@ impl Store {
                  SELECT 1 FROM subscriptions sub
                  JOIN article_regions ar ON ar.region_slug = sub.region_slug
                  WHERE sub.subscriber_id = c.subscriber_id AND sub.cadence = $2
-                   AND ar.added_at > c.ws AND ar.added_at <= $6
-                   AND NOT EXISTS (SELECT 1 FROM delivery_articles da
-                                   WHERE da.subscriber_id = c.subscriber_id
-                                     AND da.article_id = ar.article_id))
+                   AND ar.added_at > c.ws AND ar.added_at <= $6)
              ON CONFLICT (subscriber_id, edition_id) DO NOTHING",
             rand = self.random_hex_sql()
         )))
@@ -206,6 +203,7 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
+        // Readers whose window held only articles they already had get no email.
         let empty = self.drop_empty_deliveries(&mut tx, edition_id).await?;
         let recipients = self.finish_plan(tx, edition_id, dry_run).await?;
         Ok(PlanSummary {
@@ -300,7 +298,8 @@ impl Store {
                        AND ar.article_id = $2)
              FROM deliveries d
              WHERE d.edition_id = $1 AND d.state = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM delivery_articles x WHERE x.delivery_id = d.id)
+               AND NOT EXISTS (SELECT 1 FROM delivery_articles x
+                               WHERE x.subscriber_id = d.subscriber_id AND x.delivery_id = d.id)
              ON CONFLICT (subscriber_id, article_id) DO NOTHING",
         )
         .bind(edition_id)
@@ -327,7 +326,9 @@ impl Store {
     ) -> Result<u64> {
         Ok(sqlx::query(
             "DELETE FROM deliveries WHERE edition_id = $1 AND state = 'queued'
-               AND NOT EXISTS (SELECT 1 FROM delivery_articles da WHERE da.delivery_id = deliveries.id)",
+               AND NOT EXISTS (SELECT 1 FROM delivery_articles da
+                               WHERE da.subscriber_id = deliveries.subscriber_id
+                                 AND da.delivery_id = deliveries.id)",
         )
         .bind(edition_id)
         .execute(&mut **tx)
@@ -386,7 +387,7 @@ impl Store {
         let recipients = sqlx::query_as(
             "SELECT s.email, COUNT(*) FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id
-             JOIN delivery_articles da ON da.delivery_id = d.id
+             JOIN delivery_articles da ON da.subscriber_id = d.subscriber_id AND da.delivery_id = d.id
              WHERE d.edition_id = $1 GROUP BY s.email ORDER BY s.email",
         )
         .bind(edition_id)

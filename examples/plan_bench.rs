@@ -1,0 +1,134 @@
+//! Benchmark: plan one daily slot for many confirmed readers.
+//!
+//! ```sh
+//! cargo run --release --example plan_bench -- seed sqlite:///tmp/plan-bench.db 1000000
+//! /usr/bin/time -v target/release/examples/plan_bench plan sqlite:///tmp/plan-bench.db
+//! ```
+//!
+//! `seed` builds the data set (10 zones, 200 regions, 20 new articles per region, N
+//! readers each following one region daily); `plan` plans the 07:00 slot of every zone
+//! and prints seconds, rows per second and the rows written. Run `plan` in its own
+//! process so its peak RSS (from `/usr/bin/time -v`) is the planner's alone.
+
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use herald::domain::{Cadence, RegionSlug};
+use herald::store::{FeedItem, SlotPlan, Store};
+
+const ZONES: [&str; 10] = [
+    "America/Los_Angeles",
+    "America/Denver",
+    "America/Chicago",
+    "America/New_York",
+    "Europe/London",
+    "Europe/Berlin",
+    "Asia/Kolkata",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "Pacific/Auckland",
+];
+
+fn slot_for(zone: &str, day: &str) -> DateTime<Utc> {
+    use chrono::TimeZone;
+    let tz: chrono_tz::Tz = zone.parse().unwrap();
+    let date = chrono::NaiveDate::parse_from_str(day, "%Y-%m-%d").unwrap();
+    tz.from_local_datetime(&date.and_hms_opt(7, 0, 0).unwrap())
+        .earliest()
+        .unwrap()
+        .with_timezone(&Utc)
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let (mode, url) = (args.get(1).map(String::as_str), args.get(2).cloned());
+    let (Some(mode), Some(url)) = (mode, url) else {
+        anyhow::bail!("usage: plan_bench seed|plan DATABASE_URL [READERS]");
+    };
+    let store = Store::connect(&url, 4).await?;
+    store.migrate().await?;
+    let day = "2026-11-28";
+    // Articles arrive the evening before: inside every zone's first-digest window.
+    let articles_at = slot_for("Pacific/Auckland", day).timestamp() - 3 * 3600;
+    match mode {
+        "seed" => {
+            let readers: u64 = args
+                .get(3)
+                .map(|s| s.parse())
+                .transpose()?
+                .unwrap_or(1_000_000);
+            let regions: Vec<String> = (0..200).map(|i| format!("r{i}")).collect();
+            let start = Instant::now();
+            for region in &regions {
+                let slug: RegionSlug = region.parse().map_err(anyhow::Error::msg)?;
+                let feed = store
+                    .feed_id(&slug, &format!("file://{region}.xml"))
+                    .await?;
+                let items: Vec<FeedItem> = (0..20)
+                    .map(|i| FeedItem {
+                        guid: format!("{region}-{i}"),
+                        link: format!("https://bench.example/{region}/{i}"),
+                        title: format!("Story {i} in {region}"),
+                        summary: "A short summary of the story.".into(),
+                        category: "Community".into(),
+                        published_at: Some(articles_at),
+                    })
+                    .collect();
+                store
+                    .record_feed_items(feed, &slug, &items, articles_at)
+                    .await?;
+            }
+            store
+                .seed_synthetic_readers(
+                    readers,
+                    "bench.example",
+                    &ZONES,
+                    &regions,
+                    "daily",
+                    articles_at - 86_400,
+                )
+                .await?;
+            println!(
+                "seeded {readers} readers, 200 regions, 4000 articles in {:.1}s",
+                start.elapsed().as_secs_f64()
+            );
+        }
+        "plan" => {
+            let start = Instant::now();
+            let mut deliveries = 0;
+            let mut placements = 0;
+            for zone in ZONES {
+                let slot = slot_for(zone, day);
+                let now = slot.timestamp() + 30;
+                let key = format!("daily:{zone}:{}", slot.timestamp());
+                let summary = store
+                    .plan_slot_digest(
+                        &SlotPlan {
+                            slot_key: &key,
+                            cadence: Cadence::Daily,
+                            zone,
+                            slot_at: slot.timestamp(),
+                            period: 86_400,
+                            now,
+                            expires_at: now + 86_400,
+                        },
+                        false,
+                    )
+                    .await?;
+                deliveries += summary.deliveries;
+                placements += summary.articles;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            println!(
+                "planned {deliveries} digests ({placements} article placements) in {secs:.2}s: \
+                 {:.0} digests/s, {:.0} rows/s",
+                deliveries as f64 / secs,
+                (deliveries + placements) as f64 / secs
+            );
+        }
+        other => anyhow::bail!("unknown mode {other}; use seed or plan"),
+    }
+    store.close().await;
+    Ok(())
+}
