@@ -46,6 +46,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let app = router(AppState {
         store: store.clone(),
         signer,
+        config: config.clone(),
     });
     let http = tokio::spawn({
         let shutdown = shutdown.clone();

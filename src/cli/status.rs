@@ -27,6 +27,8 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         Some((t, e)) => println!("last error: {} {e}", format_time(Some(*t))),
         None => println!("last error: none"),
     }
+    let (articles, breaking) = store.article_totals().await?;
+    println!("articles: {articles} stored, {breaking} breaking");
     println!("feeds:");
     for feed in store.feed_statuses().await? {
         let state = match &feed.last_error {

@@ -10,7 +10,9 @@ pub mod guard;
 mod parse;
 
 pub use fetch::Validators;
-pub use parse::{FeedContext, ParseError, html_to_text, parse_feed};
+pub use parse::{
+    FeedContext, ParseError, html_to_text, parse_feed, plain_summary, plain_title, plausible_date,
+};
 
 use std::collections::HashMap;
 use std::path::Path;

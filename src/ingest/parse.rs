@@ -78,7 +78,7 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
         let title = entry
             .title
             .as_ref()
-            .map(|t| truncate(&html_to_text(&t.content), TITLE_CHARS))
+            .map(|t| plain_title(&t.content))
             .unwrap_or_default();
         let title = if title.is_empty() {
             link.clone()
@@ -91,7 +91,7 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
             .map(|t| t.content.as_str())
             .or_else(|| entry.content.as_ref().and_then(|c| c.body.as_deref()))
             .unwrap_or_default();
-        let summary = truncate(&html_to_text(summary_source), SUMMARY_CHARS);
+        let summary = plain_summary(summary_source);
         let categories: Vec<String> = entry
             .categories
             .iter()
@@ -115,8 +115,7 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
         let published_at = entry
             .published
             .or(entry.updated)
-            .map(|t: DateTime<Utc>| t.timestamp())
-            .filter(|&t| (EARLIEST_DATE..=context.now + FUTURE_SLACK_SECS).contains(&t));
+            .and_then(|t: DateTime<Utc>| plausible_date(t.timestamp(), context.now));
         items.push(FeedItem {
             guid,
             link,
@@ -128,6 +127,24 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
         });
     }
     Ok(items)
+}
+
+/// A title from untrusted HTML or text: sanitised, plain, cut at a word if very long.
+pub fn plain_title(input: &str) -> String {
+    truncate(&html_to_text(input), TITLE_CHARS)
+}
+
+/// A summary from untrusted HTML or text: sanitised, plain, cut to digest length.
+pub fn plain_summary(input: &str) -> String {
+    truncate(&html_to_text(input), SUMMARY_CHARS)
+}
+
+/// `t` if it can be a publication time at `now`; `None` makes the article dated when
+/// first seen.
+pub fn plausible_date(t: i64, now: i64) -> Option<i64> {
+    (EARLIEST_DATE..=now + FUTURE_SLACK_SECS)
+        .contains(&t)
+        .then_some(t)
 }
 
 /// The entry's web page: the `alternate` link if marked, else the first plain link,

@@ -411,6 +411,16 @@ impl Store {
         Ok(n)
     }
 
+    /// How many articles are stored, and how many of them are marked breaking.
+    pub async fn article_totals(&self) -> Result<(i64, i64)> {
+        let (total, breaking): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(CASE WHEN breaking = 1 THEN 1 ELSE 0 END) FROM articles",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((total, breaking.unwrap_or(0)))
+    }
+
     /// How many articles a region has.
     pub async fn region_article_count(&self, region: &RegionSlug) -> Result<i64> {
         let (n,): (i64,) =
