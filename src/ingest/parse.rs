@@ -20,6 +20,9 @@ const SUMMARY_CHARS: usize = 480;
 /// Longest title kept, in characters.
 const TITLE_CHARS: usize = 300;
 
+/// Longest title made from a summary when an item has none, in characters.
+const UNTITLED_CHARS: usize = 90;
+
 /// Dates before this (1995-01-01) are a broken feed's zero value, not a publication time.
 const EARLIEST_DATE: i64 = 788_918_400;
 
@@ -75,16 +78,6 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
         let Some(link) = pick_link(&entry.links, &entry.id, base) else {
             continue;
         };
-        let title = entry
-            .title
-            .as_ref()
-            .map(|t| plain_title(&t.content))
-            .unwrap_or_default();
-        let title = if title.is_empty() {
-            link.clone()
-        } else {
-            title
-        };
         let summary_source = entry
             .summary
             .as_ref()
@@ -92,6 +85,18 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
             .or_else(|| entry.content.as_ref().and_then(|c| c.body.as_deref()))
             .unwrap_or_default();
         let summary = plain_summary(summary_source);
+        let title = entry
+            .title
+            .as_ref()
+            .map(|t| plain_title(&t.content))
+            .unwrap_or_default();
+        // RSS 0.92 made titles optional: the summary's opening words read better in an
+        // email than a bare address.
+        let title = match (title.is_empty(), summary.is_empty()) {
+            (false, _) => title,
+            (true, false) => truncate(&summary, UNTITLED_CHARS),
+            (true, true) => link.clone(),
+        };
         let categories: Vec<String> = entry
             .categories
             .iter()

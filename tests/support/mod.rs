@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod feed_server;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
