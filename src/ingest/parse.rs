@@ -183,7 +183,7 @@ fn pick_link(links: &[feed_rs::model::Link], id: &str, base: Option<&url::Url>) 
 /// Decodes the feed to UTF-8. The byte-order mark wins, then the XML prolog's
 /// `encoding` (written by whoever produced the bytes), then the HTTP charset, then
 /// UTF-8; bytes that are not valid UTF-8 under no declaration are read as Windows-1252,
-/// the usual mislabel. The XML prolog is rewritten to say UTF-8 so the XML parser does
+/// the usual mislabel. XML declarations are then removed so the XML parser does
 /// not decode a second time.
 fn to_utf8<'a>(bytes: &'a [u8], http_charset: Option<&str>) -> Cow<'a, str> {
     if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
@@ -233,19 +233,21 @@ fn xml_declared_encoding(bytes: &[u8]) -> Option<&str> {
     rest.find(quote).map(|close| &rest[..close])
 }
 
-/// Rewrites a leading XML declaration to declare UTF-8 (the text is UTF-8 by now).
+/// Removes XML declarations from text that is UTF-8 by now, so the XML parser reads it
+/// as UTF-8 and never switches decoders: a declaration in the wrong place (anywhere
+/// but the very start) makes the parser's decoder panic instead of failing. The leading
+/// one goes; any later one is renamed into an ignorable processing instruction.
 fn relabel_prolog(text: &str) -> Cow<'_, str> {
-    let trimmed = text.trim_start();
-    if !trimmed.starts_with("<?xml") {
+    if !text.contains("<?xml") {
         return Cow::Borrowed(text);
     }
-    match trimmed.find("?>") {
-        Some(end) if trimmed[..end].contains("encoding") => Cow::Owned(format!(
-            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>{}",
-            &trimmed[end + 2..]
-        )),
-        _ => Cow::Borrowed(text),
+    let mut rest = text.trim_start();
+    if rest.starts_with("<?xml")
+        && let Some(end) = rest.find("?>")
+    {
+        rest = &rest[end + 2..];
     }
+    Cow::Owned(rest.replace("<?xml", "<?herald-ignored"))
 }
 
 /// Block-level tags the sanitiser keeps, without attributes, so that they can become
@@ -503,6 +505,19 @@ mod tests {
         let items = parse_feed(rss.as_bytes(), &context).unwrap();
         assert_eq!(items.len(), 10);
         assert_eq!(items[9].guid, "9");
+    }
+
+    #[test]
+    fn a_stray_xml_declaration_is_an_error_or_ignored_never_a_panic() {
+        // Found by the property test: the XML parser's decoder asserts when a second
+        // declaration asks it to switch encodings mid-document.
+        let doc = br#"<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>
+            <?xml version="1.0" encoding="UTF-16"?>
+            <item><guid>1</guid><link>https://example.org/a</link><title>A</title></item>
+            </channel></rss>"#;
+        let _ = parse_feed(doc, &context());
+        let odd = br#"<?xml version="1.0" encodIng="koi8-r"?><rss version="2.0"><channel><title>T</title></channel></rss>"#;
+        let _ = parse_feed(odd, &context());
     }
 
     #[test]
