@@ -73,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
                         summary: "A short summary of the story.".into(),
                         category: "Community".into(),
                         published_at: Some(articles_at),
+                        breaking: false,
                     })
                     .collect();
                 store

@@ -124,9 +124,14 @@ struct RawAlerts {
 struct RawIngest {
     interval: String,
     timeout: String,
+    connect_timeout: String,
     max_body_bytes: u64,
     max_items: u32,
     concurrency: u32,
+    max_redirects: u32,
+    max_backoff: String,
+    allow_private: bool,
+    trusted_hosts: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -158,7 +163,43 @@ struct RawRegion {
     #[serde(default)]
     timezone: String,
     #[serde(default)]
-    feeds: Vec<String>,
+    feeds: Vec<RawFeed>,
+}
+
+/// A feed is written as its URL, or as a table when it needs its own polling interval.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a feed URL, or a table such as { url = \"https://…\", interval = \"5m\" }"
+)]
+enum RawFeed {
+    Url(String),
+    Table(RawFeedTable),
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFeedTable {
+    url: String,
+    #[serde(default)]
+    interval: String,
+}
+
+impl RawFeed {
+    fn url(&self) -> &str {
+        match self {
+            RawFeed::Url(url) | RawFeed::Table(RawFeedTable { url, .. }) => url,
+        }
+    }
+
+    fn interval(&self) -> Option<&str> {
+        match self {
+            RawFeed::Table(RawFeedTable { interval, .. }) if !interval.trim().is_empty() => {
+                Some(interval)
+            }
+            _ => None,
+        }
+    }
 }
 
 impl Default for RawDatabase {
@@ -234,9 +275,14 @@ impl Default for RawIngest {
         RawIngest {
             interval: "15m".into(),
             timeout: "20s".into(),
+            connect_timeout: "10s".into(),
             max_body_bytes: 5 * 1024 * 1024,
             max_items: 200,
             concurrency: 8,
+            max_redirects: 5,
+            max_backoff: "6h".into(),
+            allow_private: false,
+            trusted_hosts: Vec::new(),
         }
     }
 }
@@ -403,16 +449,26 @@ pub struct AlertsConfig {
 /// `[ingest]`.
 #[derive(Debug, Clone)]
 pub struct IngestConfig {
-    /// How often the daemon polls feeds.
+    /// How often the daemon polls a feed that names no interval of its own.
     pub interval: Duration,
-    /// Whole-request timeout for one feed.
+    /// Whole-request timeout for one feed (connect, headers and body).
     pub timeout: Duration,
-    /// Largest feed body read.
+    /// Timeout for opening the TCP connection.
+    pub connect_timeout: Duration,
+    /// Largest feed body read, counted after decompression.
     pub max_body_bytes: u64,
     /// Most items taken from one poll of a feed.
     pub max_items: usize,
     /// Feeds fetched at once.
     pub concurrency: usize,
+    /// Most redirects followed for one feed.
+    pub max_redirects: usize,
+    /// Longest wait between polls of a failing feed.
+    pub max_backoff: Duration,
+    /// Fetch feeds on loopback, private, link-local and other internal addresses.
+    pub allow_private: bool,
+    /// Hosts (`host` or `host:port`, lower case) fetched even on internal addresses.
+    pub trusted_hosts: Vec<String>,
 }
 
 /// `[deliver]`.
@@ -476,6 +532,8 @@ pub struct Region {
     pub feeds: Vec<String>,
     /// The same feeds, resolved.
     pub sources: Vec<FeedSource>,
+    /// The same feeds' polling intervals (their own, or `ingest.interval`).
+    pub intervals: Vec<Duration>,
 }
 
 impl Config {
@@ -802,6 +860,9 @@ impl RawConfig {
         let alert_max_age = duration("alerts.max_age", &self.alerts.max_age);
         let ingest_interval = duration("ingest.interval", &self.ingest.interval);
         let ingest_timeout = duration("ingest.timeout", &self.ingest.timeout);
+        let ingest_connect_timeout =
+            duration("ingest.connect_timeout", &self.ingest.connect_timeout);
+        let ingest_max_backoff = duration("ingest.max_backoff", &self.ingest.max_backoff);
         let lease = duration("deliver.lease", &self.deliver.lease);
         let drain_timeout = duration("deliver.drain_timeout", &self.deliver.drain_timeout);
         let expiry_alert = duration("deliver.expiry_alert", &self.deliver.expiry_alert);
@@ -866,11 +927,29 @@ impl RawConfig {
                 check(&key("timezone"), Err(message.clone()));
             }
             let mut sources = Vec::new();
+            let mut intervals = Vec::new();
             for (j, feed) in raw.feeds.iter().enumerate() {
-                match parse_feed_source(feed, &base_dir) {
+                match parse_feed_source(feed.url(), &base_dir) {
                     Ok(source) => sources.push(source),
                     Err(message) => check(&format!("regions[{i}].feeds[{j}]"), Err(message)),
                 }
+                intervals.push(match feed.interval() {
+                    Some(text) => match parse_duration(text) {
+                        Ok(d) if d >= Duration::from_secs(1) => d,
+                        Ok(_) => {
+                            check(
+                                &format!("regions[{i}].feeds[{j}].interval"),
+                                Err("must be at least 1s".into()),
+                            );
+                            Duration::ZERO
+                        }
+                        Err(message) => {
+                            check(&format!("regions[{i}].feeds[{j}].interval"), Err(message));
+                            Duration::ZERO
+                        }
+                    },
+                    None => ingest_interval,
+                });
             }
             let parent = if raw.parent.trim().is_empty() {
                 None
@@ -889,8 +968,9 @@ impl RawConfig {
                     name: raw.name.trim().to_string(),
                     parent,
                     timezone,
-                    feeds: raw.feeds.clone(),
+                    feeds: raw.feeds.iter().map(|f| f.url().to_string()).collect(),
                     sources,
+                    intervals,
                 });
             }
         }
@@ -902,6 +982,42 @@ impl RawConfig {
                     &format!("regions[{i}].parent"),
                     Err(format!(
                         "unknown region \"{parent}\" (define it in another [[regions]] entry)"
+                    )),
+                );
+            }
+        }
+        check(
+            "ingest.interval",
+            if ingest_interval >= Duration::from_secs(1) {
+                Ok(())
+            } else {
+                Err("must be at least 1s".into())
+            },
+        );
+        check(
+            "ingest.max_redirects",
+            if self.ingest.max_redirects <= 20 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} is out of range (0 to 20)",
+                    self.ingest.max_redirects
+                ))
+            },
+        );
+        let mut trusted_hosts = Vec::new();
+        for (j, host) in self.ingest.trusted_hosts.iter().enumerate() {
+            let host = host.trim().to_ascii_lowercase();
+            let valid = !host.is_empty()
+                && url::Url::parse(&format!("http://{host}/"))
+                    .is_ok_and(|u| u.host().is_some() && u.path() == "/");
+            if valid {
+                trusted_hosts.push(host);
+            } else {
+                check(
+                    &format!("ingest.trusted_hosts[{j}]"),
+                    Err(format!(
+                        "\"{host}\" is not a host name (write \"feeds.internal.example\" or \"10.0.0.5:8080\")"
                     )),
                 );
             }
@@ -980,9 +1096,14 @@ impl RawConfig {
             ingest: IngestConfig {
                 interval: ingest_interval,
                 timeout: ingest_timeout,
+                connect_timeout: ingest_connect_timeout,
                 max_body_bytes: self.ingest.max_body_bytes,
                 max_items: self.ingest.max_items.max(1) as usize,
                 concurrency: self.ingest.concurrency.max(1) as usize,
+                max_redirects: self.ingest.max_redirects as usize,
+                max_backoff: ingest_max_backoff,
+                allow_private: self.ingest.allow_private,
+                trusted_hosts,
             },
             deliver: DeliverConfig {
                 batch_size: self.deliver.batch_size as usize,
@@ -1167,6 +1288,45 @@ mod tests {
     fn unknown_keys_are_rejected() {
         let err = problems(&format!("{GOOD}\n[smtp]\nhots = \"x\"\n"), &[]);
         assert!(err.contains("hots"), "{err}");
+    }
+
+    #[test]
+    fn feeds_may_name_their_own_interval_and_ingest_keys_are_checked() {
+        let text = GOOD.replace(
+            "\"https://example.org/feed\"",
+            "{ url = \"https://example.org/feed\", interval = \"5m\" }",
+        );
+        let config = load(&text, &[]).unwrap();
+        assert_eq!(config.regions[0].feeds[1], "https://example.org/feed");
+        assert_eq!(
+            config.regions[0].intervals,
+            vec![Duration::from_secs(900), Duration::from_secs(300)]
+        );
+        assert!(!config.ingest.allow_private);
+        let config = load(
+            GOOD,
+            &[
+                ("HERALD__INGEST__ALLOW_PRIVATE", "true"),
+                ("HERALD__INGEST__TRUSTED_HOSTS", "CMS.internal, 10.0.0.5"),
+            ],
+        )
+        .unwrap();
+        assert!(config.ingest.allow_private);
+        assert_eq!(
+            config.ingest.trusted_hosts,
+            vec!["cms.internal", "10.0.0.5"]
+        );
+
+        let bad = GOOD.replace(
+            "\"https://example.org/feed\"",
+            "{ url = \"https://example.org/feed\", interval = \"often\" }",
+        );
+        let err = problems(&bad, &[]);
+        assert!(err.contains("regions[0].feeds[1].interval"), "{err}");
+        let err = problems(GOOD, &[("HERALD__INGEST__TRUSTED_HOSTS", "a b/c")]);
+        assert!(err.contains("ingest.trusted_hosts[0]"), "{err}");
+        let err = problems(GOOD, &[("HERALD__INGEST__CONNECT_TIMEOUT", "soon")]);
+        assert!(err.contains("ingest.connect_timeout"), "{err}");
     }
 
     #[test]

@@ -6,12 +6,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::deliver::{Deliverer, Transport};
-use crate::ingest::ingest_all;
+use crate::ingest::{PollOutcome, Which, ingest};
 use crate::plan::plan_due;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::Store;
@@ -47,6 +48,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let app = router(AppState {
         store: store.clone(),
         signer,
+        config: config.clone(),
     });
     let http = tokio::spawn({
         let shutdown = shutdown.clone();
@@ -110,15 +112,26 @@ async fn plan_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
 }
 
 async fn ingest_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
+    // Each feed has its own interval and backoff; wake often enough to poll the
+    // soonest one about on time.
+    let tick = config
+        .regions
+        .iter()
+        .flat_map(|r| r.intervals.iter().copied())
+        .min()
+        .unwrap_or(config.ingest.interval)
+        .clamp(Duration::from_secs(1), Duration::from_secs(30));
     while !shutdown.is_triggered() {
-        match ingest_all(&config, &store, None).await {
+        match ingest(&config, &store, None, Which::Due).await {
             Ok(reports) => {
                 for report in reports {
                     match report.result {
-                        Ok(counts) if counts.new + counts.updated > 0 => tracing::info!(
-                            region = %report.region, feed = %report.feed,
-                            new = counts.new, updated = counts.updated, "ingested"
-                        ),
+                        Ok(PollOutcome::Stored(counts)) if counts.new + counts.updated > 0 => {
+                            tracing::info!(
+                                region = %report.region, feed = %report.feed,
+                                new = counts.new, updated = counts.updated, "ingested"
+                            )
+                        }
                         Ok(_) => {}
                         Err(error) => tracing::warn!(
                             region = %report.region, feed = %report.feed, %error, "feed failed"
@@ -128,6 +141,6 @@ async fn ingest_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
             }
             Err(error) => tracing::error!(%error, "ingest failed"),
         }
-        shutdown.sleep(config.ingest.interval).await;
+        shutdown.sleep(tick).await;
     }
 }

@@ -5,6 +5,7 @@
 //! `deliver` (outbox to SMTP, every outcome recorded), with `web` for readers,
 //! `store` for all SQL, `domain` for the types, `cli` and `daemon` to run it all.
 
+pub mod api_token;
 pub mod cli;
 pub mod compose;
 pub mod config;

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::config::Config;
-use crate::ingest::ingest_all;
+use crate::ingest::{PollOutcome, ingest_all};
 
 /// Options for `herald ingest`.
 #[derive(Debug, clap::Args)]
@@ -27,10 +27,10 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     };
     let store = super::open_store(config).await?;
     let reports = ingest_all(config, &store, only.as_ref()).await?;
-    let (mut new, mut updated, mut unchanged, mut failed) = (0, 0, 0, 0);
+    let (mut new, mut updated, mut unchanged, mut not_modified, mut failed) = (0, 0, 0, 0, 0);
     for report in &reports {
         match &report.result {
-            Ok(counts) => {
+            Ok(PollOutcome::Stored(counts)) => {
                 new += counts.new;
                 updated += counts.updated;
                 unchanged += counts.unchanged;
@@ -39,14 +39,26 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
                     report.region, report.feed, counts.new, counts.updated, counts.unchanged
                 );
             }
+            Ok(PollOutcome::NotModified) => {
+                not_modified += 1;
+                println!(
+                    "{:<14} {}  unchanged (304 Not Modified, nothing parsed)",
+                    report.region, report.feed
+                );
+            }
             Err(error) => {
                 failed += 1;
-                println!("{:<14} {}  FAILED: {error}", report.region, report.feed);
+                println!(
+                    "{:<14} {}  FAILED: {error} (next try {})",
+                    report.region,
+                    report.feed,
+                    super::format_time(Some(report.next_poll_at))
+                );
             }
         }
     }
     println!(
-        "ingested {} feed(s): {new} new, {updated} updated, {unchanged} unchanged, {failed} failed",
+        "ingested {} feed(s): {new} new, {updated} updated, {unchanged} unchanged, {not_modified} not modified, {failed} failed",
         reports.len()
     );
     store.close().await;

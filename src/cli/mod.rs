@@ -1,5 +1,6 @@
 //! The command line: one file per subcommand, each with its arguments and its run.
 
+mod admin;
 mod deliver;
 mod deliveries;
 mod ingest;
@@ -58,6 +59,9 @@ enum Command {
     /// Act on delivery rows.
     #[command(subcommand)]
     Deliveries(deliveries::Command),
+    /// Admin API tokens.
+    #[command(subcommand)]
+    Admin(admin::Command),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message and exit code.
@@ -107,6 +111,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Subscribers(cmd) => subscribers::run(&config, cmd).await,
         Command::Status => status::run(&config).await,
         Command::Deliveries(cmd) => deliveries::run(&config, cmd).await,
+        Command::Admin(cmd) => admin::run(&config, cmd).await,
     }
 }
 

@@ -6,7 +6,8 @@ use super::format_time;
 use crate::config::Config;
 use crate::store::now;
 
-/// Prints counts by state, the oldest waiting row, the last error and each feed's last poll.
+/// Prints counts by state, the oldest waiting row, the last error, and each feed's last
+/// success, last error and next poll.
 pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     let store = super::open_store(config).await?;
     let queue = store.queue_status().await?;
@@ -26,14 +27,26 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         Some((t, e)) => println!("last error: {} {e}", format_time(Some(*t))),
         None => println!("last error: none"),
     }
+    let (articles, breaking) = store.article_totals().await?;
+    println!("articles: {articles} stored, {breaking} breaking");
     println!("feeds:");
     for feed in store.feed_statuses().await? {
         let state = match &feed.last_error {
+            Some(e) if feed.consecutive_failures > 1 => {
+                format!(
+                    "FAILING ({} polls in a row): {e}",
+                    feed.consecutive_failures
+                )
+            }
             Some(e) => format!("FAILING: {e}"),
             None => "ok".into(),
         };
+        let next = match feed.next_poll_at {
+            Some(t) => format_time(Some(t)),
+            None => "at the next run".into(),
+        };
         println!(
-            "  {:<14} {}  last success {}  {state}",
+            "  {:<14} {}  last success {}  next poll {next}  {state}",
             feed.region,
             feed.url,
             format_time(feed.last_success_at)

@@ -1,17 +1,33 @@
 //! Ingest: read each region's feeds, turn entries into articles, store them.
 //!
-//! A feed that cannot be read or parsed is reported with the reason and skipped;
-//! the other feeds of the same run are unaffected.
+//! Feeds are fetched concurrently, at most `ingest.concurrency` at once, each under its
+//! own timeouts and body cap, so a slow or hostile feed delays no other. A feed that
+//! cannot be read, is refused by the SSRF guard, or does not parse is reported with
+//! the reason and retried later with backoff; the other feeds of the run are unaffected.
 
+mod fetch;
+pub mod guard;
 mod parse;
 
-pub use parse::{ParseError, parse_feed};
+pub use fetch::Validators;
+pub use parse::{
+    FeedContext, ParseError, html_to_text, parse_feed, plain_summary, plain_title, plausible_date,
+};
 
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Config, FeedSource};
+use tokio::io::AsyncReadExt;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::config::{Config, FeedSource, IngestConfig};
 use crate::domain::RegionSlug;
-use crate::store::{FeedCounts, Store, StoreError, now};
+use crate::store::{FeedCounts, FeedPollState, Store, StoreError, now};
+use fetch::{Fetched, Fetcher};
+use guard::GuardError;
 
 /// Why one feed produced nothing this time.
 #[derive(Debug, thiserror::Error)]
@@ -32,8 +48,36 @@ pub enum FeedError {
         /// What happened.
         message: String,
     },
+    /// The server did not answer in time.
+    #[error("{url} did not answer within {}s (ingest.timeout)", .after.as_secs_f64())]
+    Timeout {
+        /// The URL.
+        url: String,
+        /// The timeout that ran out.
+        after: Duration,
+    },
+    /// The server answered with an error status.
+    #[error("{url} answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// Code and reason.
+        status: String,
+        /// How long the server asked us to wait, if it said.
+        retry_after: Option<Duration>,
+    },
+    /// The SSRF guard refused the address.
+    #[error("refused to fetch {url}: {reason}")]
+    Refused {
+        /// The feed.
+        url: String,
+        /// Why.
+        reason: GuardError,
+    },
     /// The body is larger than `ingest.max_body_bytes`.
-    #[error("{url} is larger than the {limit}-byte limit (ingest.max_body_bytes)")]
+    #[error(
+        "{url} is larger than the {limit}-byte limit after decompression (ingest.max_body_bytes)"
+    )]
     TooLarge {
         /// The feed.
         url: String,
@@ -43,9 +87,33 @@ pub enum FeedError {
     /// The bytes are not a feed.
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// The parser failed on these bytes instead of returning an error.
+    #[error("{url} could not be parsed (the feed parser failed on it)")]
+    ParserCrashed {
+        /// The feed.
+        url: String,
+    },
     /// Storing failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+impl FeedError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            FeedError::Status { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// What one successful poll did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PollOutcome {
+    /// The feed was read and its items stored.
+    Stored(FeedCounts),
+    /// The server answered `304 Not Modified`: nothing was parsed.
+    NotModified,
 }
 
 /// The result of polling one feed.
@@ -55,8 +123,19 @@ pub struct FeedReport {
     pub region: RegionSlug,
     /// The feed as configured.
     pub feed: String,
-    /// Counts, or why the feed failed.
-    pub result: Result<FeedCounts, FeedError>,
+    /// What happened, or why the feed failed.
+    pub result: Result<PollOutcome, FeedError>,
+    /// When the feed is next due (Unix seconds).
+    pub next_poll_at: i64,
+}
+
+/// Which feeds a run polls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Which {
+    /// Every configured feed, now (`herald ingest`).
+    All,
+    /// Only feeds whose next poll is due (the daemon's loop).
+    Due,
 }
 
 /// Polls every feed of every region (or of one region) once and stores what is new.
@@ -65,113 +144,244 @@ pub async fn ingest_all(
     store: &Store,
     only: Option<&RegionSlug>,
 ) -> Result<Vec<FeedReport>, StoreError> {
-    let client = http_client(config.ingest.timeout);
-    let mut reports = Vec::new();
+    ingest(config, store, only, Which::All).await
+}
+
+/// Polls the chosen feeds concurrently (bounded by `ingest.concurrency`); reports come
+/// back in configuration order.
+pub async fn ingest(
+    config: &Config,
+    store: &Store,
+    only: Option<&RegionSlug>,
+    which: Which,
+) -> Result<Vec<FeedReport>, StoreError> {
+    let started = now();
+    let shared = Arc::new(Shared {
+        ingest: config.ingest.clone(),
+        breaking_categories: config.alerts.categories.clone(),
+        store: store.clone(),
+        fetcher: Fetcher::new(&config.ingest),
+        permits: Semaphore::new(config.ingest.concurrency),
+    });
+    let mut tasks = JoinSet::new();
+    let mut order = HashMap::new();
+    let mut names = Vec::new();
     for region in &config.regions {
         if only.is_some_and(|slug| slug != &region.slug) {
             continue;
         }
-        for (raw, source) in region.feeds.iter().zip(&region.sources) {
-            let feed_id = store.feed_id(&region.slug, raw).await?;
-            let result = poll_feed(config, store, &client, feed_id, &region.slug, source).await;
-            if let Err(error) = &result {
-                store
-                    .record_feed_error(feed_id, &error.to_string(), now())
-                    .await?;
+        for ((raw, source), interval) in region
+            .feeds
+            .iter()
+            .zip(&region.sources)
+            .zip(&region.intervals)
+        {
+            let state = store.feed_poll_state(&region.slug, raw).await?;
+            if which == Which::Due && state.next_poll_at.is_some_and(|at| at > started) {
+                continue;
             }
-            reports.push(FeedReport {
+            let job = Job {
                 region: region.slug.clone(),
                 feed: raw.clone(),
-                result,
-            });
+                source: source.clone(),
+                interval: *interval,
+                state,
+            };
+            let handle = tasks.spawn(poll_one(shared.clone(), job));
+            order.insert(handle.id(), names.len());
+            names.push((region.slug.clone(), raw.clone()));
         }
     }
-    Ok(reports)
-}
-
-async fn poll_feed(
-    config: &Config,
-    store: &Store,
-    client: &reqwest::Client,
-    feed_id: i64,
-    region: &RegionSlug,
-    source: &FeedSource,
-) -> Result<FeedCounts, FeedError> {
-    let (bytes, base) = match source {
-        FeedSource::File(path) => {
-            let bytes = tokio::fs::read(path)
-                .await
-                .map_err(|source| FeedError::File {
-                    path: path.display().to_string(),
-                    source,
-                })?;
-            if bytes.len() as u64 > config.ingest.max_body_bytes {
-                return Err(FeedError::TooLarge {
-                    url: path.display().to_string(),
-                    limit: config.ingest.max_body_bytes,
-                });
+    let mut reports: Vec<Option<FeedReport>> = names.iter().map(|_| None).collect();
+    while let Some(joined) = tasks.join_next_with_id().await {
+        match joined {
+            Ok((id, report)) => reports[order[&id]] = Some(report?),
+            Err(error) => {
+                // poll_one catches parser panics itself; anything else is a bug worth a log.
+                let (region, feed) = &names[order[&error.id()]];
+                tracing::error!(%region, %feed, %error, "feed task failed");
             }
-            (bytes, None)
         }
-        FeedSource::Http(url) => (
-            fetch(client, url, config.ingest.max_body_bytes).await?,
-            Some(url.clone()),
+    }
+    Ok(reports.into_iter().flatten().collect())
+}
+
+/// What every feed task of one run shares.
+struct Shared {
+    ingest: IngestConfig,
+    breaking_categories: Vec<String>,
+    store: Store,
+    fetcher: Fetcher,
+    permits: Semaphore,
+}
+
+/// One feed to poll.
+struct Job {
+    region: RegionSlug,
+    feed: String,
+    source: FeedSource,
+    interval: Duration,
+    state: FeedPollState,
+}
+
+/// Polls one feed and records the outcome and the next due time.
+async fn poll_one(shared: Arc<Shared>, job: Job) -> Result<FeedReport, StoreError> {
+    let _permit = shared
+        .permits
+        .acquire()
+        .await
+        .expect("the semaphore is never closed");
+    let polled_at = now();
+    let result = poll(&shared, &job, polled_at).await;
+    let store = &shared.store;
+    let (result, next_poll_at) = match result {
+        Ok((outcome, validators)) => {
+            let next = polled_at + secs(job.interval);
+            store
+                .record_feed_polled(
+                    job.state.id,
+                    validators.etag.as_deref(),
+                    validators.last_modified.as_deref(),
+                    polled_at,
+                    next,
+                )
+                .await?;
+            (Ok(outcome), next)
+        }
+        Err(error) => {
+            let wait = backoff(
+                job.interval,
+                job.state.consecutive_failures + 1,
+                shared.ingest.max_backoff,
+                error.retry_after(),
+            );
+            let next = polled_at + secs(wait);
+            store
+                .record_feed_error(job.state.id, &error.to_string(), polled_at, next)
+                .await?;
+            (Err(error), next)
+        }
+    };
+    Ok(FeedReport {
+        region: job.region,
+        feed: job.feed,
+        result,
+        next_poll_at,
+    })
+}
+
+async fn poll(
+    shared: &Shared,
+    job: &Job,
+    now: i64,
+) -> Result<(PollOutcome, Validators), FeedError> {
+    let (bytes, charset, base, validators) = match &job.source {
+        FeedSource::File(path) => (
+            read_file(path, shared.ingest.max_body_bytes).await?,
+            None,
+            None,
+            Validators::default(),
         ),
-    };
-    let mut items = parse_feed(&bytes, base.as_ref())?;
-    items.truncate(config.ingest.max_items);
-    Ok(store
-        .record_feed_items(feed_id, region, &items, now())
-        .await?)
-}
-
-fn http_client(timeout: Duration) -> reqwest::Client {
-    crate::install_crypto_provider();
-    reqwest::Client::builder()
-        .timeout(timeout)
-        .connect_timeout(timeout.min(Duration::from_secs(10)))
-        .redirect(reqwest::redirect::Policy::limited(5))
-        .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .expect("the HTTP client configuration is static and valid")
-}
-
-async fn fetch(client: &reqwest::Client, url: &url::Url, limit: u64) -> Result<Vec<u8>, FeedError> {
-    let http = |message: String| FeedError::Http {
-        url: url.to_string(),
-        message,
-    };
-    let mut response = client
-        .get(url.clone())
-        .send()
-        .await
-        .map_err(|e| http(describe_reqwest(&e)))?;
-    if !response.status().is_success() {
-        return Err(http(format!("server answered {}", response.status())));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| http(describe_reqwest(&e)))?
-    {
-        body.extend_from_slice(&chunk);
-        if body.len() as u64 > limit {
-            return Err(FeedError::TooLarge {
-                url: url.to_string(),
-                limit,
-            });
+        FeedSource::Http(url) => {
+            let known = Validators {
+                etag: job.state.etag.clone(),
+                last_modified: job.state.last_modified.clone(),
+            };
+            match shared.fetcher.fetch(url, &known).await? {
+                Fetched::NotModified(validators) => {
+                    return Ok((PollOutcome::NotModified, validators));
+                }
+                Fetched::Body {
+                    bytes,
+                    charset,
+                    final_url,
+                    validators,
+                } => (bytes, charset, Some(final_url), validators),
+            }
         }
-    }
-    Ok(body)
+    };
+    let context = FeedContext {
+        base,
+        charset,
+        breaking_categories: shared.breaking_categories.clone(),
+        max_items: shared.ingest.max_items,
+        now,
+    };
+    // Parsing is CPU work on untrusted bytes: off the async workers, and a panic in
+    // the parser becomes this feed's error instead of the run's.
+    let items = tokio::task::spawn_blocking(move || parse_feed(&bytes, &context))
+        .await
+        .map_err(|_| FeedError::ParserCrashed {
+            url: job.feed.clone(),
+        })??;
+    let counts = shared
+        .store
+        .record_feed_items(job.state.id, &job.region, &items, now)
+        .await?;
+    Ok((PollOutcome::Stored(counts), validators))
 }
 
-fn describe_reqwest(error: &reqwest::Error) -> String {
-    if error.is_timeout() {
-        "timed out".into()
-    } else if error.is_connect() {
-        format!("connection failed ({error})")
-    } else {
-        error.to_string()
+/// Reads a local feed, refusing one over the cap without reading it all.
+async fn read_file(path: &Path, limit: u64) -> Result<Vec<u8>, FeedError> {
+    let error = |source| FeedError::File {
+        path: path.display().to_string(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(error)?;
+    let mut bytes = Vec::new();
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .await
+        .map_err(error)?;
+    if bytes.len() as u64 > limit {
+        return Err(FeedError::TooLarge {
+            url: path.display().to_string(),
+            limit,
+        });
+    }
+    Ok(bytes)
+}
+
+/// How long to wait after the `failures`-th failure in a row: the interval, doubled
+/// for each further failure, at most `max_backoff` (or the interval, if longer); a
+/// server's `Retry-After` is honoured up to the same ceiling.
+pub fn backoff(
+    interval: Duration,
+    failures: i64,
+    max_backoff: Duration,
+    retry_after: Option<Duration>,
+) -> Duration {
+    let ceiling = max_backoff.max(interval);
+    let doublings = (failures - 1).clamp(0, 20) as u32;
+    let delay = interval.saturating_mul(1 << doublings).min(ceiling);
+    match retry_after {
+        Some(asked) => delay.max(asked.min(ceiling)),
+        None => delay,
+    }
+}
+
+fn secs(d: Duration) -> i64 {
+    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_up_to_the_ceiling_and_honours_retry_after() {
+        let m = |n: u64| Duration::from_secs(60 * n);
+        assert_eq!(backoff(m(15), 1, m(360), None), m(15));
+        assert_eq!(backoff(m(15), 2, m(360), None), m(30));
+        assert_eq!(backoff(m(15), 4, m(360), None), m(120));
+        assert_eq!(backoff(m(15), 9, m(360), None), m(360));
+        assert_eq!(backoff(m(15), 1_000, m(360), None), m(360));
+        assert_eq!(
+            backoff(m(600), 3, m(360), None),
+            m(600),
+            "never below the interval"
+        );
+        assert_eq!(backoff(m(15), 1, m(360), Some(m(45))), m(45));
+        assert_eq!(backoff(m(15), 1, m(360), Some(m(10_000))), m(360));
     }
 }

@@ -1,7 +1,14 @@
-//! Feed bytes (RSS, Atom, JSON Feed) to plain-text [`FeedItem`]s.
+//! Feed bytes (RSS 0.9x/1.0/2.0, Atom, JSON Feed) to plain-text [`FeedItem`]s.
 //!
-//! Feed text is untrusted: titles and summaries are reduced to plain text here, links
-//! must be absolute http(s) URLs, and templates escape whatever is left.
+//! Feed text is untrusted. Bytes are decoded to UTF-8 here (from the BOM, the XML
+//! prolog or the HTTP charset), titles and summaries go through an allow-list HTML
+//! sanitiser and are then reduced to plain text, links must resolve to absolute
+//! http(s) URLs, and templates escape whatever is left. Entity declarations in a DTD
+//! are never expanded, so an entity bomb stays a few kilobytes of text.
+
+use std::borrow::Cow;
+use std::collections::HashSet;
+use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 
@@ -10,50 +17,101 @@ use crate::store::FeedItem;
 /// Longest summary kept, in characters.
 const SUMMARY_CHARS: usize = 480;
 
+/// Longest title kept, in characters.
+const TITLE_CHARS: usize = 300;
+
+/// Longest title made from a summary when an item has none, in characters.
+const UNTITLED_CHARS: usize = 90;
+
+/// Dates before this (1995-01-01) are a broken feed's zero value, not a publication time.
+const EARLIEST_DATE: i64 = 788_918_400;
+
+/// Dates further ahead than this are a wrong clock or a scheduled post; the article is
+/// dated when first seen instead.
+const FUTURE_SLACK_SECS: i64 = 24 * 3600;
+
 /// The bytes are not a feed herald can read.
 #[derive(Debug, thiserror::Error)]
 #[error("not a valid RSS, Atom or JSON feed: {0}")]
 pub struct ParseError(String);
 
-/// Parses a feed; `base` resolves relative links for feeds fetched over HTTP.
-/// Entries without a usable http(s) link are skipped.
-pub fn parse_feed(bytes: &[u8], base: Option<&url::Url>) -> Result<Vec<FeedItem>, ParseError> {
+/// What parsing needs to know besides the bytes.
+#[derive(Debug, Clone, Default)]
+pub struct FeedContext {
+    /// Where the feed came from (after redirects); relative links resolve against it.
+    pub base: Option<url::Url>,
+    /// The `charset` of the HTTP `Content-Type`, if the server sent one.
+    pub charset: Option<String>,
+    /// Categories (lower case) that make an item breaking news.
+    pub breaking_categories: Vec<String>,
+    /// Most items kept, in feed order, after dropping repeated GUIDs.
+    pub max_items: usize,
+    /// The time of this poll (Unix seconds), to reject dates in the future.
+    pub now: i64,
+}
+
+/// Parses a feed. Entries without a usable http(s) link are skipped; an entry whose
+/// GUID was already seen in the same document is skipped.
+pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, ParseError> {
+    let text = to_utf8(bytes, context.charset.as_deref());
+    let base = context.base.as_ref();
     let parser = feed_rs::parser::Builder::new()
         .base_uri(base.map(|u| u.as_str()))
+        // Missing ids stay empty so that herald keys them itself (link + title), the
+        // same way on every poll whatever the parser's version.
+        .id_generator(|_, _, _| String::new())
         .build();
-    let feed = parser.parse(bytes).map_err(|e| ParseError(e.to_string()))?;
+    let feed = parser
+        .parse(text.as_bytes())
+        .map_err(|e| ParseError(e.to_string()))?;
+    let max_items = if context.max_items == 0 {
+        usize::MAX
+    } else {
+        context.max_items
+    };
     let mut items = Vec::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut seen = HashSet::new();
     for entry in feed.entries {
-        let Some(link) = pick_link(&entry.links, base) else {
+        if items.len() >= max_items {
+            break;
+        }
+        let Some(link) = pick_link(&entry.links, &entry.id, base) else {
             continue;
-        };
-        let title = entry
-            .title
-            .as_ref()
-            .map(|t| html_to_text(&t.content))
-            .unwrap_or_default();
-        let title = if title.is_empty() {
-            link.clone()
-        } else {
-            title
         };
         let summary_source = entry
             .summary
             .as_ref()
-            .map(|t| t.content.clone())
-            .or_else(|| entry.content.as_ref().and_then(|c| c.body.clone()))
+            .map(|t| t.content.as_str())
+            .or_else(|| entry.content.as_ref().and_then(|c| c.body.as_deref()))
             .unwrap_or_default();
-        let summary = truncate(&html_to_text(&summary_source), SUMMARY_CHARS);
-        let category = entry
+        let summary = plain_summary(summary_source);
+        let title = entry
+            .title
+            .as_ref()
+            .map(|t| plain_title(&t.content))
+            .unwrap_or_default();
+        // RSS 0.92 made titles optional: the summary's opening words read better in an
+        // email than a bare address.
+        let title = match (title.is_empty(), summary.is_empty()) {
+            (false, _) => title,
+            (true, false) => truncate(&summary, UNTITLED_CHARS),
+            (true, true) => link.clone(),
+        };
+        let categories: Vec<String> = entry
             .categories
-            .first()
+            .iter()
             .map(|c| html_to_text(c.label.as_deref().unwrap_or(&c.term)))
-            .unwrap_or_default();
-        let guid = if entry.id.trim().is_empty() {
+            .filter(|c| !c.is_empty())
+            .collect();
+        let breaking = categories
+            .iter()
+            .any(|c| context.breaking_categories.contains(&c.to_lowercase()));
+        let category = categories.into_iter().next().unwrap_or_default();
+        let guid = entry.id.trim();
+        let guid = if guid.is_empty() {
             format!("{link}#{title}")
         } else {
-            entry.id.trim().to_string()
+            guid.to_string()
         };
         // A feed that repeats a GUID gets its first item stored once.
         if !seen.insert(guid.clone()) {
@@ -62,7 +120,7 @@ pub fn parse_feed(bytes: &[u8], base: Option<&url::Url>) -> Result<Vec<FeedItem>
         let published_at = entry
             .published
             .or(entry.updated)
-            .map(|t: DateTime<Utc>| t.timestamp());
+            .and_then(|t: DateTime<Utc>| plausible_date(t.timestamp(), context.now));
         items.push(FeedItem {
             guid,
             link,
@@ -70,66 +128,201 @@ pub fn parse_feed(bytes: &[u8], base: Option<&url::Url>) -> Result<Vec<FeedItem>
             summary,
             category,
             published_at,
+            breaking,
         });
     }
     Ok(items)
 }
 
-/// The entry's web page: the `alternate` link if marked, else the first plain link.
-fn pick_link(links: &[feed_rs::model::Link], base: Option<&url::Url>) -> Option<String> {
+/// A title from untrusted HTML or text: sanitised, plain, cut at a word if very long.
+pub fn plain_title(input: &str) -> String {
+    truncate(&html_to_text(input), TITLE_CHARS)
+}
+
+/// A summary from untrusted HTML or text: sanitised, plain, cut to digest length.
+pub fn plain_summary(input: &str) -> String {
+    truncate(&html_to_text(input), SUMMARY_CHARS)
+}
+
+/// `t` if it can be a publication time at `now`; `None` makes the article dated when
+/// first seen.
+pub fn plausible_date(t: i64, now: i64) -> Option<i64> {
+    (EARLIEST_DATE..=now + FUTURE_SLACK_SECS)
+        .contains(&t)
+        .then_some(t)
+}
+
+/// The entry's web page: the `alternate` link if marked, else the first plain link,
+/// else an id that is itself a web address (RSS permalinks without `<link>`).
+fn pick_link(links: &[feed_rs::model::Link], id: &str, base: Option<&url::Url>) -> Option<String> {
+    let resolve = |href: &str| {
+        let parsed = match base {
+            Some(base) => base.join(href.trim()).ok(),
+            None => url::Url::parse(href.trim()).ok(),
+        }?;
+        (matches!(parsed.scheme(), "http" | "https") && parsed.has_host())
+            .then(|| parsed.to_string())
+    };
     let mut candidates: Vec<&feed_rs::model::Link> = links
         .iter()
         .filter(|l| l.target.is_none())
         .filter(|l| matches!(l.rel.as_deref(), None | Some("alternate")))
         .collect();
     candidates.sort_by_key(|l| l.rel.as_deref() != Some("alternate"));
-    candidates.into_iter().find_map(|l| {
-        let parsed = match base {
-            Some(base) => base.join(l.href.trim()).ok(),
-            None => url::Url::parse(l.href.trim()).ok(),
-        }?;
-        matches!(parsed.scheme(), "http" | "https").then(|| parsed.to_string())
-    })
+    candidates
+        .into_iter()
+        .find_map(|l| resolve(&l.href))
+        .or_else(|| {
+            let id = id.trim();
+            (id.starts_with("http://") || id.starts_with("https://"))
+                .then(|| resolve(id))
+                .flatten()
+        })
 }
 
-/// Reduces HTML (or plain text) to plain text: tags dropped, `script`/`style` bodies
-/// dropped, entities decoded, whitespace collapsed.
+/// Decodes the feed to UTF-8. The byte-order mark wins, then the XML prolog's
+/// `encoding` (written by whoever produced the bytes), then the HTTP charset, then
+/// UTF-8; bytes that are not valid UTF-8 under no declaration are read as Windows-1252,
+/// the usual mislabel. XML declarations are then removed so the XML parser does
+/// not decode a second time.
+fn to_utf8<'a>(bytes: &'a [u8], http_charset: Option<&str>) -> Cow<'a, str> {
+    if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
+        let (text, _) = encoding.decode_without_bom_handling(&bytes[bom_len..]);
+        return Cow::Owned(relabel_prolog(&text).into_owned());
+    }
+    let declared = xml_declared_encoding(bytes)
+        .or(http_charset)
+        .and_then(|label| encoding_rs::Encoding::for_label(label.trim().as_bytes()))
+        // A UTF-16 label on bytes without a BOM is almost always wrong (the bytes that
+        // spelled the label were ASCII); trust the bytes.
+        .filter(|e| *e != encoding_rs::UTF_16LE && *e != encoding_rs::UTF_16BE);
+    let text = match declared {
+        Some(encoding) if encoding != encoding_rs::UTF_8 => {
+            Cow::Owned(encoding.decode_without_bom_handling(bytes).0.into_owned())
+        }
+        _ => match std::str::from_utf8(bytes) {
+            Ok(text) => Cow::Borrowed(text),
+            Err(_) => Cow::Owned(
+                encoding_rs::WINDOWS_1252
+                    .decode_without_bom_handling(bytes)
+                    .0
+                    .into_owned(),
+            ),
+        },
+    };
+    match relabel_prolog(&text) {
+        Cow::Borrowed(_) => text,
+        Cow::Owned(changed) => Cow::Owned(changed),
+    }
+}
+
+/// The `encoding="…"` of an XML declaration at the start of the bytes, if any.
+fn xml_declared_encoding(bytes: &[u8]) -> Option<&str> {
+    let head = &bytes[..bytes.len().min(512)];
+    let start = head.iter().position(|b| !b.is_ascii_whitespace())?;
+    let head = head[start..].strip_prefix(b"<?xml")?;
+    let end = head.windows(2).position(|w| w == b"?>")?;
+    let decl = std::str::from_utf8(&head[..end]).ok()?;
+    let at = decl.find("encoding")?;
+    let rest = decl[at + "encoding".len()..]
+        .trim_start()
+        .strip_prefix('=')?;
+    let rest = rest.trim_start();
+    let quote = rest.chars().next().filter(|c| *c == '"' || *c == '\'')?;
+    let rest = &rest[1..];
+    rest.find(quote).map(|close| &rest[..close])
+}
+
+/// Removes XML declarations from text that is UTF-8 by now, so the XML parser reads it
+/// as UTF-8 and never switches decoders: a declaration in the wrong place (anywhere
+/// but the very start) makes the parser's decoder panic instead of failing. The leading
+/// one goes; any later one is renamed into an ignorable processing instruction.
+fn relabel_prolog(text: &str) -> Cow<'_, str> {
+    if !text.contains("<?xml") {
+        return Cow::Borrowed(text);
+    }
+    let mut rest = text.trim_start();
+    if rest.starts_with("<?xml")
+        && let Some(end) = rest.find("?>")
+    {
+        rest = &rest[end + 2..];
+    }
+    Cow::Owned(rest.replace("<?xml", "<?herald-ignored"))
+}
+
+/// Block-level tags the sanitiser keeps, without attributes, so that they can become
+/// word breaks; every other tag is dropped with its attributes (its text stays), and
+/// `script`/`style` are dropped with their content.
+static SANITIZER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(|| {
+    let mut builder = ammonia::Builder::empty();
+    builder
+        .tags(HashSet::from([
+            "p",
+            "br",
+            "div",
+            "li",
+            "ul",
+            "ol",
+            "h1",
+            "h2",
+            "h3",
+            "h4",
+            "h5",
+            "h6",
+            "blockquote",
+            "pre",
+            "hr",
+            "table",
+            "tr",
+            "td",
+            "th",
+            "dd",
+            "dt",
+            "figcaption",
+        ]))
+        .generic_attributes(HashSet::new())
+        .tag_attributes(Default::default())
+        .link_rel(None)
+        .strip_comments(true);
+    builder
+});
+
+/// Reduces HTML (or plain text) to plain text: an allow-list sanitiser parses it as a
+/// browser would, block tags become spaces, entities are decoded, whitespace collapsed.
 pub fn html_to_text(input: &str) -> String {
-    let mut out = String::with_capacity(input.len());
-    let mut rest = input;
-    while let Some(start) = rest.find('<') {
-        out.push_str(&rest[..start]);
-        let after = &rest[start..];
-        let Some(end) = after.find('>') else {
-            // A lone '<' is text, not a tag.
-            out.push_str(after);
-            rest = "";
-            break;
-        };
-        let tag = after[1..end].trim().to_ascii_lowercase();
-        rest = &after[end + 1..];
-        for skipped in ["script", "style"] {
-            if tag == skipped || tag.starts_with(&format!("{skipped} ")) {
-                let close = format!("</{skipped}");
-                match rest.to_ascii_lowercase().find(&close) {
-                    Some(pos) => {
-                        rest = &rest[pos..];
-                        if let Some(gt) = rest.find('>') {
-                            rest = &rest[gt + 1..];
-                        }
-                    }
-                    None => rest = "",
+    // Most titles are plain text; skip the HTML parser for them.
+    let text = if input.contains(['<', '&']) {
+        let cleaned = SANITIZER.clean(input).to_string();
+        // The sanitiser's output holds only attribute-less allow-listed tags, so every
+        // '<' opens one of them and every literal '<' is escaped as `&lt;`.
+        let mut spaced = String::with_capacity(cleaned.len());
+        let mut in_tag = false;
+        for ch in cleaned.chars() {
+            match ch {
+                '<' => in_tag = true,
+                '>' if in_tag => {
+                    in_tag = false;
+                    spaced.push(' ');
                 }
+                _ if in_tag => {}
+                _ => spaced.push(ch),
             }
         }
-        // Block-level tags separate words.
-        out.push(' ');
-    }
-    out.push_str(rest);
-    let decoded = decode_entities(&out);
-    decoded.split_whitespace().collect::<Vec<_>>().join(" ")
+        decode_entities(&spaced)
+    } else {
+        input.to_string()
+    };
+    text.split_whitespace()
+        .filter(|word| !word.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+        .chars()
+        .filter(|c| !c.is_control())
+        .collect()
 }
 
+/// Decodes the few entities the sanitiser writes (and numeric ones); anything else is
+/// left as written.
 fn decode_entities(input: &str) -> String {
     let mut out = String::with_capacity(input.len());
     let mut rest = input;
@@ -146,13 +339,6 @@ fn decode_entities(input: &str) -> String {
                 "quot" => Some('"'),
                 "apos" => Some('\''),
                 "nbsp" => Some(' '),
-                "mdash" => Some('—'),
-                "ndash" => Some('–'),
-                "hellip" => Some('…'),
-                "rsquo" => Some('’'),
-                "lsquo" => Some('‘'),
-                "rdquo" => Some('”'),
-                "ldquo" => Some('“'),
                 _ => {
                     let number = name.strip_prefix('#')?;
                     let code = match number.strip_prefix(['x', 'X']) {
@@ -195,6 +381,15 @@ fn truncate(text: &str, max: usize) -> String {
 mod tests {
     use super::*;
 
+    fn context() -> FeedContext {
+        FeedContext {
+            breaking_categories: vec!["breaking".into()],
+            max_items: 200,
+            now: 1_800_000_000,
+            ..FeedContext::default()
+        }
+    }
+
     #[test]
     fn html_becomes_plain_text() {
         assert_eq!(
@@ -205,6 +400,15 @@ mod tests {
         );
         assert_eq!(html_to_text("a < b &unknown; c"), "a < b &unknown; c");
         assert_eq!(html_to_text("&#60;script&#x3E;"), "<script>");
+        assert_eq!(
+            html_to_text(r#"<a title=">" href="javascript:x()">Park</a> <b>opens</b>"#),
+            "Park opens"
+        );
+        assert_eq!(
+            html_to_text("Line one<br>line two<!-- note --><style>p{}</style>"),
+            "Line one line two"
+        );
+        assert_eq!(html_to_text("Fish &amp; chips"), "Fish & chips");
     }
 
     #[test]
@@ -216,12 +420,27 @@ mod tests {
             <item><guid>1</guid><link>https://example.org/dup</link><title>Dup</title></item>
             <item><guid>2</guid><link>javascript:alert(1)</link><title>Bad link</title></item>
             </channel></rss>"#;
-        let items = parse_feed(rss, None).unwrap();
+        let items = parse_feed(rss, &context()).unwrap();
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].title, "A & B");
         assert_eq!(items[0].summary, "Bold summary");
         assert_eq!(items[0].category, "Schools");
         assert_eq!(items[0].published_at, Some(1_795_248_000));
+        assert!(!items[0].breaking);
+    }
+
+    #[test]
+    fn any_alert_category_makes_an_item_breaking() {
+        let rss = br#"<rss version="2.0"><channel><title>T</title>
+            <item><guid>1</guid><link>https://example.org/a</link><title>A</title>
+              <category>Weather</category><category>BREAKING</category></item>
+            <item><guid>2</guid><link>https://example.org/b</link><title>B</title>
+              <category>Sports</category></item>
+            </channel></rss>"#;
+        let items = parse_feed(rss, &context()).unwrap();
+        assert!(items[0].breaking);
+        assert_eq!(items[0].category, "Weather");
+        assert!(!items[1].breaking);
     }
 
     #[test]
@@ -230,15 +449,82 @@ mod tests {
             <feed xmlns="http://www.w3.org/2005/Atom"><title>T</title><id>urn:t</id><updated>2026-11-20T00:00:00Z</updated>
             <entry><id>urn:e1</id><title>E</title><updated>2026-11-20T00:00:00Z</updated><link href="/news/e1"/></entry>
             </feed>"#;
-        let base = url::Url::parse("https://example.org/feeds/atom.xml").unwrap();
-        let items = parse_feed(atom, Some(&base)).unwrap();
+        let context = FeedContext {
+            base: Some(url::Url::parse("https://example.org/feeds/atom.xml").unwrap()),
+            ..context()
+        };
+        let items = parse_feed(atom, &context).unwrap();
         assert_eq!(items[0].link, "https://example.org/news/e1");
     }
 
     #[test]
+    fn missing_guids_are_keyed_by_link_and_title_and_bad_dates_dropped() {
+        let rss = br#"<rss version="2.0"><channel><title>T</title>
+            <item><link>https://example.org/a</link><title>A</title><pubDate>Thu, 01 Jan 1970 00:00:00 GMT</pubDate></item>
+            <item><link>https://example.org/b</link><title>B</title><pubDate>Fri, 01 Jan 2100 00:00:00 GMT</pubDate></item>
+            <item><link>https://example.org/c</link><title>C</title><pubDate>yesterday-ish</pubDate></item>
+            </channel></rss>"#;
+        let items = parse_feed(rss, &context()).unwrap();
+        assert_eq!(items.len(), 3);
+        assert_eq!(items[0].guid, "https://example.org/a#A");
+        assert!(items.iter().all(|i| i.published_at.is_none()), "{items:?}");
+    }
+
+    #[test]
+    fn charsets_come_from_the_prolog_then_the_header() {
+        // "Café" in ISO-8859-1, declared in the prolog.
+        let mut latin = b"<?xml version=\"1.0\" encoding=\"ISO-8859-1\"?><rss version=\"2.0\"><channel><title>T</title><item><guid>1</guid><link>https://example.org/a</link><title>Caf".to_vec();
+        latin.extend_from_slice(&[0xE9]);
+        latin.extend_from_slice(b"</title></item></channel></rss>");
+        assert_eq!(parse_feed(&latin, &context()).unwrap()[0].title, "Café");
+        // The same bytes without a prolog, labelled by the HTTP header.
+        let start = latin.iter().position(|&b| b == b'>').unwrap() + 1;
+        let bare = &latin[start..];
+        let with_header = FeedContext {
+            charset: Some("iso-8859-1".into()),
+            ..context()
+        };
+        assert_eq!(parse_feed(bare, &with_header).unwrap()[0].title, "Café");
+        // Unlabelled and not UTF-8: read as Windows-1252 rather than failing.
+        assert_eq!(parse_feed(bare, &context()).unwrap()[0].title, "Café");
+    }
+
+    #[test]
+    fn at_most_max_items_are_taken() {
+        let mut rss = String::from("<rss version=\"2.0\"><channel><title>T</title>");
+        for i in 0..50 {
+            rss.push_str(&format!(
+                "<item><guid>{i}</guid><link>https://example.org/{i}</link><title>{i}</title></item>"
+            ));
+        }
+        rss.push_str("</channel></rss>");
+        let context = FeedContext {
+            max_items: 10,
+            ..context()
+        };
+        let items = parse_feed(rss.as_bytes(), &context).unwrap();
+        assert_eq!(items.len(), 10);
+        assert_eq!(items[9].guid, "9");
+    }
+
+    #[test]
+    fn a_stray_xml_declaration_is_an_error_or_ignored_never_a_panic() {
+        // Found by the property test: the XML parser's decoder asserts when a second
+        // declaration asks it to switch encodings mid-document.
+        let doc = br#"<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>
+            <?xml version="1.0" encoding="UTF-16"?>
+            <item><guid>1</guid><link>https://example.org/a</link><title>A</title></item>
+            </channel></rss>"#;
+        let _ = parse_feed(doc, &context());
+        let odd = br#"<?xml version="1.0" encodIng="koi8-r"?><rss version="2.0"><channel><title>T</title></channel></rss>"#;
+        let _ = parse_feed(odd, &context());
+    }
+
+    #[test]
     fn garbage_is_a_parse_error() {
-        assert!(parse_feed(b"<html><body>not a feed</body>", None).is_err());
-        assert!(parse_feed(b"<rss><channel><item>", None).is_err());
+        assert!(parse_feed(b"<html><body>not a feed</body>", &context()).is_err());
+        assert!(parse_feed(b"<rss><channel><item>", &context()).is_err());
+        assert!(parse_feed(b"", &context()).is_err());
     }
 
     #[test]

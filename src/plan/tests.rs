@@ -90,6 +90,7 @@ async fn article(store: &Store, region: &str, key: &str, at: i64) -> i64 {
                 summary: String::new(),
                 category: String::new(),
                 published_at: Some(at),
+                breaking: false,
             }],
             at,
         )
@@ -479,6 +480,7 @@ async fn an_article_sent_as_an_alert_is_left_out_of_the_digest() {
                     summary: String::new(),
                     category: String::new(),
                     published_at: None,
+                    breaking: false,
                 }],
                 at.timestamp(),
             )
@@ -576,6 +578,7 @@ async fn property_no_duplicates_and_no_misses_over_random_sequences() {
                                         summary: String::new(),
                                         category: String::new(),
                                         published_at: None,
+                                        breaking: false,
                                     }],
                                     now.timestamp(),
                                 )

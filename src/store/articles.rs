@@ -16,8 +16,12 @@ pub struct FeedItem {
     pub summary: String,
     /// First category, possibly empty.
     pub category: String,
-    /// Publication time, when the feed gave one.
+    /// Publication time, when the feed gave a believable one; otherwise the article is
+    /// dated when it is first seen.
     pub published_at: Option<i64>,
+    /// Breaking news: alert readers get it at once. Once stored as breaking, an article
+    /// stays breaking (its alerts may already be out), whatever later edits say.
+    pub breaking: bool,
 }
 
 /// What one poll of one feed changed.
@@ -48,6 +52,21 @@ pub struct ArticleRow {
     pub published_at: Option<i64>,
 }
 
+/// What ingest needs to know about a feed before polling it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedPollState {
+    /// Row id.
+    pub id: i64,
+    /// The validator the server gave with the last full answer, for `If-None-Match`.
+    pub etag: Option<String>,
+    /// The date the server gave with the last full answer, for `If-Modified-Since`.
+    pub last_modified: Option<String>,
+    /// When the feed is next due; `None` until it has been polled once.
+    pub next_poll_at: Option<i64>,
+    /// Polls in a row that failed; 0 after a success.
+    pub consecutive_failures: i64,
+}
+
 /// One feed's polling history, for `herald status`.
 #[derive(Debug, Clone)]
 pub struct FeedStatus {
@@ -61,14 +80,42 @@ pub struct FeedStatus {
     pub last_success_at: Option<i64>,
     /// The error of the last poll, if it failed.
     pub last_error: Option<String>,
+    /// When the feed is next due.
+    pub next_poll_at: Option<i64>,
+    /// Polls in a row that failed.
+    pub consecutive_failures: i64,
 }
 
-/// (region, url, last polled, last success, last error).
-type FeedStatusRow = (String, String, Option<i64>, Option<i64>, Option<String>);
+/// What pushing an article through the API did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushOutcome {
+    /// A new article with this id.
+    Created(i64),
+    /// An article with the same link existed and its text or region changed.
+    Updated(i64),
+    /// An article with the same link existed exactly as pushed.
+    Unchanged(i64),
+}
+
+/// (region, url, last polled, last success, last error, next poll, failures).
+type FeedStatusRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    i64,
+);
 
 impl Store {
     /// The id of the feed row for (region, url), created on first use.
     pub async fn feed_id(&self, region: &RegionSlug, url: &str) -> Result<i64> {
+        Ok(self.feed_poll_state(region, url).await?.id)
+    }
+
+    /// The feed row for (region, url), created on first use, with what the next poll needs.
+    pub async fn feed_poll_state(&self, region: &RegionSlug, url: &str) -> Result<FeedPollState> {
         sqlx::query(
             "INSERT INTO feeds (region_slug, url) VALUES ($1, $2)
              ON CONFLICT (region_slug, url) DO NOTHING",
@@ -77,19 +124,35 @@ impl Store {
         .bind(url)
         .execute(&self.pool)
         .await?;
-        let (id,): (i64,) =
-            sqlx::query_as("SELECT id FROM feeds WHERE region_slug = $1 AND url = $2")
-                .bind(region.as_str())
-                .bind(url)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(id)
+        let (id, etag, last_modified, next_poll_at, consecutive_failures): (
+            i64,
+            Option<String>,
+            Option<String>,
+            Option<i64>,
+            i64,
+        ) = sqlx::query_as(
+            "SELECT id, etag, last_modified, next_poll_at, consecutive_failures
+             FROM feeds WHERE region_slug = $1 AND url = $2",
+        )
+        .bind(region.as_str())
+        .bind(url)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(FeedPollState {
+            id,
+            etag,
+            last_modified,
+            next_poll_at,
+            consecutive_failures,
+        })
     }
 
-    /// Stores a poll's items for a feed of `region` in one transaction.
+    /// Stores a poll's items for a feed of `region` in one transaction, and marks the
+    /// feed as successfully polled.
     ///
     /// An item is the same article as a stored one when its (feed, GUID) was seen before,
     /// or when another feed already brought the same link; either way it is not new mail.
+    /// A changed title, summary or category updates the article in place.
     pub async fn record_feed_items(
         &self,
         feed_id: i64,
@@ -98,10 +161,10 @@ impl Store {
         now: i64,
     ) -> Result<FeedCounts> {
         let mut counts = FeedCounts::default();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for item in items {
-            let by_guid: Option<(i64, String, String, String)> = sqlx::query_as(
-                "SELECT a.id, a.title, a.summary, a.category FROM article_sources s
+            let by_guid: Option<(i64, String, String, String, i64)> = sqlx::query_as(
+                "SELECT a.id, a.title, a.summary, a.category, a.breaking FROM article_sources s
                  JOIN articles a ON a.id = s.article_id
                  WHERE s.feed_id = $1 AND s.guid = $2",
             )
@@ -109,46 +172,40 @@ impl Store {
             .bind(&item.guid)
             .fetch_optional(&mut *tx)
             .await?;
-            if let Some((id, title, summary, category)) = by_guid {
-                if title != item.title || summary != item.summary || category != item.category {
-                    sqlx::query(
-                        "UPDATE articles SET title = $1, summary = $2, category = $3, updated_at = $4
-                         WHERE id = $5",
-                    )
-                    .bind(&item.title)
-                    .bind(&item.summary)
-                    .bind(&item.category)
-                    .bind(now)
-                    .bind(id)
-                    .execute(&mut *tx)
-                    .await?;
+            if let Some((id, title, summary, category, breaking)) = by_guid {
+                let escalates = item.breaking && breaking == 0;
+                if title != item.title
+                    || summary != item.summary
+                    || category != item.category
+                    || escalates
+                {
+                    update_article(&mut tx, id, item, now).await?;
                     counts.updated += 1;
                 } else {
                     counts.unchanged += 1;
                 }
                 continue;
             }
-            let by_link: Option<(i64,)> = sqlx::query_as("SELECT id FROM articles WHERE link = $1")
-                .bind(&item.link)
-                .fetch_optional(&mut *tx)
-                .await?;
-            let article_id = match by_link {
-                Some((id,)) => id,
-                None => {
-                    let (id,): (i64,) = sqlx::query_as(
-                        "INSERT INTO articles (link, title, summary, category, published_at, ingested_at, updated_at)
-                         VALUES ($1, $2, $3, $4, $5, $6, $6) RETURNING id",
-                    )
+            let by_link: Option<(i64, i64)> =
+                sqlx::query_as("SELECT id, breaking FROM articles WHERE link = $1")
                     .bind(&item.link)
-                    .bind(&item.title)
-                    .bind(&item.summary)
-                    .bind(&item.category)
-                    .bind(item.published_at)
-                    .bind(now)
-                    .fetch_one(&mut *tx)
+                    .fetch_optional(&mut *tx)
                     .await?;
+            let article_id = match by_link {
+                Some((id, breaking)) => {
+                    // Another feed brought this story first; this feed may know it is breaking.
+                    if item.breaking && breaking == 0 {
+                        sqlx::query(
+                            "UPDATE articles SET breaking = 1, updated_at = $1 WHERE id = $2",
+                        )
+                        .bind(now)
+                        .bind(id)
+                        .execute(&mut *tx)
+                        .await?;
+                    }
                     id
                 }
+                None => insert_article(&mut tx, item, now).await?,
             };
             sqlx::query(
                 "INSERT INTO article_sources (feed_id, guid, article_id) VALUES ($1, $2, $3)
@@ -159,19 +216,13 @@ impl Store {
             .bind(article_id)
             .execute(&mut *tx)
             .await?;
-            sqlx::query(
-                "INSERT INTO article_regions (article_id, region_slug, added_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (article_id, region_slug) DO NOTHING",
-            )
-            .bind(article_id)
-            .bind(region.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+            add_to_region(&mut tx, article_id, region, now).await?;
             counts.new += 1;
         }
         sqlx::query(
-            "UPDATE feeds SET last_polled_at = $1, last_success_at = $1, last_error = NULL WHERE id = $2",
+            "UPDATE feeds SET last_polled_at = $1, last_success_at = $1, last_error = NULL,
+                 consecutive_failures = 0
+             WHERE id = $2",
         )
         .bind(now)
         .bind(feed_id)
@@ -181,21 +232,63 @@ impl Store {
         Ok(counts)
     }
 
-    /// Notes a failed poll; the feed's articles stay as they were.
-    pub async fn record_feed_error(&self, feed_id: i64, error: &str, now: i64) -> Result<()> {
-        sqlx::query("UPDATE feeds SET last_polled_at = $1, last_error = $2 WHERE id = $3")
-            .bind(now)
-            .bind(error)
-            .bind(feed_id)
-            .execute(&self.pool)
-            .await?;
+    /// After a successful poll (full or `304 Not Modified`): keeps the server's validators
+    /// for the next conditional GET and sets when the feed is next due.
+    ///
+    /// Called after [`Store::record_feed_items`] commits, so a crash in between costs one
+    /// refetch, never an article.
+    pub async fn record_feed_polled(
+        &self,
+        feed_id: i64,
+        etag: Option<&str>,
+        last_modified: Option<&str>,
+        now: i64,
+        next_poll_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE feeds SET etag = $1, last_modified = $2, last_polled_at = $3,
+                 last_success_at = $3, last_error = NULL, consecutive_failures = 0,
+                 next_poll_at = $4
+             WHERE id = $5",
+        )
+        .bind(etag)
+        .bind(last_modified)
+        .bind(now)
+        .bind(next_poll_at)
+        .bind(feed_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Notes a failed poll and when to try again; the feed's articles and validators stay
+    /// as they were.
+    pub async fn record_feed_error(
+        &self,
+        feed_id: i64,
+        error: &str,
+        now: i64,
+        next_poll_at: i64,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE feeds SET last_polled_at = $1, last_error = $2,
+                 consecutive_failures = consecutive_failures + 1, next_poll_at = $3
+             WHERE id = $4",
+        )
+        .bind(now)
+        .bind(error)
+        .bind(next_poll_at)
+        .bind(feed_id)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
     /// Every feed's last poll, for `herald status`.
     pub async fn feed_statuses(&self) -> Result<Vec<FeedStatus>> {
         let rows: Vec<FeedStatusRow> = sqlx::query_as(
-            "SELECT region_slug, url, last_polled_at, last_success_at, last_error
+            "SELECT region_slug, url, last_polled_at, last_success_at, last_error,
+                    next_poll_at, consecutive_failures
              FROM feeds ORDER BY region_slug, url",
         )
         .fetch_all(&self.pool)
@@ -203,15 +296,77 @@ impl Store {
         Ok(rows
             .into_iter()
             .map(
-                |(region, url, last_polled_at, last_success_at, last_error)| FeedStatus {
+                |(
                     region,
                     url,
                     last_polled_at,
                     last_success_at,
                     last_error,
+                    next_poll_at,
+                    consecutive_failures,
+                )| FeedStatus {
+                    region,
+                    url,
+                    last_polled_at,
+                    last_success_at,
+                    last_error,
+                    next_poll_at,
+                    consecutive_failures,
                 },
             )
             .collect())
+    }
+
+    /// Stores an article pushed through the admin API for `region`, keyed by its link
+    /// (`item.guid` is not used): a new link is a new article, a known one is updated
+    /// in place and added to the region, never duplicated.
+    pub async fn push_article(
+        &self,
+        region: &RegionSlug,
+        item: &FeedItem,
+        now: i64,
+    ) -> Result<PushOutcome> {
+        let mut tx = self.begin_write().await?;
+        let existing: Option<(i64, String, String, String, i64)> = sqlx::query_as(
+            "SELECT id, title, summary, category, breaking FROM articles WHERE link = $1",
+        )
+        .bind(&item.link)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let outcome = match existing {
+            None => {
+                let id = insert_article(&mut tx, item, now).await?;
+                add_to_region(&mut tx, id, region, now).await?;
+                PushOutcome::Created(id)
+            }
+            Some((id, title, summary, category, breaking)) => {
+                let mut changed = add_to_region(&mut tx, id, region, now).await?;
+                if title != item.title
+                    || summary != item.summary
+                    || category != item.category
+                    || (item.breaking && breaking == 0)
+                {
+                    update_article(&mut tx, id, item, now).await?;
+                    changed = true;
+                }
+                if changed {
+                    PushOutcome::Updated(id)
+                } else {
+                    PushOutcome::Unchanged(id)
+                }
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Whether an article is marked breaking, by link (for checks and tests).
+    pub async fn article_breaking(&self, link: &str) -> Result<Option<bool>> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT breaking FROM articles WHERE link = $1")
+            .bind(link)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(b,)| b != 0))
     }
 
     /// The newest articles of a region added since `since`, newest first (for previews).
@@ -256,6 +411,16 @@ impl Store {
         Ok(n)
     }
 
+    /// How many articles are stored, and how many of them are marked breaking.
+    pub async fn article_totals(&self) -> Result<(i64, i64)> {
+        let (total, breaking): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(CASE WHEN breaking = 1 THEN 1 ELSE 0 END) FROM articles",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((total, breaking.unwrap_or(0)))
+    }
+
     /// How many articles a region has.
     pub async fn region_article_count(&self, region: &RegionSlug) -> Result<i64> {
         let (n,): (i64,) =
@@ -265,6 +430,63 @@ impl Store {
                 .await?;
         Ok(n)
     }
+}
+
+type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
+
+/// Inserts a new article; an article without a date is dated when first seen.
+async fn insert_article(tx: &mut Tx<'_>, item: &FeedItem, now: i64) -> Result<i64> {
+    let (id,): (i64,) = sqlx::query_as(
+        "INSERT INTO articles (link, title, summary, category, breaking, published_at, ingested_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+    )
+    .bind(&item.link)
+    .bind(&item.title)
+    .bind(&item.summary)
+    .bind(&item.category)
+    .bind(i64::from(item.breaking))
+    .bind(item.published_at.unwrap_or(now))
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok(id)
+}
+
+/// Rewrites an edited article's text. `breaking` only escalates: alerts may be out already.
+async fn update_article(tx: &mut Tx<'_>, id: i64, item: &FeedItem, now: i64) -> Result<()> {
+    sqlx::query(
+        "UPDATE articles SET title = $1, summary = $2, category = $3, updated_at = $4,
+             breaking = CASE WHEN $5 = 1 THEN 1 ELSE breaking END
+         WHERE id = $6",
+    )
+    .bind(&item.title)
+    .bind(&item.summary)
+    .bind(&item.category)
+    .bind(now)
+    .bind(i64::from(item.breaking))
+    .bind(id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Files an article under a region; true if it was not there yet.
+async fn add_to_region(
+    tx: &mut Tx<'_>,
+    article_id: i64,
+    region: &RegionSlug,
+    now: i64,
+) -> Result<bool> {
+    let done = sqlx::query(
+        "INSERT INTO article_regions (article_id, region_slug, added_at) VALUES ($1, $2, $3)
+         ON CONFLICT (article_id, region_slug) DO NOTHING",
+    )
+    .bind(article_id)
+    .bind(region.as_str())
+    .bind(now)
+    .execute(&mut **tx)
+    .await?;
+    Ok(done.rows_affected() > 0)
 }
 
 #[cfg(test)]
@@ -280,6 +502,7 @@ mod tests {
             summary: String::new(),
             category: String::new(),
             published_at: None,
+            breaking: false,
         }
     }
 
@@ -370,14 +593,153 @@ mod tests {
             let region: RegionSlug = "state".parse().unwrap();
             let feed = store.feed_id(&region, "file://missing.xml").await.unwrap();
             store
-                .record_feed_error(feed, "no such file", 50)
+                .record_feed_error(feed, "no such file", 50, 110)
+                .await
+                .unwrap();
+            store
+                .record_feed_error(feed, "no such file", 110, 230)
                 .await
                 .unwrap();
             let status = store.feed_statuses().await.unwrap();
             assert_eq!(status.len(), 1);
             assert_eq!(status[0].last_error.as_deref(), Some("no such file"));
             assert_eq!(status[0].last_success_at, None);
+            assert_eq!(status[0].next_poll_at, Some(230));
+            assert_eq!(status[0].consecutive_failures, 2);
             assert_eq!(store.article_count().await.unwrap(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn validators_and_schedule_survive_until_the_next_poll() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let region: RegionSlug = "state".parse().unwrap();
+            let url = "https://news.example/feed";
+            let fresh = store.feed_poll_state(&region, url).await.unwrap();
+            assert_eq!(fresh.next_poll_at, None, "{backend:?}");
+            store
+                .record_feed_error(fresh.id, "timed out", 10, 70)
+                .await
+                .unwrap();
+            store
+                .record_feed_polled(
+                    fresh.id,
+                    Some("\"v1\""),
+                    Some("Sat, 21 Nov 2026 08:00:00 GMT"),
+                    100,
+                    1000,
+                )
+                .await
+                .unwrap();
+            let state = store.feed_poll_state(&region, url).await.unwrap();
+            assert_eq!(
+                state,
+                FeedPollState {
+                    id: fresh.id,
+                    etag: Some("\"v1\"".into()),
+                    last_modified: Some("Sat, 21 Nov 2026 08:00:00 GMT".into()),
+                    next_poll_at: Some(1000),
+                    consecutive_failures: 0,
+                },
+                "{backend:?}"
+            );
+            let status = &store.feed_statuses().await.unwrap()[0];
+            assert_eq!(status.last_error, None);
+            assert_eq!(status.last_success_at, Some(100));
+        }
+    }
+
+    #[tokio::test]
+    async fn breaking_is_stored_escalates_on_edit_and_never_clears() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let region: RegionSlug = "state".parse().unwrap();
+            let feed = store.feed_id(&region, "file://state.xml").await.unwrap();
+            let mut quiet = item("q", "https://news.example/q", "Road work");
+            let mut loud = item("l", "https://news.example/l", "Bridge closed");
+            loud.breaking = true;
+            store
+                .record_feed_items(feed, &region, &[quiet.clone(), loud.clone()], 100)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.article_breaking(&quiet.link).await.unwrap(),
+                Some(false)
+            );
+            assert_eq!(
+                store.article_breaking(&loud.link).await.unwrap(),
+                Some(true),
+                "{backend:?}"
+            );
+
+            // The feed later files the road work under breaking: an update, now breaking.
+            quiet.breaking = true;
+            quiet.category = "Breaking".into();
+            let counts = store
+                .record_feed_items(feed, &region, &[quiet.clone()], 200)
+                .await
+                .unwrap();
+            assert_eq!(counts.updated, 1);
+            assert_eq!(
+                store.article_breaking(&quiet.link).await.unwrap(),
+                Some(true)
+            );
+
+            // Dropping the category later leaves it breaking: alerts may be out already.
+            loud.breaking = false;
+            loud.title = "Bridge reopened".into();
+            store
+                .record_feed_items(feed, &region, &[loud.clone()], 300)
+                .await
+                .unwrap();
+            assert_eq!(
+                store.article_breaking(&loud.link).await.unwrap(),
+                Some(true)
+            );
+            assert_eq!(store.article_count().await.unwrap(), 2);
+
+            // Undated items are dated when first seen.
+            let recent = store.recent_articles(&region, 0, 10).await.unwrap();
+            assert!(
+                recent.iter().all(|a| a.published_at == Some(100)),
+                "{recent:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn pushed_articles_are_keyed_by_link() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let state: RegionSlug = "state".parse().unwrap();
+            let town: RegionSlug = "town".parse().unwrap();
+            let mut pushed = item("", "https://news.example/p", "Flood warning");
+            pushed.breaking = true;
+            let PushOutcome::Created(id) = store.push_article(&town, &pushed, 100).await.unwrap()
+            else {
+                panic!("first push creates ({backend:?})");
+            };
+            assert_eq!(
+                store.push_article(&town, &pushed, 110).await.unwrap(),
+                PushOutcome::Unchanged(id)
+            );
+            assert_eq!(
+                store.push_article(&state, &pushed, 120).await.unwrap(),
+                PushOutcome::Updated(id),
+                "a new region is a change"
+            );
+            pushed.summary = "Evacuations on River Road.".into();
+            assert_eq!(
+                store.push_article(&town, &pushed, 130).await.unwrap(),
+                PushOutcome::Updated(id)
+            );
+            assert_eq!(store.article_count().await.unwrap(), 1);
+            assert_eq!(store.region_article_count(&state).await.unwrap(), 1);
+            assert_eq!(
+                store.article_breaking(&pushed.link).await.unwrap(),
+                Some(true)
+            );
         }
     }
 }

@@ -633,6 +633,7 @@ mod tests {
                 summary: String::new(),
                 category: String::new(),
                 published_at: Some(1_000 + i),
+                breaking: false,
             })
             .collect();
         store

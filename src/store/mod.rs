@@ -3,13 +3,15 @@
 //! One set of statements serves SQLite and PostgreSQL through `sqlx::Any`; the few
 //! places where the two differ ask [`Backend`]. Times are integer Unix seconds.
 
+mod api_tokens;
 mod articles;
 mod deliveries;
 mod planning;
 mod seed;
 mod subscribers;
 
-pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedStatus};
+pub use api_tokens::ApiTokenRow;
+pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedPollState, FeedStatus, PushOutcome};
 pub use deliveries::{ClaimedDelivery, DeliveryArticle, Outcome, PlanSummary, QueueStatus};
 pub use planning::{AlertPlan, BreakingArticle, SlotPlan};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
@@ -193,6 +195,17 @@ impl Store {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), waiting out `busy_timeout`: a deferred transaction that read
+    /// first fails at once with "database is locked" when another writer committed in
+    /// between, which concurrent feed polls do all the time.
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
     }
 
     /// A random 128-bit hex string made by the database, for Message-IDs planned in SQL.

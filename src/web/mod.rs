@@ -1,7 +1,10 @@
 //! Web: the HTTP listener of `herald daemon`.
 //!
-//! Health endpoints for operators, and the unsubscribe link every email carries
-//! (RFC 8058 one-click `POST`, plus a page with a button for people who click it).
+//! Health endpoints for operators, the unsubscribe link every email carries
+//! (RFC 8058 one-click `POST`, plus a page with a button for people who click it),
+//! and the token-protected admin API (`admin_api`).
+
+pub mod admin_api;
 
 use std::sync::Arc;
 
@@ -12,6 +15,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 
+use crate::config::Config;
 use crate::store::{Store, now};
 use crate::tokens::{Purpose, Signer};
 
@@ -22,6 +26,8 @@ pub struct AppState {
     pub store: Store,
     /// Verifies link tokens.
     pub signer: Arc<Signer>,
+    /// The configuration (regions, alert categories).
+    pub config: Arc<Config>,
 }
 
 /// The full router.
@@ -33,6 +39,7 @@ pub fn router(state: AppState) -> Router {
             "/unsubscribe",
             get(unsubscribe_page).post(unsubscribe_one_click),
         )
+        .merge(admin_api::routes(state.clone()))
         .with_state(state)
 }
 

@@ -1,0 +1,260 @@
+//! The admin API under `/admin/api`: a newsroom's CMS pushes articles here.
+//!
+//! Every route sits behind `Authorization: Bearer TOKEN`, checked by a middleware that
+//! runs before any handler, so a caller without a valid token never gets its body read.
+//! Bodies are capped at [`MAX_BODY_BYTES`]. Every answer is JSON; errors are
+//! `{"error": "a sentence"}`.
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Extension, Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::AppState;
+use crate::api_token;
+use crate::ingest::{plain_summary, plain_title, plausible_date};
+use crate::store::{FeedItem, PushOutcome, now};
+
+/// Largest request body the API reads: an article is a few kilobytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The name of the token that opened the request (for logs).
+#[derive(Debug, Clone)]
+struct TokenName(String);
+
+/// The `/admin/api` routes, each behind the token check and the body cap.
+pub fn routes(state: AppState) -> Router<AppState> {
+    Router::new()
+        .route("/admin/api/articles", post(push_article))
+        // route_layer: only matched routes ask for a token; unknown paths stay 404.
+        // The layer added last runs first: the token, then the announced length.
+        .route_layer(middleware::from_fn(refuse_oversized))
+        .route_layer(middleware::from_fn_with_state(state, require_token))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Refuses the request unless it carries a live token; runs before the body is read.
+async fn require_token(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let unauthorized = |message: &str| {
+        let mut response = error(StatusCode::UNAUTHORIZED, message);
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Bearer realm=\"herald\""),
+        );
+        response
+    };
+    let presented = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+        })
+        .filter(|t| !t.is_empty());
+    let Some(token) = presented else {
+        return unauthorized(
+            "this API needs an `Authorization: Bearer TOKEN` header (make a token with `herald admin token create NAME`)",
+        );
+    };
+    match state
+        .store
+        .use_api_token(&api_token::hash(token), now())
+        .await
+    {
+        Ok(Some(name)) => {
+            request.extensions_mut().insert(TokenName(name));
+            next.run(request).await
+        }
+        Ok(None) => unauthorized("the bearer token is not valid (it may have been revoked)"),
+        Err(e) => {
+            tracing::error!(error = %e, "token check failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is not answering; try again in a minute",
+            )
+        }
+    }
+}
+
+/// Refuses a body announced larger than the cap without reading it (the cap on
+/// reading still holds for bodies sent without a length).
+async fn refuse_oversized(request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    next.run(request).await
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the body is larger than {MAX_BODY_BYTES} bytes; send one article per request"),
+    )
+}
+
+/// The body of `POST /admin/api/articles`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PushRequest {
+    region: String,
+    title: String,
+    url: String,
+    #[serde(default)]
+    summary: Option<String>,
+    #[serde(default)]
+    category: Option<String>,
+    #[serde(default)]
+    breaking: Option<bool>,
+    #[serde(default)]
+    published_at: Option<PublishedAt>,
+}
+
+/// RFC 3339 text, or Unix seconds.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum PublishedAt {
+    Seconds(i64),
+    Text(String),
+}
+
+/// Stores a pushed article like a feed item; `breaking: true` (or an alert category)
+/// marks it for alerts at once.
+async fn push_article(
+    State(state): State<AppState>,
+    Extension(TokenName(token)): Extension<TokenName>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large();
+        }
+        Err(rejection) => return error(rejection.status(), rejection.body_text()),
+    };
+    let request: PushRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "the body is not a valid article ({e}); send JSON with region, title and url, and optionally summary, category, breaking and published_at"
+                ),
+            );
+        }
+    };
+    let t = now();
+    let item = match validate(&state, request, t) {
+        Ok(item) => item,
+        Err(message) => return error(StatusCode::UNPROCESSABLE_ENTITY, message),
+    };
+    let region = item.0;
+    let item = item.1;
+    match state.store.push_article(&region, &item, t).await {
+        Ok(outcome) => {
+            let (status, id, word) = match outcome {
+                PushOutcome::Created(id) => (StatusCode::CREATED, id, "created"),
+                PushOutcome::Updated(id) => (StatusCode::OK, id, "updated"),
+                PushOutcome::Unchanged(id) => (StatusCode::OK, id, "unchanged"),
+            };
+            tracing::info!(%token, %region, id, outcome = word, breaking = item.breaking, "article pushed");
+            (
+                status,
+                Json(json!({
+                    "id": id,
+                    "status": word,
+                    "region": region.as_str(),
+                    "url": item.link,
+                    "breaking": item.breaking,
+                })),
+            )
+                .into_response()
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "storing a pushed article failed");
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the article could not be stored just now; try again in a minute",
+            )
+        }
+    }
+}
+
+/// Checks the fields and turns them into what the store keeps, or says what is wrong.
+fn validate(
+    state: &AppState,
+    request: PushRequest,
+    now: i64,
+) -> Result<(crate::domain::RegionSlug, FeedItem), String> {
+    let region = state
+        .config
+        .known_region(&request.region)
+        .map_err(|e| format!("region: {e}"))?
+        .slug
+        .clone();
+    let link = url::Url::parse(request.url.trim())
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
+        .ok_or_else(|| {
+            format!(
+                "url: \"{}\" is not an absolute http(s) address",
+                request.url
+            )
+        })?
+        .to_string();
+    let title = plain_title(&request.title);
+    if title.is_empty() {
+        return Err("title: is empty".into());
+    }
+    let summary = plain_summary(request.summary.as_deref().unwrap_or_default());
+    let category = plain_title(request.category.as_deref().unwrap_or_default());
+    let breaking = request.breaking.unwrap_or(false)
+        || (!category.is_empty()
+            && state
+                .config
+                .alerts
+                .categories
+                .contains(&category.to_lowercase()));
+    let published_at = match request.published_at {
+        None => None,
+        Some(PublishedAt::Seconds(t)) => plausible_date(t, now),
+        Some(PublishedAt::Text(text)) => {
+            let t = chrono::DateTime::parse_from_rfc3339(text.trim()).map_err(|_| {
+                format!(
+                    "published_at: \"{text}\" is not an RFC 3339 time (e.g. \"2026-11-21T08:00:00Z\") or Unix seconds"
+                )
+            })?;
+            plausible_date(t.timestamp(), now)
+        }
+    };
+    Ok((
+        region,
+        FeedItem {
+            guid: link.clone(),
+            link,
+            title,
+            summary,
+            category,
+            published_at,
+            breaking,
+        },
+    ))
+}
