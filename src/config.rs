@@ -60,6 +60,7 @@ pub struct RawConfig {
     ingest: RawIngest,
     deliver: RawDeliver,
     security: RawSecurity,
+    dkim: RawDkim,
     regions: Vec<RawRegion>,
 }
 
@@ -100,6 +101,21 @@ struct RawSmtp {
     rate_per_second: f64,
     timeout: String,
     hello_name: String,
+    domains: std::collections::BTreeMap<String, RawDomain>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDomain {
+    rate_per_second: f64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawDkim {
+    domain: String,
+    selector: String,
+    key_file: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +160,8 @@ struct RawDeliver {
     expiry_daily: String,
     expiry_weekly: String,
     expiry_confirmation: String,
+    retry_base: String,
+    retry_max: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,6 +263,7 @@ impl Default for RawSmtp {
             rate_per_second: 0.0,
             timeout: "30s".into(),
             hello_name: String::new(),
+            domains: Default::default(),
         }
     }
 }
@@ -297,6 +316,8 @@ impl Default for RawDeliver {
             expiry_daily: "24h".into(),
             expiry_weekly: "72h".into(),
             expiry_confirmation: "24h".into(),
+            retry_base: "1m".into(),
+            retry_max: "1h".into(),
         }
     }
 }
@@ -333,6 +354,8 @@ pub struct Config {
     pub deliver: DeliverConfig,
     /// Token signing.
     pub security: SecurityConfig,
+    /// DKIM signing, when configured.
+    pub dkim: Option<DkimSettings>,
     /// The regions readers can follow, parents before children.
     pub regions: Vec<Region>,
 }
@@ -420,6 +443,19 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     /// Name sent in EHLO; defaults to the sending domain.
     pub hello_name: String,
+    /// Per-recipient-domain pace (messages per second), lower-cased domain → rate.
+    pub domain_rates: std::collections::BTreeMap<String, f64>,
+}
+
+/// `[dkim]`: sign every message when set.
+#[derive(Debug, Clone)]
+pub struct DkimSettings {
+    /// The signing domain (`d=`); must align with the From domain.
+    pub domain: String,
+    /// The selector (`s=`): the key is published at `selector._domainkey.domain`.
+    pub selector: String,
+    /// PEM file with the RSA or Ed25519 private key.
+    pub key_file: PathBuf,
 }
 
 /// `[schedule]`.
@@ -488,6 +524,10 @@ pub struct DeliverConfig {
     pub expiry_weekly: Duration,
     /// How long a confirmation stays worth sending.
     pub expiry_confirmation: Duration,
+    /// First retry delay after a temporary failure; doubles each attempt.
+    pub retry_base: Duration,
+    /// Longest retry delay.
+    pub retry_max: Duration,
 }
 
 /// `[security]`.
@@ -872,6 +912,55 @@ impl RawConfig {
             "deliver.expiry_confirmation",
             &self.deliver.expiry_confirmation,
         );
+        let retry_base = duration("deliver.retry_base", &self.deliver.retry_base);
+        let retry_max = duration("deliver.retry_max", &self.deliver.retry_max);
+        for (domain, limits) in &self.smtp.domains {
+            check(
+                &format!("smtp.domains.\"{domain}\".rate_per_second"),
+                if limits.rate_per_second > 0.0 && limits.rate_per_second.is_finite() {
+                    Ok(())
+                } else {
+                    Err("must be a positive number of messages per second".into())
+                },
+            );
+        }
+        let dkim_fields = [&self.dkim.domain, &self.dkim.selector, &self.dkim.key_file];
+        let dkim_set = dkim_fields.iter().filter(|f| !f.trim().is_empty()).count();
+        let dkim = if dkim_set == 0 {
+            None
+        } else if dkim_set < 3 {
+            check(
+                "dkim",
+                Err("set all of domain, selector and key_file, or none of them".into()),
+            );
+            None
+        } else {
+            let domain = self.dkim.domain.trim().to_ascii_lowercase();
+            if let Ok(from) = &from {
+                let from_domain = from.email.domain().to_ascii_lowercase();
+                // Relaxed alignment (DMARC): the From domain is the DKIM domain or under it.
+                if from_domain != domain && !from_domain.ends_with(&format!(".{domain}")) {
+                    check(
+                        "dkim.domain",
+                        Err(format!(
+                            "\"{domain}\" does not align with the From domain \"{from_domain}\"; receivers would ignore the signature"
+                        )),
+                    );
+                }
+            }
+            let key_file = PathBuf::from(self.dkim.key_file.trim());
+            if !key_file.is_file() {
+                check(
+                    "dkim.key_file",
+                    Err(format!("{} is not a readable file", key_file.display())),
+                );
+            }
+            Some(DkimSettings {
+                domain,
+                selector: self.dkim.selector.trim().to_string(),
+                key_file,
+            })
+        };
 
         // [schedule], [alerts]
         let daily = parse_cron(&self.schedule.daily);
@@ -1075,6 +1164,12 @@ impl RawConfig {
                 rate_per_second: self.smtp.rate_per_second,
                 timeout: smtp_timeout,
                 hello_name,
+                domain_rates: self
+                    .smtp
+                    .domains
+                    .iter()
+                    .map(|(d, l)| (d.trim().to_ascii_lowercase(), l.rate_per_second))
+                    .collect(),
             },
             schedule: ScheduleConfig {
                 daily: daily.expect("checked above"),
@@ -1113,11 +1208,14 @@ impl RawConfig {
                 expiry_daily,
                 expiry_weekly,
                 expiry_confirmation,
+                retry_base,
+                retry_max: retry_max.max(retry_base),
             },
             security: SecurityConfig {
                 secret: non_empty(&self.security.secret),
                 secret_file: PathBuf::from(self.security.secret_file.trim()),
             },
+            dkim,
             regions,
         })
     }

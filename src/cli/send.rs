@@ -170,7 +170,7 @@ async fn test_send(
             println!("test digest sent to {email}: {reply}");
             Ok(ExitCode::SUCCESS)
         }
-        SendResult::Temporary(e) | SendResult::Unreachable(e) => {
+        SendResult::Temporary(e) | SendResult::Throttled(e) | SendResult::Unreachable(e) => {
             anyhow::bail!("the test digest to {email} was not sent: {e}")
         }
         SendResult::Permanent { reply, .. } => {

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use chrono::TimeZone;
 use lettre::Message;
 use lettre::address::Envelope;
+use lettre::message::dkim::DkimConfig;
 use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
@@ -50,6 +51,14 @@ pub enum ComposeError {
     /// lettre refused to build the message.
     #[error("cannot build the email: {0}")]
     Build(String),
+    /// The DKIM key cannot be used.
+    #[error("cannot use the DKIM key {path}: {message}")]
+    DkimKey {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        message: String,
+    },
 }
 
 /// One rendered email, ready for a transport.
@@ -154,6 +163,7 @@ pub struct Composer {
     postal_address: String,
     public_url: url::Url,
     signer: Signer,
+    dkim: Option<DkimConfig>,
 }
 
 impl Composer {
@@ -181,6 +191,7 @@ impl Composer {
             postal_address: config.mail.postal_address.clone(),
             public_url: config.http.public_url.clone(),
             signer,
+            dkim: config.dkim.as_ref().map(dkim_config).transpose()?,
         };
         composer.self_test()?;
         Ok(composer)
@@ -333,12 +344,21 @@ impl Composer {
             .header(self.list_id.clone())
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| ComposeError::Build(e.to_string()))?;
+        let message = self.sign(message);
         Ok(Composed {
             envelope: message.envelope().clone(),
             bytes: message.formatted(),
             message_id,
             subject: ctx.subject,
         })
+    }
+
+    /// Adds a DKIM-Signature when `[dkim]` is configured.
+    fn sign(&self, mut message: Message) -> Message {
+        if let Some(dkim) = &self.dkim {
+            message.sign(dkim);
+        }
+        message
     }
 
     /// `<uuid@sending-domain>` from the stored 32 hex digits.
@@ -376,6 +396,71 @@ fn html_formatter(
         }
         _ => minijinja::escape_formatter(out, state, value),
     }
+}
+
+/// Headers the DKIM signature covers: the ones receivers show, and the list headers
+/// (so a forwarder cannot swap the unsubscribe link).
+const DKIM_HEADERS: [&str; 8] = [
+    "From",
+    "To",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "List-Unsubscribe",
+    "List-Unsubscribe-Post",
+    "List-Id",
+];
+
+/// Reads a DKIM key: PKCS#1 RSA PEM (`BEGIN RSA PRIVATE KEY`), PKCS#8 Ed25519 PEM
+/// (`openssl genpkey -algorithm ed25519`), or a bare base64 Ed25519 seed.
+fn dkim_config(settings: &crate::config::DkimSettings) -> Result<DkimConfig, ComposeError> {
+    use base64::Engine;
+    use lettre::message::dkim::{
+        DkimCanonicalization, DkimCanonicalizationType, DkimSigningAlgorithm, DkimSigningKey,
+    };
+    let fail = |message: String| ComposeError::DkimKey {
+        path: settings.key_file.clone(),
+        message,
+    };
+    let pem = std::fs::read_to_string(&settings.key_file).map_err(|e| fail(e.to_string()))?;
+    let key = if pem.contains("BEGIN RSA PRIVATE KEY") {
+        DkimSigningKey::new(&pem, DkimSigningAlgorithm::Rsa).map_err(|e| fail(e.to_string()))?
+    } else {
+        let body: String = pem
+            .lines()
+            .filter(|l| !l.starts_with("-----"))
+            .collect::<Vec<_>>()
+            .join("");
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(body.trim())
+            .map_err(|e| fail(format!("not PEM or base64: {e}")))?;
+        // A PKCS#8 Ed25519 key is 48 bytes ending in the 32-byte seed; a bare seed is 32.
+        let seed = match der.len() {
+            32 => der,
+            48 if der[14..16] == [0x04, 0x20] => der[16..].to_vec(),
+            _ => {
+                return Err(fail(
+                    "expected an RSA key in PKCS#1 PEM (convert with `openssl rsa -traditional`) or an Ed25519 key".into(),
+                ));
+            }
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(seed);
+        DkimSigningKey::new(&encoded, DkimSigningAlgorithm::Ed25519)
+            .map_err(|e| fail(e.to_string()))?
+    };
+    Ok(DkimConfig::new(
+        settings.selector.clone(),
+        settings.domain.clone(),
+        key,
+        DKIM_HEADERS
+            .iter()
+            .map(|h| lettre::message::header::HeaderName::new_from_ascii_str(h))
+            .collect(),
+        DkimCanonicalization {
+            header: DkimCanonicalizationType::Relaxed,
+            body: DkimCanonicalizationType::Relaxed,
+        },
+    ))
 }
 
 fn template_error(name: &str, error: &minijinja::Error) -> ComposeError {

@@ -164,14 +164,39 @@ pub struct Deliverer {
     batch_size: usize,
     lease: Duration,
     drain_timeout: Duration,
-    rate_per_second: f64,
+    backoff: Backoff,
+    pacing: Arc<Pacing>,
 }
 
 struct Job {
     id: i64,
     composed: Composed,
+    domain: String,
     attempts: i64,
     expires_at: i64,
+}
+
+/// Retry delays: `base · 2^(attempt-1)`, capped at `max`, with ±25 % jitter.
+#[derive(Debug, Clone, Copy)]
+struct Backoff {
+    base: Duration,
+    max: Duration,
+}
+
+impl Backoff {
+    fn retry(self, error: String, attempts: i64, expires_at: i64) -> Outcome {
+        let exponent = (attempts.max(1) - 1).min(20) as i32;
+        let delay = (self.base.as_secs_f64() * 2f64.powi(exponent)).min(self.max.as_secs_f64());
+        let jittered = (delay * (0.75 + fastrand::f64() * 0.5)).ceil() as i64;
+        let delay = if self.base.is_zero() {
+            0
+        } else {
+            jittered.max(1)
+        };
+        // Never past the expiry: the row then expires on the next pass.
+        let retry_at = (now() + delay).min(expires_at + 1);
+        Outcome::Deferred { error, retry_at }
+    }
 }
 
 impl Deliverer {
@@ -189,10 +214,16 @@ impl Deliverer {
             batch_size: config.deliver.batch_size,
             lease: config.deliver.lease,
             drain_timeout: config.deliver.drain_timeout,
-            rate_per_second: match config.mail.transport {
-                TransportKind::Smtp => config.smtp.rate_per_second,
-                TransportKind::File => 0.0,
+            backoff: Backoff {
+                base: config.deliver.retry_base,
+                max: config.deliver.retry_max,
             },
+            pacing: Arc::new(match config.mail.transport {
+                TransportKind::Smtp => {
+                    Pacing::new(config.smtp.rate_per_second, &config.smtp.domain_rates)
+                }
+                TransportKind::File => Pacing::new(0.0, &Default::default()),
+            }),
         }
     }
 
@@ -270,6 +301,12 @@ impl Deliverer {
             match self.prepare(&delivery, start) {
                 Ok(composed) => jobs.push_back(Job {
                     id: delivery.id,
+                    domain: delivery
+                        .email
+                        .as_deref()
+                        .and_then(|e| e.rsplit('@').next())
+                        .unwrap_or_default()
+                        .to_string(),
                     composed,
                     attempts: delivery.attempts,
                     expires_at: delivery.expires_at,
@@ -360,7 +397,6 @@ impl Deliverer {
         let queue = Arc::new(Mutex::new(jobs));
         let down = Arc::new(AtomicBool::new(false));
         let down_reason = Arc::new(Mutex::new(String::new()));
-        let pacer = Arc::new(Pacer::new(self.rate_per_second));
         let mut tasks = tokio::task::JoinSet::new();
         for slot in 0..self.transport.slots() {
             let queue = queue.clone();
@@ -368,7 +404,8 @@ impl Deliverer {
             let shutdown = shutdown.clone();
             let down = down.clone();
             let down_reason = down_reason.clone();
-            let pacer = pacer.clone();
+            let pacing = self.pacing.clone();
+            let backoff = self.backoff;
             tasks.spawn(async move {
                 let mut results = Vec::new();
                 loop {
@@ -381,15 +418,23 @@ impl Deliverer {
                     if down.load(Ordering::Relaxed) {
                         // Another slot found the server unreachable: do not hammer it.
                         let reason = down_reason.lock().await.clone();
-                        results.push((job.id, retry_later(reason, job.attempts, job.expires_at)));
+                        results.push((job.id, backoff.retry(reason, job.attempts, job.expires_at)));
                         continue;
                     }
-                    pacer.wait().await;
+                    pacing.wait(&job.domain).await;
                     let result = transport.send(slot, &job.composed).await;
                     let outcome = match result {
-                        SendResult::Accepted(reply) => Outcome::Sent { reply },
+                        SendResult::Accepted(reply) => {
+                            pacing.success(&job.domain).await;
+                            Outcome::Sent { reply }
+                        }
                         SendResult::Temporary(error) => {
-                            retry_later(error, job.attempts, job.expires_at)
+                            backoff.retry(error, job.attempts, job.expires_at)
+                        }
+                        SendResult::Throttled(error) => {
+                            // Slow this domain down and come back soon: a throttle is not a failure.
+                            pacing.throttled(&job.domain).await;
+                            backoff.retry(error, 1, job.expires_at)
                         }
                         SendResult::Permanent { reply, no_mailbox } => Outcome::Bounced {
                             reply,
@@ -398,7 +443,7 @@ impl Deliverer {
                         SendResult::Unreachable(error) => {
                             down.store(true, Ordering::Relaxed);
                             *down_reason.lock().await = error.clone();
-                            retry_later(error, job.attempts, job.expires_at)
+                            backoff.retry(error, job.attempts, job.expires_at)
                         }
                     };
                     results.push((job.id, outcome));
@@ -437,13 +482,85 @@ impl Deliverer {
     }
 }
 
-/// Exponential backoff with jitter: 1 min, 2, 4 … capped at 1 h, ±25 %.
-fn retry_later(error: String, attempts: i64, expires_at: i64) -> Outcome {
-    let exponent = (attempts.max(1) - 1).min(6) as u32;
-    let base = (60i64 * 2i64.pow(exponent)).min(3_600) as f64;
-    let jitter = 0.75 + fastrand::f64() * 0.5;
-    let retry_at = (now() + (base * jitter) as i64).min(expires_at + 1);
-    Outcome::Deferred { error, retry_at }
+/// Message pacing: a global rate, per-recipient-domain rates from config, and an
+/// adaptive slow-down for domains that answer with throttling replies.
+struct Pacing {
+    global: Pacer,
+    configured: std::collections::BTreeMap<String, f64>,
+    domains: Mutex<std::collections::HashMap<String, DomainPace>>,
+}
+
+/// One domain's pace: `interval` between messages (zero = unpaced), never faster than
+/// its configured rate; a throttle doubles it, each success shrinks it by a tenth.
+struct DomainPace {
+    floor: Duration,
+    interval: Duration,
+    next: tokio::time::Instant,
+}
+
+/// Slowest pace a throttled domain is pushed to.
+const MAX_DOMAIN_INTERVAL: Duration = Duration::from_secs(30);
+
+impl Pacing {
+    fn new(global_rate: f64, domains: &std::collections::BTreeMap<String, f64>) -> Pacing {
+        Pacing {
+            global: Pacer::new(global_rate),
+            configured: domains.clone(),
+            domains: Mutex::new(Default::default()),
+        }
+    }
+
+    async fn wait(&self, domain: &str) {
+        let at = {
+            let mut domains = self.domains.lock().await;
+            let pace = domains.entry(domain.to_string()).or_insert_with(|| {
+                let floor = self
+                    .configured
+                    .get(domain)
+                    .map(|rate| Duration::from_secs_f64(1.0 / rate))
+                    .unwrap_or(Duration::ZERO);
+                DomainPace {
+                    floor,
+                    interval: floor,
+                    next: tokio::time::Instant::now(),
+                }
+            });
+            if pace.interval.is_zero() {
+                None
+            } else {
+                let now = tokio::time::Instant::now();
+                let at = pace.next.max(now);
+                pace.next = at + pace.interval;
+                Some(at)
+            }
+        };
+        if let Some(at) = at {
+            tokio::time::sleep_until(at).await;
+        }
+        self.global.wait().await;
+    }
+
+    async fn throttled(&self, domain: &str) {
+        let mut domains = self.domains.lock().await;
+        if let Some(pace) = domains.get_mut(domain) {
+            pace.interval = (pace.interval * 2)
+                .max(Duration::from_millis(250))
+                .min(MAX_DOMAIN_INTERVAL);
+            tracing::warn!(domain, interval = ?pace.interval, "throttled by the server; slowing down");
+        }
+    }
+
+    async fn success(&self, domain: &str) {
+        let mut domains = self.domains.lock().await;
+        if let Some(pace) = domains.get_mut(domain)
+            && pace.interval > pace.floor
+        {
+            pace.interval = pace.interval.mul_f64(0.9).max(pace.floor);
+            if pace.interval < Duration::from_millis(5) {
+                pace.interval = pace.floor;
+            }
+        }
+    }
 }
 
 /// A global messages-per-second limit shared by every slot.
@@ -482,21 +599,53 @@ mod tests {
 
     #[test]
     fn backoff_grows_and_stops_at_expiry() {
+        let backoff = Backoff {
+            base: Duration::from_secs(60),
+            max: Duration::from_secs(3600),
+        };
+        let delay = |attempts, expires_at| match backoff.retry("x".into(), attempts, expires_at) {
+            Outcome::Deferred { retry_at, .. } => retry_at - now(),
+            other => panic!("{other:?}"),
+        };
         let t = now();
-        let first = match retry_later("x".into(), 1, t + 100_000) {
-            Outcome::Deferred { retry_at, .. } => retry_at - t,
-            other => panic!("{other:?}"),
-        };
-        let fourth = match retry_later("x".into(), 4, t + 100_000) {
-            Outcome::Deferred { retry_at, .. } => retry_at - t,
-            other => panic!("{other:?}"),
-        };
-        assert!((44..=76).contains(&first), "{first}");
-        assert!((359..=601).contains(&fourth), "{fourth}");
-        let capped = match retry_later("x".into(), 3, t + 10) {
-            Outcome::Deferred { retry_at, .. } => retry_at,
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(capped, t + 11);
+        assert!((44..=76).contains(&delay(1, t + 100_000)));
+        assert!((359..=601).contains(&delay(4, t + 100_000)));
+        assert!(
+            (2699..=4501).contains(&delay(12, t + 100_000)),
+            "capped at retry_max"
+        );
+        assert!(delay(3, t + 10) <= 11, "never past the expiry");
+    }
+
+    #[tokio::test]
+    async fn a_throttled_domain_slows_down_and_others_do_not() {
+        let pacing = Pacing::new(0.0, &[("slow.example".to_string(), 20.0)].into());
+        let start = tokio::time::Instant::now();
+        for _ in 0..3 {
+            pacing.wait("slow.example").await;
+        }
+        // 20/s: the third message waits two intervals of 50 ms.
+        assert!(
+            start.elapsed() >= Duration::from_millis(95),
+            "{:?}",
+            start.elapsed()
+        );
+        let start = tokio::time::Instant::now();
+        for _ in 0..50 {
+            pacing.wait("fast.example").await;
+        }
+        assert!(
+            start.elapsed() < Duration::from_millis(50),
+            "unpaced domains do not wait"
+        );
+        pacing.throttled("fast.example").await;
+        let start = tokio::time::Instant::now();
+        pacing.wait("fast.example").await;
+        pacing.wait("fast.example").await;
+        assert!(
+            start.elapsed() >= Duration::from_millis(240),
+            "{:?}",
+            start.elapsed()
+        );
     }
 }

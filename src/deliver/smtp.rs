@@ -23,6 +23,8 @@ pub enum SendResult {
     Accepted(String),
     /// 4xx, a dropped connection or a timeout: try again later.
     Temporary(String),
+    /// The server asks us to slow down (421, 454, 4.7.x): retry soon, more slowly.
+    Throttled(String),
     /// 5xx: do not try again. `no_mailbox` for 5.1.x.
     Permanent {
         /// The server's reply.
@@ -168,7 +170,34 @@ fn classify(error: &lettre::transport::smtp::Error) -> SendResult {
             reply: text,
             no_mailbox,
         }
+    } else if is_throttling(error.status().map(u16::from), &text) {
+        SendResult::Throttled(text)
     } else {
         SendResult::Temporary(text)
+    }
+}
+
+/// 421 (service busy), 454, and any 4.7.x enhanced status mean "too fast", not "broken".
+fn is_throttling(code: Option<u16>, text: &str) -> bool {
+    matches!(code, Some(421 | 454)) || text.contains(" 4.7.") || text.contains("(4.7.")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_replies_are_recognised() {
+        assert!(is_throttling(Some(421), "service not available"));
+        assert!(is_throttling(Some(454), "try again later"));
+        assert!(is_throttling(
+            Some(450),
+            "transient error (450): 4.7.1 too many messages"
+        ));
+        assert!(!is_throttling(
+            Some(450),
+            "transient error (450): 4.2.1 mailbox busy"
+        ));
+        assert!(!is_throttling(None, "connection reset by peer"));
     }
 }

@@ -153,7 +153,7 @@ impl Store {
         expires_at: i64,
         dry_run: bool,
     ) -> Result<PlanSummary> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at, slot_at)
              VALUES ($1, 'digest', $2, $3, $4, $4) ON CONFLICT (slot_key) DO NOTHING",
@@ -415,7 +415,7 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for (id, outcome) in outcomes {
             let (reply, error, next_attempt, sent_at) = match outcome {
                 Outcome::Sent { reply } => (Some(reply.as_str()), None, None, Some(now)),

@@ -179,7 +179,7 @@ impl Store {
 
     /// Makes the `regions` table match the configuration.
     pub async fn sync_regions(&self, regions: &[Region]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         for region in regions {
             sqlx::query(
                 "INSERT INTO regions (slug, name, parent, timezone) VALUES ($1, $2, $3, $4)
@@ -201,7 +201,7 @@ impl Store {
     /// (`BEGIN IMMEDIATE`), waiting out `busy_timeout`: a deferred transaction that read
     /// first fails at once with "database is locked" when another writer committed in
     /// between, which concurrent feed polls do all the time.
-    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,

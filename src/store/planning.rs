@@ -135,7 +135,7 @@ impl Store {
         plan: &SlotPlan<'_>,
         dry_run: bool,
     ) -> Result<PlanSummary> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let created: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at, timezone)
              VALUES ($1, 'digest', $2, $3, $4, $5) ON CONFLICT (slot_key) DO NOTHING RETURNING id",
@@ -249,7 +249,7 @@ impl Store {
     /// Queues one article's alert for the confirmed alert readers of one zone who follow
     /// one of its regions and have not had it (as an alert or in a digest).
     pub async fn plan_alert(&self, plan: &AlertPlan<'_>) -> Result<PlanSummary> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let slot_key = format!("alert:{}", plan.article_id);
         sqlx::query(
             "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at)

@@ -28,7 +28,7 @@ impl Store {
             .enumerate()
             .map(|(i, z)| format!("({i}, '{}')", z.replace('\'', "")))
             .collect();
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         sqlx::query(AssertSqlSafe(format!(
             "{sequence}
              INSERT INTO subscribers (email, state, timezone, created_at, confirmed_at, updated_at)

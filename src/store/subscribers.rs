@@ -57,7 +57,7 @@ pub fn email_hash(email: &str) -> String {
 impl Store {
     /// Adds a reader, or adds regions to an existing one; never changes state or cadences.
     pub async fn add_subscriber(&self, new: &NewSubscriber, now: i64) -> Result<AddOutcome> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let state = if new.confirmed {
             SubscriberState::Confirmed
         } else {
@@ -146,7 +146,7 @@ impl Store {
     /// and a hashed suppression entry stays so no old queue row can reach them.
     /// Returns false when the address was not on file.
     pub async fn remove_subscriber(&self, email: &Email, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
             .bind(email.as_str())
             .fetch_optional(&mut *tx)
@@ -185,7 +185,7 @@ impl Store {
 
     /// Marks a reader unsubscribed and cancels mail queued for them. Idempotent.
     pub async fn unsubscribe(&self, subscriber_id: i64, now: i64) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE subscribers SET state = 'unsubscribed', unsubscribed_at = $1, updated_at = $1
              WHERE id = $2 AND state IN ('pending', 'confirmed')",

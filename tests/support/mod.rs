@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod fault_smtp;
+
 pub mod feed_server;
 
 use std::io::{BufRead, BufReader};

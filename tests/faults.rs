@@ -1,0 +1,193 @@
+//! Delivery through SMTP faults, against a small scripted SMTP server in the test:
+//! each fault ends in the right state with the right attempt count, and a retried
+//! message keeps its Message-ID.
+
+mod support;
+
+use std::time::Duration;
+
+use support::fault_smtp::{FaultServer, Greeting, Tx};
+use support::{Run, Site, parse_email};
+
+/// Short timeouts and a one-second retry so tests see several attempts quickly.
+fn run(site: &Site, args: &[&str]) -> Run {
+    let output = site
+        .command(args)
+        .env("HERALD__SMTP__TIMEOUT", "1s")
+        .env("HERALD__SMTP__CONNECTIONS", "1")
+        .env("HERALD__DELIVER__RETRY_BASE", "1s")
+        .output()
+        .unwrap();
+    Run(output)
+}
+
+fn setup(server: &FaultServer, readers: &[&str]) -> Site {
+    let site = Site::new(server.port);
+    site.run(&["ingest"]).ok();
+    for reader in readers {
+        site.run(&[
+            "subscribers",
+            "add",
+            reader,
+            "--region",
+            "cedar-falls",
+            "--confirmed",
+        ])
+        .ok();
+    }
+    site
+}
+
+/// (state, attempts, stored Message-ID as it appears in the header, last error).
+fn row(site: &Site, email: &str) -> (String, u32, String, String) {
+    let rows = site.sql(&format!(
+        "SELECT d.state, d.attempts, d.message_id, COALESCE(d.last_error, '') FROM deliveries d
+         JOIN subscribers s ON s.id = d.subscriber_id WHERE s.email = '{email}'"
+    ));
+    assert_eq!(rows.len(), 1, "one row for {email}");
+    let hex = &rows[0][2];
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..32]
+    );
+    (
+        rows[0][0].clone(),
+        rows[0][1].parse().unwrap(),
+        format!("<{uuid}@test.example>"),
+        rows[0][3].clone(),
+    )
+}
+
+/// Waits out the one-second retry delay, then delivers again.
+fn retry(site: &Site) -> Run {
+    std::thread::sleep(Duration::from_millis(2_100));
+    run(site, &["deliver", "--until-empty"])
+}
+
+fn assert_retried_and_sent(server: &FaultServer, site: &Site, email: &str, error_has: &str) {
+    let (state, attempts, _, error) = row(site, email);
+    assert_eq!(
+        (state.as_str(), attempts),
+        ("deferred", 1),
+        "after the fault: {error}"
+    );
+    assert!(
+        error.contains(error_has),
+        "last error {error:?} should mention {error_has:?}"
+    );
+    retry(site).ok();
+    let (state, attempts, message_id, _) = row(site, email);
+    assert_eq!((state.as_str(), attempts), ("sent", 2));
+    let accepted = server.accepted();
+    assert_eq!(accepted.len(), 1, "exactly one copy accepted");
+    let header = parse_email(&accepted[0])
+        .header("Message-ID")
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        header, message_id,
+        "the retry reuses the planned Message-ID"
+    );
+}
+
+#[test]
+fn busy_greeting_421_is_deferred_then_sent() {
+    let server = FaultServer::start(vec![Greeting::Busy], vec![]);
+    let site = setup(&server, &["ada@example.org"]);
+    let first = run(&site, &["send", "--region", "cedar-falls", "--yes"]).failed();
+    assert!(
+        first.stderr().contains("could not be delivered"),
+        "{}",
+        first.stderr()
+    );
+    assert_retried_and_sent(&server, &site, "ada@example.org", "421");
+}
+
+#[test]
+fn mailbox_busy_450_at_rcpt_is_deferred_then_sent() {
+    let server = FaultServer::start(vec![], vec![Tx::Rcpt("450 4.2.1 mailbox busy")]);
+    let site = setup(&server, &["ada@example.org"]);
+    run(&site, &["send", "--region", "cedar-falls", "--yes"]).failed();
+    assert_retried_and_sent(&server, &site, "ada@example.org", "450");
+}
+
+#[test]
+fn throttling_454_is_retried_not_failed() {
+    let server = FaultServer::start(
+        vec![],
+        vec![Tx::Rcpt("454 4.7.1 too many messages, slow down")],
+    );
+    let site = setup(&server, &["ada@example.org"]);
+    run(&site, &["send", "--region", "cedar-falls", "--yes"]).failed();
+    assert_retried_and_sent(&server, &site, "ada@example.org", "454");
+}
+
+#[test]
+fn connection_closed_mid_data_is_deferred_then_sent_with_the_same_message_id() {
+    let server = FaultServer::start(vec![], vec![Tx::CloseMidData]);
+    let site = setup(&server, &["ada@example.org"]);
+    run(&site, &["send", "--region", "cedar-falls", "--yes"]).failed();
+    let (_, _, _, error) = row(&site, "ada@example.org");
+    assert!(!error.is_empty());
+    assert_retried_and_sent(&server, &site, "ada@example.org", "");
+}
+
+#[test]
+fn a_server_slower_than_the_timeout_leaves_the_outcome_unknown_and_retries_with_the_same_id() {
+    let server = FaultServer::start(vec![], vec![Tx::SlowAfterData(Duration::from_secs(6))]);
+    let site = setup(&server, &["ada@example.org"]);
+    run(&site, &["send", "--region", "cedar-falls", "--yes"]).failed();
+    assert_retried_and_sent(&server, &site, "ada@example.org", "timed out");
+}
+
+#[test]
+fn rejected_after_data_554_bounces_once_without_suppressing() {
+    let server = FaultServer::start(vec![], vec![Tx::AfterData("554 5.7.1 message refused")]);
+    let site = setup(&server, &["ada@example.org"]);
+    let out = run(&site, &["send", "--region", "cedar-falls", "--yes"]);
+    assert!(out.stdout().contains("1 bounced"), "{}", out.stdout());
+    let (state, attempts, _, error) = row(&site, "ada@example.org");
+    assert_eq!((state.as_str(), attempts), ("bounced", 1));
+    assert!(error.contains("554"), "{error}");
+    retry(&site).ok();
+    assert_eq!(
+        row(&site, "ada@example.org").1,
+        1,
+        "a bounce is final: no second attempt"
+    );
+    assert_eq!(server.attempts(), 1);
+    let state = site.sql("SELECT state FROM subscribers WHERE email = 'ada@example.org'");
+    assert_eq!(
+        state[0][0], "confirmed",
+        "a policy rejection does not suppress the reader"
+    );
+}
+
+#[test]
+fn no_such_mailbox_550_5_1_1_bounces_and_suppresses_the_reader() {
+    let server = FaultServer::start(vec![], vec![Tx::Rcpt("550 5.1.1 no such user here")]);
+    let site = setup(&server, &["gone@example.org", "here@example.org"]);
+    run(&site, &["send", "--region", "cedar-falls", "--yes"]);
+    let states: Vec<(String, String)> = site
+        .sql("SELECT s.email, d.state FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id ORDER BY s.email")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    // The first transaction (whichever reader it was) bounced; the other went out.
+    let bounced: Vec<_> = states.iter().filter(|(_, s)| s == "bounced").collect();
+    assert_eq!(bounced.len(), 1, "{states:?}");
+    assert_eq!(states.iter().filter(|(_, s)| s == "sent").count(), 1);
+    let suppressed = site.sql("SELECT email FROM subscribers WHERE state = 'suppressed'");
+    assert_eq!(suppressed.len(), 1);
+    assert_eq!(
+        suppressed[0][0], bounced[0].0,
+        "the bounced reader is suppressed"
+    );
+    // A later send does not mail them again.
+    let list = site.run(&["subscribers", "list"]).ok().stdout();
+    assert!(list.contains("suppressed"), "{list}");
+}
