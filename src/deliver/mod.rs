@@ -8,13 +8,12 @@ mod smtp;
 
 pub use smtp::{SendResult, SmtpPool};
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, mpsc};
 
 use crate::compose::{Composed, Composer, DigestRequest};
 use crate::config::{Config, TransportKind};
@@ -132,20 +131,6 @@ impl DeliverStats {
             _ => {}
         }
     }
-
-    fn merge(&mut self, other: &DeliverStats) {
-        self.claimed += other.claimed;
-        self.sent += other.sent;
-        self.deferred += other.deferred;
-        self.bounced += other.bounced;
-        self.failed += other.failed;
-        self.expired += other.expired;
-        self.skipped += other.skipped;
-        self.released += other.released;
-        if other.last_error.is_some() {
-            self.last_error = other.last_error.clone();
-        }
-    }
 }
 
 /// Why delivering stopped.
@@ -227,105 +212,235 @@ impl Deliverer {
         }
     }
 
-    /// Sends everything due now, batch after batch, until nothing is due.
+    /// Sends everything due now until nothing is due, then returns.
     /// Deferred rows whose retry time is in the future are left for later.
     pub async fn run_until_empty(
         &self,
         shutdown: &Shutdown,
-        mut progress: impl FnMut(&DeliverStats),
+        mut progress: impl FnMut(&DeliverStats) + Send,
     ) -> Result<DeliverStats, DeliverError> {
-        let mut total = DeliverStats::default();
-        loop {
-            if shutdown.is_triggered() {
-                break;
-            }
-            let batch = self.run_batch(shutdown).await?;
-            if batch.claimed == 0 {
-                break;
-            }
-            total.merge(&batch);
-            progress(&total);
-        }
-        Ok(total)
+        self.pipeline(shutdown, Mode::UntilEmpty, &mut progress)
+            .await
     }
 
-    /// The daemon's loop: deliver until shutdown, polling when idle.
+    /// Claims and sends one batch, then returns.
+    pub async fn run_batch(&self, shutdown: &Shutdown) -> Result<DeliverStats, DeliverError> {
+        self.pipeline(shutdown, Mode::Once, &mut |_| {}).await
+    }
+
+    /// The daemon's loop: deliver until shutdown, polling when idle, then drain.
     pub async fn run(&self, shutdown: Shutdown) -> Result<DeliverStats, DeliverError> {
-        let mut total = DeliverStats::default();
-        while !shutdown.is_triggered() {
-            let batch = match self.run_batch(&shutdown).await {
-                Ok(batch) => batch,
-                Err(error) => {
-                    tracing::error!(%error, "delivery batch failed; retrying shortly");
+        let mut last_log = std::time::Instant::now();
+        let mut logged = DeliverStats::default();
+        let stats = self
+            .pipeline(&shutdown, Mode::Forever, &mut |s: &DeliverStats| {
+                if last_log.elapsed() >= Duration::from_secs(5) && s != &logged {
+                    tracing::info!(
+                        sent = s.sent,
+                        deferred = s.deferred,
+                        bounced = s.bounced,
+                        failed = s.failed,
+                        "delivery totals"
+                    );
+                    logged = s.clone();
+                    last_log = std::time::Instant::now();
+                }
+            })
+            .await;
+        self.transport.close().await;
+        stats
+    }
+
+    /// Claims due rows in batches (feeder), sends them over every transport slot at once
+    /// (senders), and records outcomes in small batched transactions as they come back
+    /// (recorder), so a crash leaves at most the messages in flight unrecorded.
+    async fn pipeline(
+        &self,
+        shutdown: &Shutdown,
+        mode: Mode,
+        progress: &mut (dyn FnMut(&DeliverStats) + Send),
+    ) -> Result<DeliverStats, DeliverError> {
+        let slots = self.transport.slots();
+        let (job_tx, job_rx) = mpsc::channel::<Job>(self.batch_size.max(slots) * 2);
+        let job_rx = Arc::new(Mutex::new(job_rx));
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Event>();
+        // Fired once the drain timeout has passed after shutdown: senders abandon sends.
+        let (hard_stop, hard) = Shutdown::new();
+        let down_until = Arc::new(std::sync::atomic::AtomicI64::new(0));
+        let down_reason = Arc::new(std::sync::Mutex::new(String::new()));
+
+        let mut senders = tokio::task::JoinSet::new();
+        for slot in 0..slots {
+            let ctx = SenderContext {
+                slot,
+                jobs: job_rx.clone(),
+                out: out_tx.clone(),
+                transport: self.transport.clone(),
+                pacing: self.pacing.clone(),
+                backoff: self.backoff,
+                shutdown: shutdown.clone(),
+                hard: hard.clone(),
+                down_until: down_until.clone(),
+                down_reason: down_reason.clone(),
+            };
+            senders.spawn(ctx.run());
+        }
+        drop(job_rx);
+
+        let feeder = async {
+            let result = self.feed(shutdown, mode, job_tx, &out_tx).await;
+            drop(out_tx);
+            result
+        };
+        let recorder = async {
+            let mut stats = DeliverStats::default();
+            let mut outcomes: Vec<(i64, Outcome)> = Vec::new();
+            let mut unsent: Vec<i64> = Vec::new();
+            let mut error: Option<StoreError> = None;
+            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            loop {
+                let event = tokio::select! {
+                    event = out_rx.recv() => event,
+                    _ = tick.tick() => {
+                        self.flush(&mut outcomes, &mut error).await;
+                        progress(&stats);
+                        continue;
+                    }
+                };
+                match event {
+                    Some(Event::Claimed(n)) => stats.claimed += n,
+                    Some(Event::Expired(n)) => stats.expired += n,
+                    Some(Event::Done(id, outcome)) => {
+                        stats.add(&outcome);
+                        outcomes.push((id, outcome));
+                        if outcomes.len() >= 64 {
+                            self.flush(&mut outcomes, &mut error).await;
+                        }
+                    }
+                    Some(Event::Unsent(id)) => unsent.push(id),
+                    None => break,
+                }
+            }
+            self.flush(&mut outcomes, &mut error).await;
+            if !unsent.is_empty() {
+                stats.released += unsent.len() as u64;
+                if let Err(e) = self.store.release_deliveries(&unsent, now()).await {
+                    error.get_or_insert(e);
+                }
+            }
+            progress(&stats);
+            (stats, error)
+        };
+        let drain_guard = async {
+            shutdown.triggered().await;
+            tokio::time::sleep(self.drain_timeout).await;
+            tracing::warn!("drain timeout passed with messages in flight; releasing them");
+            hard_stop.fire();
+            std::future::pending::<()>().await;
+        };
+        let (fed, (stats, error)) = tokio::select! {
+            both = async { tokio::join!(feeder, recorder) } => both,
+            _ = drain_guard => unreachable!("the drain guard never completes"),
+        };
+        while senders.join_next().await.is_some() {}
+        fed?;
+        if let Some(error) = error {
+            return Err(error.into());
+        }
+        Ok(stats)
+    }
+
+    /// Writes buffered outcomes in one transaction (one forced flush for the lot).
+    async fn flush(&self, outcomes: &mut Vec<(i64, Outcome)>, error: &mut Option<StoreError>) {
+        if outcomes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.record_outcomes(outcomes, now()).await {
+            // The rows keep their lease and come back for another attempt.
+            tracing::error!(error = %e, "could not record delivery outcomes");
+            error.get_or_insert(e);
+        }
+        outcomes.clear();
+    }
+
+    /// Claims batches and hands composed jobs to the senders; rows that must not be
+    /// sent go straight to the recorder with their outcome.
+    async fn feed(
+        &self,
+        shutdown: &Shutdown,
+        mode: Mode,
+        jobs: mpsc::Sender<Job>,
+        out: &mpsc::UnboundedSender<Event>,
+    ) -> Result<(), StoreError> {
+        loop {
+            if shutdown.is_triggered() {
+                return Ok(());
+            }
+            let start = now();
+            let expired = match self.store.expire_overdue(start).await {
+                Ok(n) => n,
+                Err(e) if mode == Mode::Forever => {
+                    tracing::error!(error = %e, "cannot reach the database; retrying shortly");
                     shutdown.sleep(Duration::from_secs(2)).await;
                     continue;
                 }
+                Err(e) => return Err(e),
             };
-            if batch.claimed > 0 {
-                tracing::info!(
-                    sent = batch.sent,
-                    deferred = batch.deferred,
-                    bounced = batch.bounced,
-                    failed = batch.failed,
-                    "delivered a batch"
-                );
+            let _ = out.send(Event::Expired(expired));
+            let lease_until = start + self.lease.as_secs().max(1) as i64;
+            let claimed = match self
+                .store
+                .claim_due_deliveries(self.batch_size, start, lease_until)
+                .await
+            {
+                Ok(claimed) => claimed,
+                Err(e) if mode == Mode::Forever => {
+                    tracing::error!(error = %e, "cannot claim deliveries; retrying shortly");
+                    shutdown.sleep(Duration::from_secs(2)).await;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let _ = out.send(Event::Claimed(claimed.len() as u64));
+            if claimed.is_empty() {
+                match mode {
+                    Mode::Forever => {
+                        shutdown.sleep(Duration::from_millis(200)).await;
+                        continue;
+                    }
+                    Mode::Once | Mode::UntilEmpty => return Ok(()),
+                }
             }
-            let idle = batch.claimed == 0;
-            total.merge(&batch);
-            if idle {
-                shutdown.sleep(Duration::from_millis(500)).await;
+            for delivery in claimed {
+                let id = delivery.id;
+                match self.prepare(&delivery, start) {
+                    Ok(composed) => {
+                        let job = Job {
+                            id,
+                            domain: delivery
+                                .email
+                                .as_deref()
+                                .and_then(|e| e.rsplit('@').next())
+                                .unwrap_or_default()
+                                .to_string(),
+                            composed,
+                            attempts: delivery.attempts,
+                            expires_at: delivery.expires_at,
+                        };
+                        if let Err(mpsc::error::SendError(job)) = jobs.send(job).await {
+                            // Every sender has stopped (shutdown): give the row back.
+                            let _ = out.send(Event::Unsent(job.id));
+                        }
+                    }
+                    Err(outcome) => {
+                        let _ = out.send(Event::Done(id, outcome));
+                    }
+                }
+            }
+            if mode == Mode::Once {
+                return Ok(());
             }
         }
-        self.transport.close().await;
-        Ok(total)
-    }
-
-    /// Claims one batch and takes every row in it to a new state.
-    pub async fn run_batch(&self, shutdown: &Shutdown) -> Result<DeliverStats, DeliverError> {
-        let mut stats = DeliverStats::default();
-        let start = now();
-        stats.expired += self.store.expire_overdue(start).await?;
-        let lease_until = start + self.lease.as_secs().max(1) as i64;
-        let claimed = self
-            .store
-            .claim_due_deliveries(self.batch_size, start, lease_until)
-            .await?;
-        stats.claimed = claimed.len() as u64;
-        if claimed.is_empty() {
-            return Ok(stats);
-        }
-
-        let mut outcomes: Vec<(i64, Outcome)> = Vec::new();
-        let mut jobs = VecDeque::new();
-        for delivery in claimed {
-            match self.prepare(&delivery, start) {
-                Ok(composed) => jobs.push_back(Job {
-                    id: delivery.id,
-                    domain: delivery
-                        .email
-                        .as_deref()
-                        .and_then(|e| e.rsplit('@').next())
-                        .unwrap_or_default()
-                        .to_string(),
-                    composed,
-                    attempts: delivery.attempts,
-                    expires_at: delivery.expires_at,
-                }),
-                Err(outcome) => outcomes.push((delivery.id, outcome)),
-            }
-        }
-
-        let (sent, unsent) = self.send_all(jobs, shutdown).await;
-        outcomes.extend(sent);
-        for (_, outcome) in &outcomes {
-            stats.add(outcome);
-        }
-        self.store.record_outcomes(&outcomes, now()).await?;
-        if !unsent.is_empty() {
-            stats.released += unsent.len() as u64;
-            self.store.release_deliveries(&unsent, now()).await?;
-        }
-        Ok(stats)
     }
 
     /// Checks a claimed row against the reader's state now and composes it, or says
@@ -385,100 +500,95 @@ impl Deliverer {
                 error: e.to_string(),
             })
     }
+}
 
-    /// Sends jobs over every transport slot at once. Returns outcomes, and the ids
-    /// never attempted because shutdown began (to be released).
-    async fn send_all(
-        &self,
-        jobs: VecDeque<Job>,
-        shutdown: &Shutdown,
-    ) -> (Vec<(i64, Outcome)>, Vec<i64>) {
-        let all_ids: Vec<i64> = jobs.iter().map(|j| j.id).collect();
-        let queue = Arc::new(Mutex::new(jobs));
-        let down = Arc::new(AtomicBool::new(false));
-        let down_reason = Arc::new(Mutex::new(String::new()));
-        let mut tasks = tokio::task::JoinSet::new();
-        for slot in 0..self.transport.slots() {
-            let queue = queue.clone();
-            let transport = self.transport.clone();
-            let shutdown = shutdown.clone();
-            let down = down.clone();
-            let down_reason = down_reason.clone();
-            let pacing = self.pacing.clone();
-            let backoff = self.backoff;
-            tasks.spawn(async move {
-                let mut results = Vec::new();
-                loop {
-                    if shutdown.is_triggered() {
-                        break;
-                    }
-                    let Some(job) = queue.lock().await.pop_front() else {
-                        break;
-                    };
-                    if down.load(Ordering::Relaxed) {
-                        // Another slot found the server unreachable: do not hammer it.
-                        let reason = down_reason.lock().await.clone();
-                        results.push((job.id, backoff.retry(reason, job.attempts, job.expires_at)));
-                        continue;
-                    }
-                    pacing.wait(&job.domain).await;
-                    let result = transport.send(slot, &job.composed).await;
-                    let outcome = match result {
-                        SendResult::Accepted(reply) => {
-                            pacing.success(&job.domain).await;
-                            Outcome::Sent { reply }
-                        }
-                        SendResult::Temporary(error) => {
-                            backoff.retry(error, job.attempts, job.expires_at)
-                        }
-                        SendResult::Throttled(error) => {
-                            // Slow this domain down and come back soon: a throttle is not a failure.
-                            pacing.throttled(&job.domain).await;
-                            backoff.retry(error, 1, job.expires_at)
-                        }
-                        SendResult::Permanent { reply, no_mailbox } => Outcome::Bounced {
-                            reply,
-                            suppress: no_mailbox,
-                        },
-                        SendResult::Unreachable(error) => {
-                            down.store(true, Ordering::Relaxed);
-                            *down_reason.lock().await = error.clone();
-                            backoff.retry(error, job.attempts, job.expires_at)
-                        }
-                    };
-                    results.push((job.id, outcome));
-                }
-                results
-            });
-        }
+/// How long the pipeline runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// One claim.
+    Once,
+    /// Until a claim comes back empty.
+    UntilEmpty,
+    /// Until shutdown.
+    Forever,
+}
 
-        let mut outcomes = Vec::new();
-        let collect = async {
-            while let Some(joined) = tasks.join_next().await {
-                if let Ok(results) = joined {
-                    outcomes.extend(results);
+/// What senders and the feeder tell the recorder.
+enum Event {
+    Claimed(u64),
+    Expired(u64),
+    Done(i64, Outcome),
+    Unsent(i64),
+}
+
+/// One sender task: owns a transport slot and sends jobs one at a time.
+struct SenderContext {
+    slot: usize,
+    jobs: Arc<Mutex<mpsc::Receiver<Job>>>,
+    out: mpsc::UnboundedSender<Event>,
+    transport: Arc<Transport>,
+    pacing: Arc<Pacing>,
+    backoff: Backoff,
+    shutdown: Shutdown,
+    hard: Shutdown,
+    down_until: Arc<std::sync::atomic::AtomicI64>,
+    down_reason: Arc<std::sync::Mutex<String>>,
+}
+
+/// After a slot finds the server unreachable, the others defer without trying for this long.
+const DOWN_HOLD_SECS: i64 = 5;
+
+impl SenderContext {
+    async fn run(self) {
+        loop {
+            let Some(job) = self.jobs.lock().await.recv().await else {
+                return;
+            };
+            if self.shutdown.is_triggered() {
+                // Stop taking new work: the row goes back to the queue unsent.
+                let _ = self.out.send(Event::Unsent(job.id));
+                continue;
+            }
+            if now() < self.down_until.load(Ordering::Relaxed) {
+                let reason = self.down_reason.lock().expect("not poisoned").clone();
+                let outcome = self.backoff.retry(reason, job.attempts, job.expires_at);
+                let _ = self.out.send(Event::Done(job.id, outcome));
+                continue;
+            }
+            self.pacing.wait(&job.domain).await;
+            let result = tokio::select! {
+                result = self.transport.send(self.slot, &job.composed) => result,
+                _ = self.hard.triggered() => {
+                    let _ = self.out.send(Event::Unsent(job.id));
+                    return;
                 }
-            }
-        };
-        // In-flight messages get the drain timeout once shutdown begins; anything still
-        // running after that is abandoned and released (it may go out twice at worst).
-        tokio::select! {
-            _ = collect => {}
-            _ = async {
-                shutdown.triggered().await;
-                tokio::time::sleep(self.drain_timeout).await;
-            } => {
-                tracing::warn!("drain timeout passed with messages in flight; releasing them");
-            }
+            };
+            let outcome = match result {
+                SendResult::Accepted(reply) => {
+                    self.pacing.success(&job.domain).await;
+                    Outcome::Sent { reply }
+                }
+                SendResult::Temporary(error) => {
+                    self.backoff.retry(error, job.attempts, job.expires_at)
+                }
+                SendResult::Throttled(error) => {
+                    // Slow this domain down and come back soon: a throttle is not a failure.
+                    self.pacing.throttled(&job.domain).await;
+                    self.backoff.retry(error, 1, job.expires_at)
+                }
+                SendResult::Permanent { reply, no_mailbox } => Outcome::Bounced {
+                    reply,
+                    suppress: no_mailbox,
+                },
+                SendResult::Unreachable(error) => {
+                    self.down_until
+                        .store(now() + DOWN_HOLD_SECS, Ordering::Relaxed);
+                    *self.down_reason.lock().expect("not poisoned") = error.clone();
+                    self.backoff.retry(error, job.attempts, job.expires_at)
+                }
+            };
+            let _ = self.out.send(Event::Done(job.id, outcome));
         }
-        tasks.abort_all();
-        // Never attempted, or abandoned mid-send by an aborted task: give them back.
-        let done: std::collections::HashSet<i64> = outcomes.iter().map(|(id, _)| *id).collect();
-        let unsent = all_ids
-            .into_iter()
-            .filter(|id| !done.contains(id))
-            .collect();
-        (outcomes, unsent)
     }
 }
 
