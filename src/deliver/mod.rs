@@ -155,6 +155,8 @@ pub struct Deliverer {
 
 struct Job {
     id: i64,
+    /// Held while the row is claimed but not yet sent: bounds how long claims wait.
+    _permit: tokio::sync::OwnedSemaphorePermit,
     composed: Composed,
     domain: String,
     attempts: i64,
@@ -261,7 +263,10 @@ impl Deliverer {
         progress: &mut (dyn FnMut(&DeliverStats) + Send),
     ) -> Result<DeliverStats, DeliverError> {
         let slots = self.transport.slots();
-        let (job_tx, job_rx) = mpsc::channel::<Job>(self.batch_size.max(slots) * 2);
+        // Rows claimed but not yet sent are capped, so none waits in memory long enough
+        // for its lease to lapse (which would let another claim send it twice).
+        let outstanding = Arc::new(tokio::sync::Semaphore::new(self.batch_size + slots));
+        let (job_tx, job_rx) = mpsc::channel::<Job>(self.batch_size + slots);
         let job_rx = Arc::new(Mutex::new(job_rx));
         let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Event>();
         // Fired once the drain timeout has passed after shutdown: senders abandon sends.
@@ -288,7 +293,9 @@ impl Deliverer {
         drop(job_rx);
 
         let feeder = async {
-            let result = self.feed(shutdown, mode, job_tx, &out_tx).await;
+            let result = self
+                .feed(shutdown, mode, job_tx, &out_tx, outstanding)
+                .await;
             drop(out_tx);
             result
         };
@@ -371,11 +378,20 @@ impl Deliverer {
         mode: Mode,
         jobs: mpsc::Sender<Job>,
         out: &mpsc::UnboundedSender<Event>,
+        outstanding: Arc<tokio::sync::Semaphore>,
     ) -> Result<(), StoreError> {
         loop {
             if shutdown.is_triggered() {
                 return Ok(());
             }
+            // Claim only what the senders can take now, and in batches: claiming a row at
+            // a time as each send finishes would hold the write lock the recorder needs.
+            let want = (self.batch_size / 4).clamp(1, 64) as u32;
+            tokio::select! {
+                permits = outstanding.acquire_many(want) => drop(permits),
+                _ = shutdown.triggered() => return Ok(()),
+            }
+            let room = outstanding.available_permits().min(self.batch_size);
             let start = now();
             let expired = match self.store.expire_overdue(start).await {
                 Ok(n) => n,
@@ -390,7 +406,7 @@ impl Deliverer {
             let lease_until = start + self.lease.as_secs().max(1) as i64;
             let claimed = match self
                 .store
-                .claim_due_deliveries(self.batch_size, start, lease_until)
+                .claim_due_deliveries(room, start, lease_until)
                 .await
             {
                 Ok(claimed) => claimed,
@@ -415,8 +431,14 @@ impl Deliverer {
                 let id = delivery.id;
                 match self.prepare(&delivery, start) {
                     Ok(composed) => {
+                        let permit = outstanding
+                            .clone()
+                            .acquire_owned()
+                            .await
+                            .expect("the semaphore is never closed");
                         let job = Job {
                             id,
+                            _permit: permit,
                             domain: delivery
                                 .email
                                 .as_deref()

@@ -1,0 +1,203 @@
+//! Crash safety with the real binary: thousands of digests to a deliberately slow
+//! Postfix `smtp-sink`, the sender killed with SIGKILL three times at random moments
+//! and restarted. Every reader gets at least one copy, duplicates stay within what was
+//! in flight (≤ 3 × connections), every row ends `sent`, and readers removed while
+//! their row was still queued get nothing.
+
+mod support;
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::{Site, free_port};
+
+const CONNECTIONS: usize = 100;
+
+struct Sink {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn smtp_sink(port: u16) -> Sink {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let child = Command::new("smtp-sink")
+        // -w 1: wait a second before answering DATA, so many messages are in flight.
+        .args(["-u", "nobody", "-w", "1", "-m", "512", "-d"])
+        .arg(format!("{}/m.", dir.path().display()))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("1024")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Postfix smtp-sink must be installed (Debian package postfix)");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "smtp-sink did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sink { child, dir }
+}
+
+/// Copies received per recipient, from smtp-sink's dump files.
+fn received(sink: &Sink) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for entry in std::fs::read_dir(sink.dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.starts_with("X-Rcpt-Args:")) {
+            let rcpt = line["X-Rcpt-Args:".len()..]
+                .trim()
+                .trim_matches(['<', '>'])
+                .to_string();
+            *counts.entry(rcpt).or_insert(0) += 1;
+        }
+    }
+    counts
+}
+
+fn spawn(site: &Site, args: &[&str]) -> Child {
+    site.command(args)
+        .env("HERALD__SMTP__CONNECTIONS", CONNECTIONS.to_string())
+        .env("HERALD__SMTP__TIMEOUT", "10s")
+        .env("HERALD__DELIVER__LEASE", "3s")
+        .env("HERALD__DELIVER__BATCH_SIZE", "200")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn count(site: &Site, state: &str) -> usize {
+    site.sql(&format!(
+        "SELECT COUNT(*) FROM deliveries WHERE state = '{state}'"
+    ))[0][0]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn three_sigkills_lose_nothing_and_duplicate_only_what_was_in_flight() {
+    let readers: usize = std::env::var("HERALD_CRASH_READERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5_000);
+    let seed = std::env::var("HERALD_CRASH_SEED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| fastrand::u64(..));
+    println!("crash test: {readers} readers, seed {seed}");
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let port = free_port();
+    let sink = smtp_sink(port);
+    let site = Site::new(port);
+    site.run(&["ingest"]).ok();
+    let csv = site.dir.path().join("readers.csv");
+    let mut text = String::from("email,regions,cadence,timezone\n");
+    for i in 0..readers {
+        text.push_str(&format!("reader{i}@crash.example,riverton,daily,UTC\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    site.run(&[
+        "subscribers",
+        "import",
+        csv.to_str().unwrap(),
+        "--confirmed",
+    ])
+    .ok();
+
+    // First run: plan and send; killed part-way.
+    let mut kills = 0;
+    let mut child = spawn(&site, &["send", "--region", "riverton", "--yes"]);
+    let mut removed: Vec<String> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        assert!(Instant::now() < deadline, "did not finish in time");
+        if kills < 3 {
+            std::thread::sleep(Duration::from_millis(rng.u64(1_500..5_000)));
+            if child.try_wait().unwrap().is_none() {
+                child.kill().unwrap(); // SIGKILL
+                child.wait().unwrap();
+                kills += 1;
+                println!("kill {kills}: {} sent so far", count(&site, "sent"));
+                if kills == 1 {
+                    // Remove some readers whose email has not been attempted yet.
+                    let queued = site.sql(
+                        "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+                         WHERE d.state = 'queued' AND d.attempts = 0 ORDER BY d.id DESC LIMIT 10",
+                    );
+                    for row in queued {
+                        site.run(&["subscribers", "remove", &row[0]]).ok();
+                        removed.push(row[0].clone());
+                    }
+                }
+            }
+        } else {
+            let status = child.wait().unwrap();
+            let _ = status;
+        }
+        if count(&site, "sent") + count(&site, "cancelled") == readers
+            && child.try_wait().unwrap().is_some()
+        {
+            break;
+        }
+        if child.try_wait().unwrap().is_some() {
+            // Restart after the leases of the killed run lapse.
+            std::thread::sleep(Duration::from_millis(500));
+            child = spawn(&site, &["deliver", "--until-empty"]);
+        }
+    }
+    let _ = child.wait();
+    assert_eq!(
+        kills, 3,
+        "the sender must have been killed three times while working"
+    );
+
+    let copies = received(&sink);
+    let mut missing = 0;
+    for i in 0..readers {
+        let email = format!("reader{i}@crash.example");
+        if removed.contains(&email) {
+            assert!(
+                !copies.contains_key(&email),
+                "{email} was removed before being mailed"
+            );
+        } else if !copies.contains_key(&email) {
+            missing += 1;
+        }
+    }
+    assert_eq!(
+        missing, 0,
+        "every remaining reader received at least one copy"
+    );
+    let total: usize = copies.values().sum();
+    let duplicates = total - copies.len();
+    println!(
+        "{total} messages for {} readers: {duplicates} duplicates",
+        copies.len()
+    );
+    assert!(
+        duplicates <= 3 * CONNECTIONS,
+        "{duplicates} duplicates > 3 × {CONNECTIONS} connections"
+    );
+    assert_eq!(
+        count(&site, "sent"),
+        readers - removed.len(),
+        "every row is sent"
+    );
+    assert_eq!(count(&site, "cancelled"), removed.len());
+}
