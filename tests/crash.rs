@@ -77,7 +77,13 @@ fn spawn(site: &Site, args: &[&str]) -> Child {
         .env("HERALD__DELIVER__LEASE", "3s")
         .env("HERALD__DELIVER__BATCH_SIZE", "200")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(site.dir.path().join("herald.log"))
+                .unwrap(),
+        )
         .spawn()
         .unwrap()
 }
@@ -167,6 +173,13 @@ fn three_sigkills_lose_nothing_and_duplicate_only_what_was_in_flight() {
         "the sender must have been killed three times while working"
     );
 
+    let log = std::fs::read_to_string(site.dir.path().join("herald.log")).unwrap_or_default();
+    let errors: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("ERROR") || l.contains("error"))
+        .take(5)
+        .collect();
+    println!("herald errors: {errors:?}");
     let copies = received(&sink);
     let mut missing = 0;
     for i in 0..readers {
@@ -184,6 +197,20 @@ fn three_sigkills_lose_nothing_and_duplicate_only_what_was_in_flight() {
         missing, 0,
         "every remaining reader received at least one copy"
     );
+    let attempts: HashMap<String, String> = site
+        .sql("SELECT s.email, d.attempts FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].clone()))
+        .collect();
+    let mut by_attempts: HashMap<String, usize> = HashMap::new();
+    for (email, n) in &copies {
+        if *n > 1 {
+            *by_attempts
+                .entry(attempts.get(email).cloned().unwrap_or_default())
+                .or_default() += 1;
+        }
+    }
+    println!("duplicated readers by recorded attempts: {by_attempts:?}");
     let total: usize = copies.values().sum();
     let duplicates = total - copies.len();
     println!(

@@ -154,13 +154,11 @@ pub struct Deliverer {
 }
 
 struct Job {
-    id: i64,
     /// Held while the row is claimed but not yet sent: bounds how long claims wait.
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    composed: Composed,
-    domain: String,
-    attempts: i64,
-    expires_at: i64,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    /// When the row was claimed (the digest's date line and link expiry use it).
+    claimed_at: i64,
+    delivery: ClaimedDelivery,
 }
 
 /// Retry delays: `base · 2^(attempt-1)`, capped at `max`, with ±25 % jitter.
@@ -282,6 +280,7 @@ impl Deliverer {
                 out: out_tx.clone(),
                 transport: self.transport.clone(),
                 pacing: self.pacing.clone(),
+                composer: self.composer.clone(),
                 backoff: self.backoff,
                 shutdown: shutdown.clone(),
                 hard: hard.clone(),
@@ -302,33 +301,44 @@ impl Deliverer {
         let recorder = async {
             let mut stats = DeliverStats::default();
             let mut outcomes: Vec<(i64, Outcome)> = Vec::new();
+            // Claim permits of sent rows are held until their outcome is committed, so
+            // "sent but not yet recorded" (what a crash would send twice) stays bounded.
+            let mut held: Vec<Option<tokio::sync::OwnedSemaphorePermit>> = Vec::new();
             let mut unsent: Vec<i64> = Vec::new();
             let mut error: Option<StoreError> = None;
-            let mut tick = tokio::time::interval(Duration::from_millis(50));
+            let mut last_progress = std::time::Instant::now();
             loop {
-                let event = tokio::select! {
-                    event = out_rx.recv() => event,
-                    _ = tick.tick() => {
-                        self.flush(&mut outcomes, &mut error).await;
-                        progress(&stats);
-                        continue;
-                    }
+                let Some(first) = out_rx.recv().await else {
+                    break;
                 };
-                match event {
-                    Some(Event::Claimed(n)) => stats.claimed += n,
-                    Some(Event::Expired(n)) => stats.expired += n,
-                    Some(Event::Done(id, outcome)) => {
-                        stats.add(&outcome);
-                        outcomes.push((id, outcome));
-                        if outcomes.len() >= 64 {
-                            self.flush(&mut outcomes, &mut error).await;
+                // Take everything already waiting, then commit it in one transaction.
+                let mut next = Some(first);
+                while let Some(event) = next {
+                    match event {
+                        Event::Claimed(n) => stats.claimed += n,
+                        Event::Expired(n) => stats.expired += n,
+                        Event::Done(id, outcome, permit) => {
+                            stats.add(&outcome);
+                            outcomes.push((id, outcome));
+                            held.push(permit);
                         }
+                        Event::Unsent(id) => unsent.push(id),
                     }
-                    Some(Event::Unsent(id)) => unsent.push(id),
-                    None => break,
+                    next = if outcomes.len() >= 256 {
+                        None
+                    } else {
+                        out_rx.try_recv().ok()
+                    };
+                }
+                self.flush(&mut outcomes, &mut error).await;
+                held.clear();
+                if last_progress.elapsed() >= Duration::from_millis(100) {
+                    progress(&stats);
+                    last_progress = std::time::Instant::now();
                 }
             }
             self.flush(&mut outcomes, &mut error).await;
+            drop(held);
             if !unsent.is_empty() {
                 stats.released += unsent.len() as u64;
                 if let Err(e) = self.store.release_deliveries(&unsent, now()).await {
@@ -427,36 +437,21 @@ impl Deliverer {
                     Mode::Once | Mode::UntilEmpty => return Ok(()),
                 }
             }
+            // Composing happens in the senders, so it runs on every core.
             for delivery in claimed {
-                let id = delivery.id;
-                match self.prepare(&delivery, start) {
-                    Ok(composed) => {
-                        let permit = outstanding
-                            .clone()
-                            .acquire_owned()
-                            .await
-                            .expect("the semaphore is never closed");
-                        let job = Job {
-                            id,
-                            _permit: permit,
-                            domain: delivery
-                                .email
-                                .as_deref()
-                                .and_then(|e| e.rsplit('@').next())
-                                .unwrap_or_default()
-                                .to_string(),
-                            composed,
-                            attempts: delivery.attempts,
-                            expires_at: delivery.expires_at,
-                        };
-                        if let Err(mpsc::error::SendError(job)) = jobs.send(job).await {
-                            // Every sender has stopped (shutdown): give the row back.
-                            let _ = out.send(Event::Unsent(job.id));
-                        }
-                    }
-                    Err(outcome) => {
-                        let _ = out.send(Event::Done(id, outcome));
-                    }
+                let permit = outstanding
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("the semaphore is never closed");
+                let job = Job {
+                    permit,
+                    claimed_at: start,
+                    delivery,
+                };
+                if let Err(mpsc::error::SendError(job)) = jobs.send(job).await {
+                    // Every sender has stopped (shutdown): give the row back.
+                    let _ = out.send(Event::Unsent(job.delivery.id));
                 }
             }
             if mode == Mode::Once {
@@ -464,64 +459,64 @@ impl Deliverer {
             }
         }
     }
+}
 
-    /// Checks a claimed row against the reader's state now and composes it, or says
-    /// why it must not be sent.
-    fn prepare(&self, delivery: &ClaimedDelivery, now: i64) -> Result<Composed, Outcome> {
-        if delivery.expires_at < now {
-            return Err(Outcome::Expired);
-        }
-        let Some(address) = delivery.email.as_deref() else {
+/// Checks a claimed row against the reader's state now and composes it, or says
+/// why it must not be sent.
+fn prepare(composer: &Composer, delivery: &ClaimedDelivery, now: i64) -> Result<Composed, Outcome> {
+    if delivery.expires_at < now {
+        return Err(Outcome::Expired);
+    }
+    let Some(address) = delivery.email.as_deref() else {
+        return Err(Outcome::Cancelled {
+            reason: "reader removed".into(),
+        });
+    };
+    if delivery.suppressed {
+        return Err(Outcome::Suppressed);
+    }
+    match delivery.subscriber_state {
+        Some(SubscriberState::Confirmed) => {}
+        Some(SubscriberState::Suppressed) => return Err(Outcome::Suppressed),
+        Some(SubscriberState::Unsubscribed) => {
             return Err(Outcome::Cancelled {
-                reason: "reader removed".into(),
+                reason: "reader unsubscribed".into(),
             });
-        };
-        if delivery.suppressed {
-            return Err(Outcome::Suppressed);
         }
-        match delivery.subscriber_state {
-            Some(SubscriberState::Confirmed) => {}
-            Some(SubscriberState::Suppressed) => return Err(Outcome::Suppressed),
-            Some(SubscriberState::Unsubscribed) => {
+        Some(SubscriberState::Pending) | None => {
+            if delivery.kind != DeliveryKind::Confirmation {
                 return Err(Outcome::Cancelled {
-                    reason: "reader unsubscribed".into(),
+                    reason: "reader is not confirmed".into(),
                 });
             }
-            Some(SubscriberState::Pending) | None => {
-                if delivery.kind != DeliveryKind::Confirmation {
-                    return Err(Outcome::Cancelled {
-                        reason: "reader is not confirmed".into(),
-                    });
-                }
-            }
         }
-        let email = Email::parse(address).map_err(|e| Outcome::Failed {
-            error: e.to_string(),
-        })?;
-        if delivery.articles.is_empty() {
-            return Err(Outcome::Cancelled {
-                reason: "nothing left to send".into(),
-            });
-        }
-        let timezone = delivery
-            .timezone
-            .as_deref()
-            .and_then(|t| t.parse::<chrono_tz::Tz>().ok())
-            .unwrap_or(chrono_tz::UTC);
-        self.composer
-            .digest(&DigestRequest {
-                subscriber_id: delivery.subscriber_id,
-                email: &email,
-                timezone,
-                cadence: delivery.cadence,
-                message_id: &delivery.message_id,
-                articles: &delivery.articles,
-                now,
-            })
-            .map_err(|e| Outcome::Failed {
-                error: e.to_string(),
-            })
     }
+    let email = Email::parse(address).map_err(|e| Outcome::Failed {
+        error: e.to_string(),
+    })?;
+    if delivery.articles.is_empty() {
+        return Err(Outcome::Cancelled {
+            reason: "nothing left to send".into(),
+        });
+    }
+    let timezone = delivery
+        .timezone
+        .as_deref()
+        .and_then(|t| t.parse::<chrono_tz::Tz>().ok())
+        .unwrap_or(chrono_tz::UTC);
+    composer
+        .digest(&DigestRequest {
+            subscriber_id: delivery.subscriber_id,
+            email: &email,
+            timezone,
+            cadence: delivery.cadence,
+            message_id: &delivery.message_id,
+            articles: &delivery.articles,
+            now,
+        })
+        .map_err(|e| Outcome::Failed {
+            error: e.to_string(),
+        })
 }
 
 /// How long the pipeline runs.
@@ -539,7 +534,7 @@ enum Mode {
 enum Event {
     Claimed(u64),
     Expired(u64),
-    Done(i64, Outcome),
+    Done(i64, Outcome, Option<tokio::sync::OwnedSemaphorePermit>),
     Unsent(i64),
 }
 
@@ -550,6 +545,7 @@ struct SenderContext {
     out: mpsc::UnboundedSender<Event>,
     transport: Arc<Transport>,
     pacing: Arc<Pacing>,
+    composer: Arc<Composer>,
     backoff: Backoff,
     shutdown: Shutdown,
     hard: Shutdown,
@@ -566,37 +562,67 @@ impl SenderContext {
             let Some(job) = self.jobs.lock().await.recv().await else {
                 return;
             };
+            let id = job.delivery.id;
             if self.shutdown.is_triggered() {
                 // Stop taking new work: the row goes back to the queue unsent.
-                let _ = self.out.send(Event::Unsent(job.id));
+                let _ = self.out.send(Event::Unsent(id));
                 continue;
             }
+            let (attempts, expires_at) = (job.delivery.attempts, job.delivery.expires_at);
+            let domain = job
+                .delivery
+                .email
+                .as_deref()
+                .and_then(|e| e.rsplit('@').next())
+                .unwrap_or_default()
+                .to_string();
+            // Rendering and encoding are CPU work: off the async workers, so the recorder
+            // and the feeder are never starved (a starved recorder widens the window in
+            // which a crash would send a message twice).
+            let composer = self.composer.clone();
+            let claimed_at = job.claimed_at;
+            let delivery = job.delivery;
+            let prepared =
+                tokio::task::spawn_blocking(move || prepare(&composer, &delivery, claimed_at))
+                    .await;
+            let composed = match prepared {
+                Ok(Ok(composed)) => composed,
+                Ok(Err(outcome)) => {
+                    let _ = self.out.send(Event::Done(id, outcome, None));
+                    continue;
+                }
+                Err(panic) => {
+                    let outcome = Outcome::Failed {
+                        error: format!("composing the email failed: {panic}"),
+                    };
+                    let _ = self.out.send(Event::Done(id, outcome, None));
+                    continue;
+                }
+            };
             if now() < self.down_until.load(Ordering::Relaxed) {
                 let reason = self.down_reason.lock().expect("not poisoned").clone();
-                let outcome = self.backoff.retry(reason, job.attempts, job.expires_at);
-                let _ = self.out.send(Event::Done(job.id, outcome));
+                let outcome = self.backoff.retry(reason, attempts, expires_at);
+                let _ = self.out.send(Event::Done(id, outcome, None));
                 continue;
             }
-            self.pacing.wait(&job.domain).await;
+            self.pacing.wait(&domain).await;
             let result = tokio::select! {
-                result = self.transport.send(self.slot, &job.composed) => result,
+                result = self.transport.send(self.slot, &composed) => result,
                 _ = self.hard.triggered() => {
-                    let _ = self.out.send(Event::Unsent(job.id));
+                    let _ = self.out.send(Event::Unsent(id));
                     return;
                 }
             };
             let outcome = match result {
                 SendResult::Accepted(reply) => {
-                    self.pacing.success(&job.domain).await;
+                    self.pacing.success(&domain).await;
                     Outcome::Sent { reply }
                 }
-                SendResult::Temporary(error) => {
-                    self.backoff.retry(error, job.attempts, job.expires_at)
-                }
+                SendResult::Temporary(error) => self.backoff.retry(error, attempts, expires_at),
                 SendResult::Throttled(error) => {
                     // Slow this domain down and come back soon: a throttle is not a failure.
-                    self.pacing.throttled(&job.domain).await;
-                    self.backoff.retry(error, 1, job.expires_at)
+                    self.pacing.throttled(&domain).await;
+                    self.backoff.retry(error, 1, expires_at)
                 }
                 SendResult::Permanent { reply, no_mailbox } => Outcome::Bounced {
                     reply,
@@ -606,10 +632,10 @@ impl SenderContext {
                     self.down_until
                         .store(now() + DOWN_HOLD_SECS, Ordering::Relaxed);
                     *self.down_reason.lock().expect("not poisoned") = error.clone();
-                    self.backoff.retry(error, job.attempts, job.expires_at)
+                    self.backoff.retry(error, attempts, expires_at)
                 }
             };
-            let _ = self.out.send(Event::Done(job.id, outcome));
+            let _ = self.out.send(Event::Done(id, outcome, Some(job.permit)));
         }
     }
 }
