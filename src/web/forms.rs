@@ -189,9 +189,12 @@ pub fn same_origin(headers: &HeaderMap, public_url: &url::Url) -> bool {
     if header("sec-fetch-site") == Some("cross-site") {
         return false;
     }
-    let Some(origin) = header("origin") else {
-        // Older browsers and non-browser clients send none; the CSRF cookie still holds.
-        return true;
+    let origin = match header("origin") {
+        // Older browsers and non-browser clients send none, and a browser sends "null"
+        // for privacy reasons of its own: neither says "another site", and the CSRF
+        // cookie (SameSite, so never sent cross-site) still has to match.
+        None | Some("null") => return true,
+        Some(origin) => origin,
     };
     if origin == public_url.origin().ascii_serialization() {
         return true;

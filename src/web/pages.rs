@@ -427,7 +427,8 @@ pub struct Extra {
 }
 
 /// An HTML response with the security headers every page gets: nothing is cached (pages
-/// can hold a reader's address and link tokens), no referrer leaks a token, nothing
+/// can hold a reader's address and link tokens), no referrer carries a token to another
+/// site, nothing
 /// loads from elsewhere, and no other site may frame the page.
 pub fn html(status: StatusCode, body: String, extra: Extra) -> Response {
     let script = match &extra.nonce {
@@ -445,9 +446,12 @@ pub fn html(status: StatusCode, body: String, extra: Extra) -> Response {
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // `same-origin`, not `no-referrer`: tokens never leave the site either way, but
+    // with `no-referrer` browsers send `Origin: null` on form posts, which hides
+    // whether a post came from this site.
     headers.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     headers.insert(
         header::X_CONTENT_TYPE_OPTIONS,

@@ -325,7 +325,7 @@ pub struct ZoneGroup {
 pub struct Zone {
     /// IANA name (the value).
     pub name: String,
-    /// Readable, without the area: "Los Angeles", "Argentina / Buenos Aires".
+    /// Readable: "America / Los Angeles" (a closed list shows no group name).
     pub label: String,
 }
 
@@ -356,11 +356,9 @@ pub fn zone_groups() -> Vec<ZoneGroup> {
         if let Some((area, _)) = name.split_once('/')
             && let Some(i) = AREAS.iter().position(|a| *a == area)
         {
-            // Within the "America" group, "Los Angeles" reads better than the full name.
-            let place = &name[area.len() + 1..];
             groups[i].zones.push(Zone {
                 name: name.to_string(),
-                label: place.replace('_', " ").replace('/', " / "),
+                label: name.replace('_', " ").replace('/', " / "),
             });
         }
     }
