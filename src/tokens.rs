@@ -108,6 +108,19 @@ impl Signer {
 
     /// The id a token carries, if it is genuine, meant for `purpose`, and not expired at `now`.
     pub fn verify(&self, purpose: Purpose, token: &str, now: i64) -> Result<i64, TokenError> {
+        self.verify_with_expiry(purpose, token, now)
+            .map(|(id, _)| id)
+    }
+
+    /// As [`Signer::verify`], with the token's expiry: a link's issue time follows from
+    /// it, which tells a link sent to this reader from one sent to an erased reader
+    /// whose id was later reused.
+    pub fn verify_with_expiry(
+        &self,
+        purpose: Purpose,
+        token: &str,
+        now: i64,
+    ) -> Result<(i64, i64), TokenError> {
         let mut parts = token.trim().splitn(3, '.');
         let id: i64 = parts
             .next()
@@ -131,7 +144,7 @@ impl Signer {
         if now > expires_at {
             return Err(TokenError::Expired);
         }
-        Ok(id)
+        Ok((id, expires_at))
     }
 
     /// A keyed hash of `value` (HMAC-SHA256, 128 bits in hex), separate per `label`:

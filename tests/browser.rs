@@ -66,7 +66,7 @@ fn a_person_signs_up_in_headless_chromium() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-        + 86_400;
+        + 400 * 86_400;
     let base = format!("http://127.0.0.1:{}", site.http_port);
     let preferences = format!(
         "{base}/preferences?token={}",

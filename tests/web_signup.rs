@@ -21,8 +21,15 @@ fn now() -> i64 {
         .as_secs() as i64
 }
 
+/// A link token as herald issues it now: links in emails last 400 days, confirmation
+/// links `signup.confirm_link_lifetime` (7 days). herald infers a link's issue time
+/// from its expiry.
 fn token(purpose: Purpose, id: i64) -> String {
-    Signer::new(SECRET).sign(purpose, id, now() + 86_400)
+    let lifetime = match purpose {
+        Purpose::Confirm => 7 * 86_400,
+        _ => 400 * 86_400,
+    };
+    Signer::new(SECRET).sign(purpose, id, now() + lifetime)
 }
 
 fn id_of(site: &Site, email: &str) -> i64 {
@@ -652,5 +659,71 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
         WebClient::new(site.http_port).sign_up("ada@example.org", &[("riverton", "daily")], "UTC");
     assert_eq!(answer.status, 200);
     assert_eq!(state_of(&site, "ada@example.org"), "absent");
+    daemon.stop();
+}
+
+#[test]
+fn a_link_sent_to_an_erased_reader_never_reaches_the_next_owner_of_its_id() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    let add = |email: &str| {
+        site.run(&[
+            "subscribers",
+            "add",
+            email,
+            "--region",
+            "riverton",
+            "--confirmed",
+        ])
+        .ok();
+    };
+    add("old@example.org");
+    let old = id_of(&site, "old@example.org");
+    site.run(&["subscribers", "remove", "old@example.org"]).ok();
+    add("new@example.org");
+    let new = id_of(&site, "new@example.org");
+    assert_eq!(
+        old, new,
+        "SQLite gives the highest id again after it was deleted"
+    );
+
+    // Links the erased reader got in an email a while ago (unexpired).
+    let signer = Signer::new(SECRET);
+    let issued = now() - 3_600;
+    let year = 400 * 86_400;
+    let stale = |purpose| signer.sign(purpose, old, issued + year);
+    let daemon = Daemon::start(&site);
+    let mut browser = WebClient::new(site.http_port);
+    let page = browser.get(&format!(
+        "/preferences?token={}",
+        stale(Purpose::Preferences)
+    ));
+    assert_eq!(
+        page.status, 400,
+        "the new reader's preferences stay private"
+    );
+    assert!(!page.body.contains("new@example.org"));
+    let page = browser.get(&format!(
+        "/unsubscribe?token={}",
+        stale(Purpose::Unsubscribe)
+    ));
+    assert_eq!(page.status, 400);
+    let click = browser.post(
+        &format!("/unsubscribe?token={}", stale(Purpose::Unsubscribe)),
+        "List-Unsubscribe=One-Click",
+    );
+    assert_eq!(click.status, 200, "one-click still answers 200...");
+    assert_eq!(
+        state_of(&site, "new@example.org"),
+        "confirmed",
+        "...but the new reader stays subscribed"
+    );
+    // Links made for the new reader work.
+    let page = browser.get(&format!(
+        "/preferences?token={}",
+        token(Purpose::Preferences, new)
+    ));
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("new@example.org"));
     daemon.stop();
 }

@@ -25,7 +25,7 @@ pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost};
 pub use signup::{RegionChoice, SignupContext, SignupRequest, cadence_label};
 
 /// How long the links in an email keep working.
-const LINK_LIFETIME_SECS: i64 = 400 * 86_400;
+pub const LINK_LIFETIME_SECS: i64 = 400 * 86_400;
 
 /// Templates every email kind needs; each must exist and render.
 const TEMPLATES: [&str; 6] = [

@@ -79,6 +79,8 @@ pub struct ReaderPreferences {
     pub timezone: String,
     /// Regions followed, with cadences, sorted by region.
     pub regions: Vec<(RegionSlug, Cadence)>,
+    /// When the row was made (a link issued before it was meant for someone else).
+    pub created_at: i64,
 }
 
 /// One region a reader follows, as sign-up emails list it.
@@ -273,12 +275,13 @@ impl Store {
         &self,
         subscriber_id: i64,
     ) -> Result<Option<ReaderPreferences>> {
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT email, state, timezone FROM subscribers WHERE id = $1")
-                .bind(subscriber_id)
-                .fetch_optional(&self.pool)
-                .await?;
-        let Some((email, state, timezone)) = row else {
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT email, state, timezone, created_at FROM subscribers WHERE id = $1",
+        )
+        .bind(subscriber_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((email, state, timezone, created_at)) = row else {
             return Ok(None);
         };
         let subs: Vec<(String, String)> = sqlx::query_as(
@@ -301,6 +304,7 @@ impl Store {
             state: state.parse().map_err(StoreError::Corrupt)?,
             timezone,
             regions,
+            created_at,
         }))
     }
 

@@ -18,20 +18,39 @@ use super::pages::{
     cadence_options, html, nonce,
 };
 use super::regions::Hidden;
-use crate::compose::{RegionChoice, cadence_label};
+use crate::compose::{LINK_LIFETIME_SECS, RegionChoice, cadence_label};
 use crate::domain::{Cadence, DeliveryKind, RegionSlug, SubscriberState, Timezone};
 use crate::store::{ConfirmOutcome, ReaderPreferences, now};
 use crate::tokens::Purpose;
 
-/// How long the preferences link on the pages stays valid (as long as those in emails).
-const LINK_LIFETIME_SECS: i64 = 400 * 86_400;
+/// How far apart the clocks of several daemons may be.
+const CLOCK_SLACK_SECS: i64 = 300;
+
+/// A verified link: who it names, the token itself, and when it was issued.
+struct Link {
+    id: i64,
+    token: String,
+    issued_at: i64,
+}
 
 /// The token of a request's query string, checked for `purpose`.
-fn verified(state: &AppState, request_query: &str, purpose: Purpose) -> Option<(i64, String)> {
+fn verified(state: &AppState, request_query: &str, purpose: Purpose) -> Option<Link> {
     let form = Form::parse(request_query.as_bytes());
     let token = form.get("token").trim().to_string();
-    let id = state.signer.verify(purpose, &token, now()).ok()?;
-    Some((id, token))
+    let (id, expires_at) = state
+        .signer
+        .verify_with_expiry(purpose, &token, now())
+        .ok()?;
+    // Tokens carry their expiry, and every link of one purpose has the same lifetime.
+    let lifetime = match purpose {
+        Purpose::Confirm => state.config.signup.confirm_link_lifetime.as_secs() as i64,
+        Purpose::Preferences | Purpose::Unsubscribe => LINK_LIFETIME_SECS,
+    };
+    Some(Link {
+        id,
+        token,
+        issued_at: expires_at - lifetime,
+    })
 }
 
 /// `path?token=…`, the address a page's form posts to.
@@ -69,24 +88,29 @@ fn region_choices(state: &AppState, regions: &[(RegionSlug, Cadence)]) -> Vec<Re
         .collect()
 }
 
-async fn reader(state: &AppState, id: i64) -> Result<Option<ReaderPreferences>, Response> {
-    state
+/// The reader a link was sent to, or `None` when they are gone: erased, or erased with
+/// their id since given to someone who signed up after the link was made (SQLite can
+/// reuse the highest id), whom the old link must not reach.
+async fn reader(state: &AppState, link: &Link) -> Result<Option<ReaderPreferences>, Response> {
+    let reader = state
         .store
-        .reader_preferences(id)
+        .reader_preferences(link.id)
         .await
-        .map_err(|error| super::try_again(state, &error))
+        .map_err(|error| super::try_again(state, &error))?;
+    Ok(reader.filter(|r| link.issued_at >= r.created_at - CLOCK_SLACK_SECS))
 }
 
 /// `GET /confirm?token=`: what the reader is confirming, and the button.
 pub async fn confirm_page(State(state): State<AppState>, request: Request) -> Response {
-    let Some((id, token)) = verified(
+    let Some(link) = verified(
         &state,
         request.uri().query().unwrap_or(""),
         Purpose::Confirm,
     ) else {
         return super::invalid_link(&state);
     };
-    let reader = match reader(&state, id).await {
+    let (id, token) = (link.id, link.token.clone());
+    let reader = match reader(&state, &link).await {
         Ok(Some(reader)) => reader,
         Ok(None) => return super::invalid_link(&state),
         Err(response) => return response,
@@ -126,15 +150,21 @@ pub async fn confirm_page(State(state): State<AppState>, request: Request) -> Re
 /// and a reader whose browser keeps no cookies must still be able to confirm.
 /// Cross-site posts are refused all the same.
 pub async fn confirm(State(state): State<AppState>, request: Request) -> Response {
-    let Some((id, _)) = verified(
+    let Some(link) = verified(
         &state,
         request.uri().query().unwrap_or(""),
         Purpose::Confirm,
     ) else {
         return super::invalid_link(&state);
     };
+    let id = link.id;
     if !same_origin(request.headers(), &state.config.http.public_url) {
         return super::cross_site(&state);
+    }
+    match reader(&state, &link).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return super::invalid_link(&state),
+        Err(response) => return response,
     }
     let client = Client::from_request(
         request.extensions(),
@@ -156,7 +186,7 @@ pub async fn confirm(State(state): State<AppState>, request: Request) -> Respons
         ConfirmOutcome::AlreadyConfirmed => true,
         ConfirmOutcome::NotPending => return super::invalid_link(&state),
     };
-    let regions = match reader(&state, id).await {
+    let regions = match reader(&state, &link).await {
         Ok(Some(reader)) => region_choices(&state, &reader.regions),
         Ok(None) => return super::invalid_link(&state),
         Err(response) => return response,
@@ -263,10 +293,11 @@ fn not_subscribed(state: &AppState, reader_state: SubscriberState) -> Response {
 /// With `q` (the search form), the regions chosen so far come from the query instead.
 pub async fn preferences_page(State(state): State<AppState>, request: Request) -> Response {
     let query = request.uri().query().unwrap_or("");
-    let Some((id, token)) = verified(&state, query, Purpose::Preferences) else {
+    let Some(link) = verified(&state, query, Purpose::Preferences) else {
         return super::invalid_link(&state);
     };
-    let reader = match reader(&state, id).await {
+    let token = link.token.clone();
+    let reader = match reader(&state, &link).await {
         Ok(Some(reader)) => reader,
         Ok(None) => return super::invalid_link(&state),
         Err(response) => return response,
@@ -306,18 +337,19 @@ pub async fn preferences_page(State(state): State<AppState>, request: Request) -
 /// `POST /preferences?token=`: save the form (`intent=save`) or leave all (`intent=leave`).
 pub async fn preferences(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let Some((id, token)) = verified(
+    let Some(link) = verified(
         &state,
         parts.uri.query().unwrap_or(""),
         Purpose::Preferences,
     ) else {
         return super::invalid_link(&state);
     };
+    let (id, token) = (link.id, link.token.clone());
     let Ok(bytes) = axum::body::to_bytes(body, MAX_FORM_BYTES).await else {
         return super::too_large(&state);
     };
     let form = Form::parse(&bytes);
-    let reader = match reader(&state, id).await {
+    let reader = match reader(&state, &link).await {
         Ok(Some(reader)) => reader,
         Ok(None) => return super::invalid_link(&state),
         Err(response) => return response,
@@ -423,13 +455,19 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
 
 /// `GET /unsubscribe?token=`: a page with a button; it changes nothing.
 pub async fn unsubscribe_page(State(state): State<AppState>, request: Request) -> Response {
-    let Some((id, token)) = verified(
+    let Some(link) = verified(
         &state,
         request.uri().query().unwrap_or(""),
         Purpose::Unsubscribe,
     ) else {
         return super::invalid_link(&state);
     };
+    let (id, token) = (link.id, link.token.clone());
+    match reader(&state, &link).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return super::invalid_link(&state),
+        Err(response) => return response,
+    }
     let page = UnsubscribePage {
         site: state.pages.site(),
         action: action("/unsubscribe", &token),
@@ -445,13 +483,21 @@ pub async fn unsubscribe_page(State(state): State<AppState>, request: Request) -
 /// CSRF token (mail providers post it without a page), and repeatable. Queued mail to
 /// the reader is cancelled in the same transaction.
 pub async fn unsubscribe(State(state): State<AppState>, request: Request) -> Response {
-    let Some((id, _)) = verified(
+    let Some(link) = verified(
         &state,
         request.uri().query().unwrap_or(""),
         Purpose::Unsubscribe,
     ) else {
         return super::invalid_link(&state);
     };
+    let id = link.id;
+    // A reader who is gone is as unsubscribed as can be: the same answer, and nothing
+    // to change (a reused id must not unsubscribe its new owner).
+    match reader(&state, &link).await {
+        Ok(Some(_)) => {}
+        Ok(None) => return super::unsubscribed(&state),
+        Err(response) => return response,
+    }
     // The body (`List-Unsubscribe=One-Click`) says nothing the token does not; it is
     // not read, so a provider that sends another body is not refused.
     match state.store.unsubscribe(id, now()).await {
