@@ -61,6 +61,7 @@ pub struct RawConfig {
     deliver: RawDeliver,
     security: RawSecurity,
     dkim: RawDkim,
+    signup: RawSignup,
     regions: Vec<RawRegion>,
 }
 
@@ -76,6 +77,7 @@ struct RawDatabase {
 struct RawHttp {
     listen: String,
     public_url: String,
+    trusted_proxies: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -172,6 +174,20 @@ struct RawSecurity {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSignup {
+    consent_text: String,
+    consent_version: String,
+    ip_limit: u32,
+    ip_window: String,
+    address_limit: u32,
+    address_window: String,
+    emails_per_day: u32,
+    confirm_link_lifetime: String,
+    search_threshold: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRegion {
     slug: String,
@@ -234,6 +250,7 @@ impl Default for RawHttp {
         RawHttp {
             listen: "127.0.0.1:8080".into(),
             public_url: "http://127.0.0.1:8080".into(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -322,6 +339,26 @@ impl Default for RawDeliver {
     }
 }
 
+/// What a reader agrees to when signing up, unless the operator writes their own.
+const DEFAULT_CONSENT_TEXT: &str = "Email me the news I picked above. I can change what I get, or \
+unsubscribe, at any time with the links in every email. My address is used for nothing else.";
+
+impl Default for RawSignup {
+    fn default() -> Self {
+        RawSignup {
+            consent_text: DEFAULT_CONSENT_TEXT.into(),
+            consent_version: "1".into(),
+            ip_limit: 5,
+            ip_window: "1h".into(),
+            address_limit: 5,
+            address_window: "1h".into(),
+            emails_per_day: 3,
+            confirm_link_lifetime: "7d".into(),
+            search_threshold: 36,
+        }
+    }
+}
+
 impl Default for RawSecurity {
     fn default() -> Self {
         RawSecurity {
@@ -356,6 +393,8 @@ pub struct Config {
     pub security: SecurityConfig,
     /// DKIM signing, when configured.
     pub dkim: Option<DkimSettings>,
+    /// The web sign-up: consent text, abuse limits, the region picker.
+    pub signup: SignupConfig,
     /// The regions readers can follow, parents before children.
     pub regions: Vec<Region>,
 }
@@ -376,6 +415,8 @@ pub struct HttpConfig {
     pub listen: std::net::SocketAddr,
     /// The URL readers reach the site at; links in emails start with it.
     pub public_url: url::Url,
+    /// Reverse proxies whose `X-Forwarded-For` names the real client address.
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 /// How emails leave herald.
@@ -400,7 +441,7 @@ pub struct MailConfig {
     pub outbox_dir: PathBuf,
     /// Human name of the list, shown in `List-Id` and as the site name.
     pub list_name: String,
-    /// Folder holding `email/*.j2` (and later `web/*.j2`) templates.
+    /// Folder holding the `email/*.j2` and `web/*.html.j2` templates.
     pub templates_dir: PathBuf,
 }
 
@@ -537,6 +578,29 @@ pub struct SecurityConfig {
     pub secret: Option<String>,
     /// Where a generated key is kept when `secret` is empty.
     pub secret_file: PathBuf,
+}
+
+/// `[signup]`.
+#[derive(Debug, Clone)]
+pub struct SignupConfig {
+    /// The consent text shown above the sign-up button.
+    pub consent_text: String,
+    /// Its version, stored with each consent record.
+    pub consent_version: String,
+    /// Sign-ups accepted from one IP address (IPv6: one /64) per `ip_window`.
+    pub ip_limit: u32,
+    /// The sliding window of `ip_limit`.
+    pub ip_window: Duration,
+    /// Sign-ups accepted for one address per `address_window`.
+    pub address_limit: u32,
+    /// The sliding window of `address_limit`.
+    pub address_window: Duration,
+    /// Sign-up emails (confirmation, welcome) one address gets per 24 hours at most.
+    pub emails_per_day: u32,
+    /// How long a confirmation link works.
+    pub confirm_link_lifetime: Duration,
+    /// Past this many regions, the sign-up page offers a search instead of the full list.
+    pub search_threshold: usize,
 }
 
 /// A feed source, as written in config.
@@ -914,6 +978,12 @@ impl RawConfig {
         );
         let retry_base = duration("deliver.retry_base", &self.deliver.retry_base);
         let retry_max = duration("deliver.retry_max", &self.deliver.retry_max);
+        let ip_window = duration("signup.ip_window", &self.signup.ip_window);
+        let address_window = duration("signup.address_window", &self.signup.address_window);
+        let confirm_link_lifetime = duration(
+            "signup.confirm_link_lifetime",
+            &self.signup.confirm_link_lifetime,
+        );
         for (domain, limits) in &self.smtp.domains {
             check(
                 &format!("smtp.domains.\"{domain}\".rate_per_second"),
@@ -961,6 +1031,55 @@ impl RawConfig {
                 key_file,
             })
         };
+        for (key, value) in [
+            ("signup.ip_window", ip_window),
+            ("signup.address_window", address_window),
+            ("signup.confirm_link_lifetime", confirm_link_lifetime),
+        ] {
+            if value < Duration::from_secs(1) {
+                check(key, Err("must be at least 1s".into()));
+            }
+        }
+        for (key, value) in [
+            ("signup.ip_limit", self.signup.ip_limit),
+            ("signup.address_limit", self.signup.address_limit),
+            ("signup.emails_per_day", self.signup.emails_per_day),
+        ] {
+            if value == 0 {
+                check(
+                    key,
+                    Err("must be at least 1 (0 would refuse every sign-up)".into()),
+                );
+            }
+        }
+        check(
+            "signup.consent_text",
+            if self.signup.consent_text.trim().is_empty() {
+                Err("is empty; readers must see what they agree to".into())
+            } else {
+                Ok(())
+            },
+        );
+        check(
+            "signup.consent_version",
+            if self.signup.consent_version.trim().is_empty() {
+                Err("is empty; each consent record names the text's version".into())
+            } else {
+                Ok(())
+            },
+        );
+        let mut trusted_proxies = Vec::new();
+        for (j, proxy) in self.http.trusted_proxies.iter().enumerate() {
+            match proxy.trim().parse::<std::net::IpAddr>() {
+                Ok(ip) => trusted_proxies.push(ip),
+                Err(_) => check(
+                    &format!("http.trusted_proxies[{j}]"),
+                    Err(format!(
+                        "\"{proxy}\" is not an IP address (write the proxy's address, e.g. \"127.0.0.1\")"
+                    )),
+                ),
+            }
+        }
 
         // [schedule], [alerts]
         let daily = parse_cron(&self.schedule.daily);
@@ -1145,6 +1264,7 @@ impl RawConfig {
             http: HttpConfig {
                 listen: listen.expect("checked above"),
                 public_url: public_url.expect("checked above"),
+                trusted_proxies,
             },
             mail: MailConfig {
                 from,
@@ -1216,6 +1336,17 @@ impl RawConfig {
                 secret_file: PathBuf::from(self.security.secret_file.trim()),
             },
             dkim,
+            signup: SignupConfig {
+                consent_text: self.signup.consent_text.trim().to_string(),
+                consent_version: self.signup.consent_version.trim().to_string(),
+                ip_limit: self.signup.ip_limit,
+                ip_window,
+                address_limit: self.signup.address_limit,
+                address_window,
+                emails_per_day: self.signup.emails_per_day,
+                confirm_link_lifetime,
+                search_threshold: self.signup.search_threshold as usize,
+            },
             regions,
         })
     }
@@ -1273,7 +1404,9 @@ impl Config {
     ) -> Duration {
         use crate::domain::{Cadence, DeliveryKind};
         match (kind, cadence) {
-            (DeliveryKind::Confirmation, _) => self.deliver.expiry_confirmation,
+            (DeliveryKind::Confirmation | DeliveryKind::Welcome, _) => {
+                self.deliver.expiry_confirmation
+            }
             (DeliveryKind::Alert, _) | (_, Some(Cadence::Alert)) => self.deliver.expiry_alert,
             (DeliveryKind::Digest, Some(Cadence::Weekly)) => self.deliver.expiry_weekly,
             (DeliveryKind::Digest, _) => self.deliver.expiry_daily,

@@ -25,6 +25,15 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let composer = crate::cli::composer(&config)?;
     let signer = Arc::new(crate::cli::signer(&config)?);
     let transport = Arc::new(Transport::from_config(&config));
+    // Pages load before the port opens, so a broken template stops start-up.
+    let app = router(
+        AppState::new(store.clone(), signer, config.clone()).with_context(|| {
+            format!(
+                "cannot load the web page templates from {}",
+                config.mail.templates_dir.join("web").display()
+            )
+        })?,
+    );
     let listener = tokio::net::TcpListener::bind(config.http.listen)
         .await
         .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
@@ -45,14 +54,11 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let shutdown = shutdown.clone();
         async move { deliverer.run(shutdown).await }
     });
-    let app = router(AppState {
-        store: store.clone(),
-        signer,
-        config: config.clone(),
-    });
     let http = tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
+            // The peer address is the client's IP in consent records and rate limits.
+            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
             axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.triggered().await })
                 .await

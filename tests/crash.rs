@@ -33,7 +33,12 @@ fn smtp_sink(port: u16) -> Sink {
         std::os::unix::fs::PermissionsExt::from_mode(0o777),
     )
     .unwrap();
-    let child = Command::new("smtp-sink")
+    let program = if std::path::Path::new("/usr/sbin/smtp-sink").exists() {
+        "/usr/sbin/smtp-sink"
+    } else {
+        "smtp-sink"
+    };
+    let child = Command::new(program)
         // -w 1: wait a second before answering DATA, so many messages are in flight.
         .args(["-u", "nobody", "-w", "1", "-m", "512", "-d"])
         .arg(format!("{}/m.", dir.path().display()))

@@ -45,7 +45,7 @@ pub enum Command {
         #[arg(long)]
         confirmed: bool,
     },
-    /// Write every reader as CSV to standard output.
+    /// Write every reader as CSV to standard output, with their consent record.
     Export,
 }
 
@@ -259,8 +259,18 @@ async fn export(store: &Store) -> anyhow::Result<()> {
         "state",
         "created_at",
         "confirmed_at",
+        "consent_given_at",
+        "consent_ip",
+        "consent_user_agent",
+        "consent_version",
+        "consent_confirmed_at",
+        "consent_confirmed_ip",
     ])?;
+    // Readers an admin added have no consent record: those columns stay empty.
+    let consents = store.consent_records().await?;
+    let time = |t: Option<i64>| t.map(|t| format_time(Some(t))).unwrap_or_default();
     for row in store.list_subscribers().await? {
+        let consent = consents.get(&row.id);
         let cadence = row
             .regions
             .first()
@@ -284,9 +294,15 @@ async fn export(store: &Store) -> anyhow::Result<()> {
             &row.timezone,
             row.state.as_str(),
             &format_time(Some(row.created_at)),
-            &row.confirmed_at
-                .map(|t| format_time(Some(t)))
-                .unwrap_or_default(),
+            &time(row.confirmed_at),
+            &time(consent.map(|c| c.given_at)),
+            consent.map(|c| c.ip.as_str()).unwrap_or(""),
+            consent.map(|c| c.user_agent.as_str()).unwrap_or(""),
+            consent.map(|c| c.text_version.as_str()).unwrap_or(""),
+            &time(consent.and_then(|c| c.confirmed_at)),
+            consent
+                .and_then(|c| c.confirmed_ip.as_deref())
+                .unwrap_or(""),
         ])?;
     }
     out.flush()?;

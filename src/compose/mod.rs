@@ -6,6 +6,7 @@
 //! which the HTML template auto-escapes.
 
 mod headers;
+mod signup;
 
 use std::path::{Path, PathBuf};
 
@@ -17,17 +18,25 @@ use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::domain::{Cadence, Email};
+use crate::domain::{Cadence, DeliveryKind, Email};
 use crate::store::DeliveryArticle;
 use crate::tokens::{Purpose, Signer};
 
 pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost};
+pub use signup::{RegionChoice, SignupContext, SignupRequest, cadence_label};
 
 /// How long the links in an email keep working.
-const LINK_LIFETIME_SECS: i64 = 400 * 86_400;
+pub const LINK_LIFETIME_SECS: i64 = 400 * 86_400;
 
 /// Templates every email kind needs; each must exist and render.
-const TEMPLATES: [&str; 2] = ["email/digest.html.j2", "email/digest.txt.j2"];
+const TEMPLATES: [&str; 6] = [
+    "email/digest.html.j2",
+    "email/digest.txt.j2",
+    "email/confirm.html.j2",
+    "email/confirm.txt.j2",
+    "email/welcome.html.j2",
+    "email/welcome.txt.j2",
+];
 
 /// Why an email could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -164,6 +173,7 @@ pub struct Composer {
     public_url: url::Url,
     signer: Signer,
     dkim: Option<DkimConfig>,
+    confirm_lifetime_secs: i64,
 }
 
 impl Composer {
@@ -192,6 +202,7 @@ impl Composer {
             public_url: config.http.public_url.clone(),
             signer,
             dkim: config.dkim.as_ref().map(dkim_config).transpose()?,
+            confirm_lifetime_secs: config.signup.confirm_link_lifetime.as_secs() as i64,
         };
         composer.self_test()?;
         Ok(composer)
@@ -218,8 +229,24 @@ impl Composer {
             message_id: "00000000000000000000000000000000",
             articles: &articles,
             now: 0,
-        })
-        .map(|_| ())
+        })?;
+        let regions = [crate::store::ReaderRegion {
+            slug: "sample".into(),
+            name: "Sample <Town>".into(),
+            cadence: Cadence::Daily,
+        }];
+        for kind in [DeliveryKind::Confirmation, DeliveryKind::Welcome] {
+            self.signup_email(&SignupRequest {
+                kind,
+                subscriber_id: 1,
+                email: &email,
+                regions: &regions,
+                timezone: "UTC",
+                message_id: "00000000000000000000000000000000",
+                now: 0,
+            })?;
+        }
+        Ok(())
     }
 
     /// The one-click unsubscribe link for a reader.
@@ -233,9 +260,17 @@ impl Composer {
     }
 
     fn link(&self, path: &str, purpose: Purpose, subscriber_id: i64, now: i64) -> String {
-        let token = self
-            .signer
-            .sign(purpose, subscriber_id, now + LINK_LIFETIME_SECS);
+        self.link_until(path, purpose, subscriber_id, now + LINK_LIFETIME_SECS)
+    }
+
+    fn link_until(
+        &self,
+        path: &str,
+        purpose: Purpose,
+        subscriber_id: i64,
+        expires_at: i64,
+    ) -> String {
+        let token = self.signer.sign(purpose, subscriber_id, expires_at);
         let mut url = self.public_url.clone();
         let base = url.path().trim_end_matches('/').to_string();
         url.set_path(&format!("{base}/{path}"));
@@ -316,16 +351,17 @@ impl Composer {
 
     /// Renders the text and HTML parts of a context.
     pub fn render_digest(&self, ctx: &DigestContext) -> Result<(String, String), ComposeError> {
-        let render = |name: &str| {
-            self.env
-                .get_template(name)
-                .and_then(|t| t.render(minijinja::value::Serde(ctx)))
-                .map_err(|e| template_error(name, &e))
-        };
         Ok((
-            render("email/digest.txt.j2")?,
-            render("email/digest.html.j2")?,
+            self.render("email/digest.txt.j2", ctx)?,
+            self.render("email/digest.html.j2", ctx)?,
         ))
+    }
+
+    fn render(&self, name: &str, ctx: &impl Serialize) -> Result<String, ComposeError> {
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(minijinja::value::Serde(ctx)))
+            .map_err(|e| template_error(name, &e))
     }
 
     /// Builds the complete digest email for one reader.
@@ -372,7 +408,7 @@ impl Composer {
 
 /// HTML-escapes `& < > " '` only: minijinja's default also escapes `/`, which turns
 /// every link into `https:&#x2f;&#x2f;…` — valid, but unreadable in the source.
-fn html_formatter(
+pub(crate) fn html_formatter(
     out: &mut minijinja::Output,
     state: &mut minijinja::State,
     value: &minijinja::Value,
@@ -463,7 +499,7 @@ fn dkim_config(settings: &crate::config::DkimSettings) -> Result<DkimConfig, Com
     ))
 }
 
-fn template_error(name: &str, error: &minijinja::Error) -> ComposeError {
+pub(crate) fn template_error(name: &str, error: &minijinja::Error) -> ComposeError {
     let mut message = error.to_string();
     if let Some(line) = error.line() {
         message = format!("line {line}: {message}");
@@ -573,10 +609,102 @@ mod tests {
         assert_eq!(composed.envelope.to()[0].to_string(), "reader@example.org");
     }
 
+    fn signup_email(kind: DeliveryKind) -> (String, Parts) {
+        let composer = Composer::new(&config(), &templates_dir(), Signer::new(b"k")).unwrap();
+        let email = Email::parse("reader@example.org").unwrap();
+        let regions = [
+            crate::store::ReaderRegion {
+                slug: "town".into(),
+                name: "Town <&> Country".into(),
+                cadence: Cadence::Daily,
+            },
+            crate::store::ReaderRegion {
+                slug: "state".into(),
+                name: "State".into(),
+                cadence: Cadence::Alert,
+            },
+        ];
+        let req = SignupRequest {
+            kind,
+            subscriber_id: 12,
+            email: &email,
+            regions: &regions,
+            timezone: "Europe/Berlin",
+            message_id: "0123456789abcdef0123456789abcdef",
+            now: 1_795_248_000,
+        };
+        let composed = composer.signup_email(&req).unwrap();
+        let parts = composer
+            .render_signup(kind, &composer.signup_context(&req))
+            .unwrap();
+        (String::from_utf8(composed.bytes).unwrap(), parts)
+    }
+
+    type Parts = (String, String);
+
+    #[test]
+    fn confirmation_carries_a_signed_confirm_link_and_no_list_headers() {
+        let (message, (plain, html)) = signup_email(DeliveryKind::Confirmation);
+        assert!(
+            message.contains("Subject: Confirm your subscription to Demo News"),
+            "{message}"
+        );
+        assert!(!message.contains("List-Unsubscribe"), "not list mail yet");
+        let signer = Signer::new(b"k");
+        let token = plain
+            .split("https://news.example.org/confirm?token=")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap();
+        assert_eq!(
+            signer.verify(Purpose::Confirm, token, 1_795_248_000 + 6 * 86_400),
+            Ok(12)
+        );
+        assert!(
+            signer
+                .verify(Purpose::Confirm, token, 1_795_248_000 + 8 * 86_400)
+                .is_err(),
+            "the confirmation link lasts signup.confirm_link_lifetime (7 days)"
+        );
+        assert!(
+            plain.contains("- Town <&> Country: Daily digest"),
+            "{plain}"
+        );
+        assert!(plain.contains("- State: Breaking news alerts"));
+        assert!(
+            html.contains("Town &lt;&amp;&gt; Country"),
+            "region names are escaped"
+        );
+        assert!(html.contains(&format!("/confirm?token={token}")));
+        for part in [&plain, &html] {
+            assert!(part.contains("1 Main St"));
+            assert!(part.contains("ignore this email"));
+        }
+    }
+
+    #[test]
+    fn welcome_is_list_mail_with_preferences_and_unsubscribe_links() {
+        let (message, (plain, html)) = signup_email(DeliveryKind::Welcome);
+        assert!(message.contains("Subject: You are subscribed to Demo News"));
+        assert!(
+            message.contains("List-Unsubscribe: <https://news.example.org/unsubscribe?token=12.")
+        );
+        assert!(message.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
+        for part in [&plain, &html] {
+            assert!(part.contains("/preferences?token=12."), "{part}");
+            assert!(part.contains("/unsubscribe?token=12."));
+            assert!(part.contains("Europe/Berlin"));
+            assert!(part.contains("1 Main St"));
+        }
+    }
+
     #[test]
     fn a_broken_template_is_an_error_at_load() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("email")).unwrap();
+        for name in TEMPLATES {
+            std::fs::copy(templates_dir().join(name), dir.path().join(name)).unwrap();
+        }
         std::fs::write(dir.path().join("email/digest.txt.j2"), "ok {{ site_name }}").unwrap();
         std::fs::write(
             dir.path().join("email/digest.html.j2"),

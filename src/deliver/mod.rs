@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc};
 
-use crate::compose::{Composed, Composer, DigestRequest};
+use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
 use crate::config::{Config, TransportKind};
 use crate::domain::{DeliveryKind, DeliveryState, Email, SubscriberState};
 use crate::shutdown::Shutdown;
@@ -494,6 +494,25 @@ fn prepare(composer: &Composer, delivery: &ClaimedDelivery, now: i64) -> Result<
     let email = Email::parse(address).map_err(|e| Outcome::Failed {
         error: e.to_string(),
     })?;
+    match delivery.kind {
+        // Sign-up emails carry links, not articles.
+        DeliveryKind::Confirmation | DeliveryKind::Welcome => {
+            return composer
+                .signup_email(&SignupRequest {
+                    kind: delivery.kind,
+                    subscriber_id: delivery.subscriber_id,
+                    email: &email,
+                    regions: &delivery.regions,
+                    timezone: delivery.timezone.as_deref().unwrap_or("UTC"),
+                    message_id: &delivery.message_id,
+                    now,
+                })
+                .map_err(|e| Outcome::Failed {
+                    error: e.to_string(),
+                });
+        }
+        DeliveryKind::Alert | DeliveryKind::Digest => {}
+    }
     if delivery.articles.is_empty() {
         return Err(Outcome::Cancelled {
             reason: "nothing left to send".into(),

@@ -279,6 +279,8 @@ impl fmt::Display for DeliveryState {
 pub enum DeliveryKind {
     /// A double opt-in confirmation.
     Confirmation,
+    /// "You are subscribed": after confirming, or when a confirmed reader signs up again.
+    Welcome,
     /// A breaking-news alert.
     Alert,
     /// A daily, weekly or manual digest.
@@ -290,15 +292,21 @@ impl DeliveryKind {
     pub fn as_str(self) -> &'static str {
         match self {
             DeliveryKind::Confirmation => "confirmation",
+            DeliveryKind::Welcome => "welcome",
             DeliveryKind::Alert => "alert",
             DeliveryKind::Digest => "digest",
         }
     }
 
-    /// Lower runs first: confirmations and alerts are never starved by digests.
+    /// Whether this is a sign-up email (links, no articles) rather than news.
+    pub fn is_signup(self) -> bool {
+        matches!(self, DeliveryKind::Confirmation | DeliveryKind::Welcome)
+    }
+
+    /// Lower runs first: sign-up emails and alerts are never starved by digests.
     pub fn priority(self) -> i64 {
         match self {
-            DeliveryKind::Confirmation => 0,
+            DeliveryKind::Confirmation | DeliveryKind::Welcome => 0,
             DeliveryKind::Alert => 1,
             DeliveryKind::Digest => 2,
         }
@@ -310,6 +318,7 @@ impl FromStr for DeliveryKind {
     fn from_str(s: &str) -> Result<Self, String> {
         match s {
             "confirmation" => Ok(DeliveryKind::Confirmation),
+            "welcome" => Ok(DeliveryKind::Welcome),
             "alert" => Ok(DeliveryKind::Alert),
             "digest" => Ok(DeliveryKind::Digest),
             other => Err(format!("unknown delivery kind \"{other}\"")),

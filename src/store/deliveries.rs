@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
+use super::signup::ReaderRegion;
 use super::subscribers::email_hash;
 use super::{Result, Store, StoreError, placeholders};
 use crate::domain::{Cadence, DeliveryKind, DeliveryState, RegionSlug, SubscriberState};
@@ -48,6 +49,8 @@ pub struct ClaimedDelivery {
     pub suppressed: bool,
     /// The articles to carry, ordered by region then newest first.
     pub articles: Vec<DeliveryArticle>,
+    /// For sign-up emails only: the regions the reader follows, by name.
+    pub regions: Vec<ReaderRegion>,
 }
 
 /// One article placed in one email.
@@ -368,6 +371,15 @@ impl Store {
                 .collect()
         };
 
+        // Sign-up emails list what the reader chose instead of carrying articles.
+        let is_signup = |kind: &str| kind.parse().is_ok_and(DeliveryKind::is_signup);
+        let signup_readers: Vec<i64> = rows
+            .iter()
+            .filter(|r| is_signup(&r.2))
+            .map(|r| r.1)
+            .collect();
+        let regions = self.reader_regions(&signup_readers).await?;
+
         rows.into_iter()
             .map(
                 |(
@@ -386,10 +398,11 @@ impl Store {
                         .as_deref()
                         .map(|e| suppressed.contains(&email_hash(e)))
                         .unwrap_or(false);
+                    let kind: DeliveryKind = kind.parse().map_err(StoreError::Corrupt)?;
                     Ok(ClaimedDelivery {
                         id,
                         subscriber_id,
-                        kind: kind.parse().map_err(StoreError::Corrupt)?,
+                        kind,
                         cadence: cadence
                             .map(|c| c.parse().map_err(StoreError::Corrupt))
                             .transpose()?,
@@ -403,6 +416,11 @@ impl Store {
                         timezone,
                         suppressed: is_suppressed,
                         articles: articles.remove(&id).unwrap_or_default(),
+                        regions: if kind.is_signup() {
+                            regions.get(&subscriber_id).cloned().unwrap_or_default()
+                        } else {
+                            Vec::new()
+                        },
                     })
                 },
             )

@@ -8,12 +8,17 @@ mod articles;
 mod deliveries;
 mod planning;
 mod seed;
+mod signup;
 mod subscribers;
 
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedPollState, FeedStatus, PushOutcome};
 pub use deliveries::{ClaimedDelivery, DeliveryArticle, Outcome, PlanSummary, QueueStatus};
 pub use planning::{AlertPlan, BreakingArticle, SlotPlan};
+pub use signup::{
+    ConfirmOutcome, Consent, ConsentRecord, ReaderPreferences, ReaderRegion, SignupMail,
+    SignupOutcome, WebSignup,
+};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 
 use std::path::Path;

@@ -142,7 +142,7 @@ impl Store {
             .collect()
     }
 
-    /// Erases a reader: their row and subscriptions go, queued mail to them is cancelled,
+    /// Erases a reader: their row, subscriptions and consent records go, queued mail to them is cancelled,
     /// and a hashed suppression entry stays so no old queue row can reach them.
     /// Returns false when the address was not on file.
     pub async fn remove_subscriber(&self, email: &Email, now: i64) -> Result<bool> {
@@ -164,6 +164,10 @@ impl Store {
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM consents WHERE subscriber_id = $1")
             .bind(id)
             .execute(&mut *tx)
             .await?;

@@ -1,44 +1,97 @@
 //! Web: the HTTP listener of `herald daemon`.
 //!
-//! Health endpoints for operators, the unsubscribe link every email carries
-//! (RFC 8058 one-click `POST`, plus a page with a button for people who click it),
-//! and the token-protected admin API (`admin_api`).
+//! Readers sign themselves up (`signup`: the form, the community search), follow the
+//! links in their emails (`links`: confirm, preferences, RFC 8058 one-click
+//! unsubscribe), and see pages rendered from `templates/web` (`pages`). Operators get
+//! health endpoints; the newsroom's CMS gets the token-protected admin API (`admin_api`).
 
 pub mod admin_api;
+mod forms;
+mod links;
+mod pages;
+mod regions;
+mod signup;
+
+pub use pages::{PageError, Pages};
+pub use regions::RegionIndex;
 
 use std::sync::Arc;
 
 use axum::Router;
-use axum::extract::{Query, State};
+use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
-use axum::response::{Html, IntoResponse, Response};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use serde::Deserialize;
 
 use crate::config::Config;
-use crate::store::{Store, now};
-use crate::tokens::{Purpose, Signer};
+use crate::store::{Store, StoreError};
+use crate::tokens::Signer;
+use pages::{Extra, html};
+use regions::ZoneGroup;
 
 /// What handlers share.
 #[derive(Clone)]
 pub struct AppState {
     /// The database.
     pub store: Store,
-    /// Verifies link tokens.
+    /// Signs and verifies link tokens; keys the hashes behind rate limits and CSRF.
     pub signer: Arc<Signer>,
-    /// The configuration (regions, alert categories).
+    /// The configuration (regions, sign-up limits, alert categories).
     pub config: Arc<Config>,
+    /// The page templates.
+    pub pages: Arc<Pages>,
+    /// The regions, for the pickers and the community search.
+    pub regions: Arc<RegionIndex>,
+    /// The time zone list of the forms, built once.
+    pub zones: Arc<Vec<ZoneGroup>>,
+}
+
+impl AppState {
+    /// Builds the state, loading and checking the page templates (an error names the
+    /// broken template).
+    pub fn new(
+        store: Store,
+        signer: Arc<Signer>,
+        config: Arc<Config>,
+    ) -> Result<AppState, PageError> {
+        let pages = Pages::load(&config)?;
+        let regions = RegionIndex::new(&config.regions, config.signup.search_threshold);
+        Ok(AppState {
+            store,
+            signer,
+            config,
+            pages: Arc::new(pages),
+            regions: Arc::new(regions),
+            zones: Arc::new(regions::zone_groups()),
+        })
+    }
 }
 
 /// The full router.
 pub fn router(state: AppState) -> Router {
+    let reader_pages = Router::new()
+        .route("/", get(signup::signup_page))
+        .route("/subscribe", axum::routing::post(signup::subscribe))
+        .route("/regions", get(signup::search_regions))
+        .route("/confirm", get(links::confirm_page).post(links::confirm))
+        .route(
+            "/preferences",
+            get(links::preferences_page).post(links::preferences),
+        )
+        .route(
+            "/unsubscribe",
+            get(links::unsubscribe_page).post(links::unsubscribe),
+        )
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            refuse_oversized,
+        ))
+        .layer(DefaultBodyLimit::max(forms::MAX_FORM_BYTES));
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .route(
-            "/unsubscribe",
-            get(unsubscribe_page).post(unsubscribe_one_click),
-        )
+        .merge(reader_pages)
         .merge(admin_api::routes(state.clone()))
         .with_state(state)
 }
@@ -55,74 +108,130 @@ async fn readyz(State(state): State<AppState>) -> Response {
     }
 }
 
-#[derive(Deserialize)]
-struct TokenQuery {
-    #[serde(default)]
-    token: String,
-}
-
-fn page(status: StatusCode, title: &str, body: &str) -> Response {
-    let html = format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title}</title></head>\
-         <body style=\"font-family:system-ui,sans-serif;max-width:36rem;margin:3rem auto;padding:0 1rem;line-height:1.5;color:#1a1a1a\">\
-         <h1>{title}</h1>{body}</body></html>"
-    );
-    (status, [(header::CACHE_CONTROL, "no-store")], Html(html)).into_response()
-}
-
-fn invalid_link() -> Response {
-    page(
-        StatusCode::BAD_REQUEST,
-        "This link is not valid",
-        "<p>The link may be incomplete or too old. Use the link in a recent email.</p>",
-    )
-}
-
-/// A page with a button: a GET never changes anything (link scanners follow GETs).
-async fn unsubscribe_page(State(state): State<AppState>, Query(q): Query<TokenQuery>) -> Response {
-    if state
-        .signer
-        .verify(Purpose::Unsubscribe, &q.token, now())
-        .is_err()
-    {
-        return invalid_link();
+/// Refuses a body announced larger than the form cap before reading any of it (bodies
+/// sent without a length are cut at the same cap when read).
+async fn refuse_oversized(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > forms::MAX_FORM_BYTES as u64) {
+        return too_large(&state);
     }
-    let token = q.token.replace(['"', '<', '>', '&'], "");
-    page(
-        StatusCode::OK,
-        "Unsubscribe",
-        &format!(
-            "<p>Stop all emails from this site to your address?</p>\
-             <form method=\"post\" action=\"/unsubscribe?token={token}\">\
-             <input type=\"hidden\" name=\"List-Unsubscribe\" value=\"One-Click\">\
-             <button type=\"submit\" style=\"font-size:1.1rem;padding:.6rem 1.2rem\">Unsubscribe</button></form>"
-        ),
-    )
+    next.run(request).await
 }
 
-/// RFC 8058 one-click: 200, no cookie, no redirect, repeatable.
-async fn unsubscribe_one_click(
-    State(state): State<AppState>,
-    Query(q): Query<TokenQuery>,
+/// A page rendered from `web/message.html.j2`.
+fn message(
+    state: &AppState,
+    status: StatusCode,
+    title: &str,
+    paragraphs: &[&str],
+    link: Option<(&str, &str)>,
+    extra: Extra,
 ) -> Response {
-    let Ok(subscriber_id) = state.signer.verify(Purpose::Unsubscribe, &q.token, now()) else {
-        return invalid_link();
-    };
-    match state.store.unsubscribe(subscriber_id, now()).await {
-        Ok(_) => page(
-            StatusCode::OK,
-            "You are unsubscribed",
-            "<p>You will get no more emails from us. Changed your mind? Sign up again on our home page.</p>",
-        ),
-        Err(error) => {
-            tracing::error!(%error, "unsubscribe failed");
-            page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Please try again",
-                "<p>We could not record your request just now. Please try again in a minute.</p>",
-            )
-        }
+    let mut page = state.pages.message(title, paragraphs);
+    if let Some((url, text)) = link {
+        page.link_url = url.into();
+        page.link_text = text.into();
     }
+    match state.pages.render("web/message.html.j2", &page) {
+        Ok(body) => html(status, body, extra),
+        Err(error) => broken_page(error),
+    }
+}
+
+/// The one error page for every link that is not valid: tampered, expired, or meant
+/// for another page. Which of those it was is not said.
+fn invalid_link(state: &AppState) -> Response {
+    let page = state.pages.message("This link is not valid", &[]);
+    match state.pages.render("web/invalid_link.html.j2", &page) {
+        Ok(body) => html(StatusCode::BAD_REQUEST, body, Extra::default()),
+        Err(error) => broken_page(error),
+    }
+}
+
+/// The page after unsubscribing (one-click, the button, or "leave all").
+fn unsubscribed(state: &AppState) -> Response {
+    let page = state.pages.message("You are unsubscribed", &[]);
+    match state.pages.render("web/unsubscribed.html.j2", &page) {
+        Ok(body) => html(StatusCode::OK, body, Extra::default()),
+        Err(error) => broken_page(error),
+    }
+}
+
+fn too_large(state: &AppState) -> Response {
+    message(
+        state,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "That was too much",
+        &[
+            "The form sent more than this page accepts. Please go back, choose fewer regions and try again.",
+        ],
+        Some(("/", "Back to the sign-up page")),
+        Extra::default(),
+    )
+}
+
+fn rate_limited(state: &AppState, retry_after: i64) -> Response {
+    let minutes = (retry_after + 59) / 60;
+    let wait = if minutes <= 1 {
+        "a minute".to_string()
+    } else {
+        format!("{minutes} minutes")
+    };
+    let text = format!(
+        "There have been too many sign-ups from here, or for this address, in a short time. Please try again in {wait}."
+    );
+    message(
+        state,
+        StatusCode::TOO_MANY_REQUESTS,
+        "Please wait a little",
+        &[text.as_str()],
+        None,
+        Extra {
+            retry_after: Some(retry_after),
+            ..Extra::default()
+        },
+    )
+}
+
+fn cross_site(state: &AppState) -> Response {
+    message(
+        state,
+        StatusCode::FORBIDDEN,
+        "This form came from another site",
+        &["Nothing was changed. Please open the link from your email again."],
+        None,
+        Extra::default(),
+    )
+}
+
+fn try_again(state: &AppState, error: &StoreError) -> Response {
+    tracing::error!(%error, "a reader's request failed");
+    message(
+        state,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "Please try again",
+        &[
+            "We could not handle your request just now. Nothing was changed. Please try again in a minute.",
+        ],
+        None,
+        Extra {
+            retry_after: Some(60),
+            ..Extra::default()
+        },
+    )
+}
+
+/// A template that rendered at start-up but not now: say so plainly, log the detail.
+fn broken_page(error: PageError) -> Response {
+    tracing::error!(%error, "a page template failed to render");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "Sorry, this page is broken. Please try again later.\n",
+    )
+        .into_response()
 }

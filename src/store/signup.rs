@@ -1,0 +1,861 @@
+//! Web sign-up: pending readers with their consent record, double opt-in, the
+//! preferences page, sign-up emails in the outbox, and the limits that guard the form.
+
+use std::collections::HashMap;
+
+use sqlx::AssertSqlSafe;
+
+use super::subscribers::email_hash;
+use super::{Result, Store, StoreError, placeholders};
+use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, SubscriberState, Timezone};
+
+/// Where a sign-up came from and what the reader agreed to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Consent {
+    /// The client's IP address.
+    pub ip: String,
+    /// The browser's `User-Agent` (truncated).
+    pub user_agent: String,
+    /// The version of the consent text shown on the form.
+    pub text_version: String,
+}
+
+/// A sign-up from the web form, already validated.
+#[derive(Debug, Clone)]
+pub struct WebSignup {
+    /// Address.
+    pub email: Email,
+    /// Regions with the cadence for each.
+    pub regions: Vec<(RegionSlug, Cadence)>,
+    /// The reader's zone.
+    pub timezone: Timezone,
+    /// The consent given with it.
+    pub consent: Consent,
+}
+
+/// How many sign-up emails an address may get, and how long a queued one stays worth sending.
+#[derive(Debug, Clone, Copy)]
+pub struct SignupMail {
+    /// Sign-up emails (confirmations and welcomes) per address in any 24 hours.
+    pub per_day: u32,
+    /// Expiry of the row queued now.
+    pub expires_at: i64,
+}
+
+/// What a web sign-up did. The reader sees the same page whichever it is, so that
+/// nobody can learn from the form whether an address is subscribed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignupOutcome {
+    /// A new or returning reader is pending, and a confirmation email is queued.
+    ConfirmationQueued,
+    /// The address was confirmed already: nothing changed, and a welcome email with the
+    /// preferences link is queued so its owner can change what they get.
+    WelcomeQueued,
+    /// The address had its share of sign-up emails today: nothing is mailed.
+    EmailLimitReached,
+    /// The address is suppressed (bounced, or erased): nothing changed.
+    Suppressed,
+}
+
+/// What confirming did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfirmOutcome {
+    /// The reader was pending and is now confirmed; a welcome email is queued.
+    Confirmed,
+    /// The reader had confirmed before (the link was used twice).
+    AlreadyConfirmed,
+    /// No pending reader has this id (unsubscribed, suppressed or erased meanwhile).
+    NotPending,
+}
+
+/// A reader as the preferences page shows them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderPreferences {
+    /// Address.
+    pub email: String,
+    /// State.
+    pub state: SubscriberState,
+    /// Zone name.
+    pub timezone: String,
+    /// Regions followed, with cadences, sorted by region.
+    pub regions: Vec<(RegionSlug, Cadence)>,
+    /// When the row was made (a link issued before it was meant for someone else).
+    pub created_at: i64,
+}
+
+/// One region a reader follows, as sign-up emails list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderRegion {
+    /// Slug.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// How often.
+    pub cadence: Cadence,
+}
+
+/// The newest consent record of a reader, for `herald subscribers export`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsentRecord {
+    /// When the form was submitted.
+    pub given_at: i64,
+    /// From where.
+    pub ip: String,
+    /// With which browser.
+    pub user_agent: String,
+    /// Which consent text the reader saw.
+    pub text_version: String,
+    /// When the confirmation link was used.
+    pub confirmed_at: Option<i64>,
+    /// From where it was used.
+    pub confirmed_ip: Option<String>,
+}
+
+type Tx = sqlx::Transaction<'static, sqlx::Any>;
+
+impl Store {
+    /// Records a web sign-up and queues the email it calls for, in one transaction.
+    ///
+    /// New, pending and unsubscribed addresses become pending with the chosen regions
+    /// and a new consent record, and get a confirmation email. A confirmed address is
+    /// left as it is (whoever filled the form may not own it) and gets a welcome email
+    /// with its preferences link. Either email only within `mail.per_day`.
+    pub async fn record_web_signup(
+        &self,
+        signup: &WebSignup,
+        now: i64,
+        mail: SignupMail,
+    ) -> Result<SignupOutcome> {
+        let mut tx = self.begin_write().await?;
+        let suppressed: Option<(String,)> =
+            sqlx::query_as("SELECT email_hash FROM suppressions WHERE email_hash = $1")
+                .bind(email_hash(signup.email.as_str()))
+                .fetch_optional(&mut *tx)
+                .await?;
+        if suppressed.is_some() {
+            tx.rollback().await?;
+            return Ok(SignupOutcome::Suppressed);
+        }
+        let existing: Option<(i64, String)> =
+            sqlx::query_as("SELECT id, state FROM subscribers WHERE email = $1")
+                .bind(signup.email.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let (id, state) = match existing {
+            Some((id, state)) => (id, state.parse().map_err(StoreError::Corrupt)?),
+            None => {
+                let (id,): (i64,) = sqlx::query_as(
+                    "INSERT INTO subscribers (email, state, timezone, created_at, updated_at)
+                     VALUES ($1, 'pending', $2, $3, $3) RETURNING id",
+                )
+                .bind(signup.email.as_str())
+                .bind(signup.timezone.name())
+                .bind(now)
+                .fetch_one(&mut *tx)
+                .await?;
+                (id, SubscriberState::Pending)
+            }
+        };
+        let kind = match state {
+            SubscriberState::Suppressed => {
+                tx.rollback().await?;
+                return Ok(SignupOutcome::Suppressed);
+            }
+            SubscriberState::Confirmed => DeliveryKind::Welcome,
+            SubscriberState::Pending | SubscriberState::Unsubscribed => {
+                sqlx::query(
+                    "UPDATE subscribers SET state = 'pending', timezone = $1, confirmed_at = NULL,
+                         updated_at = $2
+                     WHERE id = $3",
+                )
+                .bind(signup.timezone.name())
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                replace_subscriptions(&mut tx, id, &signup.regions, now).await?;
+                sqlx::query(
+                    "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, text_version)
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(now)
+                .bind(&signup.consent.ip)
+                .bind(&signup.consent.user_agent)
+                .bind(&signup.consent.text_version)
+                .execute(&mut *tx)
+                .await?;
+                DeliveryKind::Confirmation
+            }
+        };
+        let (sent_today,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM deliveries
+             WHERE subscriber_id = $1 AND kind IN ('confirmation', 'welcome') AND created_at > $2",
+        )
+        .bind(id)
+        .bind(now - 86_400)
+        .fetch_one(&mut *tx)
+        .await?;
+        let outcome = if sent_today >= i64::from(mail.per_day) {
+            SignupOutcome::EmailLimitReached
+        } else {
+            queue_signup_email(&mut tx, id, kind, now, mail.expires_at).await?;
+            match kind {
+                DeliveryKind::Welcome => SignupOutcome::WelcomeQueued,
+                _ => SignupOutcome::ConfirmationQueued,
+            }
+        };
+        tx.commit().await?;
+        Ok(outcome)
+    }
+
+    /// Confirms a pending reader (double opt-in), completes their consent record with
+    /// the confirming request's IP, and queues their welcome email.
+    pub async fn confirm_subscriber(
+        &self,
+        subscriber_id: i64,
+        ip: &str,
+        now: i64,
+        welcome_expires_at: i64,
+    ) -> Result<ConfirmOutcome> {
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE subscribers SET state = 'confirmed', confirmed_at = $1, updated_at = $1
+             WHERE id = $2 AND state = 'pending'",
+        )
+        .bind(now)
+        .bind(subscriber_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            let state: Option<(String,)> =
+                sqlx::query_as("SELECT state FROM subscribers WHERE id = $1")
+                    .bind(subscriber_id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(match state {
+                Some((s,)) if s == SubscriberState::Confirmed.as_str() => {
+                    ConfirmOutcome::AlreadyConfirmed
+                }
+                _ => ConfirmOutcome::NotPending,
+            });
+        }
+        sqlx::query(
+            "UPDATE consents SET confirmed_at = $1, confirmed_ip = $2
+             WHERE id = (SELECT MAX(id) FROM consents WHERE subscriber_id = $3)",
+        )
+        .bind(now)
+        .bind(ip)
+        .bind(subscriber_id)
+        .execute(&mut *tx)
+        .await?;
+        // The subscription starts now: a first digest must not reach back to a sign-up
+        // that waited days for its confirmation.
+        sqlx::query("UPDATE subscriptions SET created_at = $1 WHERE subscriber_id = $2")
+            .bind(now)
+            .bind(subscriber_id)
+            .execute(&mut *tx)
+            .await?;
+        queue_signup_email(
+            &mut tx,
+            subscriber_id,
+            DeliveryKind::Welcome,
+            now,
+            welcome_expires_at,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(ConfirmOutcome::Confirmed)
+    }
+
+    /// A reader's address, state, zone and regions, or `None` when erased.
+    pub async fn reader_preferences(
+        &self,
+        subscriber_id: i64,
+    ) -> Result<Option<ReaderPreferences>> {
+        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+            "SELECT email, state, timezone, created_at FROM subscribers WHERE id = $1",
+        )
+        .bind(subscriber_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let Some((email, state, timezone, created_at)) = row else {
+            return Ok(None);
+        };
+        let subs: Vec<(String, String)> = sqlx::query_as(
+            "SELECT region_slug, cadence FROM subscriptions WHERE subscriber_id = $1 ORDER BY region_slug",
+        )
+        .bind(subscriber_id)
+        .fetch_all(&self.pool)
+        .await?;
+        let regions = subs
+            .into_iter()
+            .map(|(slug, cadence)| {
+                Ok((
+                    slug.parse().map_err(StoreError::Corrupt)?,
+                    cadence.parse().map_err(StoreError::Corrupt)?,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Some(ReaderPreferences {
+            email,
+            state: state.parse().map_err(StoreError::Corrupt)?,
+            timezone,
+            regions,
+            created_at,
+        }))
+    }
+
+    /// Replaces a confirmed reader's regions, cadences and zone. Returns false (and
+    /// changes nothing) when the reader is not confirmed.
+    pub async fn update_preferences(
+        &self,
+        subscriber_id: i64,
+        regions: &[(RegionSlug, Cadence)],
+        timezone: Timezone,
+        now: i64,
+    ) -> Result<bool> {
+        let mut tx = self.begin_write().await?;
+        let changed = sqlx::query(
+            "UPDATE subscribers SET timezone = $1, updated_at = $2 WHERE id = $3 AND state = 'confirmed'",
+        )
+        .bind(timezone.name())
+        .bind(now)
+        .bind(subscriber_id)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if changed == 0 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        replace_subscriptions(&mut tx, subscriber_id, regions, now).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Counts one hit against `key` in a sliding window, unless `limit` hits already fell
+    /// inside it: then nothing is recorded and the seconds until the oldest one leaves
+    /// the window are returned (for `Retry-After`).
+    pub async fn hit_rate_limit(
+        &self,
+        scope: &str,
+        key_hash: &str,
+        now: i64,
+        window_secs: i64,
+        limit: u32,
+    ) -> Result<Option<i64>> {
+        let cutoff = now - window_secs;
+        let mut tx = self.begin_write().await?;
+        sqlx::query("DELETE FROM rate_limit_hits WHERE scope = $1 AND at <= $2")
+            .bind(scope)
+            .bind(cutoff)
+            .execute(&mut *tx)
+            .await?;
+        let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(at) FROM rate_limit_hits WHERE scope = $1 AND key_hash = $2 AND at > $3",
+        )
+        .bind(scope)
+        .bind(key_hash)
+        .bind(cutoff)
+        .fetch_one(&mut *tx)
+        .await?;
+        if count >= i64::from(limit) {
+            tx.rollback().await?;
+            let retry_after = oldest.unwrap_or(now) + window_secs - now;
+            return Ok(Some(retry_after.max(1)));
+        }
+        sqlx::query("INSERT INTO rate_limit_hits (scope, key_hash, at) VALUES ($1, $2, $3)")
+            .bind(scope)
+            .bind(key_hash)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    /// The newest consent record of every reader who signed up on the web, by reader id.
+    pub async fn consent_records(&self) -> Result<HashMap<i64, ConsentRecord>> {
+        let rows: Vec<ConsentRow> = sqlx::query_as(
+            "SELECT c.subscriber_id, c.given_at, c.ip, c.user_agent, c.text_version,
+                    c.confirmed_at, c.confirmed_ip
+             FROM consents c
+             WHERE c.id = (SELECT MAX(c2.id) FROM consents c2 WHERE c2.subscriber_id = c.subscriber_id)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, given_at, ip, user_agent, text_version, confirmed_at, confirmed_ip)| {
+                    (
+                        id,
+                        ConsentRecord {
+                            given_at,
+                            ip,
+                            user_agent,
+                            text_version,
+                            confirmed_at,
+                            confirmed_ip,
+                        },
+                    )
+                },
+            )
+            .collect())
+    }
+
+    /// The regions of each reader, with display names, for sign-up emails.
+    pub(super) async fn reader_regions(
+        &self,
+        subscriber_ids: &[i64],
+    ) -> Result<HashMap<i64, Vec<ReaderRegion>>> {
+        let mut out: HashMap<i64, Vec<ReaderRegion>> = HashMap::new();
+        if subscriber_ids.is_empty() {
+            return Ok(out);
+        }
+        let sql = format!(
+            "SELECT sub.subscriber_id, sub.region_slug, COALESCE(r.name, sub.region_slug), sub.cadence
+             FROM subscriptions sub LEFT JOIN regions r ON r.slug = sub.region_slug
+             WHERE sub.subscriber_id IN ({})
+             ORDER BY sub.subscriber_id, COALESCE(r.name, sub.region_slug)",
+            placeholders(1, subscriber_ids.len())
+        );
+        let mut query = sqlx::query_as::<_, (i64, String, String, String)>(AssertSqlSafe(sql));
+        for id in subscriber_ids {
+            query = query.bind(*id);
+        }
+        for (id, slug, name, cadence) in query.fetch_all(&self.pool).await? {
+            out.entry(id).or_default().push(ReaderRegion {
+                slug,
+                name,
+                cadence: cadence.parse().map_err(StoreError::Corrupt)?,
+            });
+        }
+        Ok(out)
+    }
+}
+
+type ConsentRow = (
+    i64,
+    i64,
+    String,
+    String,
+    String,
+    Option<i64>,
+    Option<String>,
+);
+
+/// Makes a reader's subscriptions exactly `regions`, keeping the start of those that stay
+/// at the same cadence (the digest window counts from it).
+async fn replace_subscriptions(
+    tx: &mut Tx,
+    subscriber_id: i64,
+    regions: &[(RegionSlug, Cadence)],
+    now: i64,
+) -> Result<()> {
+    let current: Vec<(String, String)> =
+        sqlx::query_as("SELECT region_slug, cadence FROM subscriptions WHERE subscriber_id = $1")
+            .bind(subscriber_id)
+            .fetch_all(&mut **tx)
+            .await?;
+    for (slug, cadence) in &current {
+        let wanted = regions.iter().find(|(r, _)| r.as_str() == slug);
+        match wanted {
+            Some((_, c)) if c.as_str() == cadence => {}
+            Some((_, c)) => {
+                sqlx::query(
+                    "UPDATE subscriptions SET cadence = $1, created_at = $2
+                     WHERE subscriber_id = $3 AND region_slug = $4",
+                )
+                .bind(c.as_str())
+                .bind(now)
+                .bind(subscriber_id)
+                .bind(slug)
+                .execute(&mut **tx)
+                .await?;
+            }
+            None => {
+                sqlx::query(
+                    "DELETE FROM subscriptions WHERE subscriber_id = $1 AND region_slug = $2",
+                )
+                .bind(subscriber_id)
+                .bind(slug)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+    }
+    for (region, cadence) in regions {
+        if current.iter().any(|(slug, _)| slug == region.as_str()) {
+            continue;
+        }
+        sqlx::query(
+            "INSERT INTO subscriptions (subscriber_id, region_slug, cadence, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (subscriber_id, region_slug) DO NOTHING",
+        )
+        .bind(subscriber_id)
+        .bind(region.as_str())
+        .bind(cadence.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Queues one sign-up email as its own edition (the outbox keys rows by reader and
+/// edition, and a reader may get several of these).
+async fn queue_signup_email(
+    tx: &mut Tx,
+    subscriber_id: i64,
+    kind: DeliveryKind,
+    now: i64,
+    expires_at: i64,
+) -> Result<()> {
+    let key = uuid::Uuid::new_v4().simple().to_string();
+    let (edition_id,): (i64,) = sqlx::query_as(
+        "INSERT INTO editions (slot_key, kind, planned_at) VALUES ($1, $2, $3) RETURNING id",
+    )
+    .bind(format!("{}:{key}", kind.as_str()))
+    .bind(kind.as_str())
+    .bind(now)
+    .fetch_one(&mut **tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO deliveries (edition_id, subscriber_id, kind, priority, state, attempts,
+             message_id, next_attempt_at, expires_at, created_at, updated_at)
+         VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $6, $6)",
+    )
+    .bind(edition_id)
+    .bind(subscriber_id)
+    .bind(kind.as_str())
+    .bind(kind.priority())
+    .bind(format!("{:032x}", uuid::Uuid::new_v4().as_u128()))
+    .bind(now)
+    .bind(expires_at)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::DeliveryState;
+    use crate::store::NewSubscriber;
+    use crate::store::testing::stores;
+
+    const DAY: i64 = 86_400;
+
+    fn signup(email: &str, regions: &[(&str, Cadence)]) -> WebSignup {
+        WebSignup {
+            email: Email::parse(email).unwrap(),
+            regions: regions
+                .iter()
+                .map(|(r, c)| (r.parse().unwrap(), *c))
+                .collect(),
+            timezone: "Europe/Berlin".parse().unwrap(),
+            consent: Consent {
+                ip: "203.0.113.9".into(),
+                user_agent: "TestBrowser/1.0".into(),
+                text_version: "v1".into(),
+            },
+        }
+    }
+
+    fn mail(now: i64) -> SignupMail {
+        SignupMail {
+            per_day: 3,
+            expires_at: now + DAY,
+        }
+    }
+
+    async fn kinds(store: &Store) -> Vec<String> {
+        let rows: Vec<(String,)> = sqlx::query_as("SELECT kind FROM deliveries ORDER BY id")
+            .fetch_all(&store.pool)
+            .await
+            .unwrap();
+        rows.into_iter().map(|(k,)| k).collect()
+    }
+
+    async fn state_of(store: &Store, email: &str) -> SubscriberState {
+        let list = store.list_subscribers().await.unwrap();
+        list.iter().find(|r| r.email == email).unwrap().state
+    }
+
+    #[tokio::test]
+    async fn signup_confirm_and_the_daily_email_limit() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let ada = signup("Ada@Example.org", &[("town", Cadence::Daily)]);
+            let t0 = 1_000_000;
+            assert_eq!(
+                store.record_web_signup(&ada, t0, mail(t0)).await.unwrap(),
+                SignupOutcome::ConfirmationQueued
+            );
+            assert_eq!(
+                state_of(store, "ada@example.org").await,
+                SubscriberState::Pending
+            );
+            // Signing up again while pending: the newest choice wins, another email goes out...
+            let again = signup("ada@example.org", &[("state", Cadence::Weekly)]);
+            for i in 1..3 {
+                assert_eq!(
+                    store
+                        .record_web_signup(&again, t0 + i, mail(t0))
+                        .await
+                        .unwrap(),
+                    SignupOutcome::ConfirmationQueued
+                );
+            }
+            // ...but no more than three a day.
+            assert_eq!(
+                store
+                    .record_web_signup(&again, t0 + 10, mail(t0))
+                    .await
+                    .unwrap(),
+                SignupOutcome::EmailLimitReached,
+                "{backend:?}"
+            );
+            assert_eq!(kinds(store).await, ["confirmation"; 3]);
+            let id = store.list_subscribers().await.unwrap()[0].id;
+            let prefs = store.reader_preferences(id).await.unwrap().unwrap();
+            assert_eq!(
+                prefs.regions,
+                vec![("state".parse().unwrap(), Cadence::Weekly)]
+            );
+            assert_eq!(prefs.timezone, "Europe/Berlin");
+
+            // Confirming queues a welcome; the link used twice does nothing more.
+            assert_eq!(
+                store
+                    .confirm_subscriber(id, "198.51.100.7", t0 + 20, t0 + DAY)
+                    .await
+                    .unwrap(),
+                ConfirmOutcome::Confirmed
+            );
+            assert_eq!(
+                store
+                    .confirm_subscriber(id, "198.51.100.7", t0 + 30, t0 + DAY)
+                    .await
+                    .unwrap(),
+                ConfirmOutcome::AlreadyConfirmed
+            );
+            assert_eq!(kinds(store).await.last().unwrap(), "welcome");
+            let consent = store.consent_records().await.unwrap().remove(&id).unwrap();
+            assert_eq!(consent.given_at, t0 + 10, "the newest consent is shown");
+            assert_eq!(consent.ip, "203.0.113.9");
+            assert_eq!(consent.user_agent, "TestBrowser/1.0");
+            assert_eq!(consent.text_version, "v1");
+            assert_eq!(consent.confirmed_at, Some(t0 + 20));
+            assert_eq!(consent.confirmed_ip.as_deref(), Some("198.51.100.7"));
+
+            // A confirmed address signing up again changes nothing; a day later its
+            // owner gets a welcome with the preferences link.
+            let other = signup("ada@example.org", &[("town", Cadence::Alert)]);
+            assert_eq!(
+                store
+                    .record_web_signup(&other, t0 + 40, mail(t0))
+                    .await
+                    .unwrap(),
+                SignupOutcome::EmailLimitReached
+            );
+            assert_eq!(
+                store
+                    .record_web_signup(&other, t0 + 2 * DAY, mail(t0))
+                    .await
+                    .unwrap(),
+                SignupOutcome::WelcomeQueued
+            );
+            let prefs = store.reader_preferences(id).await.unwrap().unwrap();
+            assert_eq!(prefs.state, SubscriberState::Confirmed);
+            assert_eq!(
+                prefs.regions,
+                vec![("state".parse().unwrap(), Cadence::Weekly)],
+                "a sign-up never changes a confirmed reader's regions"
+            );
+
+            // Unsubscribed, then back through the form: pending again, confirmation again.
+            store.unsubscribe(id, t0 + 3 * DAY).await.unwrap();
+            assert_eq!(
+                store
+                    .record_web_signup(&other, t0 + 3 * DAY + 1, mail(t0 + 3 * DAY))
+                    .await
+                    .unwrap(),
+                SignupOutcome::ConfirmationQueued
+            );
+            assert_eq!(
+                state_of(store, "ada@example.org").await,
+                SubscriberState::Pending
+            );
+
+            // Erased: the suppression entry keeps the form from reaching the address.
+            let email = Email::parse("ada@example.org").unwrap();
+            store.remove_subscriber(&email, t0 + 4 * DAY).await.unwrap();
+            assert!(store.consent_records().await.unwrap().is_empty());
+            let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM consents")
+                .fetch_one(&store.pool)
+                .await
+                .unwrap();
+            assert_eq!(n, 0, "removal erases the consent records");
+            assert_eq!(
+                store
+                    .record_web_signup(&other, t0 + 5 * DAY, mail(t0 + 5 * DAY))
+                    .await
+                    .unwrap(),
+                SignupOutcome::Suppressed
+            );
+            assert!(store.list_subscribers().await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn sign_up_emails_reach_pending_readers_with_their_regions() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            for (slug, name) in [("town", "Town"), ("state", "Across the State")] {
+                sqlx::query("INSERT INTO regions (slug, name, timezone) VALUES ($1, $2, 'UTC')")
+                    .bind(slug)
+                    .bind(name)
+                    .execute(&store.pool)
+                    .await
+                    .unwrap();
+            }
+            let ada = signup(
+                "ada@example.org",
+                &[("town", Cadence::Daily), ("state", Cadence::Alert)],
+            );
+            store.record_web_signup(&ada, 100, mail(100)).await.unwrap();
+            let claimed = store.claim_due_deliveries(10, 100, 400).await.unwrap();
+            assert_eq!(claimed.len(), 1, "{backend:?}");
+            let row = &claimed[0];
+            assert_eq!(row.kind, DeliveryKind::Confirmation);
+            assert_eq!(row.subscriber_state, Some(SubscriberState::Pending));
+            assert_eq!(row.message_id.len(), 32);
+            let names: Vec<(&str, Cadence)> = row
+                .regions
+                .iter()
+                .map(|r| (r.name.as_str(), r.cadence))
+                .collect();
+            assert_eq!(
+                names,
+                [
+                    ("Across the State", Cadence::Alert),
+                    ("Town", Cadence::Daily)
+                ]
+            );
+            // Sign-up emails go ahead of digests and alerts.
+            assert_eq!(row.kind.priority(), 0);
+        }
+    }
+
+    #[tokio::test]
+    async fn preferences_change_regions_cadences_and_zone_of_confirmed_readers_only() {
+        for (_backend, t) in stores().await {
+            let store = &t.store;
+            let reader = |email: &str, confirmed| NewSubscriber {
+                email: Email::parse(email).unwrap(),
+                regions: vec![
+                    ("town".parse().unwrap(), Cadence::Daily),
+                    ("state".parse().unwrap(), Cadence::Daily),
+                ],
+                timezone: "UTC".parse().unwrap(),
+                confirmed,
+            };
+            store
+                .add_subscriber(&reader("a@example.org", true), 1)
+                .await
+                .unwrap();
+            store
+                .add_subscriber(&reader("p@example.org", false), 1)
+                .await
+                .unwrap();
+            let list = store.list_subscribers().await.unwrap();
+            let (a, p) = (list[0].id, list[1].id);
+            let wanted = vec![
+                ("state".parse().unwrap(), Cadence::Weekly),
+                ("village".parse().unwrap(), Cadence::Alert),
+            ];
+            let zone: Timezone = "Asia/Kolkata".parse().unwrap();
+            assert!(store.update_preferences(a, &wanted, zone, 5).await.unwrap());
+            assert!(!store.update_preferences(p, &wanted, zone, 5).await.unwrap());
+            let prefs = store.reader_preferences(a).await.unwrap().unwrap();
+            assert_eq!(prefs.timezone, "Asia/Kolkata");
+            assert_eq!(prefs.regions, wanted);
+            let pending = store.reader_preferences(p).await.unwrap().unwrap();
+            assert_eq!(pending.regions.len(), 2, "a pending reader is unchanged");
+            assert_eq!(store.reader_preferences(999).await.unwrap(), None);
+        }
+    }
+
+    #[tokio::test]
+    async fn rate_limits_slide() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            for i in 0..5 {
+                assert_eq!(
+                    store
+                        .hit_rate_limit("ip", "k1", 1_000 + i, 3_600, 5)
+                        .await
+                        .unwrap(),
+                    None,
+                    "{backend:?}"
+                );
+            }
+            assert_eq!(
+                store
+                    .hit_rate_limit("ip", "k1", 1_010, 3_600, 5)
+                    .await
+                    .unwrap(),
+                Some(3_590),
+                "the sixth waits until the first leaves the window"
+            );
+            // Other keys and scopes are counted apart.
+            assert_eq!(
+                store
+                    .hit_rate_limit("ip", "k2", 1_010, 3_600, 5)
+                    .await
+                    .unwrap(),
+                None
+            );
+            assert_eq!(
+                store
+                    .hit_rate_limit("address", "k1", 1_010, 3_600, 5)
+                    .await
+                    .unwrap(),
+                None
+            );
+            assert_eq!(
+                store
+                    .hit_rate_limit("ip", "k1", 4_601, 3_600, 5)
+                    .await
+                    .unwrap(),
+                None,
+                "the first hit left the window"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unsubscribed_readers_get_no_sign_up_mail_at_send_time() {
+        for (_backend, t) in stores().await {
+            let store = &t.store;
+            let ada = signup("ada@example.org", &[("town", Cadence::Daily)]);
+            store.record_web_signup(&ada, 100, mail(100)).await.unwrap();
+            let id = store.list_subscribers().await.unwrap()[0].id;
+            store.unsubscribe(id, 101).await.unwrap();
+            assert!(
+                store
+                    .claim_due_deliveries(10, 102, 400)
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let ledger = store.delivery_ledger().await.unwrap();
+            assert_eq!(ledger[0].state, DeliveryState::Cancelled);
+        }
+    }
+}
