@@ -235,3 +235,44 @@ fn the_token_is_checked_before_the_body_is_read() {
     assert!(head.starts_with("HTTP/1.1 413"), "{head}");
     daemon.stop();
 }
+
+#[test]
+fn a_pushed_breaking_article_becomes_an_alert_email_at_a_real_smtp_server() {
+    let smtp = support::SmtpServer::start();
+    let site = Site::new(smtp.port)
+        .with_extra("[alerts]\nquiet_hours = \"\"\n\n[schedule]\ntick = \"200ms\"\n")
+        .with_regions(
+            r#"
+[[regions]]
+slug = "riverton"
+name = "Riverton"
+"#,
+        );
+    let token = site
+        .run(&["admin", "token", "create", "cms"])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
+    site.run(&["subscribers", "add", "alerts@example.org", "--region", "riverton", "--cadence", "alert", "--confirmed"])
+        .ok();
+    site.run(&["subscribers", "add", "daily@example.org", "--region", "riverton", "--confirmed"])
+        .ok();
+    let daemon = Daemon::start(&site);
+    let (status, body) = post(
+        &site,
+        Some(&token),
+        r#"{"region": "riverton", "title": "Levee breach on the east bank", "url": "https://news.test.example/levee", "summary": "Evacuations are under way.", "breaking": true}"#,
+    );
+    assert!(status == 200 || status == 201, "{status} {body}");
+    let messages = smtp.wait_for(1, Duration::from_secs(20));
+    daemon.stop();
+    assert_eq!(messages.len(), 1, "one alert, to the alert reader only");
+    assert_eq!(messages[0].0.trim(), "alerts@example.org");
+    let email = support::parse_email(&messages[0].1);
+    let subject = email.header("Subject").unwrap();
+    assert!(subject.contains("alert") && subject.contains("Levee breach"), "{subject}");
+    assert!(email.parts[0].1.contains("https://news.test.example/levee"));
+    let rows = site.sql("SELECT kind, state FROM deliveries");
+    assert_eq!(rows, vec![vec!["alert".to_string(), "sent".to_string()]]);
+}
