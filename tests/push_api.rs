@@ -254,10 +254,26 @@ name = "Riverton"
         .stdout()
         .trim()
         .to_string();
-    site.run(&["subscribers", "add", "alerts@example.org", "--region", "riverton", "--cadence", "alert", "--confirmed"])
-        .ok();
-    site.run(&["subscribers", "add", "daily@example.org", "--region", "riverton", "--confirmed"])
-        .ok();
+    site.run(&[
+        "subscribers",
+        "add",
+        "alerts@example.org",
+        "--region",
+        "riverton",
+        "--cadence",
+        "alert",
+        "--confirmed",
+    ])
+    .ok();
+    site.run(&[
+        "subscribers",
+        "add",
+        "daily@example.org",
+        "--region",
+        "riverton",
+        "--confirmed",
+    ])
+    .ok();
     let daemon = Daemon::start(&site);
     let (status, body) = post(
         &site,
@@ -271,7 +287,10 @@ name = "Riverton"
     assert_eq!(messages[0].0.trim(), "alerts@example.org");
     let email = support::parse_email(&messages[0].1);
     let subject = email.header("Subject").unwrap();
-    assert!(subject.contains("alert") && subject.contains("Levee breach"), "{subject}");
+    assert!(
+        subject.contains("alert") && subject.contains("Levee breach"),
+        "{subject}"
+    );
     assert!(email.parts[0].1.contains("https://news.test.example/levee"));
     let rows = site.sql("SELECT kind, state FROM deliveries");
     assert_eq!(rows, vec![vec!["alert".to_string(), "sent".to_string()]]);

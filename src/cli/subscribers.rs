@@ -196,6 +196,16 @@ async fn import(
     let cadence_col = column("cadence");
     let timezone_col = column("timezone");
     let (mut added, mut updated, mut unchanged, mut rejected) = (0, 0, 0, 0);
+    let mut pending = Vec::new();
+    let mut tally = |outcomes: Vec<AddOutcome>| {
+        for outcome in outcomes {
+            match outcome {
+                AddOutcome::Added => added += 1,
+                AddOutcome::AddedRegions(_) => updated += 1,
+                AddOutcome::Unchanged => unchanged += 1,
+            }
+        }
+    };
     for (i, record) in reader_csv.records().enumerate() {
         let line = i + 2;
         let record = match record {
@@ -228,17 +238,19 @@ async fn import(
             )
         });
         match result {
-            Ok(new) => match store.add_subscriber(&new, now()).await? {
-                AddOutcome::Added => added += 1,
-                AddOutcome::AddedRegions(_) => updated += 1,
-                AddOutcome::Unchanged => unchanged += 1,
-            },
+            Ok(new) => pending.push(new),
             Err(e) => {
                 eprintln!("line {line}: skipped: {e}");
                 rejected += 1;
             }
         }
+        // Commit in chunks: one forced flush per thousand readers, not per reader.
+        if pending.len() >= 1_000 {
+            tally(store.add_subscribers(&pending, now()).await?);
+            pending.clear();
+        }
     }
+    tally(store.add_subscribers(&pending, now()).await?);
     println!(
         "imported: {added} added, {updated} updated, {unchanged} unchanged, {rejected} rejected"
     );

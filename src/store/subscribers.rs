@@ -57,56 +57,22 @@ pub fn email_hash(email: &str) -> String {
 impl Store {
     /// Adds a reader, or adds regions to an existing one; never changes state or cadences.
     pub async fn add_subscriber(&self, new: &NewSubscriber, now: i64) -> Result<AddOutcome> {
+        Ok(self.add_subscribers(std::slice::from_ref(new), now).await?[0])
+    }
+
+    /// Adds many readers in one transaction (an import): one forced flush for the lot.
+    pub async fn add_subscribers(
+        &self,
+        readers: &[NewSubscriber],
+        now: i64,
+    ) -> Result<Vec<AddOutcome>> {
         let mut tx = self.begin_write().await?;
-        let state = if new.confirmed {
-            SubscriberState::Confirmed
-        } else {
-            SubscriberState::Pending
-        };
-        let inserted: Option<(i64,)> = sqlx::query_as(
-            "INSERT INTO subscribers (email, state, timezone, created_at, confirmed_at, updated_at)
-             VALUES ($1, $2, $3, $4, $5, $4)
-             ON CONFLICT (email) DO NOTHING RETURNING id",
-        )
-        .bind(new.email.as_str())
-        .bind(state.as_str())
-        .bind(new.timezone.name())
-        .bind(now)
-        .bind(new.confirmed.then_some(now))
-        .fetch_optional(&mut *tx)
-        .await?;
-        let (id, fresh) = match inserted {
-            Some((id,)) => (id, true),
-            None => {
-                let (id,): (i64,) = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
-                    .bind(new.email.as_str())
-                    .fetch_one(&mut *tx)
-                    .await?;
-                (id, false)
-            }
-        };
-        let mut added = 0;
-        for (region, cadence) in &new.regions {
-            let result = sqlx::query(
-                "INSERT INTO subscriptions (subscriber_id, region_slug, cadence, created_at)
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (subscriber_id, region_slug) DO NOTHING",
-            )
-            .bind(id)
-            .bind(region.as_str())
-            .bind(cadence.as_str())
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            added += result.rows_affected() as usize;
+        let mut outcomes = Vec::with_capacity(readers.len());
+        for new in readers {
+            outcomes.push(add_one(&mut tx, new, now).await?);
         }
         tx.commit().await?;
-        Ok(if fresh {
-            AddOutcome::Added
-        } else if added > 0 {
-            AddOutcome::AddedRegions(added)
-        } else {
-            AddOutcome::Unchanged
-        })
+        Ok(outcomes)
     }
 
     /// Every reader with their subscriptions, ordered by address.
@@ -210,6 +176,62 @@ impl Store {
         tx.commit().await?;
         Ok(changed > 0)
     }
+}
+
+/// One reader's insert, inside the caller's transaction.
+async fn add_one(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    new: &NewSubscriber,
+    now: i64,
+) -> Result<AddOutcome> {
+    let state = if new.confirmed {
+        SubscriberState::Confirmed
+    } else {
+        SubscriberState::Pending
+    };
+    let inserted: Option<(i64,)> = sqlx::query_as(
+        "INSERT INTO subscribers (email, state, timezone, created_at, confirmed_at, updated_at)
+         VALUES ($1, $2, $3, $4, $5, $4)
+         ON CONFLICT (email) DO NOTHING RETURNING id",
+    )
+    .bind(new.email.as_str())
+    .bind(state.as_str())
+    .bind(new.timezone.name())
+    .bind(now)
+    .bind(new.confirmed.then_some(now))
+    .fetch_optional(&mut **tx)
+    .await?;
+    let (id, fresh) = match inserted {
+        Some((id,)) => (id, true),
+        None => {
+            let (id,): (i64,) = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
+                .bind(new.email.as_str())
+                .fetch_one(&mut **tx)
+                .await?;
+            (id, false)
+        }
+    };
+    let mut added = 0;
+    for (region, cadence) in &new.regions {
+        let result = sqlx::query(
+            "INSERT INTO subscriptions (subscriber_id, region_slug, cadence, created_at)
+             VALUES ($1, $2, $3, $4) ON CONFLICT (subscriber_id, region_slug) DO NOTHING",
+        )
+        .bind(id)
+        .bind(region.as_str())
+        .bind(cadence.as_str())
+        .bind(now)
+        .execute(&mut **tx)
+        .await?;
+        added += result.rows_affected() as usize;
+    }
+    Ok(if fresh {
+        AddOutcome::Added
+    } else if added > 0 {
+        AddOutcome::AddedRegions(added)
+    } else {
+        AddOutcome::Unchanged
+    })
 }
 
 #[cfg(test)]

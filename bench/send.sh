@@ -1,0 +1,124 @@
+#!/usr/bin/env bash
+# Send-rate benchmark: herald against the local SMTP limit, measured in the same run.
+#
+#   bench/send.sh [N] [SIZE] [CONNECTIONS]      (defaults: 100000 20000 8)
+#
+# 1. starts Postfix's smtp-sink on a free port;
+# 2. measures `smtp-source -d -s C -m N -l SIZE` into it: the local SMTP limit;
+# 3. seeds N confirmed readers and a feed whose digest is about SIZE bytes, then runs
+#    `herald send` with C connections into the same sink, SQLite with synchronous=FULL;
+# 4. runs rss2email (PyPI) over the same articles into the same sink, as a peer;
+# 5. prints the rates, herald's ratio to smtp-source and herald's peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+N=${1:-100000}
+SIZE=${2:-20000}
+C=${3:-8}
+PEER_N=${PEER_N:-2000}
+SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
+SOURCE=$(command -v smtp-source || echo /usr/sbin/smtp-source)
+
+cargo build --release --quiet
+HERALD=$PWD/target/release/herald
+WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
+chmod 777 "$WORK"
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$SINK" -u nobody -m 512 "127.0.0.1:$PORT" 1024 &
+SINK_PID=$!
+trap 'kill $SINK_PID 2>/dev/null; rm -rf "$WORK"' EXIT
+sleep 0.5
+
+now() { date +%s.%N; }
+rate() { python3 -c "print(f'{$1 / ($3 - $2):.0f}')"; }
+
+# 1. The local SMTP limit.
+t0=$(now)
+"$SOURCE" -d -s "$C" -m "$N" -l "$SIZE" -f bench@herald.example -t sink@bench.example "127.0.0.1:$PORT"
+t1=$(now)
+SOURCE_RATE=$(rate "$N" "$t0" "$t1")
+
+# 2. A feed whose digest is about SIZE bytes (each article adds about 2.4 KB).
+python3 - "$WORK/feed.xml" "$SIZE" <<'PY'
+import sys
+items = []
+for i in range(max(1, int(sys.argv[2]) // 2400)):
+    summary = ("The council heard from residents about the plan for the riverside park, "
+               "the new bus routes and the library's longer hours. ") * 4
+    items.append(f"<item><guid>bench-{i}</guid><link>https://bench.example/story/{i}</link>"
+                 f"<title>Benchmark story number {i} about the town</title>"
+                 f"<description>{summary}</description><category>Community</category></item>")
+open(sys.argv[1], "w").write('<?xml version="1.0"?><rss version="2.0"><channel><title>Bench</title>'
+                             + "".join(items) + "</channel></rss>")
+PY
+cat > "$WORK/herald.toml" <<TOML
+[database]
+url = "sqlite://$WORK/herald.db"
+[http]
+public_url = "https://news.bench.example"
+[mail]
+from = "Bench News <news@bench.example>"
+postal_address = "1 Bench Street, Testville"
+transport = "smtp"
+templates_dir = "$PWD/templates"
+[smtp]
+host = "127.0.0.1"
+port = $PORT
+connections = $C
+[security]
+secret = "bench"
+[[regions]]
+slug = "bench"
+name = "Bench Town"
+feeds = ["file://$WORK/feed.xml"]
+TOML
+export HERALD_CONFIG=$WORK/herald.toml
+"$HERALD" ingest >/dev/null
+DIGEST_BYTES=$("$HERALD" preview --region bench --format eml | wc -c)
+python3 - "$WORK/readers.csv" "$N" <<'PY'
+import sys
+with open(sys.argv[1], "w") as f:
+    f.write("email,regions,cadence,timezone\n")
+    for i in range(int(sys.argv[2])):
+        f.write(f"reader{i}@bench.example,bench,daily,UTC\n")
+PY
+"$HERALD" subscribers import "$WORK/readers.csv" --confirmed >/dev/null
+t0=$(now)
+/usr/bin/time -f "%M" -o "$WORK/rss" "$HERALD" send --region bench --yes >"$WORK/send.log"
+t1=$(now)
+HERALD_RATE=$(rate "$N" "$t0" "$t1")
+HERALD_RSS_MB=$(python3 -c "print(round($(cat "$WORK/rss") / 1024))")
+SENT=$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/herald.db').execute(\"select count(*) from deliveries where state='sent'\").fetchone()[0])")
+
+# 3. A peer: rss2email sends one email per article, over SMTP into the same sink.
+PEER_RATE="n/a"
+if python3 -m pip install --quiet --disable-pip-version-check rss2email >/dev/null 2>&1; then
+    python3 - "$WORK/peer.xml" "$PEER_N" <<'PY'
+import sys
+n = int(sys.argv[2])
+summary = "The council heard from residents about the riverside park. " * 20
+items = "".join(f"<item><guid>p-{i}</guid><link>https://bench.example/p/{i}</link>"
+                f"<title>Peer story {i}</title><description>{summary}</description></item>" for i in range(n))
+open(sys.argv[1], "w").write('<?xml version="1.0"?><rss version="2.0"><channel><title>Peer</title>'
+                             + items + "</channel></rss>")
+PY
+    export XDG_CONFIG_HOME=$WORK/r2e-config XDG_DATA_HOME=$WORK/r2e-data
+    r2e new reader@bench.example >/dev/null 2>&1
+    r2e add peer "file://$WORK/peer.xml" >/dev/null 2>&1
+    sed -i -e 's/^email-protocol = .*/email-protocol = smtp/' \
+        -e "s/^smtp-server = .*/smtp-server = 127.0.0.1:$PORT/" \
+        -e 's/^smtp-ssl = .*/smtp-ssl = False/' -e 's/^smtp-auth = .*/smtp-auth = False/' \
+        "$WORK/r2e-config/rss2email.cfg"
+    t0=$(now)
+    r2e run peer >/dev/null 2>&1
+    t1=$(now)
+    PEER_RATE=$(rate "$PEER_N" "$t0" "$t1")
+fi
+
+cat <<REPORT
+messages: $N  connections: $C  message size: smtp-source $SIZE B, herald digest $DIGEST_BYTES B
+smtp-source (local SMTP limit): $SOURCE_RATE msg/s
+herald send (plan + deliver, SQLite synchronous=FULL): $HERALD_RATE msg/s, $SENT rows sent
+ratio herald / smtp-source: $(python3 -c "print(f'{$HERALD_RATE / $SOURCE_RATE:.2f}')")
+herald peak RSS: $HERALD_RSS_MB MB
+rss2email (peer, $PEER_N emails): $PEER_RATE emails/s
+REPORT
