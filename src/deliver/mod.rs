@@ -390,6 +390,7 @@ impl Deliverer {
         out: &mpsc::UnboundedSender<Event>,
         outstanding: Arc<tokio::sync::Semaphore>,
     ) -> Result<(), StoreError> {
+        let mut last_sweep: Option<std::time::Instant> = None;
         loop {
             if shutdown.is_triggered() {
                 return Ok(());
@@ -403,7 +404,14 @@ impl Deliverer {
             }
             let room = outstanding.available_permits().min(self.batch_size);
             let start = now();
-            let expired = match self.store.expire_overdue(start).await {
+            // Expiry sweeps the waiting rows: once every few seconds is plenty.
+            let sweep = last_sweep
+                .is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(5));
+            let expired = match if sweep {
+                self.store.expire_overdue(start).await
+            } else {
+                Ok(0)
+            } {
                 Ok(n) => n,
                 Err(e) if mode == Mode::Forever => {
                     tracing::error!(error = %e, "cannot reach the database; retrying shortly");
@@ -412,6 +420,9 @@ impl Deliverer {
                 }
                 Err(e) => return Err(e),
             };
+            if sweep {
+                last_sweep = Some(std::time::Instant::now());
+            }
             let _ = out.send(Event::Expired(expired));
             let lease_until = start + self.lease.as_secs().max(1) as i64;
             let claimed = match self

@@ -239,15 +239,22 @@ impl Store {
         now: i64,
         lease_until: i64,
     ) -> Result<Vec<ClaimedDelivery>> {
+        // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
+        // worker's rows) and waiting rows in lane order.
         let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE deliveries SET state = 'sending', lease_until = $1, attempts = attempts + 1,
                  updated_at = $2
              WHERE id IN (
-                 SELECT id FROM deliveries
-                 WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= $2)
-                    OR (state = 'sending' AND lease_until < $2)
-                 ORDER BY priority, next_attempt_at, id
-                 LIMIT $3 {skip_locked})
+                 SELECT id FROM (
+                     SELECT id FROM deliveries
+                     WHERE state = 'sending' AND lease_until < $2
+                     ORDER BY lease_until LIMIT $3 {skip_locked}) AS lapsed
+                 UNION ALL
+                 SELECT id FROM (
+                     SELECT id FROM deliveries
+                     WHERE state IN ('queued', 'deferred') AND next_attempt_at <= $2
+                     ORDER BY priority, next_attempt_at LIMIT $3 {skip_locked}) AS waiting
+                 LIMIT $3)
              RETURNING id",
             skip_locked = self.skip_locked_sql()
         )))

@@ -145,8 +145,9 @@ impl Store {
                         conn.execute("PRAGMA busy_timeout = 10000").await?;
                         conn.execute("PRAGMA foreign_keys = ON").await?;
                         // Planning writes millions of index entries in one statement;
-                        // a 64 MB page cache keeps that off the disk until commit.
-                        conn.execute("PRAGMA cache_size = -65536").await?;
+                        // a 16 MB page cache per connection keeps most of that off the
+                        // disk until commit while the pool stays within its memory goal.
+                        conn.execute("PRAGMA cache_size = -16384").await?;
                         conn.execute("PRAGMA temp_store = MEMORY").await?;
                     }
                     Ok(())
