@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{Mutex, mpsc};
+use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
 use crate::config::{Config, TransportKind};
@@ -304,6 +304,7 @@ impl Deliverer {
             // Claim permits of sent rows are held until their outcome is committed, so
             // "sent but not yet recorded" (what a crash would send twice) stays bounded.
             let mut held: Vec<Option<tokio::sync::OwnedSemaphorePermit>> = Vec::new();
+            let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
             let mut unsent: Vec<i64> = Vec::new();
             let mut error: Option<StoreError> = None;
             let mut last_progress = std::time::Instant::now();
@@ -317,7 +318,8 @@ impl Deliverer {
                     match event {
                         Event::Claimed(n) => stats.claimed += n,
                         Event::Expired(n) => stats.expired += n,
-                        Event::Done(id, outcome, permit) => {
+                        Event::Done(id, outcome, permit, ack) => {
+                            acks.extend(ack);
                             stats.add(&outcome);
                             outcomes.push((id, outcome));
                             held.push(permit);
@@ -332,6 +334,9 @@ impl Deliverer {
                 }
                 self.flush(&mut outcomes, &mut error).await;
                 held.clear();
+                for ack in acks.drain(..) {
+                    let _ = ack.send(());
+                }
                 if last_progress.elapsed() >= Duration::from_millis(100) {
                     progress(&stats);
                     last_progress = std::time::Instant::now();
@@ -564,7 +569,14 @@ enum Mode {
 enum Event {
     Claimed(u64),
     Expired(u64),
-    Done(i64, Outcome, Option<tokio::sync::OwnedSemaphorePermit>),
+    /// An outcome, the claim permit to free once it is committed, and (for a sent
+    /// message) who to tell when it is.
+    Done(
+        i64,
+        Outcome,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+        Option<oneshot::Sender<()>>,
+    ),
     Unsent(i64),
 }
 
@@ -588,6 +600,7 @@ const DOWN_HOLD_SECS: i64 = 5;
 
 impl SenderContext {
     async fn run(self) {
+        let mut committed: Option<oneshot::Receiver<()>> = None;
         loop {
             let Some(job) = self.jobs.lock().await.recv().await else {
                 return;
@@ -618,22 +631,25 @@ impl SenderContext {
             let composed = match prepared {
                 Ok(Ok(composed)) => composed,
                 Ok(Err(outcome)) => {
-                    let _ = self.out.send(Event::Done(id, outcome, None));
+                    let _ = self.out.send(Event::Done(id, outcome, None, None));
                     continue;
                 }
                 Err(panic) => {
                     let outcome = Outcome::Failed {
                         error: format!("composing the email failed: {panic}"),
                     };
-                    let _ = self.out.send(Event::Done(id, outcome, None));
+                    let _ = self.out.send(Event::Done(id, outcome, None, None));
                     continue;
                 }
             };
             if now() < self.down_until.load(Ordering::Relaxed) {
                 let reason = self.down_reason.lock().expect("not poisoned").clone();
                 let outcome = self.backoff.retry(reason, attempts, expires_at);
-                let _ = self.out.send(Event::Done(id, outcome, None));
+                let _ = self.out.send(Event::Done(id, outcome, None, None));
                 continue;
+            }
+            if let Some(previous) = committed.take() {
+                let _ = previous.await;
             }
             self.pacing.wait(&domain).await;
             let result = tokio::select! {
@@ -665,7 +681,19 @@ impl SenderContext {
                     self.backoff.retry(error, attempts, expires_at)
                 }
             };
-            let _ = self.out.send(Event::Done(id, outcome, Some(job.permit)));
+            // A sent message's sender waits for the commit before its next transmission,
+            // so at any moment each connection has at most one message that a crash could
+            // send twice: duplicates after a crash are bounded by the connection count.
+            let ack = if matches!(outcome, Outcome::Sent { .. }) {
+                let (tx, rx) = oneshot::channel();
+                committed = Some(rx);
+                Some(tx)
+            } else {
+                None
+            };
+            let _ = self
+                .out
+                .send(Event::Done(id, outcome, Some(job.permit), ack));
         }
     }
 }
