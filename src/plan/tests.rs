@@ -504,6 +504,135 @@ async fn an_article_sent_as_an_alert_is_left_out_of_the_digest() {
     }
 }
 
+#[tokio::test]
+async fn a_digest_whose_only_article_went_out_as_an_alert_is_not_created() {
+    let mut config = config("");
+    config.alerts.quiet_hours = None;
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        reader(
+            store,
+            "both@example.org",
+            "UTC",
+            &[("north", Cadence::Daily), ("south", Cadence::Alert)],
+        )
+        .await;
+        let at = utc("2026-11-28T03:00:00Z");
+        let id = article(store, "south", "only", at.timestamp()).await;
+        let north: RegionSlug = "north".parse().unwrap();
+        let feed = store.feed_id(&north, "file://north.xml").await.unwrap();
+        store
+            .record_feed_items(
+                feed,
+                &north,
+                &[FeedItem {
+                    guid: "n-only".into(),
+                    link: "https://news.test.example/only".into(),
+                    title: "Story only".into(),
+                    summary: String::new(),
+                    category: String::new(),
+                    published_at: None,
+                    breaking: false,
+                }],
+                at.timestamp(),
+            )
+            .await
+            .unwrap();
+        store.mark_breaking(id).await.unwrap();
+        plan_due(&config, store, at, false).await.unwrap();
+        assert_eq!(deliver_all(store, at.timestamp()).await.len(), 1);
+        let report = plan_due(&config, store, utc("2026-11-28T07:00:00Z"), false)
+            .await
+            .unwrap();
+        assert_eq!(report.deliveries(), 0, "{backend:?}");
+        assert!(
+            store.delivery_slots().await.unwrap().is_empty(),
+            "{backend:?}: no empty digest row is left behind"
+        );
+    }
+}
+
+#[tokio::test]
+async fn planners_racing_on_one_reader_place_each_article_once() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        // Monday 07:00 in Berlin: the daily and the weekly slot fall on the same instant.
+        let slot = utc("2026-11-30T06:00:00Z").timestamp();
+        for i in 0..20 {
+            reader(
+                store,
+                &format!("race{i}@example.org"),
+                "Europe/Berlin",
+                &[("north", Cadence::Daily), ("south", Cadence::Weekly)],
+            )
+            .await;
+        }
+        // One story carried by both regions: whichever planner places it second has
+        // nothing left for these readers.
+        let shared = article(store, "north", "shared", slot - 3_600).await;
+        let south: RegionSlug = "south".parse().unwrap();
+        let feed = store.feed_id(&south, "file://south.xml").await.unwrap();
+        store
+            .record_feed_items(
+                feed,
+                &south,
+                &[FeedItem {
+                    guid: "s-shared".into(),
+                    link: "https://news.test.example/shared".into(),
+                    title: "Story shared".into(),
+                    summary: String::new(),
+                    category: String::new(),
+                    published_at: None,
+                    breaking: false,
+                }],
+                slot - 3_600,
+            )
+            .await
+            .unwrap();
+        let plan = |cadence: Cadence, key: &'static str| SlotPlan {
+            slot_key: key,
+            cadence,
+            zone: "Europe/Berlin",
+            slot_at: slot,
+            period: cadence.period().num_seconds(),
+            now: slot + 30,
+            expires_at: slot + 86_400,
+        };
+        let daily = plan(Cadence::Daily, "daily:race");
+        let weekly = plan(Cadence::Weekly, "weekly:race");
+        let (a, b, c) = tokio::join!(
+            store.plan_slot_digest(&daily, false),
+            store.plan_slot_digest(&weekly, false),
+            store.plan_slot_digest(&daily, false),
+        );
+        let planned = [a.unwrap(), b.unwrap(), c.unwrap()];
+        let placements: u64 = planned.iter().map(|p| p.articles).sum();
+        assert_eq!(
+            placements, 20,
+            "{backend:?}: the story once for each of 20 readers"
+        );
+        let mut received: HashMap<i64, Vec<i64>> = HashMap::new();
+        let sent = deliver_all(store, slot + 60).await;
+        assert!(
+            sent.iter().all(|(_, ids)| !ids.is_empty()),
+            "{backend:?}: a digest that lost every story to the other planner is dropped"
+        );
+        for (reader, ids) in &sent {
+            received.entry(*reader).or_default().extend(ids);
+        }
+        assert_eq!(received.len(), 20);
+        for (reader, ids) in received {
+            assert_eq!(ids, vec![shared], "{backend:?}: reader {reader}");
+        }
+        let planned_deliveries: u64 = planned.iter().map(|p| p.deliveries).sum();
+        assert_eq!(
+            planned_deliveries as usize,
+            sent.len(),
+            "{backend:?}: every planned digest carries something"
+        );
+    }
+}
+
 /// Random sequences of ingest, breaking news, planning and delivery over simulated
 /// days: nobody receives an article twice, and nobody misses an article of a region
 /// they follow (for alert readers: a breaking article).

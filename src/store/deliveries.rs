@@ -156,7 +156,7 @@ impl Store {
         expires_at: i64,
         dry_run: bool,
     ) -> Result<PlanSummary> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_plan().await?;
         sqlx::query(
             "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at, slot_at)
              VALUES ($1, 'digest', $2, $3, $4, $4) ON CONFLICT (slot_key) DO NOTHING",

@@ -7,7 +7,7 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::{PlanSummary, Result, Store};
+use super::{Backend, PlanSummary, Result, Store};
 use crate::domain::{Cadence, DeliveryKind};
 
 /// One scheduled digest slot to plan.
@@ -130,12 +130,18 @@ impl Store {
     /// starts at their previous digest of this cadence; a first digest reaches back one
     /// period, or to the subscription if that is older (slots skipped since).
     /// A slot is planned once: if its edition exists, nothing happens.
+    ///
+    /// Four statements over the whole slot, whatever the number of readers: the readers
+    /// with their windows go into a temporary table once (instead of correlated
+    /// subqueries evaluated again by every later statement), each gets its delivery id
+    /// there, and the deliveries and their articles are inserted from it without joining
+    /// back to `deliveries`.
     pub async fn plan_slot_digest(
         &self,
         plan: &SlotPlan<'_>,
         dry_run: bool,
     ) -> Result<PlanSummary> {
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_plan().await?;
         let created: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at, timezone)
              VALUES ($1, 'digest', $2, $3, $4, $5) ON CONFLICT (slot_key) DO NOTHING RETURNING id",
@@ -151,60 +157,19 @@ impl Store {
             tx.rollback().await?;
             return Ok(PlanSummary::default());
         };
-        let deliveries = sqlx::query(AssertSqlSafe(format!(
-            "WITH cand AS (
-                 SELECT s.id AS subscriber_id,
-                        COALESCE(
-                            (SELECT MAX(d0.slot_at) FROM deliveries d0
-                             WHERE d0.subscriber_id = s.id AND d0.cadence = $2 AND d0.kind = 'digest'),
-                            (SELECT CASE WHEN MIN(sub.created_at) < $3 THEN MIN(sub.created_at) ELSE $3 END
-                             FROM subscriptions sub
-                             WHERE sub.subscriber_id = s.id AND sub.cadence = $2)) AS ws
-                 FROM subscribers s
-                 WHERE s.state = 'confirmed' AND s.timezone = $4
-                   AND EXISTS (SELECT 1 FROM subscriptions sub
-                               WHERE sub.subscriber_id = s.id AND sub.cadence = $2))
-             INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state,
-                 attempts, message_id, next_attempt_at, expires_at, created_at, updated_at,
-                 slot_at, window_start)
-             SELECT $1, c.subscriber_id, 'digest', $2, $5, 'queued', 0, {rand}, $6, $7, $6, $6, $8, c.ws
-             FROM cand c
-             WHERE EXISTS (
-                 SELECT 1 FROM subscriptions sub
-                 JOIN article_regions ar ON ar.region_slug = sub.region_slug
-                 WHERE sub.subscriber_id = c.subscriber_id AND sub.cadence = $2
-                   AND ar.added_at > c.ws AND ar.added_at <= $6)
-             ON CONFLICT (subscriber_id, edition_id) DO NOTHING",
-            rand = self.random_hex_sql()
-        )))
-        .bind(edition_id)
-        .bind(plan.cadence.as_str())
-        .bind(plan.slot_at - plan.period)
-        .bind(plan.zone)
-        .bind(DeliveryKind::Digest.priority())
-        .bind(plan.now)
-        .bind(plan.expires_at)
-        .bind(plan.slot_at)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let articles = sqlx::query(
-            "INSERT INTO delivery_articles (delivery_id, subscriber_id, article_id, region_slug)
-             SELECT d.id, d.subscriber_id, ar.article_id, ar.region_slug
-             FROM deliveries d
-             JOIN subscriptions sub ON sub.subscriber_id = d.subscriber_id AND sub.cadence = $2
-             JOIN article_regions ar ON ar.region_slug = sub.region_slug
-             WHERE d.edition_id = $1 AND ar.added_at > d.window_start AND ar.added_at <= $3
-             ON CONFLICT (subscriber_id, article_id) DO NOTHING",
-        )
-        .bind(edition_id)
-        .bind(plan.cadence.as_str())
-        .bind(plan.now)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        // Readers whose window held only articles they already had get no email.
-        let empty = self.drop_empty_deliveries(&mut tx, edition_id).await?;
+        let (deliveries, articles, expected) =
+            self.queue_slot_digests(&mut tx, edition_id, plan).await?;
+        // Readers whose window held only articles they already had (as an alert, under
+        // another region, or from a planner racing this one) get no email. That needs the
+        // unique key to have turned placements away, so the check (a lookup per reader)
+        // runs only then. On PostgreSQL an article committed by a concurrent ingest
+        // between the count and the insert could offset such a reader in the totals; its
+        // row then carries no article and delivery cancels it ("nothing left to send").
+        let empty = if articles < expected {
+            self.drop_empty_deliveries(&mut tx, edition_id).await?
+        } else {
+            0
+        };
         let recipients = self.finish_plan(tx, edition_id, dry_run).await?;
         Ok(PlanSummary {
             edition_id,
@@ -212,6 +177,138 @@ impl Store {
             articles,
             recipients,
         })
+    }
+
+    /// Queues the digests of one slot's edition; returns (deliveries, placements,
+    /// placements the windows held before the unique key turned any away).
+    async fn queue_slot_digests(
+        &self,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+        edition_id: i64,
+        plan: &SlotPlan<'_>,
+    ) -> Result<(u64, u64, u64)> {
+        // Each reader's delivery id is fixed up front so that placements need no join
+        // back to `deliveries`: on SQLite the next ids after the largest (the write lock
+        // is held, so nobody else takes them); on PostgreSQL from the identity sequence.
+        let (readers_table, delivery_id) = match self.backend {
+            Backend::Sqlite => {
+                sqlx::query(
+                    "CREATE TEMP TABLE IF NOT EXISTS plan_readers (
+                         seq           INTEGER PRIMARY KEY,
+                         subscriber_id INTEGER NOT NULL,
+                         window_start  INTEGER NOT NULL,
+                         articles      INTEGER NOT NULL)",
+                )
+                .execute(&mut **tx)
+                .await?;
+                sqlx::query("DELETE FROM temp.plan_readers")
+                    .execute(&mut **tx)
+                    .await?;
+                let (last,): (i64,) = sqlx::query_as("SELECT COALESCE(MAX(id), 0) FROM deliveries")
+                    .fetch_one(&mut **tx)
+                    .await?;
+                ("temp.plan_readers", format!("p.seq + {last}"))
+            }
+            Backend::Postgres => {
+                sqlx::query(
+                    "CREATE TEMP TABLE plan_readers (
+                         delivery_id   BIGINT NOT NULL
+                                       DEFAULT nextval(pg_get_serial_sequence('deliveries', 'id')),
+                         subscriber_id BIGINT NOT NULL,
+                         window_start  BIGINT NOT NULL,
+                         articles      BIGINT NOT NULL) ON COMMIT DROP",
+                )
+                .execute(&mut **tx)
+                .await?;
+                ("plan_readers", "p.delivery_id".to_string())
+            }
+        };
+        // Window start: the reader's previous digest of this cadence (cadences other than
+        // `alert` are only ever digests, so the index answers MAX alone), else one period
+        // back or the subscription if older. `articles` counts the window's placements.
+        // PostgreSQL may group by hashing: sort so delivery ids follow reader ids, as they
+        // do on SQLite where the zone index already yields readers in id order.
+        let order = match self.backend {
+            Backend::Sqlite => "",
+            Backend::Postgres => "ORDER BY r.subscriber_id",
+        };
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {readers_table} (subscriber_id, window_start, articles)
+             SELECT r.subscriber_id, r.window_start,
+                    (SELECT COUNT(*) FROM subscriptions sub
+                     JOIN article_regions ar ON ar.region_slug = sub.region_slug
+                     WHERE sub.subscriber_id = r.subscriber_id AND sub.cadence = $1
+                       AND ar.added_at > r.window_start AND ar.added_at <= $2)
+             FROM (SELECT s.id AS subscriber_id,
+                          COALESCE(
+                              (SELECT MAX(d.slot_at) FROM deliveries d
+                               WHERE d.subscriber_id = s.id AND d.cadence = $1),
+                              CASE WHEN MIN(sub.created_at) < $3 THEN MIN(sub.created_at) ELSE $3 END
+                          ) AS window_start
+                   FROM subscribers s
+                   JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.cadence = $1
+                   WHERE s.timezone = $4 AND s.state = 'confirmed'
+                   GROUP BY s.id) r
+             {order}"
+        )))
+        .bind(plan.cadence.as_str())
+        .bind(plan.now)
+        .bind(plan.slot_at - plan.period)
+        .bind(plan.zone)
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "DELETE FROM {readers_table} WHERE articles = 0"
+        )))
+        .execute(&mut **tx)
+        .await?;
+        let deliveries = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO deliveries (id, edition_id, subscriber_id, kind, cadence, priority, state,
+                 attempts, message_id, next_attempt_at, expires_at, created_at, updated_at,
+                 slot_at, window_start)
+             SELECT {delivery_id}, $1, p.subscriber_id, 'digest', $2, $3, 'queued', 0, {rand},
+                    $4, $5, $4, $4, $6, p.window_start
+             FROM {readers_table} p",
+            rand = self.random_hex_sql()
+        )))
+        .bind(edition_id)
+        .bind(plan.cadence.as_str())
+        .bind(DeliveryKind::Digest.priority())
+        .bind(plan.now)
+        .bind(plan.expires_at)
+        .bind(plan.slot_at)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        // CROSS JOIN fixes the join order on SQLite, which has no statistics for the
+        // temporary table: readers, then their subscriptions, then each window's articles.
+        let articles = sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO delivery_articles (delivery_id, subscriber_id, article_id, region_slug)
+             SELECT {delivery_id}, p.subscriber_id, ar.article_id, ar.region_slug
+             FROM {readers_table} p
+             CROSS JOIN subscriptions sub
+             CROSS JOIN article_regions ar
+             WHERE sub.subscriber_id = p.subscriber_id AND sub.cadence = $1
+               AND ar.region_slug = sub.region_slug
+               AND ar.added_at > p.window_start AND ar.added_at <= $2
+             ON CONFLICT (subscriber_id, article_id) DO NOTHING"
+        )))
+        .bind(plan.cadence.as_str())
+        .bind(plan.now)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        let (expected,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT CAST(COALESCE(SUM(articles), 0) AS BIGINT) FROM {readers_table}"
+        )))
+        .fetch_one(&mut **tx)
+        .await?;
+        if self.backend == Backend::Sqlite {
+            sqlx::query("DELETE FROM temp.plan_readers")
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok((deliveries, articles, expected as u64))
     }
 
     /// Breaking articles stored since `since`, oldest first.

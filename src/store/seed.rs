@@ -65,6 +65,16 @@ impl Store {
         Ok(())
     }
 
+    /// Refreshes the planner statistics after a bulk load, as autovacuum would soon do
+    /// on PostgreSQL (VACUUM also marks pages all-visible, so index-only scans skip the
+    /// table). SQLite keeps no statistics unless asked, and herald never asks.
+    pub async fn refresh_statistics(&self) -> Result<()> {
+        if self.backend == Backend::Postgres {
+            sqlx::query("VACUUM (ANALYZE)").execute(&self.pool).await?;
+        }
+        Ok(())
+    }
+
     /// How many delivery rows and article placements exist (benchmark reporting).
     pub async fn outbox_size(&self) -> Result<(i64, i64)> {
         let (deliveries,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM deliveries")
