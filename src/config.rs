@@ -677,18 +677,14 @@ impl Config {
                 apply_env(&mut merged, rest, &value).map_err(&syntax)?;
             }
         }
-        let raw: RawConfig = merged.try_into().map_err(|e: toml::de::Error| {
-            syntax(e.message().to_string() + &describe_span(text, e.span()))
-        })?;
+        let raw: RawConfig = merged
+            .try_into()
+            .map_err(|e: toml::de::Error| syntax(e.message().to_string()))?;
         raw.validate(path).map_err(|problems| ConfigError::Invalid {
             path: path.to_path_buf(),
             problems,
         })
     }
-}
-
-fn describe_span(_text: &str, _span: Option<std::ops::Range<usize>>) -> String {
-    String::new()
 }
 
 /// Overlays `over` onto `base`, table by table.

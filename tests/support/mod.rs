@@ -9,7 +9,7 @@ pub mod feed_server;
 pub mod web;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -436,16 +436,6 @@ pub fn http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
     Ok((status, body))
-}
-
-/// Path of a file inside the repo.
-pub fn repo_file(rel: &str) -> PathBuf {
-    repo().join(rel)
-}
-
-/// True if `path` exists.
-pub fn exists(path: &Path) -> bool {
-    path.exists()
 }
 
 /// An HTTP/1.1 request with extra header lines; returns (status, head, body).
