@@ -6,6 +6,7 @@
 //! which the HTML template auto-escapes.
 
 mod headers;
+mod shared;
 mod signup;
 
 use std::path::{Path, PathBuf};
@@ -174,6 +175,7 @@ pub struct Composer {
     signer: Signer,
     dkim: Option<DkimConfig>,
     confirm_lifetime_secs: i64,
+    shared: shared::SharedDigests,
 }
 
 impl Composer {
@@ -203,6 +205,7 @@ impl Composer {
             signer,
             dkim: config.dkim.as_ref().map(dkim_config).transpose()?,
             confirm_lifetime_secs: config.signup.confirm_link_lifetime.as_secs() as i64,
+            shared: shared::SharedDigests::new(),
         };
         composer.self_test()?;
         Ok(composer)
@@ -308,12 +311,7 @@ impl Composer {
                     published,
                 });
         }
-        let edition_label = req
-            .timezone
-            .timestamp_opt(req.now, 0)
-            .single()
-            .map(|t| t.format("%A, %-d %B %Y").to_string())
-            .unwrap_or_default();
+        let edition_label = self.edition_label(req);
         let label = match groups.as_slice() {
             [only] => only.region.name.clone(),
             _ => self.site_name.clone(),
@@ -349,6 +347,15 @@ impl Composer {
         }
     }
 
+    /// The date line: the day of `now` in the reader's zone.
+    fn edition_label(&self, req: &DigestRequest<'_>) -> String {
+        req.timezone
+            .timestamp_opt(req.now, 0)
+            .single()
+            .map(|t| t.format("%A, %-d %B %Y").to_string())
+            .unwrap_or_default()
+    }
+
     /// Renders the text and HTML parts of a context.
     pub fn render_digest(&self, ctx: &DigestContext) -> Result<(String, String), ComposeError> {
         Ok((
@@ -364,8 +371,17 @@ impl Composer {
             .map_err(|e| template_error(name, &e))
     }
 
-    /// Builds the complete digest email for one reader.
+    /// Builds the complete digest email for one reader: from its content group's
+    /// template when the group has one (see `shared`), otherwise rendered in full.
     pub fn digest(&self, req: &DigestRequest<'_>) -> Result<Composed, ComposeError> {
+        match self.digest_from_group(req)? {
+            Some(composed) => Ok(composed),
+            None => self.digest_in_full(req),
+        }
+    }
+
+    /// Renders and builds a digest for one reader from scratch.
+    pub fn digest_in_full(&self, req: &DigestRequest<'_>) -> Result<Composed, ComposeError> {
         let ctx = self.digest_context(req);
         let (text, html) = self.render_digest(&ctx)?;
         let message_id = self.message_id(req.message_id);
