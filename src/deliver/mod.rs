@@ -6,7 +6,7 @@
 
 mod smtp;
 
-pub use smtp::{SendResult, SmtpPool};
+pub use smtp::{Hold, SendResult, SmtpPool};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
 use crate::config::{Config, TransportKind};
 use crate::domain::{DeliveryKind, DeliveryState, Email, SubscriberState};
 use crate::shutdown::Shutdown;
-use crate::store::{ClaimedDelivery, Outcome, Store, StoreError, now};
+use crate::store::{ClaimedDelivery, Lease, LeaseOwner, Outcome, Store, StoreError, now};
 
 /// Where composed messages go.
 pub enum Transport {
@@ -45,16 +45,21 @@ impl Transport {
         }
     }
 
-    async fn send(&self, slot: usize, message: &Composed) -> SendResult {
+    async fn send(&self, slot: usize, message: &Composed, hold: Option<Hold>) -> SendResult {
         match self {
-            Transport::Smtp(pool) => pool.send(slot, message).await,
-            Transport::File(dir) => write_eml(dir, message).await,
+            Transport::Smtp(pool) => pool.send(slot, message, hold).await,
+            Transport::File(dir) => {
+                if let Some(hold) = hold {
+                    hold.wait().await;
+                }
+                write_eml(dir, message).await
+            }
         }
     }
 
     /// Sends one message outside the outbox (a test send).
     pub async fn send_one(&self, message: &Composed) -> SendResult {
-        self.send(0, message).await
+        self.send(0, message, None).await
     }
 
     /// Closes connections politely.
@@ -151,6 +156,7 @@ pub struct Deliverer {
     drain_timeout: Duration,
     backoff: Backoff,
     pacing: Arc<Pacing>,
+    owner: LeaseOwner,
 }
 
 struct Job {
@@ -158,7 +164,94 @@ struct Job {
     permit: tokio::sync::OwnedSemaphorePermit,
     /// When the row was claimed (the digest's date line and link expiry use it).
     claimed_at: i64,
+    /// Which of this worker's claims of the row the job belongs to.
+    claim: u64,
     delivery: ClaimedDelivery,
+}
+
+/// The rows this worker holds, each with the number of its latest claim and how long
+/// its lease is known to hold. A renewer extends the leases while the rows wait and
+/// while they are sent; a sender transmits only under a lease that still holds, so a
+/// row whose lease lapsed (the database was out of reach) is left to whoever claims it
+/// next instead of going out twice.
+struct Holdings {
+    owner: LeaseOwner,
+    rows: std::sync::Mutex<std::collections::HashMap<i64, Held>>,
+    claims: std::sync::atomic::AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Held {
+    claim: u64,
+    valid_until: i64,
+}
+
+impl Holdings {
+    fn new(owner: LeaseOwner) -> Holdings {
+        Holdings {
+            owner,
+            rows: Default::default(),
+            claims: Default::default(),
+        }
+    }
+
+    fn rows(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Held>> {
+        self.rows.lock().expect("not poisoned")
+    }
+
+    /// Records a new claim of `id`; any older claim of the same row is void.
+    fn hold(&self, id: i64, valid_until: i64) -> u64 {
+        let claim = self.claims.fetch_add(1, Ordering::Relaxed);
+        self.rows().insert(id, Held { claim, valid_until });
+        claim
+    }
+
+    /// Whether this claim of `id` still holds its lease now.
+    fn holds(&self, id: i64, claim: u64) -> bool {
+        self.rows()
+            .get(&id)
+            .is_some_and(|held| held.claim == claim && held.valid_until >= now())
+    }
+
+    /// Forgets this claim of `id` (its outcome is committed, or it was given up).
+    fn forget(&self, id: i64, claim: u64) {
+        let mut rows = self.rows();
+        if rows.get(&id).is_some_and(|held| held.claim == claim) {
+            rows.remove(&id);
+        }
+    }
+
+    fn snapshot(&self) -> Vec<(i64, u64)> {
+        self.rows().iter().map(|(id, h)| (*id, h.claim)).collect()
+    }
+
+    /// Extends the leases of the held rows; rows the database says are no longer ours
+    /// are marked lapsed so no sender transmits them.
+    async fn renew(&self, store: &Store, lease: Duration) {
+        let held = self.snapshot();
+        if held.is_empty() {
+            return;
+        }
+        let until = now() + lease.as_secs().max(1) as i64;
+        let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+        let lease = Lease {
+            owner: self.owner,
+            until,
+        };
+        match store.renew_leases(&ids, lease).await {
+            Ok(renewed) => {
+                let renewed: std::collections::HashSet<i64> = renewed.into_iter().collect();
+                let mut rows = self.rows();
+                for (id, claim) in held {
+                    if let Some(h) = rows.get_mut(&id).filter(|h| h.claim == claim) {
+                        h.valid_until = if renewed.contains(&id) { until } else { 0 };
+                    }
+                }
+            }
+            // The leases run on as they were; senders stop once they lapse.
+            Err(e) => tracing::warn!(error = %e, "could not renew delivery leases"),
+        }
+    }
 }
 
 /// Retry delays: `base · 2^(attempt-1)`, capped at `max`, with ±25 % jitter.
@@ -209,6 +302,7 @@ impl Deliverer {
                 }
                 TransportKind::File => Pacing::new(0.0, &Default::default()),
             }),
+            owner: LeaseOwner::random(),
         }
     }
 
@@ -271,6 +365,7 @@ impl Deliverer {
         let (hard_stop, hard) = Shutdown::new();
         let down_until = Arc::new(std::sync::atomic::AtomicI64::new(0));
         let down_reason = Arc::new(std::sync::Mutex::new(String::new()));
+        let holdings = Arc::new(Holdings::new(self.owner));
 
         let mut senders = tokio::task::JoinSet::new();
         for slot in 0..slots {
@@ -286,6 +381,7 @@ impl Deliverer {
                 hard: hard.clone(),
                 down_until: down_until.clone(),
                 down_reason: down_reason.clone(),
+                holdings: holdings.clone(),
             };
             senders.spawn(ctx.run());
         }
@@ -293,7 +389,7 @@ impl Deliverer {
 
         let feeder = async {
             let result = self
-                .feed(shutdown, mode, job_tx, &out_tx, outstanding)
+                .feed(shutdown, mode, job_tx, &out_tx, outstanding, &holdings)
                 .await;
             drop(out_tx);
             result
@@ -305,26 +401,29 @@ impl Deliverer {
             // "sent but not yet recorded" (what a crash would send twice) stays bounded.
             let mut held: Vec<Option<tokio::sync::OwnedSemaphorePermit>> = Vec::new();
             let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
-            let mut unsent: Vec<i64> = Vec::new();
+            let mut committed: Vec<(i64, u64)> = Vec::new();
+            let mut unsent: Vec<(i64, u64)> = Vec::new();
             let mut error: Option<StoreError> = None;
             let mut last_progress = std::time::Instant::now();
             loop {
                 let Some(first) = out_rx.recv().await else {
                     break;
                 };
-                // Take everything already waiting, then commit it in one transaction.
+                // Take everything already waiting, then commit it in one transaction;
+                // what arrives meanwhile makes the next batch.
                 let mut next = Some(first);
                 while let Some(event) = next {
                     match event {
                         Event::Claimed(n) => stats.claimed += n,
                         Event::Expired(n) => stats.expired += n,
-                        Event::Done(id, outcome, permit, ack) => {
+                        Event::Done(id, claim, outcome, permit, ack) => {
                             acks.extend(ack);
                             stats.add(&outcome);
                             outcomes.push((id, outcome));
+                            committed.push((id, claim));
                             held.push(permit);
                         }
-                        Event::Unsent(id) => unsent.push(id),
+                        Event::Unsent(id, claim) => unsent.push((id, claim)),
                     }
                     next = if outcomes.len() >= 256 {
                         None
@@ -333,6 +432,9 @@ impl Deliverer {
                     };
                 }
                 self.flush(&mut outcomes, &mut error).await;
+                for (id, claim) in committed.drain(..) {
+                    holdings.forget(id, claim);
+                }
                 held.clear();
                 for ack in acks.drain(..) {
                     let _ = ack.send(());
@@ -346,8 +448,12 @@ impl Deliverer {
             drop(held);
             if !unsent.is_empty() {
                 stats.released += unsent.len() as u64;
-                if let Err(e) = self.store.release_deliveries(&unsent, now()).await {
+                let ids: Vec<i64> = unsent.iter().map(|(id, _)| *id).collect();
+                if let Err(e) = self.store.release_deliveries(&ids, self.owner, now()).await {
                     error.get_or_insert(e);
+                }
+                for (id, claim) in unsent {
+                    holdings.forget(id, claim);
                 }
             }
             progress(&stats);
@@ -360,9 +466,18 @@ impl Deliverer {
             hard_stop.fire();
             std::future::pending::<()>().await;
         };
+        // Leases are renewed well before they run out, for as long as rows are held.
+        let renewer = async {
+            let every = (self.lease / 3).max(Duration::from_millis(500));
+            loop {
+                tokio::time::sleep(every).await;
+                holdings.renew(&self.store, self.lease).await;
+            }
+        };
         let (fed, (stats, error)) = tokio::select! {
             both = async { tokio::join!(feeder, recorder) } => both,
             _ = drain_guard => unreachable!("the drain guard never completes"),
+            _ = renewer => unreachable!("the renewer never completes"),
         };
         while senders.join_next().await.is_some() {}
         fed?;
@@ -377,7 +492,11 @@ impl Deliverer {
         if outcomes.is_empty() {
             return;
         }
-        if let Err(e) = self.store.record_outcomes(outcomes, now()).await {
+        if let Err(e) = self
+            .store
+            .record_outcomes(outcomes, self.owner, now())
+            .await
+        {
             // The rows keep their lease and come back for another attempt.
             tracing::error!(error = %e, "could not record delivery outcomes");
             error.get_or_insert(e);
@@ -394,6 +513,7 @@ impl Deliverer {
         jobs: mpsc::Sender<Job>,
         out: &mpsc::UnboundedSender<Event>,
         outstanding: Arc<tokio::sync::Semaphore>,
+        holdings: &Holdings,
     ) -> Result<(), StoreError> {
         let mut last_sweep: Option<std::time::Instant> = None;
         loop {
@@ -429,12 +549,11 @@ impl Deliverer {
                 last_sweep = Some(std::time::Instant::now());
             }
             let _ = out.send(Event::Expired(expired));
-            let lease_until = start + self.lease.as_secs().max(1) as i64;
-            let claimed = match self
-                .store
-                .claim_due_deliveries(room, start, lease_until)
-                .await
-            {
+            let lease = Lease {
+                owner: self.owner,
+                until: start + self.lease.as_secs().max(1) as i64,
+            };
+            let claimed = match self.store.claim_due_deliveries(room, start, lease).await {
                 Ok(claimed) => claimed,
                 Err(e) if mode == Mode::Forever => {
                     tracing::error!(error = %e, "cannot claim deliveries; retrying shortly");
@@ -463,11 +582,12 @@ impl Deliverer {
                 let job = Job {
                     permit,
                     claimed_at: start,
+                    claim: holdings.hold(delivery.id, lease.until),
                     delivery,
                 };
                 if let Err(mpsc::error::SendError(job)) = jobs.send(job).await {
                     // Every sender has stopped (shutdown): give the row back.
-                    let _ = out.send(Event::Unsent(job.delivery.id));
+                    let _ = out.send(Event::Unsent(job.delivery.id, job.claim));
                 }
             }
             if mode == Mode::Once {
@@ -477,9 +597,24 @@ impl Deliverer {
     }
 }
 
+/// How much composing work `prepare` may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// Only splice a digest into its group's ready template (microseconds): `None`
+    /// when that is not possible.
+    Splice,
+    /// Render and encode whatever it takes (for the blocking pool).
+    Full,
+}
+
 /// Checks a claimed row against the reader's state now and composes it, or says
 /// why it must not be sent.
-fn prepare(composer: &Composer, delivery: &ClaimedDelivery, now: i64) -> Result<Composed, Outcome> {
+fn prepare(
+    composer: &Composer,
+    delivery: &ClaimedDelivery,
+    now: i64,
+    work: Work,
+) -> Result<Option<Composed>, Outcome> {
     if delivery.expires_at < now {
         return Err(Outcome::Expired);
     }
@@ -513,6 +648,9 @@ fn prepare(composer: &Composer, delivery: &ClaimedDelivery, now: i64) -> Result<
     match delivery.kind {
         // Sign-up emails carry links, not articles.
         DeliveryKind::Confirmation | DeliveryKind::Welcome => {
+            if work == Work::Splice {
+                return Ok(None);
+            }
             return composer
                 .signup_email(&SignupRequest {
                     kind: delivery.kind,
@@ -523,6 +661,7 @@ fn prepare(composer: &Composer, delivery: &ClaimedDelivery, now: i64) -> Result<
                     message_id: &delivery.message_id,
                     now,
                 })
+                .map(Some)
                 .map_err(|e| Outcome::Failed {
                     error: e.to_string(),
                 });
@@ -539,19 +678,24 @@ fn prepare(composer: &Composer, delivery: &ClaimedDelivery, now: i64) -> Result<
         .as_deref()
         .and_then(|t| t.parse::<chrono_tz::Tz>().ok())
         .unwrap_or(chrono_tz::UTC);
-    composer
-        .digest(&DigestRequest {
-            subscriber_id: delivery.subscriber_id,
-            email: &email,
-            timezone,
-            cadence: delivery.cadence,
-            message_id: &delivery.message_id,
-            articles: &delivery.articles,
-            now,
-        })
-        .map_err(|e| Outcome::Failed {
-            error: e.to_string(),
-        })
+    let request = DigestRequest {
+        subscriber_id: delivery.subscriber_id,
+        email: &email,
+        timezone,
+        cadence: delivery.cadence,
+        message_id: &delivery.message_id,
+        articles: &delivery.articles,
+        now,
+    };
+    match work {
+        Work::Splice => Ok(composer.digest_if_shared(&request)),
+        Work::Full => composer
+            .digest(&request)
+            .map(Some)
+            .map_err(|e| Outcome::Failed {
+                error: e.to_string(),
+            }),
+    }
 }
 
 /// How long the pipeline runs.
@@ -569,15 +713,17 @@ enum Mode {
 enum Event {
     Claimed(u64),
     Expired(u64),
-    /// An outcome, the claim permit to free once it is committed, and (for a sent
-    /// message) who to tell when it is.
+    /// A row's outcome under one claim, the claim permit to free once it is committed,
+    /// and (for a sent message) who to tell when it is.
     Done(
         i64,
+        u64,
         Outcome,
         Option<tokio::sync::OwnedSemaphorePermit>,
         Option<oneshot::Sender<()>>,
     ),
-    Unsent(i64),
+    /// A claimed row given back unsent.
+    Unsent(i64, u64),
 }
 
 /// One sender task: owns a transport slot and sends jobs one at a time.
@@ -593,6 +739,7 @@ struct SenderContext {
     hard: Shutdown,
     down_until: Arc<std::sync::atomic::AtomicI64>,
     down_reason: Arc<std::sync::Mutex<String>>,
+    holdings: Arc<Holdings>,
 }
 
 /// After a slot finds the server unreachable, the others defer without trying for this long.
@@ -605,10 +752,14 @@ impl SenderContext {
             let Some(job) = self.jobs.lock().await.recv().await else {
                 return;
             };
-            let id = job.delivery.id;
+            let (id, claim) = (job.delivery.id, job.claim);
             if self.shutdown.is_triggered() {
                 // Stop taking new work: the row goes back to the queue unsent.
-                let _ = self.out.send(Event::Unsent(id));
+                let _ = self.out.send(Event::Unsent(id, claim));
+                continue;
+            }
+            if !self.holdings.holds(id, claim) {
+                self.lapsed(id, claim);
                 continue;
             }
             let (attempts, expires_at) = (job.delivery.attempts, job.delivery.expires_at);
@@ -619,43 +770,58 @@ impl SenderContext {
                 .and_then(|e| e.rsplit('@').next())
                 .unwrap_or_default()
                 .to_string();
-            // Rendering and encoding are CPU work: off the async workers, so the recorder
-            // and the feeder are never starved (a starved recorder widens the window in
-            // which a crash would send a message twice).
-            let composer = self.composer.clone();
+            // Splicing into a group's template takes microseconds and runs here; rendering
+            // and encoding in full are CPU work for the blocking pool, so the recorder and
+            // the feeder are never starved (a starved recorder widens the window in which
+            // a crash would send a message twice).
             let claimed_at = job.claimed_at;
-            let delivery = job.delivery;
-            let prepared =
-                tokio::task::spawn_blocking(move || prepare(&composer, &delivery, claimed_at))
-                    .await;
+            let prepared = match prepare(&self.composer, &job.delivery, claimed_at, Work::Splice) {
+                Ok(Some(composed)) => Ok(Ok(composed)),
+                Err(outcome) => Ok(Err(outcome)),
+                Ok(None) => {
+                    let composer = self.composer.clone();
+                    let delivery = job.delivery;
+                    tokio::task::spawn_blocking(move || {
+                        prepare(&composer, &delivery, claimed_at, Work::Full)
+                            .map(|composed| composed.expect("full work always composes"))
+                    })
+                    .await
+                }
+            };
             let composed = match prepared {
                 Ok(Ok(composed)) => composed,
                 Ok(Err(outcome)) => {
-                    let _ = self.out.send(Event::Done(id, outcome, None, None));
+                    let _ = self.out.send(Event::Done(id, claim, outcome, None, None));
                     continue;
                 }
                 Err(panic) => {
                     let outcome = Outcome::Failed {
                         error: format!("composing the email failed: {panic}"),
                     };
-                    let _ = self.out.send(Event::Done(id, outcome, None, None));
+                    let _ = self.out.send(Event::Done(id, claim, outcome, None, None));
                     continue;
                 }
             };
             if now() < self.down_until.load(Ordering::Relaxed) {
                 let reason = self.down_reason.lock().expect("not poisoned").clone();
                 let outcome = self.backoff.retry(reason, attempts, expires_at);
-                let _ = self.out.send(Event::Done(id, outcome, None, None));
+                let _ = self.out.send(Event::Done(id, claim, outcome, None, None));
                 continue;
             }
-            if let Some(previous) = committed.take() {
-                let _ = previous.await;
-            }
+            // The server may accept this message only once the previous one sent on
+            // this connection is committed: a crash then leaves at most one accepted
+            // but unrecorded message per connection.
+            let hold = committed.take().map(Hold);
             self.pacing.wait(&domain).await;
+            // The last moment to find the lease lapsed: from here the message goes out.
+            if !self.holdings.holds(id, claim) {
+                self.lapsed(id, claim);
+                continue;
+            }
             let result = tokio::select! {
-                result = self.transport.send(self.slot, &composed) => result,
+                result = self.transport.send(self.slot, &composed, hold) => result,
                 _ = self.hard.triggered() => {
-                    let _ = self.out.send(Event::Unsent(id));
+                    let _ = self.out.send(Event::Unsent(id, claim));
                     return;
                 }
             };
@@ -681,9 +847,10 @@ impl SenderContext {
                     self.backoff.retry(error, attempts, expires_at)
                 }
             };
-            // A sent message's sender waits for the commit before its next transmission,
-            // so at any moment each connection has at most one message that a crash could
-            // send twice: duplicates after a crash are bounded by the connection count.
+            // The next message on this connection gets its final dot only after this
+            // outcome is committed, so at any moment each connection has at most one
+            // accepted message that a crash could send twice: duplicates after a crash
+            // are bounded by the connection count.
             let ack = if matches!(outcome, Outcome::Sent { .. }) {
                 let (tx, rx) = oneshot::channel();
                 committed = Some(rx);
@@ -693,8 +860,18 @@ impl SenderContext {
             };
             let _ = self
                 .out
-                .send(Event::Done(id, outcome, Some(job.permit), ack));
+                .send(Event::Done(id, claim, outcome, Some(job.permit), ack));
         }
+    }
+
+    /// Drops a job whose lease lapsed: the row is due again for whoever claims it, and
+    /// recording anything for it now could undo another worker's result.
+    fn lapsed(&self, id: i64, claim: u64) {
+        tracing::warn!(
+            delivery = id,
+            "lease lapsed before sending; leaving the row to its next claim"
+        );
+        self.holdings.forget(id, claim);
     }
 }
 

@@ -5,13 +5,19 @@
 //! reused connection), and reopened after any error. The number of slots bounds
 //! concurrency; lettre's own pool only bounds idle connections.
 
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, TlsParameters};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, oneshot};
 
 use crate::compose::Composed;
 use crate::config::{SmtpConfig, TlsMode};
@@ -39,7 +45,104 @@ pub enum SendResult {
 /// A fixed number of reusable SMTP connections.
 pub struct SmtpPool {
     config: SmtpConfig,
-    slots: Vec<Mutex<Option<AsyncSmtpConnection>>>,
+    slots: Vec<Mutex<Option<Connection>>>,
+}
+
+/// One open session, and the gate in its socket when the socket carries the SMTP
+/// text itself (not under TLS).
+struct Connection {
+    smtp: AsyncSmtpConnection,
+    gate: Option<Arc<std::sync::Mutex<Gate>>>,
+}
+
+/// What a transmission waits for before the server may accept it: the commit of the
+/// previous message sent on the same connection. Each connection then has at most one
+/// accepted message whose outcome is not yet recorded, which bounds what a crash can
+/// send twice.
+/// The receiver fires (or closes) once the previous outcome is committed.
+#[derive(Debug)]
+pub struct Hold(pub oneshot::Receiver<()>);
+
+impl Hold {
+    /// Waits for the release.
+    pub async fn wait(self) {
+        let _ = self.0.await;
+    }
+}
+
+/// The hold armed on a connection: the content's first `pass` bytes go out at once,
+/// the rest (the final dot, where the server accepts) once the hold is released. The
+/// commit of the previous message thus overlaps this message's commands and content.
+#[derive(Debug, Default)]
+struct Gate {
+    pass: usize,
+    hold: Option<Hold>,
+}
+
+impl Gate {
+    fn disarm(&mut self) {
+        self.hold = None;
+        self.pass = 0;
+    }
+}
+
+/// A TCP stream with a [`Gate`] on its writes.
+#[derive(Debug)]
+struct GatedStream {
+    inner: TcpStream,
+    gate: Arc<std::sync::Mutex<Gate>>,
+}
+
+impl AsyncRead for GatedStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for GatedStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let mut guard = this.gate.lock().expect("not poisoned");
+        let gate = &mut *guard;
+        if let Some(hold) = &mut gate.hold {
+            if gate.pass > 0 {
+                let n = buf.len().min(gate.pass);
+                let result = Pin::new(&mut this.inner).poll_write(cx, &buf[..n]);
+                if let Poll::Ready(Ok(written)) = result {
+                    gate.pass -= written;
+                }
+                return result;
+            }
+            if Pin::new(&mut hold.0).poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            gate.disarm();
+        }
+        drop(guard);
+        Pin::new(&mut this.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+impl AsyncTokioStream for GatedStream {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.inner.peer_addr()
+    }
 }
 
 impl SmtpPool {
@@ -60,9 +163,10 @@ impl SmtpPool {
     }
 
     /// Sends one message on slot `slot`, reconnecting if the slot has no live connection.
-    pub async fn send(&self, slot: usize, message: &Composed) -> SendResult {
+    /// With a `hold`, the server gets the final dot only once it is released.
+    pub async fn send(&self, slot: usize, message: &Composed, hold: Option<Hold>) -> SendResult {
         let mut guard = self.slots[slot].lock().await;
-        let usable = matches!(guard.as_ref(), Some(conn) if !conn.has_broken());
+        let usable = matches!(guard.as_ref(), Some(conn) if !conn.smtp.has_broken());
         if !usable {
             *guard = None;
             match tokio::time::timeout(self.config.timeout, self.connect()).await {
@@ -82,8 +186,10 @@ impl SmtpPool {
         // a timeout after the final dot leaves the outcome unknown, so it is retried
         // with the same Message-ID.
         let budget = self.config.timeout * 3;
-        let result =
-            tokio::time::timeout(budget, conn.send(&message.envelope, &message.bytes)).await;
+        let result = tokio::time::timeout(budget, transmit(conn, message, hold)).await;
+        if let Some(gate) = &conn.gate {
+            gate.lock().expect("not poisoned").disarm();
+        }
         match result {
             Ok(Ok(response)) => {
                 let text: Vec<&str> = response.message().collect();
@@ -91,7 +197,7 @@ impl SmtpPool {
             }
             Ok(Err(error)) => {
                 let outcome = classify(&error);
-                if conn.has_broken() || !matches!(outcome, SendResult::Permanent { .. }) {
+                if conn.smtp.has_broken() || !matches!(outcome, SendResult::Permanent { .. }) {
                     *guard = None;
                 }
                 outcome
@@ -109,12 +215,12 @@ impl SmtpPool {
     pub async fn close(&self) {
         for slot in &self.slots {
             if let Some(mut conn) = slot.lock().await.take() {
-                let _ = tokio::time::timeout(Duration::from_secs(2), conn.quit()).await;
+                let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.quit()).await;
             }
         }
     }
 
-    async fn connect(&self) -> Result<AsyncSmtpConnection, String> {
+    async fn connect(&self) -> Result<Connection, String> {
         let cfg = &self.config;
         let hello = ClientId::Domain(cfg.hello_name.clone());
         let server = self.server();
@@ -122,31 +228,43 @@ impl SmtpPool {
             TlsParameters::new(cfg.host.clone())
                 .map_err(|e| format!("cannot set up TLS for {}: {e}", cfg.host))
         };
-        let mut conn = match cfg.tls {
-            TlsMode::Tls => AsyncSmtpConnection::connect_tokio1(
-                (cfg.host.as_str(), cfg.port),
-                Some(cfg.timeout),
-                &hello,
-                Some(tls_params()?),
+        let (mut conn, gate) = match cfg.tls {
+            TlsMode::Tls => (
+                AsyncSmtpConnection::connect_tokio1(
+                    (cfg.host.as_str(), cfg.port),
+                    Some(cfg.timeout),
+                    &hello,
+                    Some(tls_params()?),
+                    None,
+                )
+                .await
+                .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?,
                 None,
-            )
-            .await
-            .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?,
+            ),
             TlsMode::None | TlsMode::Starttls => {
                 let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
                     .await
                     .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?;
                 tcp.set_nodelay(true)
                     .map_err(|e| format!("cannot configure the connection to {server}: {e}"))?;
-                let mut conn = AsyncSmtpConnection::connect_with_transport(Box::new(tcp), &hello)
-                    .await
-                    .map_err(|e| format!("SMTP server {server} refused the session: {e}"))?;
+                let gate = Arc::new(std::sync::Mutex::new(Gate::default()));
+                let stream = GatedStream {
+                    inner: tcp,
+                    gate: gate.clone(),
+                };
+                let mut conn =
+                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
+                        .await
+                        .map_err(|e| format!("SMTP server {server} refused the session: {e}"))?;
                 if cfg.tls == TlsMode::Starttls {
                     conn.starttls(tls_params()?, &hello)
                         .await
                         .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
+                    // Under TLS the socket carries ciphertext: the hold is awaited whole.
+                    (conn, None)
+                } else {
+                    (conn, Some(gate))
                 }
-                conn
             }
         };
         if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
@@ -157,8 +275,89 @@ impl SmtpPool {
             .await
             .map_err(|e| format!("SMTP login to {server} as {user} failed: {e}"))?;
         }
-        Ok(conn)
+        Ok(Connection { smtp: conn, gate })
     }
+}
+
+/// One SMTP transaction. lettre's own `send` dot-stuffs the content a byte at a time
+/// and writes the final dot separately; for ASCII content and addresses (everything
+/// herald composes) the content is stuffed here with a substring search and goes out
+/// with its final dot in one write, behind the connection's gate when there is a
+/// hold. Anything else takes lettre's path, which adds the 8BITMIME and SMTPUTF8
+/// parameters, after the hold is released. Like lettre, any error ends the session.
+async fn transmit(
+    connection: &mut Connection,
+    message: &Composed,
+    hold: Option<Hold>,
+) -> Result<Response, lettre::transport::smtp::Error> {
+    let envelope = &message.envelope;
+    let data = dot_stuffed(&message.bytes).filter(|_| ascii_addresses(envelope));
+    let (Some(data), Some(gate)) = (data, &connection.gate) else {
+        if let Some(hold) = hold {
+            hold.wait().await;
+        }
+        return connection.smtp.send(envelope, &message.bytes).await;
+    };
+    let conn = &mut connection.smtp;
+    let result = async {
+        conn.command(Mail::new(envelope.from().cloned(), vec![]))
+            .await?;
+        for to in envelope.to() {
+            conn.command(Rcpt::new(to.clone(), vec![])).await?;
+        }
+        conn.command(Data).await?;
+        if let Some(hold) = hold {
+            // Everything but the final dot goes out while the previous commit runs.
+            let mut gate = gate.lock().expect("not poisoned");
+            gate.pass = data.len() - b"\r\n.\r\n".len();
+            gate.hold = Some(hold);
+        }
+        conn.command(Content(&data)).await
+    }
+    .await;
+    if result.is_err() {
+        conn.abort().await;
+    }
+    result
+}
+
+fn ascii_addresses(envelope: &lettre::address::Envelope) -> bool {
+    envelope
+        .from()
+        .into_iter()
+        .chain(envelope.to())
+        .all(|address| AsRef::<str>::as_ref(address).is_ascii())
+}
+
+/// Message content written as one "command": the stuffed text and its final dot.
+struct Content<'a>(&'a str);
+
+impl std::fmt::Display for Content<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0)
+    }
+}
+
+/// `bytes` as DATA content (RFC 5321 4.5.2): a dot that starts a line is doubled, and
+/// `CRLF.CRLF` ends it. `None` for content that is not ASCII.
+fn dot_stuffed(bytes: &[u8]) -> Option<String> {
+    if !bytes.is_ascii() {
+        return None;
+    }
+    let text = std::str::from_utf8(bytes).ok()?;
+    let mut out = String::with_capacity(text.len() + 16);
+    if text.starts_with('.') {
+        out.push('.');
+    }
+    let mut rest = text;
+    while let Some(at) = rest.find("\r\n.") {
+        out.push_str(&rest[..at + 3]);
+        out.push('.');
+        rest = &rest[at + 3..];
+    }
+    out.push_str(rest);
+    out.push_str("\r\n.\r\n");
+    Some(out)
 }
 
 /// Sorts a lettre error into retry-or-not.
@@ -199,5 +398,19 @@ mod tests {
             "transient error (450): 4.2.1 mailbox busy"
         ));
         assert!(!is_throttling(None, "connection reset by peer"));
+    }
+
+    #[test]
+    fn content_is_dot_stuffed_and_terminated() {
+        assert_eq!(
+            dot_stuffed(b".top\r\nmid.dle\r\n.\r\n..two\r\nend").unwrap(),
+            "..top\r\nmid.dle\r\n..\r\n...two\r\nend\r\n.\r\n"
+        );
+        assert_eq!(dot_stuffed(b"plain").unwrap(), "plain\r\n.\r\n");
+        assert_eq!(
+            dot_stuffed("caf\u{e9}".as_bytes()),
+            None,
+            "not ASCII: lettre's path"
+        );
     }
 }

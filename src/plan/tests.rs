@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, Timelike, Utc};
 
 use super::*;
 use crate::domain::{Email, SubscriberState};
-use crate::store::testing::stores;
-use crate::store::{FeedItem, NewSubscriber, Outcome};
+use crate::store::testing::{lease, stores};
+use crate::store::{FeedItem, LeaseOwner, NewSubscriber, Outcome};
 
 const ZONES: [&str; 5] = [
     "America/Los_Angeles",
@@ -107,7 +107,7 @@ async fn article(store: &Store, region: &str, key: &str, at: i64) -> i64 {
 async fn deliver_all(store: &Store, at: i64) -> Vec<(i64, Vec<i64>)> {
     store.expire_overdue(at).await.unwrap();
     let claimed = store
-        .claim_due_deliveries(10_000, at, at + 300)
+        .claim_due_deliveries(10_000, at, lease(at + 300))
         .await
         .unwrap();
     let outcomes: Vec<(i64, Outcome)> = claimed
@@ -121,7 +121,10 @@ async fn deliver_all(store: &Store, at: i64) -> Vec<(i64, Vec<i64>)> {
             )
         })
         .collect();
-    store.record_outcomes(&outcomes, at).await.unwrap();
+    store
+        .record_outcomes(&outcomes, LeaseOwner::TEST, at)
+        .await
+        .unwrap();
     claimed
         .into_iter()
         .map(|d| {

@@ -22,6 +22,31 @@ pub struct PlanSummary {
     pub recipients: Vec<(String, i64)>,
 }
 
+/// Who holds a claimed row: one value per running worker, chosen at random, so a
+/// worker renews, records and returns only rows it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseOwner(i64);
+
+impl LeaseOwner {
+    /// A fresh owner for a new worker.
+    pub fn random() -> LeaseOwner {
+        LeaseOwner(fastrand::i64(..))
+    }
+
+    /// The owner the store tests claim as.
+    #[cfg(test)]
+    pub(crate) const TEST: LeaseOwner = LeaseOwner(1);
+}
+
+/// A claim's lease: who holds the rows, and until when (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The worker holding the rows.
+    pub owner: LeaseOwner,
+    /// The rows are due again for anyone after this instant.
+    pub until: i64,
+}
+
 /// A row claimed by a worker, with what composing it needs.
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
@@ -54,7 +79,7 @@ pub struct ClaimedDelivery {
 }
 
 /// One article placed in one email.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryArticle {
     /// Article id.
     pub article_id: i64,
@@ -231,19 +256,19 @@ impl Store {
         Ok(n)
     }
 
-    /// Claims up to `limit` due rows for this worker until `lease_until`, most urgent lane
-    /// first. Rows whose lease ran out (a crashed worker) are due again.
+    /// Claims up to `limit` due rows under `lease`, most urgent lane first. Rows whose
+    /// lease ran out (a crashed worker) are due again.
     pub async fn claim_due_deliveries(
         &self,
         limit: usize,
         now: i64,
-        lease_until: i64,
+        lease: Lease,
     ) -> Result<Vec<ClaimedDelivery>> {
         // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
         // worker's rows) and waiting rows in lane order.
         let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE deliveries SET state = 'sending', lease_until = $1, attempts = attempts + 1,
-                 updated_at = $2
+            "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
+                 attempts = attempts + 1, updated_at = $2
              WHERE id IN (
                  SELECT id FROM (
                      SELECT id FROM deliveries
@@ -258,13 +283,43 @@ impl Store {
              RETURNING id",
             skip_locked = self.skip_locked_sql()
         )))
-        .bind(lease_until)
+        .bind(lease.until)
         .bind(now)
         .bind(limit as i64)
+        .bind(lease.owner.0)
         .fetch_all(&self.pool)
         .await?;
         let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
         self.load_deliveries(&ids).await
+    }
+
+    /// Extends the lease on those of `ids` that `lease.owner` still holds, and returns
+    /// them. A worker renews while it holds rows, so a slow server never lets a live
+    /// worker's lease lapse; only a dead worker's rows come back.
+    pub async fn renew_leases(&self, ids: &[i64], lease: Lease) -> Result<Vec<i64>> {
+        let mut renewed = Vec::with_capacity(ids.len());
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = $1
+                 WHERE state = 'sending' AND lease_owner = $2 AND id IN ({})
+                 RETURNING id",
+                placeholders(3, chunk.len())
+            );
+            let mut query = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql))
+                .bind(lease.until)
+                .bind(lease.owner.0);
+            for id in chunk {
+                query = query.bind(*id);
+            }
+            renewed.extend(
+                query
+                    .fetch_all(&self.pool)
+                    .await?
+                    .into_iter()
+                    .map(|(id,)| id),
+            );
+        }
+        Ok(renewed)
     }
 
     /// Loads claimed rows with their reader and articles, in id order.
@@ -435,42 +490,72 @@ impl Store {
     }
 
     /// Writes a batch of outcomes in one transaction (one forced flush for the batch).
-    /// Only rows still `sending` are touched, so a late worker cannot undo another's result.
-    pub async fn record_outcomes(&self, outcomes: &[(i64, Outcome)], now: i64) -> Result<()> {
+    /// Only rows `owner` still holds are touched, so a late worker cannot undo another's
+    /// result.
+    pub async fn record_outcomes(
+        &self,
+        outcomes: &[(i64, Outcome)],
+        owner: LeaseOwner,
+        now: i64,
+    ) -> Result<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
         let mut tx = self.begin_write().await?;
+        // One statement per chunk: every row's new values in a VALUES list.
+        for chunk in outcomes.chunks(200) {
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|i| {
+                    let p = 3 + i * 6;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${})",
+                        p,
+                        p + 1,
+                        p + 2,
+                        p + 3,
+                        p + 4,
+                        p + 5
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE deliveries SET state = v.column2,
+                     smtp_reply = COALESCE(v.column3, deliveries.smtp_reply),
+                     last_error = COALESCE(v.column4, deliveries.last_error),
+                     next_attempt_at = COALESCE(v.column5, deliveries.next_attempt_at),
+                     sent_at = v.column6,
+                     lease_until = NULL, lease_owner = NULL, updated_at = $1
+                 FROM (VALUES {}) AS v
+                 WHERE deliveries.id = v.column1 AND deliveries.state = 'sending'
+                     AND deliveries.lease_owner = $2",
+                rows.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
+            for (id, outcome) in chunk {
+                let (reply, error, next_attempt, sent_at) = match outcome {
+                    Outcome::Sent { reply } => (Some(reply.clone()), None, None, Some(now)),
+                    Outcome::Deferred { error, retry_at } => {
+                        (None, Some(error.clone()), Some(*retry_at), None)
+                    }
+                    Outcome::Bounced { reply, .. } => {
+                        (Some(reply.clone()), Some(reply.clone()), None, None)
+                    }
+                    Outcome::Failed { error } => (None, Some(error.clone()), None, None),
+                    Outcome::Expired => (None, None, None, None),
+                    Outcome::Cancelled { reason } => (None, Some(reason.clone()), None, None),
+                    Outcome::Suppressed => (None, Some("address is suppressed".into()), None, None),
+                };
+                query = query
+                    .bind(*id)
+                    .bind(outcome.state().as_str())
+                    .bind(reply)
+                    .bind(error)
+                    .bind(next_attempt)
+                    .bind(sent_at);
+            }
+            query.execute(&mut *tx).await?;
+        }
         for (id, outcome) in outcomes {
-            let (reply, error, next_attempt, sent_at) = match outcome {
-                Outcome::Sent { reply } => (Some(reply.as_str()), None, None, Some(now)),
-                Outcome::Deferred { error, retry_at } => {
-                    (None, Some(error.as_str()), Some(*retry_at), None)
-                }
-                Outcome::Bounced { reply, .. } => {
-                    (Some(reply.as_str()), Some(reply.as_str()), None, None)
-                }
-                Outcome::Failed { error } => (None, Some(error.as_str()), None, None),
-                Outcome::Expired => (None, None, None, None),
-                Outcome::Cancelled { reason } => (None, Some(reason.as_str()), None, None),
-                Outcome::Suppressed => (None, Some("address is suppressed"), None, None),
-            };
-            sqlx::query(
-                "UPDATE deliveries SET state = $1, smtp_reply = COALESCE($2, smtp_reply),
-                     last_error = COALESCE($3, last_error),
-                     next_attempt_at = COALESCE($4, next_attempt_at), sent_at = $5,
-                     lease_until = NULL, updated_at = $6
-                 WHERE id = $7 AND state = 'sending'",
-            )
-            .bind(outcome.state().as_str())
-            .bind(reply)
-            .bind(error)
-            .bind(next_attempt)
-            .bind(sent_at)
-            .bind(now)
-            .bind(*id)
-            .execute(&mut *tx)
-            .await?;
             if let Outcome::Bounced {
                 suppress: true,
                 reply,
@@ -508,17 +593,18 @@ impl Store {
 
     /// Gives claimed rows back (shutdown before they were sent): due again at once,
     /// with the attempt that never happened taken back.
-    pub async fn release_deliveries(&self, ids: &[i64], now: i64) -> Result<()> {
+    pub async fn release_deliveries(&self, ids: &[i64], owner: LeaseOwner, now: i64) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
         let sql = format!(
             "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'queued' END,
-                 attempts = attempts - 1, lease_until = NULL, next_attempt_at = $1, updated_at = $1
-             WHERE state = 'sending' AND id IN ({})",
-            placeholders(2, ids.len())
+                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL,
+                 next_attempt_at = $1, updated_at = $1
+             WHERE state = 'sending' AND lease_owner = $2 AND id IN ({})",
+            placeholders(3, ids.len())
         );
-        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now);
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
         for id in ids {
             query = query.bind(*id);
         }
@@ -644,7 +730,7 @@ pub struct LedgerRow {
 mod tests {
     use super::*;
     use crate::domain::Email;
-    use crate::store::testing::stores;
+    use crate::store::testing::{lease, stores};
     use crate::store::{FeedItem, NewSubscriber};
 
     async fn seed(store: &Store) -> RegionSlug {
@@ -724,7 +810,10 @@ mod tests {
                 .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
                 .await
                 .unwrap();
-            let claimed = store.claim_due_deliveries(10, 2_000, 2_300).await.unwrap();
+            let claimed = store
+                .claim_due_deliveries(10, 2_000, lease(2_300))
+                .await
+                .unwrap();
             assert_eq!(claimed.len(), 2, "{backend:?}");
             assert_eq!(claimed[0].articles.len(), 3);
             assert_eq!(claimed[0].message_id.len(), 32);
@@ -733,13 +822,16 @@ mod tests {
             // Leased rows are not claimed twice while the lease holds...
             assert!(
                 store
-                    .claim_due_deliveries(10, 2_100, 2_400)
+                    .claim_due_deliveries(10, 2_100, lease(2_400))
                     .await
                     .unwrap()
                     .is_empty()
             );
             // ...and come back after it lapses (a crashed worker), keeping their Message-ID.
-            let again = store.claim_due_deliveries(10, 2_301, 2_600).await.unwrap();
+            let again = store
+                .claim_due_deliveries(10, 2_301, lease(2_600))
+                .await
+                .unwrap();
             assert_eq!(again.len(), 2);
             assert_eq!(again[0].message_id, claimed[0].message_id);
             assert_eq!(again[0].attempts, 2);
@@ -761,6 +853,7 @@ mod tests {
                             },
                         ),
                     ],
+                    LeaseOwner::TEST,
                     2_400,
                 )
                 .await
@@ -773,7 +866,7 @@ mod tests {
             // Deferred rows wait for their retry time, then expire after their expiry.
             assert!(
                 store
-                    .claim_due_deliveries(10, 2_500, 2_800)
+                    .claim_due_deliveries(10, 2_500, lease(2_800))
                     .await
                     .unwrap()
                     .is_empty()
@@ -793,7 +886,10 @@ mod tests {
                 .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
                 .await
                 .unwrap();
-            let claimed = store.claim_due_deliveries(10, 2_000, 2_300).await.unwrap();
+            let claimed = store
+                .claim_due_deliveries(10, 2_000, lease(2_300))
+                .await
+                .unwrap();
             store
                 .record_outcomes(
                     &[(
@@ -803,6 +899,7 @@ mod tests {
                             suppress: true,
                         },
                     )],
+                    LeaseOwner::TEST,
                     2_100,
                 )
                 .await
@@ -811,7 +908,7 @@ mod tests {
             assert_eq!(list[0].state, SubscriberState::Suppressed);
             // Releasing the other row puts it back; its reader unsubscribes before the send.
             store
-                .release_deliveries(&[claimed[1].id], 2_100)
+                .release_deliveries(&[claimed[1].id], LeaseOwner::TEST, 2_100)
                 .await
                 .unwrap();
             store
@@ -820,7 +917,7 @@ mod tests {
                 .unwrap();
             assert!(
                 store
-                    .claim_due_deliveries(10, 2_200, 2_500)
+                    .claim_due_deliveries(10, 2_200, lease(2_500))
                     .await
                     .unwrap()
                     .is_empty()

@@ -13,7 +13,9 @@ mod subscribers;
 
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedPollState, FeedStatus, PushOutcome};
-pub use deliveries::{ClaimedDelivery, DeliveryArticle, Outcome, PlanSummary, QueueStatus};
+pub use deliveries::{
+    ClaimedDelivery, DeliveryArticle, Lease, LeaseOwner, Outcome, PlanSummary, QueueStatus,
+};
 pub use planning::{AlertPlan, BreakingArticle, SlotPlan};
 pub use signup::{
     ConfirmOutcome, Consent, ConsentRecord, ReaderPreferences, ReaderRegion, SignupMail,
@@ -258,6 +260,14 @@ pub(crate) mod testing {
     //! Opens a fresh store on SQLite, or on PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set.
 
     use super::*;
+
+    /// A lease held by the test owner until `until`.
+    pub(crate) fn lease(until: i64) -> Lease {
+        Lease {
+            owner: LeaseOwner::TEST,
+            until,
+        }
+    }
 
     /// A store plus whatever keeps it alive (the temp dir, or the PG schema name).
     pub struct TestStore {

@@ -546,7 +546,7 @@ mod tests {
     use super::*;
     use crate::domain::DeliveryState;
     use crate::store::NewSubscriber;
-    use crate::store::testing::stores;
+    use crate::store::testing::{lease, stores};
 
     const DAY: i64 = 86_400;
 
@@ -729,7 +729,10 @@ mod tests {
                 &[("town", Cadence::Daily), ("state", Cadence::Alert)],
             );
             store.record_web_signup(&ada, 100, mail(100)).await.unwrap();
-            let claimed = store.claim_due_deliveries(10, 100, 400).await.unwrap();
+            let claimed = store
+                .claim_due_deliveries(10, 100, lease(400))
+                .await
+                .unwrap();
             assert_eq!(claimed.len(), 1, "{backend:?}");
             let row = &claimed[0];
             assert_eq!(row.kind, DeliveryKind::Confirmation);
@@ -849,7 +852,7 @@ mod tests {
             store.unsubscribe(id, 101).await.unwrap();
             assert!(
                 store
-                    .claim_due_deliveries(10, 102, 400)
+                    .claim_due_deliveries(10, 102, lease(400))
                     .await
                     .unwrap()
                     .is_empty()
