@@ -4,9 +4,9 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
+use super::planning::DigestBatch;
 use super::signup::ReaderRegion;
 use super::subscribers::email_hash;
-use super::planning::DigestBatch;
 use super::{Result, Store, StoreError, placeholders};
 use crate::domain::{Cadence, DeliveryKind, DeliveryState, RegionSlug, SubscriberState};
 

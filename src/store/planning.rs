@@ -199,7 +199,10 @@ impl Store {
                         (SELECT MAX(d.slot_at) FROM deliveries d
                          WHERE d.subscriber_id = s.id AND d.cadence = $1),
                         CASE WHEN MIN(sub.created_at) < $2 THEN MIN(sub.created_at) ELSE $2 END),
-                    string_agg(sub.region_slug, ',' ORDER BY sub.region_slug),
+                    CASE WHEN COUNT(*) = 1 THEN MIN(sub.region_slug) ELSE
+                        (SELECT string_agg(x.region_slug, ',' ORDER BY x.region_slug)
+                         FROM subscriptions x WHERE x.subscriber_id = s.id AND x.cadence = $1)
+                    END,
                     (SELECT MAX(d.articles_through) FROM deliveries d
                      WHERE d.subscriber_id = s.id AND d.articles_through IS NOT NULL)
              FROM subscribers s
@@ -267,7 +270,9 @@ impl Store {
         if pg {
             // Temporary tables have no statistics until asked; without them the planner
             // guesses a few thousand readers and picks nested loops over a hundred thousand.
-            sqlx::query("ANALYZE plan_readers").execute(&mut **tx).await?;
+            sqlx::query("ANALYZE plan_readers")
+                .execute(&mut **tx)
+                .await?;
         }
         let id_column = match self.backend {
             Backend::Sqlite => "id INTEGER PRIMARY KEY",
@@ -462,12 +467,7 @@ impl Store {
         .await?
         .rows_affected();
 
-        // One delivery per reader with something to read. PostgreSQL may join by hashing:
-        // sort so delivery ids follow reader ids, as they do on SQLite.
-        let order = match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => "ORDER BY p.subscriber_id",
-        };
+        // One delivery per reader with something to read.
         let deliveries = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state,
                  attempts, message_id, next_attempt_at, expires_at, created_at, updated_at,
@@ -479,8 +479,7 @@ impl Store {
              LEFT JOIN plan_personal pp ON pp.subscriber_id = p.subscriber_id
              CROSS JOIN plan_contents pc
              WHERE g.window_start = p.window_start AND g.regions = p.regions
-               AND pc.group_id = g.id AND pc.excluded = COALESCE(pp.excluded, '')
-             {order}",
+               AND pc.group_id = g.id AND pc.excluded = COALESCE(pp.excluded, '')",
             rand = self.random_hex_sql()
         )))
         .bind(batch.edition_id)
@@ -793,10 +792,20 @@ mod tests {
 
     /// Sends everything due at `at`; returns each reader's articles, in email order.
     async fn deliver(store: &Store, at: i64) -> HashMap<i64, Vec<Vec<i64>>> {
-        let claimed = store.claim_due_deliveries(1_000, at, at + 300).await.unwrap();
+        let claimed = store
+            .claim_due_deliveries(1_000, at, at + 300)
+            .await
+            .unwrap();
         let sent: Vec<(i64, Outcome)> = claimed
             .iter()
-            .map(|d| (d.id, Outcome::Sent { reply: "250 ok".into() }))
+            .map(|d| {
+                (
+                    d.id,
+                    Outcome::Sent {
+                        reply: "250 ok".into(),
+                    },
+                )
+            })
             .collect();
         store.record_outcomes(&sent, at).await.unwrap();
         let mut out: HashMap<i64, Vec<Vec<i64>>> = HashMap::new();
@@ -820,11 +829,18 @@ mod tests {
             .await;
             let weekly = reader(store, "weekly@example.org", &[("south", Cadence::Weekly)]).await;
             let shared = story(store, "north", "shared", MONDAY - 3_600).await;
-            assert_eq!(story(store, "south", "shared", MONDAY - 3_000).await, shared);
+            assert_eq!(
+                story(store, "south", "shared", MONDAY - 3_000).await,
+                shared
+            );
             let only_south = story(store, "south", "south", MONDAY - 2_000).await;
 
             let daily = plan_slot(store, Cadence::Daily, MONDAY, MONDAY + 30).await;
-            assert_eq!((daily.deliveries, daily.content_rows), (1, 1), "{backend:?}");
+            assert_eq!(
+                (daily.deliveries, daily.content_rows),
+                (1, 1),
+                "{backend:?}"
+            );
             let week = plan_slot(store, Cadence::Weekly, MONDAY, MONDAY + 40).await;
             // Both weekly readers follow the same region from the same start, but one had
             // the shared story in the daily digest: two contents, three rows in all.
@@ -869,7 +885,10 @@ mod tests {
                 })
                 .await
                 .unwrap();
-            assert_eq!(alert.deliveries, 1, "{backend:?}: only the reader who lacks it");
+            assert_eq!(
+                alert.deliveries, 1,
+                "{backend:?}: only the reader who lacks it"
+            );
             let got = deliver(store, MONDAY + 800).await;
             assert_eq!(got.keys().copied().collect::<Vec<_>>(), [alert_only]);
             assert!(store.alert_zones(article).await.unwrap().is_empty());
@@ -887,7 +906,11 @@ mod tests {
             // tomorrow's window too (it starts at today's slot).
             let late = story(store, "north", "late", MONDAY + 600).await;
             let today = plan_slot(store, Cadence::Daily, MONDAY, MONDAY + 1_200).await;
-            assert_eq!((today.deliveries, today.content_rows), (2, 2), "{backend:?}");
+            assert_eq!(
+                (today.deliveries, today.content_rows),
+                (2, 2),
+                "{backend:?}"
+            );
             deliver(store, MONDAY + 1_300).await;
             let next = story(store, "north", "next", MONDAY + 7_200).await;
             let tomorrow = plan_slot(store, Cadence::Daily, MONDAY + DAY, MONDAY + DAY + 30).await;
