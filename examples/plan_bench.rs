@@ -10,7 +10,7 @@
 //! readers each following one region daily) and then refreshes the planner statistics
 //! (PostgreSQL: `VACUUM (ANALYZE)`, what autovacuum does after a bulk load); `plan` plans
 //! the 07:00 slot of every zone, one after the other as the daemon would, and prints
-//! seconds, digests and rows per second, and the process's peak RSS. Run `plan` in its
+//! seconds, digests and rows written per second, and the process's peak RSS. Run `plan` in its
 //! own process so that peak is the planner's alone. On PostgreSQL the server's memory
 //! is not in that figure.
 //!
@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
             let start = Instant::now();
             let mut deliveries = 0;
             let mut placements = 0;
+            let mut content_rows = 0;
             for zone in ZONES {
                 let slot = slot_for(zone, day);
                 let now = slot.timestamp() + 30;
@@ -140,13 +141,15 @@ async fn main() -> anyhow::Result<()> {
                     .await?;
                 deliveries += summary.deliveries;
                 placements += summary.articles;
+                content_rows += summary.content_rows;
             }
             let secs = start.elapsed().as_secs_f64();
             println!(
-                "planned {deliveries} digests ({placements} article placements) in {secs:.2}s: \
-                 {:.0} digests/s, {:.0} rows/s, peak RSS {}",
+                "planned {deliveries} digests ({placements} articles in them, stored as \
+                 {content_rows} content rows) in {secs:.2}s: {:.0} digests/s, {:.0} rows/s \
+                 (deliveries + content rows), peak RSS {}",
                 deliveries as f64 / secs,
-                (deliveries + placements) as f64 / secs,
+                (deliveries + content_rows) as f64 / secs,
                 peak_rss()
             );
         }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
+use super::planning::DigestBatch;
 use super::signup::ReaderRegion;
 use super::subscribers::email_hash;
 use super::{Result, Store, StoreError, placeholders};
@@ -16,8 +17,10 @@ pub struct PlanSummary {
     pub edition_id: i64,
     /// Emails queued.
     pub deliveries: u64,
-    /// Article placements across those emails.
+    /// Articles across those emails (each email's count, summed).
     pub articles: u64,
+    /// Rows written to store those emails' contents: one per article per content group.
+    pub content_rows: u64,
     /// On a dry run: each recipient with the number of articles they would get.
     pub recipients: Vec<(String, i64)>,
 }
@@ -167,9 +170,9 @@ impl Store {
     /// Queues one digest for each confirmed reader of `region` at `cadence` who has
     /// articles there (added since `since`) they have not received yet, in one transaction.
     ///
-    /// Set-based: three statements whatever the number of readers. The primary key on
-    /// (reader, article) in `delivery_articles` is what keeps an article from reaching
-    /// a reader twice, even when two planners race.
+    /// Set-based: a handful of statements whatever the number of readers, sharing the
+    /// scheduled slots' content groups (readers who already had some of the articles get
+    /// a content without them). An edition that already exists is left as it is.
     #[allow(clippy::too_many_arguments)]
     pub async fn plan_region_digest(
         &self,
@@ -182,64 +185,59 @@ impl Store {
         dry_run: bool,
     ) -> Result<PlanSummary> {
         let mut tx = self.begin_plan().await?;
-        sqlx::query(
+        let created: Option<(i64,)> = sqlx::query_as(
             "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at, slot_at)
-             VALUES ($1, 'digest', $2, $3, $4, $4) ON CONFLICT (slot_key) DO NOTHING",
+             VALUES ($1, 'digest', $2, $3, $4, $4) ON CONFLICT (slot_key) DO NOTHING RETURNING id",
         )
         .bind(slot_key)
         .bind(cadence.as_str())
         .bind(region.as_str())
         .bind(now)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((edition_id,)) = created else {
+            let (edition_id,): (i64,) =
+                sqlx::query_as("SELECT id FROM editions WHERE slot_key = $1")
+                    .bind(slot_key)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(PlanSummary {
+                edition_id,
+                ..PlanSummary::default()
+            });
+        };
+        self.create_plan_readers(&mut tx).await?;
+        sqlx::query(
+            "INSERT INTO plan_readers (subscriber_id, window_start, regions, articles_through)
+             SELECT s.id, $1, sub.region_slug,
+                    (SELECT MAX(d.articles_through) FROM deliveries d
+                     WHERE d.subscriber_id = s.id AND d.articles_through IS NOT NULL)
+             FROM subscribers s JOIN subscriptions sub ON sub.subscriber_id = s.id
+             WHERE s.state = 'confirmed' AND sub.region_slug = $2 AND sub.cadence = $3",
+        )
+        .bind(since)
+        .bind(region.as_str())
+        .bind(cadence.as_str())
         .execute(&mut *tx)
         .await?;
-        let (edition_id,): (i64,) = sqlx::query_as("SELECT id FROM editions WHERE slot_key = $1")
-            .bind(slot_key)
-            .fetch_one(&mut *tx)
+        let summary = self
+            .queue_digests(
+                &mut tx,
+                &DigestBatch {
+                    edition_id,
+                    cadence,
+                    region: Some(region),
+                    slot_at: now,
+                    now,
+                    expires_at,
+                },
+            )
             .await?;
-        let deliveries = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state, attempts,
-                 message_id, next_attempt_at, expires_at, created_at, updated_at, slot_at, window_start)
-             SELECT $1, s.id, 'digest', $2, $3, 'queued', 0, {rand}, $4, $5, $4, $4, $4, $7
-             FROM subscribers s JOIN subscriptions sub ON sub.subscriber_id = s.id
-             WHERE s.state = 'confirmed' AND sub.region_slug = $6 AND sub.cadence = $2
-               AND EXISTS (
-                 SELECT 1 FROM article_regions ar
-                 WHERE ar.region_slug = sub.region_slug AND ar.added_at >= $7
-                   AND NOT EXISTS (SELECT 1 FROM delivery_articles da
-                                   WHERE da.subscriber_id = s.id AND da.article_id = ar.article_id))
-             ON CONFLICT (subscriber_id, edition_id) DO NOTHING",
-            rand = self.random_hex_sql()
-        )))
-        .bind(edition_id)
-        .bind(cadence.as_str())
-        .bind(DeliveryKind::Digest.priority())
-        .bind(now)
-        .bind(expires_at)
-        .bind(region.as_str())
-        .bind(since)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let articles = sqlx::query(
-            "INSERT INTO delivery_articles (delivery_id, subscriber_id, article_id, region_slug)
-             SELECT d.id, d.subscriber_id, ar.article_id, ar.region_slug
-             FROM deliveries d JOIN article_regions ar ON ar.region_slug = $2 AND ar.added_at >= $3
-             WHERE d.edition_id = $1 AND d.state = 'queued'
-             ON CONFLICT (subscriber_id, article_id) DO NOTHING",
-        )
-        .bind(edition_id)
-        .bind(region.as_str())
-        .bind(since)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        let empty = self.drop_empty_deliveries(&mut tx, edition_id).await?;
         let recipients = self.finish_plan(tx, edition_id, dry_run).await?;
         Ok(PlanSummary {
-            edition_id,
-            deliveries: deliveries.saturating_sub(empty),
-            articles,
             recipients,
+            ..summary
         })
     }
 
@@ -355,14 +353,14 @@ impl Store {
         let rows = query.fetch_all(&self.pool).await?;
 
         let sql = format!(
-            "SELECT da.delivery_id, a.id, da.region_slug, COALESCE(r.name, da.region_slug), a.title, a.link,
+            "SELECT d.id, a.id, da.region_slug, COALESCE(r.name, da.region_slug), a.title, a.link,
                     a.summary, a.category, a.published_at
              FROM deliveries d
-             JOIN delivery_articles da ON da.subscriber_id = d.subscriber_id AND da.delivery_id = d.id
+             JOIN content_articles da ON da.content_id = d.content_id
              JOIN articles a ON a.id = da.article_id
              LEFT JOIN regions r ON r.slug = da.region_slug
              WHERE d.id IN ({})
-             ORDER BY da.delivery_id, da.region_slug, COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC",
+             ORDER BY d.id, da.region_slug, COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC",
             placeholders(1, ids.len())
         );
         let mut query = sqlx::query_as::<

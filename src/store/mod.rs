@@ -73,6 +73,9 @@ pub struct Store {
     backend: Backend,
 }
 
+/// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
+const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -218,14 +221,29 @@ impl Store {
         })
     }
 
-    /// Begins a planning transaction: a write transaction, and on PostgreSQL without JIT.
-    /// Planning statements are costly enough on paper to trigger JIT compilation with
-    /// inlining and optimisation, which took 1.2 s per statement at a million readers
-    /// while their execution is bound by inserts that JIT does not speed up.
+    /// Begins a planning transaction: a write transaction that no other planner runs
+    /// beside, and on PostgreSQL without JIT.
+    ///
+    /// Planners leave out the articles a reader already received, which only holds if
+    /// each sees every earlier plan committed: SQLite's write lock gives that; on
+    /// PostgreSQL a transaction-scoped advisory lock does, across daemons. Planning
+    /// statements are costly enough on paper to trigger JIT compilation with inlining and
+    /// optimisation, which took 1.2 s per statement at a million readers while their
+    /// execution is bound by inserts that JIT does not speed up.
     async fn begin_plan(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         let mut tx = self.begin_write().await?;
         if self.backend == Backend::Postgres {
             sqlx::query("SET LOCAL jit = off").execute(&mut *tx).await?;
+            // A zone's readers are grouped and joined by hashing; with the default 4 MB
+            // those hashes spilled to disk at 100,000 readers.
+            sqlx::query("SET LOCAL work_mem = '64MB'")
+                .execute(&mut *tx)
+                .await?;
+            // The function returns `void`, which the Any driver cannot carry back.
+            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS planner_lock")
+                .bind(PLANNER_LOCK)
+                .execute(&mut *tx)
+                .await?;
         }
         Ok(tx)
     }
@@ -277,11 +295,19 @@ pub(crate) mod testing {
 
     /// Every backend the store tests should run on in this environment.
     pub async fn stores() -> Vec<(Backend, TestStore)> {
+        stores_migrated_to(i64::MAX).await
+    }
+
+    /// Like [`stores`], with the schema as migrations up to `version` left it.
+    pub async fn stores_migrated_to(version: i64) -> Vec<(Backend, TestStore)> {
         let mut out = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
         let store = Store::connect(&url, 4).await.unwrap();
-        store.migrate().await.unwrap();
+        SQLITE_MIGRATIONS
+            .run_to(version, &store.pool)
+            .await
+            .unwrap();
         out.push((
             Backend::Sqlite,
             TestStore {
@@ -290,13 +316,13 @@ pub(crate) mod testing {
             },
         ));
         if let Ok(base) = std::env::var("HERALD_TEST_POSTGRES_URL") {
-            out.push((Backend::Postgres, fresh_postgres(&base).await));
+            out.push((Backend::Postgres, fresh_postgres(&base, version).await));
         }
         out
     }
 
     /// A new, empty database on the PostgreSQL server, so tests never see each other's rows.
-    async fn fresh_postgres(base: &str) -> TestStore {
+    async fn fresh_postgres(base: &str, version: i64) -> TestStore {
         sqlx::any::install_default_drivers();
         let name = format!("herald_test_{}", uuid::Uuid::new_v4().simple());
         let admin = AnyPoolOptions::new()
@@ -312,7 +338,10 @@ pub(crate) mod testing {
         let mut url = url::Url::parse(base).unwrap();
         url.set_path(&format!("/{name}"));
         let store = Store::connect(url.as_str(), 4).await.unwrap();
-        store.migrate().await.unwrap();
+        POSTGRES_MIGRATIONS
+            .run_to(version, &store.pool)
+            .await
+            .unwrap();
         TestStore { store, _dir: None }
     }
 }

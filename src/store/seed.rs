@@ -75,12 +75,12 @@ impl Store {
         Ok(())
     }
 
-    /// How many delivery rows and article placements exist (benchmark reporting).
+    /// How many delivery rows and content placements exist (benchmark reporting).
     pub async fn outbox_size(&self) -> Result<(i64, i64)> {
         let (deliveries,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM deliveries")
             .fetch_one(&self.pool)
             .await?;
-        let (placements,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM delivery_articles")
+        let (placements,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM content_articles")
             .fetch_one(&self.pool)
             .await?;
         Ok((deliveries, placements))
