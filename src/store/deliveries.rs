@@ -1,6 +1,7 @@
 //! The outbox: planning deliveries in sets, claiming them under a lease, recording outcomes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
@@ -75,8 +76,9 @@ pub struct ClaimedDelivery {
     pub timezone: Option<String>,
     /// Whether the address is on the suppression list.
     pub suppressed: bool,
-    /// The articles to carry, ordered by region then newest first.
-    pub articles: Vec<DeliveryArticle>,
+    /// The articles to carry, ordered by region then newest first; shared by the
+    /// readers of one content group.
+    pub articles: Arc<[DeliveryArticle]>,
     /// For sign-up emails only: the regions the reader follows, by name.
     pub regions: Vec<ReaderRegion>,
 }
@@ -327,7 +329,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT d.id, d.subscriber_id, d.kind, d.cadence, d.message_id, d.attempts, d.expires_at,
-                    s.email, s.state, s.timezone
+                    s.email, s.state, s.timezone, d.content_id
              FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
              WHERE d.id IN ({}) ORDER BY d.id",
             placeholders(1, ids.len())
@@ -345,6 +347,7 @@ impl Store {
                 Option<String>,
                 Option<String>,
                 Option<String>,
+                Option<i64>,
             ),
         >(AssertSqlSafe(sql));
         for id in ids {
@@ -352,61 +355,72 @@ impl Store {
         }
         let rows = query.fetch_all(&self.pool).await?;
 
-        let sql = format!(
-            "SELECT d.id, a.id, da.region_slug, COALESCE(r.name, da.region_slug), a.title, a.link,
-                    a.summary, a.category, a.published_at
-             FROM deliveries d
-             JOIN content_articles da ON da.content_id = d.content_id
-             JOIN articles a ON a.id = da.article_id
-             LEFT JOIN regions r ON r.slug = da.region_slug
-             WHERE d.id IN ({})
-             ORDER BY d.id, da.region_slug, COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC",
-            placeholders(1, ids.len())
-        );
-        let mut query = sqlx::query_as::<
-            _,
-            (
-                i64,
-                i64,
-                String,
-                String,
-                String,
-                String,
-                String,
-                String,
-                Option<i64>,
-            ),
-        >(AssertSqlSafe(sql));
-        for id in ids {
-            query = query.bind(*id);
-        }
+        // Readers of one group share a content: each is read once and shared.
+        let mut contents: Vec<i64> = rows.iter().filter_map(|r| r.10).collect();
+        contents.sort_unstable();
+        contents.dedup();
+
         let mut articles: HashMap<i64, Vec<DeliveryArticle>> = HashMap::new();
-        for (
-            delivery_id,
-            article_id,
-            region_slug,
-            region_name,
-            title,
-            link,
-            summary,
-            category,
-            published_at,
-        ) in query.fetch_all(&self.pool).await?
-        {
-            articles
-                .entry(delivery_id)
-                .or_default()
-                .push(DeliveryArticle {
-                    article_id,
-                    region_slug,
-                    region_name,
-                    title,
-                    link,
-                    summary,
-                    category,
-                    published_at,
-                });
+        if !contents.is_empty() {
+            let sql = format!(
+                "SELECT da.content_id, a.id, da.region_slug, COALESCE(r.name, da.region_slug),
+                        a.title, a.link, a.summary, a.category, a.published_at
+                 FROM content_articles da
+                 JOIN articles a ON a.id = da.article_id
+                 LEFT JOIN regions r ON r.slug = da.region_slug
+                 WHERE da.content_id IN ({})
+                 ORDER BY da.content_id, da.region_slug,
+                     COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC",
+                placeholders(1, contents.len())
+            );
+            let mut query = sqlx::query_as::<
+                _,
+                (
+                    i64,
+                    i64,
+                    String,
+                    String,
+                    String,
+                    String,
+                    String,
+                    String,
+                    Option<i64>,
+                ),
+            >(AssertSqlSafe(sql));
+            for id in &contents {
+                query = query.bind(*id);
+            }
+            for (
+                content_id,
+                article_id,
+                region_slug,
+                region_name,
+                title,
+                link,
+                summary,
+                category,
+                published_at,
+            ) in query.fetch_all(&self.pool).await?
+            {
+                articles
+                    .entry(content_id)
+                    .or_default()
+                    .push(DeliveryArticle {
+                        article_id,
+                        region_slug,
+                        region_name,
+                        title,
+                        link,
+                        summary,
+                        category,
+                        published_at,
+                    });
+            }
         }
+        let articles: HashMap<i64, Arc<[DeliveryArticle]>> = articles
+            .into_iter()
+            .map(|(content, list)| (content, list.into()))
+            .collect();
 
         let hashes: Vec<String> = rows
             .iter()
@@ -453,6 +467,7 @@ impl Store {
                     email,
                     state,
                     timezone,
+                    content_id,
                 )| {
                     let is_suppressed = email
                         .as_deref()
@@ -475,7 +490,9 @@ impl Store {
                             .transpose()?,
                         timezone,
                         suppressed: is_suppressed,
-                        articles: articles.remove(&id).unwrap_or_default(),
+                        articles: content_id
+                            .and_then(|c| articles.get(&c).cloned())
+                            .unwrap_or_else(|| Arc::new([])),
                         regions: if kind.is_signup() {
                             regions.get(&subscriber_id).cloned().unwrap_or_default()
                         } else {

@@ -718,8 +718,8 @@ mod tests {
 
     use super::*;
     use crate::domain::Email;
-    use crate::store::testing::{stores, stores_migrated_to};
-    use crate::store::{FeedItem, NewSubscriber, Outcome};
+    use crate::store::testing::{lease, stores, stores_migrated_to};
+    use crate::store::{FeedItem, LeaseOwner, NewSubscriber, Outcome};
 
     const DAY: i64 = 86_400;
     /// Monday 2026-11-30 07:00 UTC: the daily and the weekly slot fall on it.
@@ -793,7 +793,7 @@ mod tests {
     /// Sends everything due at `at`; returns each reader's articles, in email order.
     async fn deliver(store: &Store, at: i64) -> HashMap<i64, Vec<Vec<i64>>> {
         let claimed = store
-            .claim_due_deliveries(1_000, at, at + 300)
+            .claim_due_deliveries(1_000, at, lease(at + 300))
             .await
             .unwrap();
         let sent: Vec<(i64, Outcome)> = claimed
@@ -807,7 +807,10 @@ mod tests {
                 )
             })
             .collect();
-        store.record_outcomes(&sent, at).await.unwrap();
+        store
+            .record_outcomes(&sent, LeaseOwner::TEST, at)
+            .await
+            .unwrap();
         let mut out: HashMap<i64, Vec<Vec<i64>>> = HashMap::new();
         for d in claimed {
             out.entry(d.subscriber_id)
