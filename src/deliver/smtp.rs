@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
-use lettre::transport::smtp::commands::{Data, Mail, Rcpt};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -53,6 +53,8 @@ pub struct SmtpPool {
 struct Connection {
     smtp: AsyncSmtpConnection,
     gate: Option<Arc<std::sync::Mutex<Gate>>>,
+    /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
+    pipelining: bool,
 }
 
 /// What a transmission waits for before the server may accept it: the commit of the
@@ -267,6 +269,14 @@ impl SmtpPool {
                 }
             }
         };
+        // lettre does not record PIPELINING, so the server's EHLO reply is read here,
+        // before AUTH (a second EHLO only resets the session).
+        let pipelining = match conn.command(Ehlo::new(hello.clone())).await {
+            Ok(reply) => reply
+                .message()
+                .any(|line| line.eq_ignore_ascii_case("PIPELINING")),
+            Err(_) => false,
+        };
         if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
             conn.auth(
                 &[Mechanism::Plain, Mechanism::Login],
@@ -275,7 +285,11 @@ impl SmtpPool {
             .await
             .map_err(|e| format!("SMTP login to {server} as {user} failed: {e}"))?;
         }
-        Ok(Connection { smtp: conn, gate })
+        Ok(Connection {
+            smtp: conn,
+            gate,
+            pipelining,
+        })
     }
 }
 
@@ -298,14 +312,29 @@ async fn transmit(
         }
         return connection.smtp.send(envelope, &message.bytes).await;
     };
+    let pipelining = connection.pipelining;
     let conn = &mut connection.smtp;
     let result = async {
-        conn.command(Mail::new(envelope.from().cloned(), vec![]))
-            .await?;
-        for to in envelope.to() {
-            conn.command(Rcpt::new(to.clone(), vec![])).await?;
+        let mail = Mail::new(envelope.from().cloned(), vec![]);
+        if pipelining {
+            // One write, then one reply per command, in order.
+            let mut commands = mail.to_string();
+            for to in envelope.to() {
+                commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+            }
+            commands.push_str(&Data.to_string());
+            conn.command(Content(&commands)).await?;
+            for _ in envelope.to() {
+                conn.read_response().await?;
+            }
+            conn.read_response().await?;
+        } else {
+            conn.command(mail).await?;
+            for to in envelope.to() {
+                conn.command(Rcpt::new(to.clone(), vec![])).await?;
+            }
+            conn.command(Data).await?;
         }
-        conn.command(Data).await?;
         if let Some(hold) = hold {
             // Everything but the final dot goes out while the previous commit runs.
             let mut gate = gate.lock().expect("not poisoned");
@@ -329,7 +358,8 @@ fn ascii_addresses(envelope: &lettre::address::Envelope) -> bool {
         .all(|address| AsRef::<str>::as_ref(address).is_ascii())
 }
 
-/// Message content written as one "command": the stuffed text and its final dot.
+/// Text written as one "command": the stuffed content and its final dot, or a
+/// pipelined group of commands.
 struct Content<'a>(&'a str);
 
 impl std::fmt::Display for Content<'_> {

@@ -115,7 +115,8 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
         }
         let command = line.trim_end().to_ascii_uppercase();
         if command.starts_with("EHLO") {
-            out.write_all(b"250-fault.test\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")?;
+            // PIPELINING: herald then sends MAIL, RCPT and DATA in one write.
+            out.write_all(b"250-fault.test\r\n250-PIPELINING\r\n250-8BITMIME\r\n250 SMTPUTF8\r\n")?;
         } else if command.starts_with("HELO") {
             out.write_all(b"250 fault.test\r\n")?;
         } else if command.starts_with("MAIL FROM") {
