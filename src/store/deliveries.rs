@@ -516,59 +516,17 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
+        let suppressing = outcomes
+            .iter()
+            .any(|(_, o)| matches!(o, Outcome::Bounced { suppress: true, .. }));
+        if !suppressing && outcomes.len() <= OUTCOMES_PER_STATEMENT {
+            // One statement commits atomically on its own: one round trip, one flush.
+            record_chunk(&self.pool, outcomes, owner, now).await?;
+            return Ok(());
+        }
         let mut tx = self.begin_write().await?;
-        // One statement per chunk: every row's new values in a VALUES list.
-        for chunk in outcomes.chunks(200) {
-            let rows: Vec<String> = (0..chunk.len())
-                .map(|i| {
-                    let p = 3 + i * 6;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${})",
-                        p,
-                        p + 1,
-                        p + 2,
-                        p + 3,
-                        p + 4,
-                        p + 5
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "UPDATE deliveries SET state = v.column2,
-                     smtp_reply = COALESCE(v.column3, deliveries.smtp_reply),
-                     last_error = COALESCE(v.column4, deliveries.last_error),
-                     next_attempt_at = COALESCE(v.column5, deliveries.next_attempt_at),
-                     sent_at = v.column6,
-                     lease_until = NULL, lease_owner = NULL, updated_at = $1
-                 FROM (VALUES {}) AS v
-                 WHERE deliveries.id = v.column1 AND deliveries.state = 'sending'
-                     AND deliveries.lease_owner = $2",
-                rows.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
-            for (id, outcome) in chunk {
-                let (reply, error, next_attempt, sent_at) = match outcome {
-                    Outcome::Sent { reply } => (Some(reply.clone()), None, None, Some(now)),
-                    Outcome::Deferred { error, retry_at } => {
-                        (None, Some(error.clone()), Some(*retry_at), None)
-                    }
-                    Outcome::Bounced { reply, .. } => {
-                        (Some(reply.clone()), Some(reply.clone()), None, None)
-                    }
-                    Outcome::Failed { error } => (None, Some(error.clone()), None, None),
-                    Outcome::Expired => (None, None, None, None),
-                    Outcome::Cancelled { reason } => (None, Some(reason.clone()), None, None),
-                    Outcome::Suppressed => (None, Some("address is suppressed".into()), None, None),
-                };
-                query = query
-                    .bind(*id)
-                    .bind(outcome.state().as_str())
-                    .bind(reply)
-                    .bind(error)
-                    .bind(next_attempt)
-                    .bind(sent_at);
-            }
-            query.execute(&mut *tx).await?;
+        for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
+            record_chunk(&mut *tx, chunk, owner, now).await?;
         }
         for (id, outcome) in outcomes {
             if let Outcome::Bounced {
@@ -739,6 +697,72 @@ pub struct LedgerRow {
     pub message_id: String,
     /// Last error, if any.
     pub last_error: Option<String>,
+}
+
+/// Rows per outcome statement (six parameters each, well inside both backends' limits).
+const OUTCOMES_PER_STATEMENT: usize = 200;
+
+/// Writes a chunk of outcomes with one `UPDATE … FROM (VALUES …)`.
+async fn record_chunk<'e, E>(
+    executor: E,
+    chunk: &[(i64, Outcome)],
+    owner: LeaseOwner,
+    now: i64,
+) -> Result<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    let rows: Vec<String> = (0..chunk.len())
+        .map(|i| {
+            let p = 3 + i * 6;
+            format!(
+                "(${}, ${}, ${}, ${}, ${}, ${})",
+                p,
+                p + 1,
+                p + 2,
+                p + 3,
+                p + 4,
+                p + 5
+            )
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE deliveries SET state = v.column2,
+                 smtp_reply = COALESCE(v.column3, deliveries.smtp_reply),
+                 last_error = COALESCE(v.column4, deliveries.last_error),
+                 next_attempt_at = COALESCE(v.column5, deliveries.next_attempt_at),
+                 sent_at = v.column6,
+                 lease_until = NULL, lease_owner = NULL, updated_at = $1
+             FROM (VALUES {}) AS v
+             WHERE deliveries.id = v.column1 AND deliveries.state = 'sending'
+                 AND deliveries.lease_owner = $2",
+        rows.join(", ")
+    );
+    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
+    for (id, outcome) in chunk {
+        let (reply, error, next_attempt, sent_at) = match outcome {
+            Outcome::Sent { reply } => (Some(reply.clone()), None, None, Some(now)),
+            Outcome::Deferred { error, retry_at } => {
+                (None, Some(error.clone()), Some(*retry_at), None)
+            }
+            Outcome::Bounced { reply, .. } => {
+                (Some(reply.clone()), Some(reply.clone()), None, None)
+            }
+            Outcome::Failed { error } => (None, Some(error.clone()), None, None),
+            Outcome::Expired => (None, None, None, None),
+            Outcome::Cancelled { reason } => (None, Some(reason.clone()), None, None),
+            Outcome::Suppressed => (None, Some("address is suppressed".into()), None, None),
+        };
+        query = query
+            .bind(*id)
+            .bind(outcome.state().as_str())
+            .bind(reply)
+            .bind(error)
+            .bind(next_attempt)
+            .bind(sent_at);
+    }
+    query.execute(executor).await?;
+    Ok(())
 }
 
 #[cfg(test)]
