@@ -379,13 +379,13 @@ fn dot_stuffed(bytes: &[u8]) -> Option<String> {
     if text.starts_with('.') {
         out.push('.');
     }
-    let mut rest = text;
-    while let Some(at) = rest.find("\r\n.") {
-        out.push_str(&rest[..at + 3]);
+    let mut from = 0;
+    for at in memchr::memmem::find_iter(bytes, b"\r\n.") {
+        out.push_str(&text[from..at + 3]);
         out.push('.');
-        rest = &rest[at + 3..];
+        from = at + 3;
     }
-    out.push_str(rest);
+    out.push_str(&text[from..]);
     out.push_str("\r\n.\r\n");
     Some(out)
 }
