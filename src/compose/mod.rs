@@ -422,6 +422,22 @@ impl Composer {
     }
 }
 
+/// `text` with `& < > " '` escaped, as the HTML templates print a value.
+pub(crate) fn html_escape(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '&' => escaped.push_str("&amp;"),
+            '<' => escaped.push_str("&lt;"),
+            '>' => escaped.push_str("&gt;"),
+            '"' => escaped.push_str("&quot;"),
+            '\'' => escaped.push_str("&#39;"),
+            c => escaped.push(c),
+        }
+    }
+    escaped
+}
+
 /// HTML-escapes `& < > " '` only: minijinja's default also escapes `/`, which turns
 /// every link into `https:&#x2f;&#x2f;…` — valid, but unreadable in the source.
 pub(crate) fn html_formatter(
@@ -431,18 +447,7 @@ pub(crate) fn html_formatter(
 ) -> Result<(), minijinja::Error> {
     match (state.auto_escape(), value.as_str()) {
         (minijinja::AutoEscape::Html, Some(text)) if !value.is_safe() => {
-            let mut escaped = String::with_capacity(text.len() + 16);
-            for c in text.chars() {
-                match c {
-                    '&' => escaped.push_str("&amp;"),
-                    '<' => escaped.push_str("&lt;"),
-                    '>' => escaped.push_str("&gt;"),
-                    '"' => escaped.push_str("&quot;"),
-                    '\'' => escaped.push_str("&#39;"),
-                    c => escaped.push(c),
-                }
-            }
-            out.write_str(&escaped).map_err(|_| {
+            out.write_str(&html_escape(text)).map_err(|_| {
                 minijinja::Error::new(minijinja::ErrorKind::WriteFailure, "cannot write output")
             })
         }

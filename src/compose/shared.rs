@@ -18,7 +18,7 @@ use lettre::message::header::ContentType;
 use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 
-use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest};
+use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
 use super::{ListUnsubscribe, ListUnsubscribePost};
 use crate::domain::Cadence;
 use crate::store::DeliveryArticle;
@@ -456,22 +456,6 @@ fn crlf(text: &str) -> String {
         previous = c;
     }
     out
-}
-
-/// The escaping the HTML templates apply to a value (see `html_formatter`).
-fn html_escape(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len() + 16);
-    for c in value.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            c => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 /// Whether lettre writes this address into `To:` as it is (no quoting, no encoding),
