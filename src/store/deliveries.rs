@@ -266,6 +266,7 @@ impl Store {
     ) -> Result<Vec<ClaimedDelivery>> {
         // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
         // worker's rows) and waiting rows in lane order.
+        let turn = self.write_turn().await;
         let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
                  attempts = attempts + 1, updated_at = $2
@@ -289,6 +290,7 @@ impl Store {
         .bind(lease.owner.0)
         .fetch_all(&self.pool)
         .await?;
+        drop(turn);
         let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
         self.load_deliveries(&ids).await
     }
@@ -298,6 +300,7 @@ impl Store {
     /// worker's lease lapse; only a dead worker's rows come back.
     pub async fn renew_leases(&self, ids: &[i64], lease: Lease) -> Result<Vec<i64>> {
         let mut renewed = Vec::with_capacity(ids.len());
+        let _turn = self.write_turn().await;
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "UPDATE deliveries SET lease_until = $1
@@ -516,6 +519,7 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
+        let _turn = self.write_turn().await;
         let suppressing = outcomes
             .iter()
             .any(|(_, o)| matches!(o, Outcome::Bounced { suppress: true, .. }));

@@ -71,6 +71,8 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// Turns for the delivery engine's writes on SQLite (see [`Store::write_turn`]).
+    writes: std::sync::Arc<tokio::sync::Mutex<()>>,
 }
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
@@ -163,7 +165,11 @@ impl Store {
             .connect_with(options)
             .await
             .map_err(connect_error)?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            writes: Default::default(),
+        })
     }
 
     /// Brings the schema up to date.
@@ -214,6 +220,18 @@ impl Store {
     /// (`BEGIN IMMEDIATE`), waiting out `busy_timeout`: a deferred transaction that read
     /// first fails at once with "database is locked" when another writer committed in
     /// between, which concurrent feed polls do all the time.
+    /// On SQLite, the delivery engine's writers (claims, outcomes, lease renewals) take
+    /// turns here rather than in SQLite's busy handler, which sleeps a millisecond or more
+    /// whenever it finds the write lock taken: an outcome commit that lands behind a
+    /// claim then waits for the claim, not for a timer. PostgreSQL locks rows, not the
+    /// database, so it needs no turns.
+    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match self.backend {
+            Backend::Sqlite => Some(self.writes.lock().await),
+            Backend::Postgres => None,
+        }
+    }
+
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
         Ok(match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
