@@ -921,6 +921,87 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn only_the_lease_owner_renews_records_and_releases() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let town = seed(store).await;
+            store
+                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
+                .await
+                .unwrap();
+            let first = LeaseOwner::random();
+            let second = LeaseOwner::random();
+            let held = |owner, until| Lease { owner, until };
+            let claimed = store
+                .claim_due_deliveries(10, 2_000, held(first, 2_003))
+                .await
+                .unwrap();
+            let ids: Vec<i64> = claimed.iter().map(|d| d.id).collect();
+            assert_eq!(ids.len(), 2, "{backend:?}");
+            // The owner extends its lease, so the rows are not due when it would have lapsed.
+            let mut renewed = store.renew_leases(&ids, held(first, 2_010)).await.unwrap();
+            renewed.sort_unstable();
+            assert_eq!(renewed, ids);
+            assert!(
+                store
+                    .claim_due_deliveries(10, 2_005, held(second, 2_020))
+                    .await
+                    .unwrap()
+                    .is_empty(),
+                "a renewed lease holds ({backend:?})"
+            );
+            // Another worker renews nothing, and once the lease lapses it takes the rows.
+            assert!(
+                store
+                    .renew_leases(&ids, held(second, 2_010))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let taken = store
+                .claim_due_deliveries(10, 2_011, held(second, 2_020))
+                .await
+                .unwrap();
+            assert_eq!(taken.len(), 2);
+            // The first worker's late outcome, renewal and release change nothing.
+            let deferred = Outcome::Deferred {
+                error: "421 late".into(),
+                retry_at: 3_000,
+            };
+            store
+                .record_outcomes(&[(ids[0], deferred)], first, 2_012)
+                .await
+                .unwrap();
+            store
+                .release_deliveries(&ids[1..], first, 2_012)
+                .await
+                .unwrap();
+            assert!(
+                store
+                    .renew_leases(&ids, held(first, 2_030))
+                    .await
+                    .unwrap()
+                    .is_empty()
+            );
+            let ledger = store.delivery_ledger().await.unwrap();
+            assert!(
+                ledger.iter().all(|row| row.state == DeliveryState::Sending),
+                "{ledger:?}"
+            );
+            // The holder's outcome is recorded.
+            let sent = Outcome::Sent {
+                reply: "250 ok".into(),
+            };
+            store
+                .record_outcomes(&[(ids[0], sent)], second, 2_013)
+                .await
+                .unwrap();
+            let ledger = store.delivery_ledger().await.unwrap();
+            assert_eq!(ledger[0].state, DeliveryState::Sent, "{backend:?}");
+        }
+    }
+
+    #[tokio::test]
     async fn send_time_checks_see_unsubscribes_and_suppressions() {
         for (_backend, t) in stores().await {
             let store = &t.store;
