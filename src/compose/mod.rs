@@ -384,16 +384,39 @@ impl Composer {
     pub fn digest_in_full(&self, req: &DigestRequest<'_>) -> Result<Composed, ComposeError> {
         let ctx = self.digest_context(req);
         let (text, html) = self.render_digest(&ctx)?;
-        let message_id = self.message_id(req.message_id);
-        let message = Message::builder()
+        self.build(
+            req.email,
+            ctx.subject,
+            self.message_id(req.message_id),
+            Some(&ctx.unsubscribe_url),
+            text,
+            html,
+        )
+    }
+
+    /// Builds, signs and formats an email: list mail when it has an unsubscribe link.
+    fn build(
+        &self,
+        to: &Email,
+        subject: String,
+        message_id: String,
+        unsubscribe_url: Option<&str>,
+        text: String,
+        html: String,
+    ) -> Result<Composed, ComposeError> {
+        let mut builder = Message::builder()
             .from(self.from.clone())
-            .to(Mailbox::new(None, req.email.to_address()))
-            .subject(ctx.subject.clone())
+            .to(Mailbox::new(None, to.to_address()))
+            .subject(subject.clone())
             .message_id(Some(message_id.clone()))
-            .date_now()
-            .header(ListUnsubscribe::new(&ctx.unsubscribe_url))
-            .header(ListUnsubscribePost)
-            .header(self.list_id.clone())
+            .date_now();
+        if let Some(url) = unsubscribe_url {
+            builder = builder
+                .header(ListUnsubscribe::new(url))
+                .header(ListUnsubscribePost)
+                .header(self.list_id.clone());
+        }
+        let message = builder
             .multipart(MultiPart::alternative_plain_html(text, html))
             .map_err(|e| ComposeError::Build(e.to_string()))?;
         let message = self.sign(message);
@@ -401,7 +424,7 @@ impl Composer {
             envelope: message.envelope().clone(),
             bytes: message.formatted(),
             message_id,
-            subject: ctx.subject,
+            subject,
         })
     }
 

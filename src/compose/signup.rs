@@ -4,11 +4,9 @@
 //! agreed to anything yet, so it has no list headers and says what happens if it is
 //! ignored (nothing). The welcome is list mail: it has the unsubscribe headers.
 
-use lettre::Message;
-use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
-use super::{ComposeError, Composed, Composer, ListUnsubscribe, ListUnsubscribePost};
+use super::{ComposeError, Composed, Composer};
 use crate::domain::{Cadence, DeliveryKind, Email};
 use crate::store::ReaderRegion;
 use crate::tokens::Purpose;
@@ -151,28 +149,17 @@ impl Composer {
     pub fn signup_email(&self, req: &SignupRequest<'_>) -> Result<Composed, ComposeError> {
         let ctx = self.signup_context(req);
         let (text, html) = self.render_signup(req.kind, &ctx)?;
-        let message_id = self.message_id(req.message_id);
-        let mut builder = Message::builder()
-            .from(self.from.clone())
-            .to(Mailbox::new(None, req.email.to_address()))
-            .subject(ctx.subject.clone())
-            .message_id(Some(message_id.clone()))
-            .date_now();
-        if req.kind == DeliveryKind::Welcome {
-            builder = builder
-                .header(ListUnsubscribe::new(&ctx.unsubscribe_url))
-                .header(ListUnsubscribePost)
-                .header(self.list_id.clone());
-        }
-        let message = builder
-            .multipart(MultiPart::alternative_plain_html(text, html))
-            .map_err(|e| ComposeError::Build(e.to_string()))?;
-        let message = self.sign(message);
-        Ok(Composed {
-            envelope: message.envelope().clone(),
-            bytes: message.formatted(),
-            message_id,
-            subject: ctx.subject,
-        })
+        // Only the welcome email is list mail; a confirmation is sent before the reader
+        // has agreed to anything.
+        let unsubscribe =
+            (req.kind == DeliveryKind::Welcome).then_some(ctx.unsubscribe_url.as_str());
+        self.build(
+            req.email,
+            ctx.subject.clone(),
+            self.message_id(req.message_id),
+            unsubscribe,
+            text,
+            html,
+        )
     }
 }
