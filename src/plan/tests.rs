@@ -8,8 +8,8 @@ use chrono::{DateTime, Duration, Timelike, Utc};
 
 use super::*;
 use crate::domain::{Email, SubscriberState};
-use crate::store::testing::{lease, stores};
-use crate::store::{FeedItem, LeaseOwner, NewSubscriber, Outcome};
+use crate::store::testing::{send_all_due, stores};
+use crate::store::{FeedItem, NewSubscriber};
 
 const ZONES: [&str; 5] = [
     "America/Los_Angeles",
@@ -106,25 +106,7 @@ async fn article(store: &Store, region: &str, key: &str, at: i64) -> i64 {
 /// Claims everything due at `at` and records it sent; returns (subscriber, slot_at, articles).
 async fn deliver_all(store: &Store, at: i64) -> Vec<(i64, Vec<i64>)> {
     store.expire_overdue(at).await.unwrap();
-    let claimed = store
-        .claim_due_deliveries(10_000, at, lease(at + 300))
-        .await
-        .unwrap();
-    let outcomes: Vec<(i64, Outcome)> = claimed
-        .iter()
-        .map(|d| {
-            (
-                d.id,
-                Outcome::Sent {
-                    reply: "250 ok".into(),
-                },
-            )
-        })
-        .collect();
-    store
-        .record_outcomes(&outcomes, LeaseOwner::TEST, at)
-        .await
-        .unwrap();
+    let claimed = send_all_due(store, 10_000, at).await;
     claimed
         .into_iter()
         .map(|d| {

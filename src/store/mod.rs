@@ -305,6 +305,31 @@ pub(crate) mod testing {
         }
     }
 
+    /// Claims up to `limit` rows due at `at` and records each one sent, as a delivery
+    /// run against a server that accepts everything would; returns the claimed rows.
+    pub(crate) async fn send_all_due(store: &Store, limit: usize, at: i64) -> Vec<ClaimedDelivery> {
+        let claimed = store
+            .claim_due_deliveries(limit, at, lease(at + 300))
+            .await
+            .unwrap();
+        let sent: Vec<(i64, Outcome)> = claimed
+            .iter()
+            .map(|d| {
+                (
+                    d.id,
+                    Outcome::Sent {
+                        reply: "250 ok".into(),
+                    },
+                )
+            })
+            .collect();
+        store
+            .record_outcomes(&sent, LeaseOwner::TEST, at)
+            .await
+            .unwrap();
+        claimed
+    }
+
     /// A store plus whatever keeps it alive (the temp dir, or the PG schema name).
     pub struct TestStore {
         pub store: Store,

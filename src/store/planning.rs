@@ -718,8 +718,8 @@ mod tests {
 
     use super::*;
     use crate::domain::Email;
-    use crate::store::testing::{lease, stores, stores_migrated_to};
-    use crate::store::{FeedItem, LeaseOwner, NewSubscriber, Outcome};
+    use crate::store::testing::{send_all_due, stores, stores_migrated_to};
+    use crate::store::{FeedItem, NewSubscriber};
 
     const DAY: i64 = 86_400;
     /// Monday 2026-11-30 07:00 UTC: the daily and the weekly slot fall on it.
@@ -792,25 +792,7 @@ mod tests {
 
     /// Sends everything due at `at`; returns each reader's articles, in email order.
     async fn deliver(store: &Store, at: i64) -> HashMap<i64, Vec<Vec<i64>>> {
-        let claimed = store
-            .claim_due_deliveries(1_000, at, lease(at + 300))
-            .await
-            .unwrap();
-        let sent: Vec<(i64, Outcome)> = claimed
-            .iter()
-            .map(|d| {
-                (
-                    d.id,
-                    Outcome::Sent {
-                        reply: "250 ok".into(),
-                    },
-                )
-            })
-            .collect();
-        store
-            .record_outcomes(&sent, LeaseOwner::TEST, at)
-            .await
-            .unwrap();
+        let claimed = send_all_due(store, 1_000, at).await;
         let mut out: HashMap<i64, Vec<Vec<i64>>> = HashMap::new();
         for d in claimed {
             out.entry(d.subscriber_id)
