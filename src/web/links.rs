@@ -15,7 +15,7 @@ use super::AppState;
 use super::forms::{Client, Form, MAX_FORM_BYTES, csrf_ok, csrf_token, same_origin};
 use super::pages::{
     Choices, ConfirmPage, ConfirmedPage, Extra, FormErrors, PreferencesPage, UnsubscribePage,
-    cadence_options, html, nonce,
+    cadence_options, nonce,
 };
 use super::regions::Hidden;
 use crate::compose::{LINK_LIFETIME_SECS, RegionChoice, cadence_label};
@@ -116,16 +116,20 @@ pub async fn confirm_page(State(state): State<AppState>, request: Request) -> Re
         Err(response) => return response,
     };
     let regions = region_choices(&state, &reader.regions);
-    let rendered = match reader.state {
-        SubscriberState::Pending => state.pages.render(
+    match reader.state {
+        SubscriberState::Pending => super::render_page(
+            &state,
             "web/confirm.html.j2",
             &ConfirmPage {
                 site: state.pages.site(),
                 action: action("/confirm", &token),
                 regions,
             },
+            StatusCode::OK,
+            Extra::default(),
         ),
-        SubscriberState::Confirmed => state.pages.render(
+        SubscriberState::Confirmed => super::render_page(
+            &state,
             "web/confirmed.html.j2",
             &ConfirmedPage {
                 site: state.pages.site(),
@@ -133,14 +137,10 @@ pub async fn confirm_page(State(state): State<AppState>, request: Request) -> Re
                 regions,
                 preferences_url: preferences_url(&state, id),
             },
+            StatusCode::OK,
+            Extra::default(),
         ),
-        SubscriberState::Unsubscribed | SubscriberState::Suppressed => {
-            return super::invalid_link(&state);
-        }
-    };
-    match rendered {
-        Ok(body) => html(StatusCode::OK, body, Extra::default()),
-        Err(error) => super::broken_page(error),
+        SubscriberState::Unsubscribed | SubscriberState::Suppressed => super::invalid_link(&state),
     }
 }
 
@@ -197,10 +197,13 @@ pub async fn confirm(State(state): State<AppState>, request: Request) -> Respons
         regions,
         preferences_url: preferences_url(&state, id),
     };
-    match state.pages.render("web/confirmed.html.j2", &page) {
-        Ok(body) => html(StatusCode::OK, body, Extra::default()),
-        Err(error) => super::broken_page(error),
-    }
+    super::render_page(
+        &state,
+        "web/confirmed.html.j2",
+        &page,
+        StatusCode::OK,
+        Extra::default(),
+    )
 }
 
 /// What the preferences form shows: from the database, or as just submitted.
@@ -255,18 +258,17 @@ fn render_preferences(
         errors,
         saved,
     };
-    match state.pages.render("web/preferences.html.j2", &page) {
-        Ok(body) => html(
-            status,
-            body,
-            Extra {
-                nonce: Some(nonce),
-                set_cookie: csrf.set_cookie,
-                retry_after: None,
-            },
-        ),
-        Err(error) => super::broken_page(error),
-    }
+    super::render_page(
+        state,
+        "web/preferences.html.j2",
+        &page,
+        status,
+        Extra {
+            nonce: Some(nonce),
+            set_cookie: csrf.set_cookie,
+            retry_after: None,
+        },
+    )
 }
 
 /// The page for a reader who is not (or no longer) confirmed.
@@ -283,10 +285,13 @@ fn not_subscribed(state: &AppState, reader_state: SubscriberState) -> Response {
     };
     page.link_url = "/".into();
     page.link_text = "Go to the sign-up page".into();
-    match state.pages.render("web/message.html.j2", &page) {
-        Ok(body) => html(StatusCode::OK, body, Extra::default()),
-        Err(error) => super::broken_page(error),
-    }
+    super::render_page(
+        state,
+        "web/message.html.j2",
+        &page,
+        StatusCode::OK,
+        Extra::default(),
+    )
 }
 
 /// `GET /preferences?token=`: the reader's regions, cadences and time zone.
@@ -473,10 +478,13 @@ pub async fn unsubscribe_page(State(state): State<AppState>, request: Request) -
         action: action("/unsubscribe", &token),
         preferences_url: preferences_url(&state, id),
     };
-    match state.pages.render("web/unsubscribe.html.j2", &page) {
-        Ok(body) => html(StatusCode::OK, body, Extra::default()),
-        Err(error) => super::broken_page(error),
-    }
+    super::render_page(
+        &state,
+        "web/unsubscribe.html.j2",
+        &page,
+        StatusCode::OK,
+        Extra::default(),
+    )
 }
 
 /// `POST /unsubscribe?token=`: RFC 8058 one-click. 200, no cookie, no redirect, no

@@ -122,6 +122,21 @@ async fn refuse_oversized(State(state): State<AppState>, request: Request, next:
     next.run(request).await
 }
 
+/// The page template `name` rendered with `ctx` as the response, or the broken-page
+/// error if it does not render.
+fn render_page(
+    state: &AppState,
+    name: &str,
+    ctx: &impl serde::Serialize,
+    status: StatusCode,
+    extra: Extra,
+) -> Response {
+    match state.pages.render(name, ctx) {
+        Ok(body) => html(status, body, extra),
+        Err(error) => broken_page(error),
+    }
+}
+
 /// A page rendered from `web/message.html.j2`.
 fn message(
     state: &AppState,
@@ -136,29 +151,32 @@ fn message(
         page.link_url = url.into();
         page.link_text = text.into();
     }
-    match state.pages.render("web/message.html.j2", &page) {
-        Ok(body) => html(status, body, extra),
-        Err(error) => broken_page(error),
-    }
+    render_page(state, "web/message.html.j2", &page, status, extra)
 }
 
 /// The one error page for every link that is not valid: tampered, expired, or meant
 /// for another page. Which of those it was is not said.
 fn invalid_link(state: &AppState) -> Response {
     let page = state.pages.message("This link is not valid", &[]);
-    match state.pages.render("web/invalid_link.html.j2", &page) {
-        Ok(body) => html(StatusCode::BAD_REQUEST, body, Extra::default()),
-        Err(error) => broken_page(error),
-    }
+    render_page(
+        state,
+        "web/invalid_link.html.j2",
+        &page,
+        StatusCode::BAD_REQUEST,
+        Extra::default(),
+    )
 }
 
 /// The page after unsubscribing (one-click, the button, or "leave all").
 fn unsubscribed(state: &AppState) -> Response {
     let page = state.pages.message("You are unsubscribed", &[]);
-    match state.pages.render("web/unsubscribed.html.j2", &page) {
-        Ok(body) => html(StatusCode::OK, body, Extra::default()),
-        Err(error) => broken_page(error),
-    }
+    render_page(
+        state,
+        "web/unsubscribed.html.j2",
+        &page,
+        StatusCode::OK,
+        Extra::default(),
+    )
 }
 
 fn too_large(state: &AppState) -> Response {

@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use super::AppState;
 use super::forms::{Client, Form, MAX_FORM_BYTES, csrf_ok, csrf_token, same_origin};
-use super::pages::{Choices, Extra, FormErrors, SignupPage, cadence_options, html, nonce};
+use super::pages::{Choices, Extra, FormErrors, SignupPage, cadence_options, nonce};
 use super::regions::{Found, SEARCH_LIMIT};
 use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, Timezone};
 use crate::store::{Consent, SignupMail, WebSignup, now};
@@ -99,18 +99,17 @@ fn render_signup(
         has_errors: errors.any(),
         errors,
     };
-    match state.pages.render("web/signup.html.j2", &page) {
-        Ok(body) => html(
-            status,
-            body,
-            Extra {
-                nonce: Some(nonce),
-                set_cookie: csrf.set_cookie,
-                retry_after: None,
-            },
-        ),
-        Err(error) => super::broken_page(error),
-    }
+    super::render_page(
+        state,
+        "web/signup.html.j2",
+        &page,
+        status,
+        Extra {
+            nonce: Some(nonce),
+            set_cookie: csrf.set_cookie,
+            retry_after: None,
+        },
+    )
 }
 
 /// `GET /`: the sign-up form. Query fields pre-fill it: `region` (repeatable, so a
@@ -132,10 +131,13 @@ pub async fn signup_page(State(state): State<AppState>, request: Request) -> Res
 /// The page every accepted sign-up gets, whatever became of it.
 fn check_inbox(state: &AppState) -> Response {
     let page = state.pages.message("Check your inbox", &[]);
-    match state.pages.render("web/check_inbox.html.j2", &page) {
-        Ok(body) => html(StatusCode::OK, body, Extra::default()),
-        Err(error) => super::broken_page(error),
-    }
+    super::render_page(
+        state,
+        "web/check_inbox.html.j2",
+        &page,
+        StatusCode::OK,
+        Extra::default(),
+    )
 }
 
 /// `POST /subscribe`.
