@@ -266,7 +266,7 @@ impl Store {
     ) -> Result<Vec<ClaimedDelivery>> {
         // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
         // worker's rows) and waiting rows in lane order.
-        let turn = self.write_turn().await;
+        let mut writer = self.engine_writer().await?;
         let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
             "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
                  attempts = attempts + 1, updated_at = $2
@@ -288,9 +288,9 @@ impl Store {
         .bind(now)
         .bind(limit as i64)
         .bind(lease.owner.0)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *writer)
         .await?;
-        drop(turn);
+        drop(writer);
         let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
         self.load_deliveries(&ids).await
     }
@@ -300,7 +300,7 @@ impl Store {
     /// worker's lease lapse; only a dead worker's rows come back.
     pub async fn renew_leases(&self, ids: &[i64], lease: Lease) -> Result<Vec<i64>> {
         let mut renewed = Vec::with_capacity(ids.len());
-        let _turn = self.write_turn().await;
+        let mut writer = self.engine_writer().await?;
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "UPDATE deliveries SET lease_until = $1
@@ -316,7 +316,7 @@ impl Store {
             }
             renewed.extend(
                 query
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *writer)
                     .await?
                     .into_iter()
                     .map(|(id,)| id),
@@ -519,16 +519,16 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let _turn = self.write_turn().await;
+        let mut writer = self.engine_writer().await?;
         let suppressing = outcomes
             .iter()
             .any(|(_, o)| matches!(o, Outcome::Bounced { suppress: true, .. }));
         if !suppressing && outcomes.len() <= OUTCOMES_PER_STATEMENT {
             // One statement commits atomically on its own: one round trip, one flush.
-            record_chunk(&self.pool, outcomes, owner, now).await?;
+            record_chunk(&mut *writer, outcomes, owner, now).await?;
             return Ok(());
         }
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_on(&mut writer).await?;
         for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
             record_chunk(&mut *tx, chunk, owner, now).await?;
         }

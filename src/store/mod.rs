@@ -71,8 +71,9 @@ pub enum Backend {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
-    /// Turns for the delivery engine's writes on SQLite (see [`Store::write_turn`]).
-    writes: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// On SQLite, the one connection the delivery engine writes through (see
+    /// [`Store::engine_writer`]); PostgreSQL engines write through `pool`.
+    engine: Option<AnyPool>,
 }
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
@@ -94,6 +95,32 @@ fn redact(url: &str) -> String {
         }
         _ => url.to_string(),
     }
+}
+
+/// Pool settings for one backend; SQLite connections get WAL, FULL sync and their pragmas.
+fn pool_options(backend: Backend) -> AnyPoolOptions {
+    AnyPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(30))
+        .after_connect(move |conn, _meta| {
+            Box::pin(async move {
+                if backend == Backend::Sqlite {
+                    // WAL lets readers run beside the writer; FULL makes a `sent`
+                    // row survive a power cut. Writers wait instead of failing.
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA synchronous = FULL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA foreign_keys = ON").await?;
+                    // Each pooled connection keeps its own page cache and the pool
+                    // hands successive planning passes to different connections, so
+                    // 64 MB each made a 190 MB process. Planning a million readers ran
+                    // no faster with 64 or 128 MB than with 16 MB (within run-to-run
+                    // noise). Temporary tables and statement journals stay in temp
+                    // files (the default), not on the heap: 45 MB less at that size.
+                    conn.execute("PRAGMA cache_size = -16384").await?;
+                }
+                Ok(())
+            })
+        })
 }
 
 impl Store {
@@ -139,36 +166,25 @@ impl Store {
             }
         }
         let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
-        let pool = AnyPoolOptions::new()
+        let pool = pool_options(backend)
             .max_connections(max_connections)
-            .acquire_timeout(Duration::from_secs(30))
-            .after_connect(move |conn, _meta| {
-                Box::pin(async move {
-                    if backend == Backend::Sqlite {
-                        // WAL lets readers run beside the writer; FULL makes a `sent`
-                        // row survive a power cut. Writers wait instead of failing.
-                        conn.execute("PRAGMA journal_mode = WAL").await?;
-                        conn.execute("PRAGMA synchronous = FULL").await?;
-                        conn.execute("PRAGMA busy_timeout = 10000").await?;
-                        conn.execute("PRAGMA foreign_keys = ON").await?;
-                        // Each pooled connection keeps its own page cache and the pool
-                        // hands successive planning passes to different connections, so
-                        // 64 MB each made a 190 MB process. Planning a million readers ran
-                        // no faster with 64 or 128 MB than with 16 MB (within run-to-run
-                        // noise). Temporary tables and statement journals stay in temp
-                        // files (the default), not on the heap: 45 MB less at that size.
-                        conn.execute("PRAGMA cache_size = -16384").await?;
-                    }
-                    Ok(())
-                })
-            })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(connect_error)?;
+        let engine = match backend {
+            Backend::Sqlite => Some(
+                pool_options(backend)
+                    .max_connections(1)
+                    .connect_with(options)
+                    .await
+                    .map_err(connect_error)?,
+            ),
+            Backend::Postgres => None,
+        };
         Ok(Store {
             pool,
             backend,
-            writes: Default::default(),
+            engine,
         })
     }
 
@@ -188,6 +204,9 @@ impl Store {
 
     /// Closes every pooled connection.
     pub async fn close(&self) {
+        if let Some(engine) = &self.engine {
+            engine.close().await;
+        }
         self.pool.close().await;
     }
 
@@ -220,16 +239,27 @@ impl Store {
     /// (`BEGIN IMMEDIATE`), waiting out `busy_timeout`: a deferred transaction that read
     /// first fails at once with "database is locked" when another writer committed in
     /// between, which concurrent feed polls do all the time.
-    /// On SQLite, the delivery engine's writers (claims, outcomes, lease renewals) take
-    /// turns here rather than in SQLite's busy handler, which sleeps a millisecond or more
-    /// whenever it finds the write lock taken: an outcome commit that lands behind a
-    /// claim then waits for the claim, not for a timer. PostgreSQL locks rows, not the
-    /// database, so it needs no turns.
-    pub(crate) async fn write_turn(&self) -> Option<tokio::sync::MutexGuard<'_, ()>> {
-        match self.backend {
-            Backend::Sqlite => Some(self.writes.lock().await),
-            Backend::Postgres => None,
-        }
+    /// The connection the delivery engine's writes (claims, outcomes, lease renewals)
+    /// go through. On SQLite that is one connection of its own, so the engine's writers
+    /// take turns on it rather than in SQLite's busy handler (which sleeps a millisecond
+    /// or more whenever it finds the write lock taken), and its page cache stays warm:
+    /// a connection's cache is dropped whenever another connection has written since its
+    /// last transaction, which a shared pool made the case for almost every commit.
+    /// PostgreSQL locks rows, not the database: its engine writes through the pool.
+    pub(crate) async fn engine_writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
+        Ok(self.engine.as_ref().unwrap_or(&self.pool).acquire().await?)
+    }
+
+    /// [`Store::begin_write`] on a connection already held.
+    pub(crate) async fn begin_write_on<'c>(
+        &self,
+        conn: &'c mut sqlx::AnyConnection,
+    ) -> Result<sqlx::Transaction<'c, sqlx::Any>> {
+        use sqlx::Connection;
+        Ok(match self.backend {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => conn.begin().await?,
+        })
     }
 
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
