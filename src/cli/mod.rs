@@ -68,7 +68,13 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
+    // One thread runs all async work: SMTP connections, the delivery engine's feeder and
+    // recorder, the HTTP server, feed fetches. What takes CPU for longer runs elsewhere
+    // (feed parsing and full renders on the blocking pool, SQLite statements on sqlx's
+    // connection threads). On two cores a two-worker runtime sent about a fifth fewer
+    // messages per second: each SMTP reply and each commit acknowledgement crossed
+    // threads, and the hand-offs cost more CPU than the work (BENCHMARKS.md).
+    let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {
