@@ -474,10 +474,20 @@ impl Deliverer {
                 holdings.renew(&self.store, self.lease).await;
             }
         };
+        // The engine's SQLite connection leaves checkpoints to this (`Store::checkpoint`).
+        let checkpointer = async {
+            loop {
+                tokio::time::sleep(CHECKPOINT_EVERY).await;
+                if let Err(error) = self.store.checkpoint().await {
+                    tracing::warn!(%error, "could not checkpoint the database");
+                }
+            }
+        };
         let (fed, (stats, error)) = tokio::select! {
             both = async { tokio::join!(feeder, recorder) } => both,
             _ = drain_guard => unreachable!("the drain guard never completes"),
             _ = renewer => unreachable!("the renewer never completes"),
+            _ = checkpointer => unreachable!("the checkpointer never completes"),
         };
         while senders.join_next().await.is_some() {}
         fed?;
@@ -741,6 +751,9 @@ struct SenderContext {
     down_reason: Arc<std::sync::Mutex<String>>,
     holdings: Arc<Holdings>,
 }
+
+/// How often the engine checkpoints SQLite's WAL while it runs.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// After a slot finds the server unreachable, the others defer without trying for this long.
 const DOWN_HOLD_SECS: i64 = 5;
