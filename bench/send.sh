@@ -26,7 +26,18 @@ PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 "$SINK" -u nobody -m 512 "127.0.0.1:$PORT" 1024 &
 SINK_PID=$!
 trap 'kill $SINK_PID 2>/dev/null; rm -rf "$WORK"' EXIT
-sleep 0.5
+# Wait until the sink accepts connections (a loaded machine can take over a second).
+python3 - "$PORT" <<'PY'
+import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit("smtp-sink did not start")
+PY
 
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1 / ($3 - $2):.0f}')"; }
