@@ -776,6 +776,15 @@ mod tests {
     use crate::store::testing::{lease, stores};
     use crate::store::{FeedItem, NewSubscriber};
 
+    /// [`seed`], with the region's daily digest planned at 2,000 for its readers.
+    async fn seed_planned(store: &Store) {
+        let town = seed(store).await;
+        store
+            .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
+            .await
+            .unwrap();
+    }
+
     async fn seed(store: &Store) -> RegionSlug {
         let town: RegionSlug = "town".parse().unwrap();
         let feed = store.feed_id(&town, "file://town.xml").await.unwrap();
@@ -848,11 +857,7 @@ mod tests {
     async fn claims_lease_and_record_outcomes() {
         for (backend, t) in stores().await {
             let store = &t.store;
-            let town = seed(store).await;
-            store
-                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
-                .await
-                .unwrap();
+            seed_planned(store).await;
             let claimed = store
                 .claim_due_deliveries(10, 2_000, lease(2_300))
                 .await
@@ -924,11 +929,7 @@ mod tests {
     async fn only_the_lease_owner_renews_records_and_releases() {
         for (backend, t) in stores().await {
             let store = &t.store;
-            let town = seed(store).await;
-            store
-                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
-                .await
-                .unwrap();
+            seed_planned(store).await;
             let first = LeaseOwner::random();
             let second = LeaseOwner::random();
             let held = |owner, until| Lease { owner, until };
@@ -1008,11 +1009,7 @@ mod tests {
                 continue;
             };
             let store = &t.store;
-            let town = seed(store).await;
-            store
-                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
-                .await
-                .unwrap();
+            seed_planned(store).await;
             let owner = LeaseOwner::random();
             let ids: Vec<i64> = store
                 .claim_due_deliveries(
@@ -1056,11 +1053,7 @@ mod tests {
     async fn send_time_checks_see_unsubscribes_and_suppressions() {
         for (_backend, t) in stores().await {
             let store = &t.store;
-            let town = seed(store).await;
-            store
-                .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
-                .await
-                .unwrap();
+            seed_planned(store).await;
             let claimed = store
                 .claim_due_deliveries(10, 2_000, lease(2_300))
                 .await
