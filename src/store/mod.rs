@@ -240,10 +240,6 @@ impl Store {
         Ok(())
     }
 
-    /// Begins a transaction that will write. On SQLite it takes the write lock up front
-    /// (`BEGIN IMMEDIATE`), waiting out `busy_timeout`: a deferred transaction that read
-    /// first fails at once with "database is locked" when another writer committed in
-    /// between, which concurrent feed polls do all the time.
     /// The connection the delivery engine's writes (claims, outcomes, lease renewals)
     /// go through. On SQLite that is one connection of its own, so the engine's writers
     /// take turns on it rather than in SQLite's busy handler (which sleeps a millisecond
@@ -261,10 +257,7 @@ impl Store {
         conn: &'c mut sqlx::AnyConnection,
     ) -> Result<sqlx::Transaction<'c, sqlx::Any>> {
         use sqlx::Connection;
-        Ok(match self.backend {
-            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => conn.begin().await?,
-        })
+        Ok(conn.begin_with(self.begin_write_sql()).await?)
     }
 
     /// Copies committed pages from SQLite's WAL back into the database file without
@@ -288,11 +281,20 @@ impl Store {
         Ok(())
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write lock up front
+    /// (`BEGIN IMMEDIATE`), waiting out `busy_timeout`: a deferred transaction that read
+    /// first fails at once with "database is locked" when another writer committed in
+    /// between, which concurrent feed polls do all the time.
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>> {
-        Ok(match self.backend {
-            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.pool.begin().await?,
-        })
+        Ok(self.pool.begin_with(self.begin_write_sql()).await?)
+    }
+
+    /// How a write transaction begins on this backend (see [`Store::begin_write`]).
+    fn begin_write_sql(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "BEGIN IMMEDIATE",
+            Backend::Postgres => "BEGIN",
+        }
     }
 
     /// Begins a planning transaction: a write transaction that no other planner runs
