@@ -263,11 +263,7 @@ fn render_preferences(
         "web/preferences.html.j2",
         &page,
         status,
-        Extra {
-            nonce: Some(nonce),
-            set_cookie: csrf.set_cookie,
-            retry_after: None,
-        },
+        Extra::form(nonce, csrf.set_cookie),
     )
 }
 

@@ -426,6 +426,18 @@ pub struct Extra {
     pub retry_after: Option<i64>,
 }
 
+impl Extra {
+    /// What a page with a form needs: the nonce for its script and, when the reader has
+    /// none yet, the CSRF cookie.
+    pub fn form(nonce: String, set_cookie: Option<HeaderValue>) -> Extra {
+        Extra {
+            nonce: Some(nonce),
+            set_cookie,
+            retry_after: None,
+        }
+    }
+}
+
 /// An HTML response with the security headers every page gets: nothing is cached (pages
 /// can hold a reader's address and link tokens), no referrer carries a token to another
 /// site, nothing

@@ -104,11 +104,7 @@ fn render_signup(
         "web/signup.html.j2",
         &page,
         status,
-        Extra {
-            nonce: Some(nonce),
-            set_cookie: csrf.set_cookie,
-            retry_after: None,
-        },
+        Extra::form(nonce, csrf.set_cookie),
     )
 }
 
