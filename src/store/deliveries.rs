@@ -926,6 +926,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_closed_store_refuses_the_engines_writes() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            seed_planned(store).await;
+            let claimed = store
+                .claim_due_deliveries(2, 2_000, lease(2_100))
+                .await
+                .unwrap();
+            assert_eq!(claimed.len(), 2, "{backend:?}");
+            store.close().await;
+            let outcomes = [(claimed[0].id, Outcome::Expired)];
+            let refused = store
+                .record_outcomes(&outcomes, LeaseOwner::TEST, 2_001)
+                .await;
+            assert!(refused.is_err(), "{backend:?}: wrote after close");
+            assert!(
+                store
+                    .claim_due_deliveries(2, 2_000, lease(2_100))
+                    .await
+                    .is_err(),
+                "{backend:?}: claimed after close"
+            );
+        }
+    }
+
+    #[tokio::test]
     async fn only_the_lease_owner_renews_records_and_releases() {
         for (backend, t) in stores().await {
             let store = &t.store;

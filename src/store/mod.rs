@@ -25,6 +25,7 @@ pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
@@ -73,7 +74,7 @@ pub struct Store {
     backend: Backend,
     /// On SQLite, the one connection the delivery engine writes through (see
     /// [`Store::engine_writer`]); PostgreSQL engines write through `pool`.
-    engine: Option<AnyPool>,
+    engine: Option<EngineConnection>,
 }
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
@@ -97,35 +98,71 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Pool settings for one backend; SQLite connections get WAL, FULL sync and their pragmas.
-/// With `engine`, the connection is the delivery engine's own: it never checkpoints the
-/// WAL on its own (see [`Store::checkpoint`]).
-fn pool_options(backend: Backend, engine: bool) -> AnyPoolOptions {
+/// Pool settings for one backend; SQLite connections get their pragmas.
+fn pool_options(backend: Backend) -> AnyPoolOptions {
     AnyPoolOptions::new()
         .acquire_timeout(Duration::from_secs(30))
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
-                    // WAL lets readers run beside the writer; FULL makes a `sent`
-                    // row survive a power cut. Writers wait instead of failing.
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA synchronous = FULL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA foreign_keys = ON").await?;
-                    // Each pooled connection keeps its own page cache and the pool
-                    // hands successive planning passes to different connections, so
-                    // 64 MB each made a 190 MB process. Planning a million readers ran
-                    // no faster with 64 or 128 MB than with 16 MB (within run-to-run
-                    // noise). Temporary tables and statement journals stay in temp
-                    // files (the default), not on the heap: 45 MB less at that size.
-                    conn.execute("PRAGMA cache_size = -16384").await?;
-                    if engine {
-                        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
-                    }
+                    sqlite_pragmas(conn, false).await?;
                 }
                 Ok(())
             })
         })
+}
+
+/// WAL lets readers run beside the writer; FULL makes a `sent` row survive a power cut.
+/// Writers wait instead of failing. With `engine`, the connection is the delivery
+/// engine's own: it never checkpoints the WAL on its own (see [`Store::checkpoint`]).
+async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection, engine: bool) -> sqlx::Result<()> {
+    conn.execute("PRAGMA journal_mode = WAL").await?;
+    conn.execute("PRAGMA synchronous = FULL").await?;
+    conn.execute("PRAGMA busy_timeout = 10000").await?;
+    conn.execute("PRAGMA foreign_keys = ON").await?;
+    // Each connection keeps its own page cache and the pool hands successive
+    // planning passes to different connections, so 64 MB each made a 190 MB process.
+    // Planning a million readers ran no faster with 64 or 128 MB than with 16 MB
+    // (within run-to-run noise). Temporary tables and statement journals stay in temp
+    // files (the default), not on the heap: 45 MB less at that size.
+    conn.execute("PRAGMA cache_size = -16384").await?;
+    if engine {
+        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
+    }
+    Ok(())
+}
+
+/// The delivery engine's own SQLite connection, held outside any pool: a pool pings a
+/// connection when it is taken and again when it is given back, two extra trips to
+/// SQLite's thread on every commit. `None` once the store is closed.
+type EngineConnection = Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>;
+
+/// A connection the engine writes through: its own (SQLite) or a pooled one.
+pub(crate) enum EngineWriter<'a> {
+    /// The SQLite engine's own connection, taken in turn.
+    Own(tokio::sync::MutexGuard<'a, Option<sqlx::AnyConnection>>),
+    /// A pooled PostgreSQL connection.
+    Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
+}
+
+impl std::ops::Deref for EngineWriter<'_> {
+    type Target = sqlx::AnyConnection;
+
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match self {
+            EngineWriter::Own(guard) => guard.as_ref().expect("checked when taken"),
+            EngineWriter::Pooled(conn) => conn,
+        }
+    }
+}
+
+impl std::ops::DerefMut for EngineWriter<'_> {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match self {
+            EngineWriter::Own(guard) => guard.as_mut().expect("checked when taken"),
+            EngineWriter::Pooled(conn) => conn,
+        }
+    }
 }
 
 impl Store {
@@ -171,19 +208,22 @@ impl Store {
             }
         }
         let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
-        let pool = pool_options(backend, false)
+        let pool = pool_options(backend)
             .max_connections(max_connections)
             .connect_with(options.clone())
             .await
             .map_err(connect_error)?;
         let engine = match backend {
-            Backend::Sqlite => Some(
-                pool_options(backend, true)
-                    .max_connections(1)
-                    .connect_with(options)
+            Backend::Sqlite => {
+                use sqlx::Connection;
+                let mut conn = sqlx::AnyConnection::connect_with(&options)
                     .await
-                    .map_err(connect_error)?,
-            ),
+                    .map_err(connect_error)?;
+                sqlite_pragmas(&mut conn, true)
+                    .await
+                    .map_err(connect_error)?;
+                Some(Arc::new(tokio::sync::Mutex::new(Some(conn))))
+            }
             Backend::Postgres => None,
         };
         Ok(Store {
@@ -207,10 +247,13 @@ impl Store {
         self.backend
     }
 
-    /// Closes every pooled connection.
+    /// Closes every connection, the engine's included.
     pub async fn close(&self) {
-        if let Some(engine) = &self.engine {
-            engine.close().await;
+        if let Some(engine) = &self.engine
+            && let Some(conn) = engine.lock().await.take()
+        {
+            use sqlx::Connection;
+            let _ = conn.close().await;
         }
         self.pool.close().await;
     }
@@ -247,8 +290,17 @@ impl Store {
     /// a connection's cache is dropped whenever another connection has written since its
     /// last transaction, which a shared pool made the case for almost every commit.
     /// PostgreSQL locks rows, not the database: its engine writes through the pool.
-    pub(crate) async fn engine_writer(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Any>> {
-        Ok(self.engine.as_ref().unwrap_or(&self.pool).acquire().await?)
+    pub(crate) async fn engine_writer(&self) -> Result<EngineWriter<'_>> {
+        match &self.engine {
+            Some(engine) => {
+                let guard = engine.lock().await;
+                if guard.is_none() {
+                    return Err(sqlx::Error::PoolClosed.into());
+                }
+                Ok(EngineWriter::Own(guard))
+            }
+            None => Ok(EngineWriter::Pooled(self.pool.acquire().await?)),
+        }
     }
 
     /// [`Store::begin_write`] on a connection already held.
@@ -270,12 +322,13 @@ impl Store {
     /// with the writer lets the WAL start over rather than grow. PostgreSQL checkpoints
     /// on its own.
     pub async fn checkpoint(&self) -> Result<()> {
-        if let Some(engine) = &self.engine {
+        if self.engine.is_some() {
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
                 .fetch_all(&self.pool)
                 .await?;
+            let mut engine = self.engine_writer().await?;
             sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_all(engine)
+                .fetch_all(&mut *engine)
                 .await?;
         }
         Ok(())
