@@ -405,18 +405,26 @@ impl Deliverer {
             let mut unsent: Vec<(i64, u64)> = Vec::new();
             let mut error: Option<StoreError> = None;
             let mut last_progress = std::time::Instant::now();
+            // Senders the last commit let go: their outcomes are due within a round trip.
+            let mut released = 0;
             loop {
                 let Some(first) = out_rx.recv().await else {
                     break;
                 };
-                // Take everything already waiting, then commit it in one transaction;
-                // what arrives meanwhile makes the next batch.
+                // Take everything already waiting, and wait briefly for the outcomes of
+                // the messages the last commit released, then commit it all in one
+                // transaction. Committing as soon as anything arrived split the
+                // connections into two halves whose commits alternated: 3.6 outcomes
+                // per commit with 8 connections, where waiting gives 8.
+                let deadline = tokio::time::Instant::now() + GATHER_AT_MOST;
+                let mut done = 0;
                 let mut next = Some(first);
                 while let Some(event) = next {
                     match event {
                         Event::Claimed(n) => stats.claimed += n,
                         Event::Expired(n) => stats.expired += n,
                         Event::Done(id, claim, outcome, permit, ack) => {
+                            done += 1;
                             acks.extend(ack);
                             stats.add(&outcome);
                             outcomes.push((id, outcome));
@@ -428,9 +436,19 @@ impl Deliverer {
                     next = if outcomes.len() >= 256 {
                         None
                     } else {
-                        out_rx.try_recv().ok()
+                        match out_rx.try_recv() {
+                            Ok(event) => Some(event),
+                            Err(mpsc::error::TryRecvError::Empty) if done < released => {
+                                tokio::time::timeout_at(deadline, out_rx.recv())
+                                    .await
+                                    .ok()
+                                    .flatten()
+                            }
+                            Err(_) => None,
+                        }
                     };
                 }
+                released = acks.len();
                 self.flush(&mut outcomes, &mut error).await;
                 for (id, claim) in committed.drain(..) {
                     holdings.forget(id, claim);
@@ -751,6 +769,11 @@ struct SenderContext {
     down_reason: Arc<std::sync::Mutex<String>>,
     holdings: Arc<Holdings>,
 }
+
+/// How long the recorder waits for the outcomes of the messages its last commit let go
+/// before it commits what it has: a server that answers slowly holds up the others'
+/// commits by no more than this.
+const GATHER_AT_MOST: Duration = Duration::from_millis(2);
 
 /// How often the engine checkpoints SQLite's WAL while it runs.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
