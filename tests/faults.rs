@@ -167,6 +167,72 @@ fn rejected_after_data_554_bounces_once_without_suppressing() {
     );
 }
 
+/// Each reader's (state, attempts, last error), in the order their rows were planned.
+fn rows(site: &Site) -> Vec<(String, u32, String)> {
+    site.sql("SELECT state, attempts, COALESCE(last_error, '') FROM deliveries ORDER BY id")
+        .into_iter()
+        .map(|r| (r[0].clone(), r[1].parse().unwrap(), r[2].clone()))
+        .collect()
+}
+
+#[test]
+fn a_refusal_of_commands_sent_behind_a_final_dot_is_that_messages_outcome() {
+    // One connection: the second message's MAIL, RCPT and DATA ride behind the first
+    // message's final dot, and the server refuses its recipient there.
+    let server = FaultServer::start(vec![], vec![Tx::Accept, Tx::Rcpt("450 4.2.1 mailbox busy")]);
+    let site = setup(&server, &["ada@example.org", "bob@example.org"]);
+    run(&site, &["send", "--region", "cedar-falls", "--yes"]).failed();
+    assert_eq!(
+        server.commands_behind_a_dot(),
+        1,
+        "pipelined behind the dot"
+    );
+    let after = rows(&site);
+    let sent: Vec<_> = after.iter().filter(|r| r.0 == "sent").collect();
+    let deferred: Vec<_> = after.iter().filter(|r| r.0 == "deferred").collect();
+    assert_eq!((sent.len(), deferred.len()), (1, 1), "{after:?}");
+    assert_eq!(deferred[0].1, 1, "one attempt, the refused one");
+    assert!(deferred[0].2.contains("450"), "{:?}", deferred[0].2);
+    assert_eq!(server.accepted().len(), 1);
+    retry(&site).ok();
+    assert!(
+        rows(&site).iter().all(|r| r.0 == "sent"),
+        "{:?}",
+        rows(&site)
+    );
+    assert_eq!(server.accepted().len(), 2, "each reader got one copy");
+}
+
+#[test]
+fn a_rejected_message_with_commands_behind_it_leaves_the_next_one_to_a_new_session() {
+    // The first message is refused after its final dot; the second message's commands,
+    // already behind that dot, are abandoned with the session and sent again afresh.
+    let server = FaultServer::start(vec![], vec![Tx::AfterData("554 5.7.1 message refused")]);
+    let site = setup(&server, &["ada@example.org", "bob@example.org"]);
+    let out = run(&site, &["send", "--region", "cedar-falls", "--yes"]);
+    assert!(
+        out.stdout().contains("1 sent, 0 deferred, 1 bounced"),
+        "{}",
+        out.stdout()
+    );
+    assert_eq!(
+        server.commands_behind_a_dot(),
+        1,
+        "pipelined behind the dot"
+    );
+    let after = rows(&site);
+    assert!(
+        after.iter().all(|r| r.1 == 1),
+        "no row counts the abandoned commands as an attempt: {after:?}"
+    );
+    assert_eq!(server.accepted().len(), 1);
+    assert_eq!(
+        server.connections(),
+        2,
+        "a new session for the second message"
+    );
+}
+
 #[test]
 fn no_such_mailbox_550_5_1_1_bounces_and_suppresses_the_reader() {
     let server = FaultServer::start(vec![], vec![Tx::Rcpt("550 5.1.1 no such user here")]);

@@ -45,21 +45,27 @@ impl Transport {
         }
     }
 
-    async fn send(&self, slot: usize, message: &Composed, hold: Option<Hold>) -> SendResult {
+    async fn send(
+        &self,
+        slot: usize,
+        message: &Composed,
+        hold: Option<Hold>,
+        next: Option<&Composed>,
+    ) -> (SendResult, Option<SendResult>) {
         match self {
-            Transport::Smtp(pool) => pool.send(slot, message, hold).await,
+            Transport::Smtp(pool) => pool.send(slot, message, hold, next).await,
             Transport::File(dir) => {
                 if let Some(hold) = hold {
                     hold.wait().await;
                 }
-                write_eml(dir, message).await
+                (write_eml(dir, message).await, None)
             }
         }
     }
 
     /// Sends one message outside the outbox (a test send).
     pub async fn send_one(&self, message: &Composed) -> SendResult {
-        self.send(0, message, None).await
+        self.send(0, message, None, None).await.0
     }
 
     /// Closes connections politely.
@@ -781,63 +787,44 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 /// After a slot finds the server unreachable, the others defer without trying for this long.
 const DOWN_HOLD_SECS: i64 = 5;
 
+/// A claimed row composed and cleared to go out.
+struct Ready {
+    job: Job,
+    composed: Composed,
+    /// The recipient's domain, for pacing.
+    domain: String,
+}
+
 impl SenderContext {
     async fn run(self) {
         let mut committed: Option<oneshot::Receiver<()>> = None;
+        // The job taken while the last message was sent, whose commands may have gone
+        // out behind that message's final dot.
+        let mut next: Option<Ready> = None;
         loop {
-            let Some(job) = self.jobs.lock().await.recv().await else {
-                return;
+            let ready = match next.take() {
+                Some(ready) => ready,
+                None => {
+                    let Some(job) = self.jobs.lock().await.recv().await else {
+                        return;
+                    };
+                    match self.ready(job).await {
+                        Some(ready) => ready,
+                        None => continue,
+                    }
+                }
             };
+            let Ready {
+                job,
+                composed,
+                domain,
+            } = ready;
             let (id, claim) = (job.delivery.id, job.claim);
+            let (attempts, expires_at) = (job.delivery.attempts, job.delivery.expires_at);
             if self.shutdown.is_triggered() {
-                // Stop taking new work: the row goes back to the queue unsent.
                 let _ = self.out.send(Event::Unsent(id, claim));
                 continue;
             }
-            if !self.holdings.holds(id, claim) {
-                self.lapsed(id, claim);
-                continue;
-            }
-            let (attempts, expires_at) = (job.delivery.attempts, job.delivery.expires_at);
-            let domain = job
-                .delivery
-                .email
-                .as_deref()
-                .and_then(|e| e.rsplit('@').next())
-                .unwrap_or_default()
-                .to_string();
-            // Splicing into a group's template takes microseconds and runs here; rendering
-            // and encoding in full are CPU work for the blocking pool, so the recorder and
-            // the feeder are never starved (a starved recorder widens the window in which
-            // a crash would send a message twice).
-            let claimed_at = job.claimed_at;
-            let prepared = match prepare(&self.composer, &job.delivery, claimed_at, Work::Splice) {
-                Ok(Some(composed)) => Ok(Ok(composed)),
-                Err(outcome) => Ok(Err(outcome)),
-                Ok(None) => {
-                    let composer = self.composer.clone();
-                    let delivery = job.delivery;
-                    tokio::task::spawn_blocking(move || {
-                        prepare(&composer, &delivery, claimed_at, Work::Full)
-                            .map(|composed| composed.expect("full work always composes"))
-                    })
-                    .await
-                }
-            };
-            let composed = match prepared {
-                Ok(Ok(composed)) => composed,
-                Ok(Err(outcome)) => {
-                    let _ = self.out.send(Event::Done(id, claim, outcome, None, None));
-                    continue;
-                }
-                Err(panic) => {
-                    let outcome = Outcome::Failed {
-                        error: format!("composing the email failed: {panic}"),
-                    };
-                    let _ = self.out.send(Event::Done(id, claim, outcome, None, None));
-                    continue;
-                }
-            };
             if now() < self.down_until.load(Ordering::Relaxed) {
                 let reason = self.down_reason.lock().expect("not poisoned").clone();
                 let outcome = self.backoff.retry(reason, attempts, expires_at);
@@ -854,35 +841,42 @@ impl SenderContext {
                 self.lapsed(id, claim);
                 continue;
             }
+            // A job already waiting goes out right behind this one: its commands share
+            // this message's last write, unless pacing may have to hold it back.
+            next = self.look_ahead().await;
+            let pipelined = match &next {
+                Some(next) => self.pacing.unpaced(&next.domain).await,
+                None => false,
+            };
+            let behind = next.as_ref().filter(|_| pipelined).map(|n| &n.composed);
             let result = tokio::select! {
-                result = self.transport.send(self.slot, &composed, hold) => result,
+                result = self.transport.send(self.slot, &composed, hold, behind) => result,
                 _ = self.hard.triggered() => {
                     let _ = self.out.send(Event::Unsent(id, claim));
+                    if let Some(next) = next {
+                        let _ = self.out.send(Event::Unsent(next.job.delivery.id, next.job.claim));
+                    }
                     return;
                 }
             };
-            let outcome = match result {
-                SendResult::Accepted(reply) => {
-                    self.pacing.success(&domain).await;
-                    Outcome::Sent { reply }
-                }
-                SendResult::Temporary(error) => self.backoff.retry(error, attempts, expires_at),
-                SendResult::Throttled(error) => {
-                    // Slow this domain down and come back soon: a throttle is not a failure.
-                    self.pacing.throttled(&domain).await;
-                    self.backoff.retry(error, 1, expires_at)
-                }
-                SendResult::Permanent { reply, no_mailbox } => Outcome::Bounced {
-                    reply,
-                    suppress: no_mailbox,
-                },
-                SendResult::Unreachable(error) => {
-                    self.down_until
-                        .store(now() + DOWN_HOLD_SECS, Ordering::Relaxed);
-                    *self.down_reason.lock().expect("not poisoned") = error.clone();
-                    self.backoff.retry(error, attempts, expires_at)
-                }
-            };
+            let (result, refused) = result;
+            let outcome = self.outcome(result, attempts, expires_at, &domain).await;
+            if let Some(refused) = refused
+                && let Some(refused_job) = next.take()
+            {
+                // The server refused the next message's commands: that is its outcome.
+                let Ready { job, domain, .. } = refused_job;
+                let (attempts, expires_at) = (job.delivery.attempts, job.delivery.expires_at);
+                let refusal = self.outcome(refused, attempts, expires_at, &domain).await;
+                let (next_id, next_claim) = (job.delivery.id, job.claim);
+                let _ = self.out.send(Event::Done(
+                    next_id,
+                    next_claim,
+                    refusal,
+                    Some(job.permit),
+                    None,
+                ));
+            }
             // The next message on this connection gets its final dot only after this
             // outcome is committed, so at any moment each connection has at most one
             // accepted message that a crash could send twice: duplicates after a crash
@@ -898,6 +892,108 @@ impl SenderContext {
                 .out
                 .send(Event::Done(id, claim, outcome, Some(job.permit), ack));
         }
+    }
+
+    /// What one attempt's result means for the row, with pacing told of it.
+    async fn outcome(
+        &self,
+        result: SendResult,
+        attempts: i64,
+        expires_at: i64,
+        domain: &str,
+    ) -> Outcome {
+        match result {
+            SendResult::Accepted(reply) => {
+                self.pacing.success(domain).await;
+                Outcome::Sent { reply }
+            }
+            SendResult::Temporary(error) => self.backoff.retry(error, attempts, expires_at),
+            SendResult::Throttled(error) => {
+                // Slow this domain down and come back soon: a throttle is not a failure.
+                self.pacing.throttled(domain).await;
+                self.backoff.retry(error, 1, expires_at)
+            }
+            SendResult::Permanent { reply, no_mailbox } => Outcome::Bounced {
+                reply,
+                suppress: no_mailbox,
+            },
+            SendResult::Unreachable(error) => {
+                self.down_until
+                    .store(now() + DOWN_HOLD_SECS, Ordering::Relaxed);
+                *self.down_reason.lock().expect("not poisoned") = error.clone();
+                self.backoff.retry(error, attempts, expires_at)
+            }
+        }
+    }
+
+    /// Checks a job and composes it; a job that must not be sent gets its outcome here.
+    async fn ready(&self, mut job: Job) -> Option<Ready> {
+        let (id, claim) = (job.delivery.id, job.claim);
+        if self.shutdown.is_triggered() {
+            // Stop taking new work: the row goes back to the queue unsent.
+            let _ = self.out.send(Event::Unsent(id, claim));
+            return None;
+        }
+        if !self.holdings.holds(id, claim) {
+            self.lapsed(id, claim);
+            return None;
+        }
+        let domain = job
+            .delivery
+            .email
+            .as_deref()
+            .and_then(|e| e.rsplit('@').next())
+            .unwrap_or_default()
+            .to_string();
+        // Splicing into a group's template takes microseconds and runs here; rendering
+        // and encoding in full are CPU work for the blocking pool, so the recorder and
+        // the feeder are never starved (a starved recorder widens the window in which
+        // a crash would send a message twice).
+        let claimed_at = job.claimed_at;
+        let prepared = match prepare(&self.composer, &job.delivery, claimed_at, Work::Splice) {
+            Ok(Some(composed)) => Ok(composed),
+            Err(outcome) => Err(outcome),
+            Ok(None) => {
+                let composer = self.composer.clone();
+                let delivery = job.delivery;
+                let full = tokio::task::spawn_blocking(move || {
+                    let prepared = prepare(&composer, &delivery, claimed_at, Work::Full)
+                        .map(|composed| composed.expect("full work always composes"));
+                    (delivery, prepared)
+                });
+                match full.await {
+                    Ok((delivery, prepared)) => {
+                        job.delivery = delivery;
+                        prepared
+                    }
+                    Err(panic) => {
+                        let outcome = Outcome::Failed {
+                            error: format!("composing the email failed: {panic}"),
+                        };
+                        let _ = self.out.send(Event::Done(id, claim, outcome, None, None));
+                        return None;
+                    }
+                }
+            }
+        };
+        let composed = match prepared {
+            Ok(composed) => composed,
+            Err(outcome) => {
+                let _ = self.out.send(Event::Done(id, claim, outcome, None, None));
+                return None;
+            }
+        };
+        Some(Ready {
+            job,
+            composed,
+            domain,
+        })
+    }
+
+    /// The next job, if one is already waiting and can be sent.
+    async fn look_ahead(&self) -> Option<Ready> {
+        let job = self.jobs.try_lock().ok()?.try_recv().ok()?;
+        self.ready(job).await
     }
 
     /// Drops a job whose lease lapsed: the row is due again for whoever claims it, and
@@ -967,6 +1063,18 @@ impl Pacing {
             tokio::time::sleep_until(at).await;
         }
         self.global.wait().await;
+    }
+
+    /// Whether a message to `domain` goes out without waiting for either pace.
+    async fn unpaced(&self, domain: &str) -> bool {
+        self.global.interval.is_none()
+            && !self.configured.contains_key(domain)
+            && self
+                .domains
+                .lock()
+                .await
+                .get(domain)
+                .is_none_or(|pace| pace.interval.is_zero())
     }
 
     async fn throttled(&self, domain: &str) {

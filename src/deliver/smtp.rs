@@ -55,6 +55,12 @@ struct Connection {
     gate: Option<Arc<std::sync::Mutex<Gate>>>,
     /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
     pipelining: bool,
+    /// The Message-ID of the message whose `DATA` the server has already answered with
+    /// `354`: the session waits for that message's content.
+    staged: Option<String>,
+    /// Replies still to read for the next message's commands, written behind the last
+    /// message's final dot, with that next message's Message-ID.
+    pending: Option<(String, usize)>,
 }
 
 /// What a transmission waits for before the server may accept it: the commit of the
@@ -165,21 +171,36 @@ impl SmtpPool {
     }
 
     /// Sends one message on slot `slot`, reconnecting if the slot has no live connection.
-    /// With a `hold`, the server gets the final dot only once it is released.
-    pub async fn send(&self, slot: usize, message: &Composed, hold: Option<Hold>) -> SendResult {
+    /// With a `hold`, the server gets the final dot only once it is released. With
+    /// `next`, the message this slot sends after this one, the next message's `MAIL`,
+    /// `RCPT` and `DATA` go out in the same write as this one's final dot when the
+    /// server offers PIPELINING (RFC 2920 lets message content open a command group):
+    /// one write, one wake-up of the server and one round trip fewer per message.
+    /// Returns this message's result, and the next message's when the server refused
+    /// its commands (it is then not to be sent).
+    pub async fn send(
+        &self,
+        slot: usize,
+        message: &Composed,
+        hold: Option<Hold>,
+        next: Option<&Composed>,
+    ) -> (SendResult, Option<SendResult>) {
         let mut guard = self.slots[slot].lock().await;
-        let usable = matches!(guard.as_ref(), Some(conn) if !conn.smtp.has_broken());
+        // A session waiting for another message's content cannot carry this one.
+        let usable = matches!(guard.as_ref(), Some(conn) if !conn.smtp.has_broken()
+            && conn.staged.as_ref().is_none_or(|id| *id == message.message_id));
         if !usable {
             *guard = None;
             match tokio::time::timeout(self.config.timeout, self.connect()).await {
                 Ok(Ok(conn)) => *guard = Some(conn),
-                Ok(Err(message)) => return SendResult::Unreachable(message),
+                Ok(Err(message)) => return (SendResult::Unreachable(message), None),
                 Err(_) => {
-                    return SendResult::Unreachable(format!(
+                    let error = format!(
                         "SMTP server {} did not answer within {:?}",
                         self.server(),
                         self.config.timeout
-                    ));
+                    );
+                    return (SendResult::Unreachable(error), None);
                 }
             }
         }
@@ -188,11 +209,37 @@ impl SmtpPool {
         // a timeout after the final dot leaves the outcome unknown, so it is retried
         // with the same Message-ID.
         let budget = self.config.timeout * 3;
-        let result = tokio::time::timeout(budget, transmit(conn, message, hold)).await;
+        let result = tokio::time::timeout(budget, transmit(conn, message, hold, next)).await;
         if let Some(gate) = &conn.gate {
             gate.lock().expect("not poisoned").disarm();
         }
-        match result {
+        // This message's outcome is known; the next one's commands are answered on
+        // their own clock. If the server refuses them, that is the next message's
+        // outcome; if the session fails, the next message was not sent and starts
+        // again on a new one. Either way this session ends there.
+        let mut drop_session = false;
+        let mut refused = None;
+        if let Some((id, replies)) = conn.pending.take()
+            && matches!(result, Ok(Ok(_)))
+        {
+            let read = async {
+                for _ in 0..replies {
+                    conn.smtp.read_response().await?;
+                }
+                Ok::<_, lettre::transport::smtp::Error>(())
+            };
+            match tokio::time::timeout(self.config.timeout, read).await {
+                Ok(Ok(())) => conn.staged = Some(id),
+                Ok(Err(error)) => {
+                    drop_session = true;
+                    if error.is_transient() || error.is_permanent() {
+                        refused = Some(classify(&error));
+                    }
+                }
+                Err(_) => drop_session = true,
+            }
+        }
+        let outcome = match result {
             Ok(Ok(response)) => {
                 let text: Vec<&str> = response.message().collect();
                 SendResult::Accepted(format!("{} {}", response.code(), text.join(" ")))
@@ -200,17 +247,21 @@ impl SmtpPool {
             Ok(Err(error)) => {
                 let outcome = classify(&error);
                 if conn.smtp.has_broken() || !matches!(outcome, SendResult::Permanent { .. }) {
-                    *guard = None;
+                    drop_session = true;
                 }
                 outcome
             }
             Err(_) => {
-                *guard = None;
+                drop_session = true;
                 SendResult::Temporary(format!(
                     "timed out after {budget:?} waiting for the SMTP server"
                 ))
             }
+        };
+        if drop_session {
+            *guard = None;
         }
+        (outcome, refused)
     }
 
     /// Says goodbye on every open connection.
@@ -289,6 +340,8 @@ impl SmtpPool {
             smtp: conn,
             gate,
             pipelining,
+            staged: None,
+            pending: None,
         })
     }
 }
@@ -303,32 +356,36 @@ async fn transmit(
     connection: &mut Connection,
     message: &Composed,
     hold: Option<Hold>,
+    next: Option<&Composed>,
 ) -> Result<Response, lettre::transport::smtp::Error> {
     let envelope = &message.envelope;
     let data = dot_stuffed(&message.bytes).filter(|_| ascii_addresses(envelope));
-    let (Some(data), Some(gate)) = (data, &connection.gate) else {
+    let (Some(mut data), Some(gate)) = (data, &connection.gate) else {
         if let Some(hold) = hold {
             hold.wait().await;
         }
         return connection.smtp.send(envelope, &message.bytes).await;
     };
     let pipelining = connection.pipelining;
+    // The session already waits for this message's content: its commands went out
+    // behind the previous message's final dot.
+    let staged = connection.staged.take().is_some();
+    // Only a message that will take this path may have its commands sent early.
+    let next =
+        next.filter(|next| pipelining && next.bytes.is_ascii() && ascii_addresses(&next.envelope));
     let conn = &mut connection.smtp;
     let result = async {
-        let mail = Mail::new(envelope.from().cloned(), vec![]);
-        if pipelining {
+        if staged {
+            // Straight to the content.
+        } else if pipelining {
             // One write, then one reply per command, in order.
-            let mut commands = mail.to_string();
-            for to in envelope.to() {
-                commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
-            }
-            commands.push_str(&Data.to_string());
-            conn.command(Content(&commands)).await?;
+            conn.command(Content(&envelope_commands(envelope))).await?;
             for _ in envelope.to() {
                 conn.read_response().await?;
             }
             conn.read_response().await?;
         } else {
+            let mail = Mail::new(envelope.from().cloned(), vec![]);
             conn.command(mail).await?;
             for to in envelope.to() {
                 conn.command(Rcpt::new(to.clone(), vec![])).await?;
@@ -341,13 +398,31 @@ async fn transmit(
             gate.pass = data.len() - b"\r\n.\r\n".len();
             gate.hold = Some(hold);
         }
+        if let Some(next) = next {
+            data.push_str(&envelope_commands(&next.envelope));
+        }
         conn.command(Content(&data)).await
     }
     .await;
-    if result.is_err() {
-        conn.abort().await;
+    match (&result, next) {
+        (Err(_), _) => conn.abort().await,
+        // The next message's replies follow this one's: one for each of its commands.
+        (Ok(_), Some(next)) => {
+            connection.pending = Some((next.message_id.clone(), next.envelope.to().len() + 2));
+        }
+        (Ok(_), None) => {}
     }
     result
+}
+
+/// `MAIL`, one `RCPT` per recipient and `DATA`, as one pipelined group.
+fn envelope_commands(envelope: &lettre::address::Envelope) -> String {
+    let mut commands = Mail::new(envelope.from().cloned(), vec![]).to_string();
+    for to in envelope.to() {
+        commands.push_str(&Rcpt::new(to.clone(), vec![]).to_string());
+    }
+    commands.push_str(&Data.to_string());
+    commands
 }
 
 fn ascii_addresses(envelope: &lettre::address::Envelope) -> bool {

@@ -37,6 +37,7 @@ struct State {
     accepted: Vec<String>,
     connections: usize,
     attempts: usize,
+    behind_dot: usize,
 }
 
 /// The running server; it stops when the test process ends.
@@ -81,6 +82,11 @@ impl FaultServer {
     /// Mail transactions started so far.
     pub fn attempts(&self) -> usize {
         self.state.lock().unwrap().attempts
+    }
+
+    /// Final dots that arrived with more commands already behind them (pipelined).
+    pub fn commands_behind_a_dot(&self) -> usize {
+        self.state.lock().unwrap().behind_dot
     }
 }
 
@@ -147,6 +153,9 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
                     return Ok(());
                 }
                 if line == ".\r\n" || line == ".\n" {
+                    if !input.buffer().is_empty() {
+                        state.lock().unwrap().behind_dot += 1;
+                    }
                     break;
                 }
                 message.push_str(&line);
