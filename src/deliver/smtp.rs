@@ -352,6 +352,8 @@ impl SmtpPool {
 /// with its final dot in one write, behind the connection's gate when there is a
 /// hold. Anything else takes lettre's path, which adds the 8BITMIME and SMTPUTF8
 /// parameters, after the hold is released. Like lettre, any error ends the session.
+/// With `next`, that message's commands follow the final dot in the same write, and
+/// the connection records how many replies to them are still to read.
 async fn transmit(
     connection: &mut Connection,
     message: &Composed,
@@ -433,8 +435,8 @@ fn ascii_addresses(envelope: &lettre::address::Envelope) -> bool {
         .all(|address| AsRef::<str>::as_ref(address).is_ascii())
 }
 
-/// Text written as one "command": the stuffed content and its final dot, or a
-/// pipelined group of commands.
+/// Text written as one "command": the stuffed content and its final dot (with the next
+/// message's commands behind it), or a pipelined group of commands.
 struct Content<'a>(&'a str);
 
 impl std::fmt::Display for Content<'_> {
