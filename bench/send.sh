@@ -2,6 +2,7 @@
 # Send-rate benchmark: herald against the local SMTP limit, measured in the same run.
 #
 #   bench/send.sh [N] [SIZE] [CONNECTIONS]      (defaults: 100000 20000 8)
+#   ROUNDS=5 bench/send.sh …                     steps 2 and 3 five times over, in pairs
 #
 # 1. starts Postfix's smtp-sink on a free port;
 # 2. measures `smtp-source -d -s C -m N -l SIZE` into it: the local SMTP limit;
@@ -9,11 +10,15 @@
 #    `herald send` with C connections into the same sink, SQLite with synchronous=FULL;
 # 4. runs rss2email (PyPI) over the same articles into the same sink, as a peer;
 # 5. prints the rates, herald's ratio to smtp-source and herald's peak RSS.
+# With ROUNDS=R, steps 2 and 3 run R times, back to back on the same sink, each herald
+# run on a fresh copy of the same seeded database: pairs measured moments apart vary
+# far less than runs of the whole script, on a machine whose speed drifts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=${1:-100000}
 SIZE=${2:-20000}
 C=${3:-8}
+ROUNDS=${ROUNDS:-1}
 PEER_N=${PEER_N:-2000}
 SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 SOURCE=$(command -v smtp-source || echo /usr/sbin/smtp-source)
@@ -42,13 +47,7 @@ PY
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1 / ($3 - $2):.0f}')"; }
 
-# 1. The local SMTP limit.
-t0=$(now)
-"$SOURCE" -d -s "$C" -m "$N" -l "$SIZE" -f bench@herald.example -t sink@bench.example "127.0.0.1:$PORT"
-t1=$(now)
-SOURCE_RATE=$(rate "$N" "$t0" "$t1")
-
-# 2. A feed whose digest is about SIZE bytes (each article adds about 2.4 KB).
+# A feed whose digest is about SIZE bytes (each article adds about 2.4 KB).
 python3 - "$WORK/feed.xml" "$SIZE" <<'PY'
 import sys
 items = []
@@ -93,12 +92,29 @@ with open(sys.argv[1], "w") as f:
         f.write(f"reader{i}@bench.example,bench,daily,UTC\n")
 PY
 "$HERALD" subscribers import "$WORK/readers.csv" --confirmed >/dev/null
-t0=$(now)
-/usr/bin/time -f "%M" -o "$WORK/rss" "$HERALD" send --region bench --yes >"$WORK/send.log"
-t1=$(now)
-HERALD_RATE=$(rate "$N" "$t0" "$t1")
-HERALD_RSS_MB=$(python3 -c "print(round($(cat "$WORK/rss") / 1024))")
-SENT=$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/herald.db').execute(\"select count(*) from deliveries where state='sent'\").fetchone()[0])")
+python3 -c "import sqlite3; sqlite3.connect('$WORK/herald.db').execute('PRAGMA wal_checkpoint(TRUNCATE)')"
+cp "$WORK/herald.db" "$WORK/seed.db"
+
+SOURCE_RATES=() HERALD_RATES=() RATIOS=() RSS_MB=() SENT=()
+for _ in $(seq 1 "$ROUNDS"); do
+    # The local SMTP limit.
+    t0=$(now)
+    "$SOURCE" -d -s "$C" -m "$N" -l "$SIZE" -f bench@herald.example -t sink@bench.example "127.0.0.1:$PORT"
+    t1=$(now)
+    SOURCE_RATES+=("$(rate "$N" "$t0" "$t1")")
+    # herald: plan and deliver the digest to every reader.
+    rm -f "$WORK"/herald.db*
+    cp "$WORK/seed.db" "$WORK/herald.db"
+    t0=$(now)
+    /usr/bin/time -f "%M" -o "$WORK/rss" "$HERALD" send --region bench --yes >"$WORK/send.log"
+    t1=$(now)
+    HERALD_RATES+=("$(rate "$N" "$t0" "$t1")")
+    RATIOS+=("$(python3 -c "print(f'{${HERALD_RATES[-1]} / ${SOURCE_RATES[-1]}:.2f}')")")
+    RSS_MB+=("$(python3 -c "print(round($(cat "$WORK/rss") / 1024))")")
+    SENT+=("$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/herald.db').execute(\"select count(*) from deliveries where state='sent'\").fetchone()[0])")")
+done
+joined() { local IFS=/; echo "$*" | sed 's|/| / |g'; }
+MEDIAN=$(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "${RATIOS[@]}")
 
 # 3. A peer: rss2email sends one email per article, over SMTP into the same sink.
 PEER_RATE="n/a"
@@ -127,9 +143,9 @@ fi
 
 cat <<REPORT
 messages: $N  connections: $C  message size: smtp-source $SIZE B, herald digest $DIGEST_BYTES B
-smtp-source (local SMTP limit): $SOURCE_RATE msg/s
-herald send (plan + deliver, SQLite synchronous=FULL): $HERALD_RATE msg/s, $SENT rows sent
-ratio herald / smtp-source: $(python3 -c "print(f'{$HERALD_RATE / $SOURCE_RATE:.2f}')")
-herald peak RSS: $HERALD_RSS_MB MB
+smtp-source (local SMTP limit): $(joined "${SOURCE_RATES[@]}") msg/s
+herald send (plan + deliver, SQLite synchronous=FULL): $(joined "${HERALD_RATES[@]}") msg/s, $(joined "${SENT[@]}") rows sent
+ratio herald / smtp-source: $(joined "${RATIOS[@]}") (median $MEDIAN)
+herald peak RSS: $(joined "${RSS_MB[@]}") MB
 rss2email (peer, $PEER_N emails): $PEER_RATE emails/s
 REPORT
