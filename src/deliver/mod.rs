@@ -862,20 +862,15 @@ impl SenderContext {
             let (result, refused) = result;
             let outcome = self.outcome(result, attempts, expires_at, &domain).await;
             if let Some(refused) = refused
-                && let Some(refused_job) = next.take()
+                && let Some(Ready { job, domain, .. }) = next.take()
             {
                 // The server refused the next message's commands: that is its outcome.
-                let Ready { job, domain, .. } = refused_job;
-                let (attempts, expires_at) = (job.delivery.attempts, job.delivery.expires_at);
-                let refusal = self.outcome(refused, attempts, expires_at, &domain).await;
-                let (next_id, next_claim) = (job.delivery.id, job.claim);
-                let _ = self.out.send(Event::Done(
-                    next_id,
-                    next_claim,
-                    refusal,
-                    Some(job.permit),
-                    None,
-                ));
+                let delivery = &job.delivery;
+                let refusal = self
+                    .outcome(refused, delivery.attempts, delivery.expires_at, &domain)
+                    .await;
+                let done = Event::Done(delivery.id, job.claim, refusal, Some(job.permit), None);
+                let _ = self.out.send(done);
             }
             // The next message on this connection gets its final dot only after this
             // outcome is committed, so at any moment each connection has at most one

@@ -58,9 +58,6 @@ struct Connection {
     /// The Message-ID of the message whose `DATA` the server has already answered with
     /// `354`: the session waits for that message's content.
     staged: Option<String>,
-    /// Replies still to read for the next message's commands, written behind the last
-    /// message's final dot, with that next message's Message-ID.
-    pending: Option<(String, usize)>,
 }
 
 /// What a transmission waits for before the server may accept it: the commit of the
@@ -219,9 +216,11 @@ impl SmtpPool {
         // again on a new one. Either way this session ends there.
         let mut drop_session = false;
         let mut refused = None;
-        if let Some((id, replies)) = conn.pending.take()
-            && matches!(result, Ok(Ok(_)))
+        if let Ok(Ok((_, true))) = result
+            && let Some(next) = next
         {
+            // One reply for each of the next message's commands.
+            let replies = next.envelope.to().len() + 2;
             let read = async {
                 for _ in 0..replies {
                     conn.smtp.read_response().await?;
@@ -229,7 +228,7 @@ impl SmtpPool {
                 Ok::<_, lettre::transport::smtp::Error>(())
             };
             match tokio::time::timeout(self.config.timeout, read).await {
-                Ok(Ok(())) => conn.staged = Some(id),
+                Ok(Ok(())) => conn.staged = Some(next.message_id.clone()),
                 Ok(Err(error)) => {
                     drop_session = true;
                     if error.is_transient() || error.is_permanent() {
@@ -240,7 +239,7 @@ impl SmtpPool {
             }
         }
         let outcome = match result {
-            Ok(Ok(response)) => {
+            Ok(Ok((response, _))) => {
                 let text: Vec<&str> = response.message().collect();
                 SendResult::Accepted(format!("{} {}", response.code(), text.join(" ")))
             }
@@ -341,7 +340,6 @@ impl SmtpPool {
             gate,
             pipelining,
             staged: None,
-            pending: None,
         })
     }
 }
@@ -352,21 +350,23 @@ impl SmtpPool {
 /// with its final dot in one write, behind the connection's gate when there is a
 /// hold. Anything else takes lettre's path, which adds the 8BITMIME and SMTPUTF8
 /// parameters, after the hold is released. Like lettre, any error ends the session.
-/// With `next`, that message's commands follow the final dot in the same write, and
-/// the connection records how many replies to them are still to read.
+/// With `next`, that message's commands follow the final dot in the same write when
+/// both messages take this path; the reply comes with whether they did (their own
+/// replies are then still to read).
 async fn transmit(
     connection: &mut Connection,
     message: &Composed,
     hold: Option<Hold>,
     next: Option<&Composed>,
-) -> Result<Response, lettre::transport::smtp::Error> {
+) -> Result<(Response, bool), lettre::transport::smtp::Error> {
     let envelope = &message.envelope;
     let data = dot_stuffed(&message.bytes).filter(|_| ascii_addresses(envelope));
     let (Some(mut data), Some(gate)) = (data, &connection.gate) else {
         if let Some(hold) = hold {
             hold.wait().await;
         }
-        return connection.smtp.send(envelope, &message.bytes).await;
+        let response = connection.smtp.send(envelope, &message.bytes).await?;
+        return Ok((response, false));
     };
     let pipelining = connection.pipelining;
     // The session already waits for this message's content: its commands went out
@@ -406,15 +406,10 @@ async fn transmit(
         conn.command(Content(&data)).await
     }
     .await;
-    match (&result, next) {
-        (Err(_), _) => conn.abort().await,
-        // The next message's replies follow this one's: one for each of its commands.
-        (Ok(_), Some(next)) => {
-            connection.pending = Some((next.message_id.clone(), next.envelope.to().len() + 2));
-        }
-        (Ok(_), None) => {}
+    if result.is_err() {
+        conn.abort().await;
     }
-    result
+    Ok((result?, next.is_some()))
 }
 
 /// `MAIL`, one `RCPT` per recipient and `DATA`, as one pipelined group.
