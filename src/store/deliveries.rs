@@ -1036,16 +1036,8 @@ mod tests {
             };
             let store = &t.store;
             seed_planned(store).await;
-            let owner = LeaseOwner::random();
             let ids: Vec<i64> = store
-                .claim_due_deliveries(
-                    10,
-                    2_000,
-                    Lease {
-                        owner,
-                        until: 2_010,
-                    },
-                )
+                .claim_due_deliveries(10, 2_000, lease(2_010))
                 .await
                 .unwrap()
                 .iter()
@@ -1062,7 +1054,7 @@ mod tests {
             for round in 0..8 {
                 for renewal in 0..40 {
                     let until = 3_000 + round * 100 + renewal;
-                    let renewed = store.renew_leases(&ids, Lease { owner, until }).await;
+                    let renewed = store.renew_leases(&ids, lease(until)).await;
                     assert_eq!(renewed.unwrap().len(), ids.len());
                 }
                 store.checkpoint().await.unwrap();
