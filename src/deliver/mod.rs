@@ -19,7 +19,9 @@ use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
 use crate::config::{Config, TransportKind};
 use crate::domain::{DeliveryKind, DeliveryState, Email, SubscriberState};
 use crate::shutdown::Shutdown;
-use crate::store::{ClaimedDelivery, Lease, LeaseOwner, Outcome, Store, StoreError, now};
+use crate::store::{
+    Claim, ClaimedDelivery, EngineTransaction, Lease, LeaseOwner, Outcome, Store, StoreError, now,
+};
 
 /// Where composed messages go.
 pub enum Transport {
@@ -410,6 +412,7 @@ impl Deliverer {
             let mut committed: Vec<(i64, u64)> = Vec::new();
             let mut unsent: Vec<(i64, u64)> = Vec::new();
             let mut error: Option<StoreError> = None;
+            let mut claiming: Option<(ClaimTask, oneshot::Sender<_>)> = None;
             let mut last_progress = std::time::Instant::now();
             // Senders the last commit let go: their outcomes are due within a round trip.
             let mut released = 0;
@@ -438,6 +441,17 @@ impl Deliverer {
                             held.push(permit);
                         }
                         Event::Unsent(id, claim) => unsent.push((id, claim)),
+                        Event::Claim(claim, reply) => {
+                            // Begun now, the claim's work overlaps the wait for this
+                            // round's outcomes, and its flush is theirs.
+                            let store = self.store.clone();
+                            let task = tokio::spawn(async move {
+                                let mut tx = store.begin_engine_transaction().await?;
+                                let ids = tx.claim(claim).await?;
+                                Ok((tx, ids))
+                            });
+                            claiming = Some((task, reply));
+                        }
                     }
                     next = if outcomes.len() >= 256 {
                         None
@@ -455,7 +469,13 @@ impl Deliverer {
                     };
                 }
                 released = acks.len();
-                self.flush(&mut outcomes, &mut error).await;
+                match claiming.take() {
+                    Some((task, reply)) => {
+                        let claimed = self.commit_claim(task, &mut outcomes, &mut error).await;
+                        let _ = reply.send(claimed);
+                    }
+                    None => self.flush(&mut outcomes, &mut error).await,
+                }
                 for (id, claim) in committed.drain(..) {
                     holdings.forget(id, claim);
                 }
@@ -538,6 +558,34 @@ impl Deliverer {
         outcomes.clear();
     }
 
+    /// Commits a begun claim with the buffered outcomes: one forced flush for both.
+    /// If that fails, the outcomes are written on their own, and the claim's error goes
+    /// back to the feeder.
+    async fn commit_claim(
+        &self,
+        task: ClaimTask,
+        outcomes: &mut Vec<(i64, Outcome)>,
+        error: &mut Option<StoreError>,
+    ) -> Result<Vec<i64>, StoreError> {
+        let begun = match task.await {
+            Ok(begun) => begun,
+            Err(join) => std::panic::resume_unwind(join.into_panic()),
+        };
+        let committed = async {
+            let (mut tx, ids) = begun?;
+            tx.record_outcomes(outcomes, self.owner, now()).await?;
+            tx.commit().await?;
+            Ok(ids)
+        }
+        .await;
+        match committed {
+            Ok(_) => outcomes.clear(),
+            // Nothing of it was written (an unfinished transaction is rolled back first).
+            Err(_) => self.flush(outcomes, error).await,
+        }
+        committed
+    }
+
     /// Claims batches and hands composed jobs to the senders; rows that must not be
     /// sent go straight to the recorder with their outcome.
     async fn feed(
@@ -587,7 +635,12 @@ impl Deliverer {
                 owner: self.owner,
                 until: start + self.lease.as_secs().max(1) as i64,
             };
-            let claimed = match self.store.claim_due_deliveries(room, start, lease).await {
+            let claim = Claim {
+                limit: room,
+                now: start,
+                lease,
+            };
+            let claimed = match self.claim(out, claim).await {
                 Ok(claimed) => claimed,
                 Err(e) if mode == Mode::Forever => {
                     tracing::error!(error = %e, "cannot claim deliveries; retrying shortly");
@@ -628,6 +681,22 @@ impl Deliverer {
                 return Ok(());
             }
         }
+    }
+
+    /// Has the recorder take `claim` with its next outcome commit, then loads the rows.
+    async fn claim(
+        &self,
+        recorder: &mpsc::UnboundedSender<Event>,
+        claim: Claim,
+    ) -> Result<Vec<ClaimedDelivery>, StoreError> {
+        let (tx, rx) = oneshot::channel();
+        if recorder.send(Event::Claim(claim, tx)).is_err() {
+            // No recorder (it stops only once every sender has): claim directly.
+            let Claim { limit, now, lease } = claim;
+            return self.store.claim_due_deliveries(limit, now, lease).await;
+        }
+        let ids = rx.await.unwrap_or_else(|_| Ok(Vec::new()))?;
+        self.store.load_claimed(&ids).await
     }
 }
 
@@ -758,7 +827,13 @@ enum Event {
     ),
     /// A claimed row given back unsent.
     Unsent(i64, u64),
+    /// The feeder's claim, to commit with the next outcomes; the ids go back on the
+    /// channel once committed.
+    Claim(Claim, oneshot::Sender<Result<Vec<i64>, StoreError>>),
 }
+
+/// A claim begun in its own transaction on the engine's connection, still to commit.
+type ClaimTask = tokio::task::JoinHandle<Result<(EngineTransaction, Vec<i64>), StoreError>>;
 
 /// One sender task: owns a transport slot and sends jobs one at a time.
 struct SenderContext {

@@ -8,7 +8,7 @@ use sqlx::AssertSqlSafe;
 use super::planning::DigestBatch;
 use super::signup::ReaderRegion;
 use super::subscribers::email_hash;
-use super::{Result, Store, StoreError, placeholders};
+use super::{Backend, EngineTransaction, Result, Store, StoreError, placeholders};
 use crate::domain::{Cadence, DeliveryKind, DeliveryState, RegionSlug, SubscriberState};
 
 /// What planning one edition produced.
@@ -49,6 +49,17 @@ pub struct Lease {
     pub owner: LeaseOwner,
     /// The rows are due again for anyone after this instant.
     pub until: i64,
+}
+
+/// A claim to take: up to `limit` rows due at `now`, held under `lease`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// At most this many rows.
+    pub limit: usize,
+    /// Rows due at this instant (Unix seconds) are claimed.
+    pub now: i64,
+    /// Who holds them, and until when.
+    pub lease: Lease,
 }
 
 /// A row claimed by a worker, with what composing it needs.
@@ -264,35 +275,11 @@ impl Store {
         now: i64,
         lease: Lease,
     ) -> Result<Vec<ClaimedDelivery>> {
-        // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
-        // worker's rows) and waiting rows in lane order.
+        let claim = Claim { limit, now, lease };
         let mut writer = self.engine_writer().await?;
-        let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
-            "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
-                 attempts = attempts + 1, updated_at = $2
-             WHERE id IN (
-                 SELECT id FROM (
-                     SELECT id FROM deliveries
-                     WHERE state = 'sending' AND lease_until < $2
-                     ORDER BY lease_until LIMIT $3 {skip_locked}) AS lapsed
-                 UNION ALL
-                 SELECT id FROM (
-                     SELECT id FROM deliveries
-                     WHERE state IN ('queued', 'deferred') AND next_attempt_at <= $2
-                     ORDER BY priority, next_attempt_at LIMIT $3 {skip_locked}) AS waiting
-                 LIMIT $3)
-             RETURNING id",
-            skip_locked = self.skip_locked_sql()
-        )))
-        .bind(lease.until)
-        .bind(now)
-        .bind(limit as i64)
-        .bind(lease.owner.0)
-        .fetch_all(&mut *writer)
-        .await?;
+        let ids = claim_ids(&mut writer, self.backend, claim).await?;
         drop(writer);
-        let ids: Vec<i64> = claimed.into_iter().map(|(id,)| id).collect();
-        self.load_deliveries(&ids).await
+        self.load_claimed(&ids).await
     }
 
     /// Extends the lease on those of `ids` that `lease.owner` still holds, and returns
@@ -326,7 +313,7 @@ impl Store {
     }
 
     /// Loads claimed rows with their reader and articles, in id order.
-    async fn load_deliveries(&self, ids: &[i64]) -> Result<Vec<ClaimedDelivery>> {
+    pub async fn load_claimed(&self, ids: &[i64]) -> Result<Vec<ClaimedDelivery>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -519,53 +506,18 @@ impl Store {
         if outcomes.is_empty() {
             return Ok(());
         }
-        let mut writer = self.engine_writer().await?;
         let suppressing = outcomes
             .iter()
             .any(|(_, o)| matches!(o, Outcome::Bounced { suppress: true, .. }));
         if !suppressing && outcomes.len() <= OUTCOMES_PER_STATEMENT {
             // One statement commits atomically on its own: one round trip, one flush.
+            let mut writer = self.engine_writer().await?;
             record_chunk(&mut *writer, outcomes, owner, now).await?;
             return Ok(());
         }
-        let mut tx = self.begin_write_on(&mut writer).await?;
-        for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
-            record_chunk(&mut *tx, chunk, owner, now).await?;
-        }
-        for (id, outcome) in outcomes {
-            if let Outcome::Bounced {
-                suppress: true,
-                reply,
-            } = outcome
-            {
-                let owner: Option<(String,)> = sqlx::query_as(
-                    "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id = $1",
-                )
-                .bind(*id)
-                .fetch_optional(&mut *tx)
-                .await?;
-                if let Some((email,)) = owner {
-                    sqlx::query(
-                        "UPDATE subscribers SET state = 'suppressed', updated_at = $1 WHERE email = $2",
-                    )
-                    .bind(now)
-                    .bind(&email)
-                    .execute(&mut *tx)
-                    .await?;
-                    sqlx::query(
-                        "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3)
-                         ON CONFLICT (email_hash) DO NOTHING",
-                    )
-                    .bind(email_hash(&email))
-                    .bind(format!("bounced: {reply}"))
-                    .bind(now)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-            }
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut tx = self.begin_engine_transaction().await?;
+        tx.record_outcomes(outcomes, owner, now).await?;
+        tx.commit().await
     }
 
     /// Gives claimed rows back (shutdown before they were sent): due again at once,
@@ -701,6 +653,105 @@ pub struct LedgerRow {
     pub message_id: String,
     /// Last error, if any.
     pub last_error: Option<String>,
+}
+
+impl EngineTransaction {
+    /// Claims like [`Store::claim_due_deliveries`], inside the transaction: the ids
+    /// are the caller's once it commits (load them with [`Store::load_claimed`]).
+    pub async fn claim(&mut self, claim: Claim) -> Result<Vec<i64>> {
+        let backend = self.backend();
+        claim_ids(self.conn(), backend, claim).await
+    }
+
+    /// Writes outcomes like [`Store::record_outcomes`], inside the transaction.
+    pub async fn record_outcomes(
+        &mut self,
+        outcomes: &[(i64, Outcome)],
+        owner: LeaseOwner,
+        now: i64,
+    ) -> Result<()> {
+        for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
+            record_chunk(self.conn(), chunk, owner, now).await?;
+        }
+        for (id, outcome) in outcomes {
+            if let Outcome::Bounced {
+                suppress: true,
+                reply,
+            } = outcome
+            {
+                suppress_reader(self.conn(), *id, reply, now).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Claims `claim.limit` due rows in one statement on `conn`; returns their ids.
+async fn claim_ids(
+    conn: &mut sqlx::AnyConnection,
+    backend: Backend,
+    claim: Claim,
+) -> Result<Vec<i64>> {
+    let skip_locked = backend.skip_locked_sql();
+    // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
+    // worker's rows) and waiting rows in lane order.
+    let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+        "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
+             attempts = attempts + 1, updated_at = $2
+         WHERE id IN (
+             SELECT id FROM (
+                 SELECT id FROM deliveries
+                 WHERE state = 'sending' AND lease_until < $2
+                 ORDER BY lease_until LIMIT $3 {skip_locked}) AS lapsed
+             UNION ALL
+             SELECT id FROM (
+                 SELECT id FROM deliveries
+                 WHERE state IN ('queued', 'deferred') AND next_attempt_at <= $2
+                 ORDER BY priority, next_attempt_at LIMIT $3 {skip_locked}) AS waiting
+             LIMIT $3)
+         RETURNING id"
+    )))
+    .bind(claim.lease.until)
+    .bind(claim.now)
+    .bind(claim.limit as i64)
+    .bind(claim.lease.owner.0)
+    .fetch_all(conn)
+    .await?;
+    Ok(claimed.into_iter().map(|(id,)| id).collect())
+}
+
+/// Suppresses the reader of delivery `id`, whose mailbox the server says does not exist.
+async fn suppress_reader(
+    tx: &mut sqlx::AnyConnection,
+    id: i64,
+    reply: &str,
+    now: i64,
+) -> Result<()> {
+    let owner: Option<(String,)> = sqlx::query_as(
+        "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut *tx)
+    .await?;
+    if let Some((email,)) = owner {
+        sqlx::query(
+            "UPDATE subscribers SET state = 'suppressed', updated_at = $1 WHERE email = $2",
+        )
+        .bind(now)
+        .bind(&email)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (email_hash) DO NOTHING",
+        )
+        .bind(email_hash(&email))
+        .bind(format!("bounced: {reply}"))
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Rows per outcome statement (six parameters each, well inside both backends' limits).
@@ -922,6 +973,76 @@ mod tests {
             assert_eq!(store.expire_overdue(10_000).await.unwrap(), 1);
             assert_eq!(store.retry_failed(10_000, 20_000).await.unwrap(), 1);
             assert_eq!(store.due_count(10_000).await.unwrap(), 1);
+        }
+    }
+
+    /// The rows per state, leaving out states no row is in.
+    async fn states(store: &Store) -> Vec<(DeliveryState, i64)> {
+        let mut states: Vec<_> = store
+            .queue_status()
+            .await
+            .unwrap()
+            .by_state
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        states.sort_by_key(|(state, _)| state.as_str());
+        states
+    }
+
+    #[tokio::test]
+    async fn a_claim_commits_with_outcomes_or_not_at_all() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            seed_planned(store).await;
+            let first = store
+                .claim_due_deliveries(1, 2_000, lease(2_300))
+                .await
+                .unwrap();
+            let claim = Claim {
+                limit: 10,
+                now: 2_000,
+                lease: lease(2_300),
+            };
+            // A transaction dropped before its commit leaves nothing behind: the row it
+            // claimed is still due, and the outcome it wrote is not there.
+            let mut tx = store.begin_engine_transaction().await.unwrap();
+            assert_eq!(tx.claim(claim).await.unwrap().len(), 1, "{backend:?}");
+            let sent = [(
+                first[0].id,
+                Outcome::Sent {
+                    reply: "250 ok".into(),
+                },
+            )];
+            tx.record_outcomes(&sent, LeaseOwner::TEST, 2_001)
+                .await
+                .unwrap();
+            drop(tx);
+            assert_eq!(store.due_count(2_000).await.unwrap(), 1, "{backend:?}");
+            assert_eq!(
+                states(store).await,
+                [(DeliveryState::Queued, 1), (DeliveryState::Sending, 1)],
+                "{backend:?}"
+            );
+
+            // Committed, the claim and the outcome land together.
+            let mut tx = store.begin_engine_transaction().await.unwrap();
+            let ids = tx.claim(claim).await.unwrap();
+            tx.record_outcomes(&sent, LeaseOwner::TEST, 2_001)
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            assert_eq!(ids.len(), 1, "{backend:?}");
+            assert_ne!(ids[0], first[0].id);
+            let loaded = store.load_claimed(&ids).await.unwrap();
+            assert_eq!(loaded[0].articles.len(), 3);
+            assert_eq!(loaded[0].attempts, 1);
+            assert_eq!(
+                states(store).await,
+                [(DeliveryState::Sending, 1), (DeliveryState::Sent, 1)],
+                "{backend:?}"
+            );
+            assert_eq!(store.due_count(2_000).await.unwrap(), 0);
         }
     }
 

@@ -14,7 +14,7 @@ mod subscribers;
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedPollState, FeedStatus, PushOutcome};
 pub use deliveries::{
-    ClaimedDelivery, DeliveryArticle, Lease, LeaseOwner, Outcome, PlanSummary, QueueStatus,
+    Claim, ClaimedDelivery, DeliveryArticle, Lease, LeaseOwner, Outcome, PlanSummary, QueueStatus,
 };
 pub use planning::{AlertPlan, BreakingArticle, SlotPlan};
 pub use signup::{
@@ -65,6 +65,16 @@ pub enum Backend {
     Sqlite,
     /// For several daemons on one database.
     Postgres,
+}
+
+impl Backend {
+    /// `FOR UPDATE SKIP LOCKED` where the engine has it; SQLite serialises writers anyway.
+    fn skip_locked_sql(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "",
+            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
+        }
+    }
 }
 
 /// The handle every stage uses to reach the database.
@@ -135,33 +145,86 @@ async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection, engine: bool) -> sqlx::R
 /// The delivery engine's own SQLite connection, held outside any pool: a pool pings a
 /// connection when it is taken and again when it is given back, two extra trips to
 /// SQLite's thread on every commit. `None` once the store is closed.
-type EngineConnection = Arc<tokio::sync::Mutex<Option<sqlx::AnyConnection>>>;
+type EngineConnection = Arc<tokio::sync::Mutex<Option<EngineConn>>>;
+
+/// The engine's SQLite connection, and whether an [`EngineTransaction`] left it inside
+/// a transaction it never finished (dropped after an error): the next writer rolls
+/// that back before anything else.
+pub(crate) struct EngineConn {
+    conn: sqlx::AnyConnection,
+    unfinished: bool,
+}
 
 /// A connection the engine writes through: its own (SQLite) or a pooled one.
-pub(crate) enum EngineWriter<'a> {
+pub(crate) enum EngineWriter {
     /// The SQLite engine's own connection, taken in turn.
-    Own(tokio::sync::MutexGuard<'a, Option<sqlx::AnyConnection>>),
+    Own(tokio::sync::OwnedMutexGuard<Option<EngineConn>>),
     /// A pooled PostgreSQL connection.
     Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
 }
 
-impl std::ops::Deref for EngineWriter<'_> {
+impl std::ops::Deref for EngineWriter {
     type Target = sqlx::AnyConnection;
 
     fn deref(&self) -> &sqlx::AnyConnection {
         match self {
-            EngineWriter::Own(guard) => guard.as_ref().expect("checked when taken"),
+            EngineWriter::Own(guard) => &guard.as_ref().expect("checked when taken").conn,
             EngineWriter::Pooled(conn) => conn,
         }
     }
 }
 
-impl std::ops::DerefMut for EngineWriter<'_> {
+impl std::ops::DerefMut for EngineWriter {
     fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
         match self {
-            EngineWriter::Own(guard) => guard.as_mut().expect("checked when taken"),
+            EngineWriter::Own(guard) => &mut guard.as_mut().expect("checked when taken").conn,
             EngineWriter::Pooled(conn) => conn,
         }
+    }
+}
+
+/// A write transaction of the delivery engine that is not tied to one call: begun
+/// and given work while outcomes are still on their way, committed with them.
+/// Dropped without [`EngineTransaction::commit`], it is rolled back.
+pub struct EngineTransaction {
+    inner: EngineTransactionConn,
+    backend: Backend,
+}
+
+enum EngineTransactionConn {
+    /// `BEGIN IMMEDIATE` on the SQLite engine's own connection, held until the end.
+    Own(tokio::sync::OwnedMutexGuard<Option<EngineConn>>),
+    /// A PostgreSQL transaction on a pooled connection (rolled back when dropped).
+    Pooled(sqlx::Transaction<'static, sqlx::Any>),
+}
+
+impl EngineTransaction {
+    /// The connection, inside the transaction.
+    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+        match &mut self.inner {
+            EngineTransactionConn::Own(guard) => {
+                &mut guard.as_mut().expect("checked when begun").conn
+            }
+            EngineTransactionConn::Pooled(tx) => tx,
+        }
+    }
+
+    /// Which engine this is.
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Commits everything done in the transaction.
+    pub async fn commit(self) -> Result<()> {
+        match self.inner {
+            EngineTransactionConn::Own(mut guard) => {
+                let engine = guard.as_mut().expect("checked when begun");
+                engine.conn.execute("COMMIT").await?;
+                engine.unfinished = false;
+            }
+            EngineTransactionConn::Pooled(tx) => tx.commit().await?,
+        }
+        Ok(())
     }
 }
 
@@ -222,7 +285,10 @@ impl Store {
                 sqlite_pragmas(&mut conn, true)
                     .await
                     .map_err(connect_error)?;
-                Some(Arc::new(tokio::sync::Mutex::new(Some(conn))))
+                Some(Arc::new(tokio::sync::Mutex::new(Some(EngineConn {
+                    conn,
+                    unfinished: false,
+                }))))
             }
             Backend::Postgres => None,
         };
@@ -250,10 +316,10 @@ impl Store {
     /// Closes every connection, the engine's included.
     pub async fn close(&self) {
         if let Some(engine) = &self.engine
-            && let Some(conn) = engine.lock().await.take()
+            && let Some(engine) = engine.lock().await.take()
         {
             use sqlx::Connection;
-            let _ = conn.close().await;
+            let _ = engine.conn.close().await;
         }
         self.pool.close().await;
     }
@@ -290,12 +356,16 @@ impl Store {
     /// a connection's cache is dropped whenever another connection has written since its
     /// last transaction, which a shared pool made the case for almost every commit.
     /// PostgreSQL locks rows, not the database: its engine writes through the pool.
-    pub(crate) async fn engine_writer(&self) -> Result<EngineWriter<'_>> {
+    pub(crate) async fn engine_writer(&self) -> Result<EngineWriter> {
         match &self.engine {
             Some(engine) => {
-                let guard = engine.lock().await;
-                if guard.is_none() {
+                let mut guard = engine.clone().lock_owned().await;
+                let Some(engine) = guard.as_mut() else {
                     return Err(sqlx::Error::PoolClosed.into());
+                };
+                if engine.unfinished {
+                    engine.conn.execute("ROLLBACK").await?;
+                    engine.unfinished = false;
                 }
                 Ok(EngineWriter::Own(guard))
             }
@@ -303,13 +373,25 @@ impl Store {
         }
     }
 
-    /// [`Store::begin_write`] on a connection already held.
-    pub(crate) async fn begin_write_on<'c>(
-        &self,
-        conn: &'c mut sqlx::AnyConnection,
-    ) -> Result<sqlx::Transaction<'c, sqlx::Any>> {
-        use sqlx::Connection;
-        Ok(conn.begin_with(self.begin_write_sql()).await?)
+    /// Begins a write transaction on the engine's connection (see
+    /// [`Store::engine_writer`]) that the caller carries from call to call.
+    pub async fn begin_engine_transaction(&self) -> Result<EngineTransaction> {
+        let inner = if self.engine.is_some() {
+            let EngineWriter::Own(mut guard) = self.engine_writer().await? else {
+                unreachable!("SQLite's engine writes through its own connection")
+            };
+            let engine = guard.as_mut().expect("checked when taken");
+            engine.conn.execute(self.begin_write_sql()).await?;
+            // From here, a transaction dropped unfinished is rolled back by the next writer.
+            engine.unfinished = true;
+            EngineTransactionConn::Own(guard)
+        } else {
+            EngineTransactionConn::Pooled(self.pool.begin_with(self.begin_write_sql()).await?)
+        };
+        Ok(EngineTransaction {
+            inner,
+            backend: self.backend,
+        })
     }
 
     /// Copies committed pages from SQLite's WAL back into the database file without
@@ -382,14 +464,6 @@ impl Store {
         match self.backend {
             Backend::Sqlite => "lower(hex(randomblob(16)))",
             Backend::Postgres => "replace(gen_random_uuid()::text, '-', '')",
-        }
-    }
-
-    /// `FOR UPDATE SKIP LOCKED` where the engine has it; SQLite serialises writers anyway.
-    fn skip_locked_sql(&self) -> &'static str {
-        match self.backend {
-            Backend::Sqlite => "",
-            Backend::Postgres => "FOR UPDATE SKIP LOCKED",
         }
     }
 }
