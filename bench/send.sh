@@ -3,6 +3,9 @@
 #
 #   bench/send.sh [N] [SIZE] [CONNECTIONS]      (defaults: 100000 20000 8)
 #   ROUNDS=5 bench/send.sh …                     steps 2 and 3 five times over, in pairs
+#   BASELINE=/path/to/herald ROUNDS=5 bench/send.sh …
+#                                                each round also runs that other build of
+#                                                herald on the same seeded database
 #
 # 1. starts Postfix's smtp-sink on a free port;
 # 2. measures `smtp-source -d -s C -m N -l SIZE` into it: the local SMTP limit;
@@ -95,23 +98,50 @@ PY
 python3 -c "import sqlite3; sqlite3.connect('$WORK/herald.db').execute('PRAGMA wal_checkpoint(TRUNCATE)')"
 cp "$WORK/herald.db" "$WORK/seed.db"
 
+BASELINE=${BASELINE:-}
+BASE_RATES=() BASE_RATIOS=()
+# One `herald send` on a fresh copy of the seeded database; sets ELAPSED_RATE. The
+# copy and whatever an earlier run left to write back reach the disk first, so no run
+# pays for another's writes in its syncs.
+herald_send() {
+    rm -f "$WORK"/herald.db*
+    cp "$WORK/seed.db" "$WORK/herald.db"
+    sync
+    local t0 t1
+    t0=$(now)
+    /usr/bin/time -f "%M" -o "$WORK/rss" "$1" send --region bench --yes >"$WORK/send.log"
+    t1=$(now)
+    ELAPSED_RATE=$(rate "$N" "$t0" "$t1")
+}
+run_herald() {
+    herald_send "$HERALD"
+    HERALD_RATES+=("$ELAPSED_RATE")
+    RATIOS+=("$(python3 -c "print(f'{${HERALD_RATES[-1]} / ${SOURCE_RATES[-1]}:.2f}')")")
+    RSS_MB+=("$(python3 -c "print(round($(cat "$WORK/rss") / 1024))")")
+    SENT+=("$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/herald.db').execute(\"select count(*) from deliveries where state='sent'\").fetchone()[0])")")
+}
+run_baseline() {
+    herald_send "$BASELINE"
+    BASE_RATES+=("$ELAPSED_RATE")
+    BASE_RATIOS+=("$(python3 -c "print(f'{$ELAPSED_RATE / ${SOURCE_RATES[-1]}:.2f}')")")
+}
+
 SOURCE_RATES=() HERALD_RATES=() RATIOS=() RSS_MB=() SENT=()
-for _ in $(seq 1 "$ROUNDS"); do
+for round in $(seq 1 "$ROUNDS"); do
     # The local SMTP limit.
     t0=$(now)
     "$SOURCE" -d -s "$C" -m "$N" -l "$SIZE" -f bench@herald.example -t sink@bench.example "127.0.0.1:$PORT"
     t1=$(now)
     SOURCE_RATES+=("$(rate "$N" "$t0" "$t1")")
-    # herald: plan and deliver the digest to every reader.
-    rm -f "$WORK"/herald.db*
-    cp "$WORK/seed.db" "$WORK/herald.db"
-    t0=$(now)
-    /usr/bin/time -f "%M" -o "$WORK/rss" "$HERALD" send --region bench --yes >"$WORK/send.log"
-    t1=$(now)
-    HERALD_RATES+=("$(rate "$N" "$t0" "$t1")")
-    RATIOS+=("$(python3 -c "print(f'{${HERALD_RATES[-1]} / ${SOURCE_RATES[-1]}:.2f}')")")
-    RSS_MB+=("$(python3 -c "print(round($(cat "$WORK/rss") / 1024))")")
-    SENT+=("$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/herald.db').execute(\"select count(*) from deliveries where state='sent'\").fetchone()[0])")")
+    # herald: plan and deliver the digest to every reader. With a baseline, the two
+    # builds take turns going first.
+    if [ -n "$BASELINE" ] && [ $((round % 2)) -eq 0 ]; then
+        run_baseline
+        run_herald
+    else
+        run_herald
+        if [ -n "$BASELINE" ]; then run_baseline; fi
+    fi
 done
 joined() { local IFS=/; echo "$*" | sed 's|/| / |g'; }
 MEDIAN=$(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "${RATIOS[@]}")
@@ -149,3 +179,7 @@ ratio herald / smtp-source: $(joined "${RATIOS[@]}") (median $MEDIAN)
 herald peak RSS: $(joined "${RSS_MB[@]}") MB
 rss2email (peer, $PEER_N emails): $PEER_RATE emails/s
 REPORT
+if [ -n "$BASELINE" ]; then
+    BASE_MEDIAN=$(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "${BASE_RATIOS[@]}")
+    echo "baseline $BASELINE: $(joined "${BASE_RATES[@]}") msg/s, ratio $(joined "${BASE_RATIOS[@]}") (median $BASE_MEDIAN)"
+fi
