@@ -257,3 +257,49 @@ fn no_such_mailbox_550_5_1_1_bounces_and_suppresses_the_reader() {
     let list = site.run(&["subscribers", "list"]).ok().stdout();
     assert!(list.contains("suppressed"), "{list}");
 }
+
+#[test]
+fn a_session_left_waiting_for_content_at_shutdown_is_dropped_not_sent_quit() {
+    // The second message's commands ride behind the first one's final dot, so its
+    // session waits for content; SIGINT arrives while the server takes its time over
+    // the first. The second message is given back unsent, and its session must not
+    // get QUIT, which the server would read as message content.
+    let server = FaultServer::start(vec![], vec![Tx::LateAccept(Duration::from_millis(1_500))]);
+    let site = setup(&server, &["ada@example.org", "bob@example.org"]);
+    let mut send = site
+        .command(&["send", "--region", "cedar-falls", "--yes"])
+        .env("HERALD__SMTP__TIMEOUT", "10s")
+        .env("HERALD__SMTP__CONNECTIONS", "1")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while server.attempts() == 0 {
+        assert!(std::time::Instant::now() < deadline, "no message started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The first message's content and dot are out by now; its reply is not.
+    std::thread::sleep(Duration::from_millis(500));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &send.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = send.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        server.commands_behind_a_dot(),
+        1,
+        "pipelined behind the dot: {stdout}"
+    );
+    assert_eq!(server.accepted().len(), 1, "{stdout}");
+    assert_eq!(
+        server.quits_as_content(),
+        0,
+        "QUIT sent as content: {stdout}"
+    );
+    let after = rows(&site);
+    let states: Vec<&str> = after.iter().map(|r| r.0.as_str()).collect();
+    assert_eq!(states, ["sent", "queued"], "{after:?}");
+    assert_eq!(after[1].1, 0, "the message given back counts no attempt");
+}

@@ -263,10 +263,15 @@ impl SmtpPool {
         (outcome, refused)
     }
 
-    /// Says goodbye on every open connection.
+    /// Says goodbye on every open connection. A session whose server waits for a
+    /// message's content (its commands rode behind the last final dot, and the message
+    /// was then given back unsent) is dropped instead: a QUIT there would be read as
+    /// content, and a dropped session makes the server discard the message it never got.
     pub async fn close(&self) {
         for slot in &self.slots {
-            if let Some(mut conn) = slot.lock().await.take() {
+            if let Some(mut conn) = slot.lock().await.take()
+                && conn.staged.is_none()
+            {
                 let _ = tokio::time::timeout(Duration::from_secs(2), conn.smtp.quit()).await;
             }
         }

@@ -28,6 +28,8 @@ pub enum Tx {
     CloseMidData,
     /// Take the whole message and wait this long before answering 250.
     SlowAfterData(Duration),
+    /// Take the whole message, wait this long, answer 250 and carry on with the session.
+    LateAccept(Duration),
 }
 
 #[derive(Default)]
@@ -38,6 +40,7 @@ struct State {
     connections: usize,
     attempts: usize,
     behind_dot: usize,
+    quit_as_content: usize,
 }
 
 /// The running server; it stops when the test process ends.
@@ -87,6 +90,11 @@ impl FaultServer {
     /// Final dots that arrived with more commands already behind them (pipelined).
     pub fn commands_behind_a_dot(&self) -> usize {
         self.state.lock().unwrap().behind_dot
+    }
+
+    /// `QUIT` lines that arrived as message content (after a `354`, before a final dot).
+    pub fn quits_as_content(&self) -> usize {
+        self.state.lock().unwrap().quit_as_content
     }
 }
 
@@ -148,6 +156,9 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
                     return Ok(());
                 }
                 lines += 1;
+                if line.trim_end().eq_ignore_ascii_case("QUIT") {
+                    state.lock().unwrap().quit_as_content += 1;
+                }
                 if matches!(tx, Some(Tx::CloseMidData)) && lines > 10 {
                     // Drop the connection with the message half received.
                     return Ok(());
@@ -167,6 +178,11 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
                     // The client has given up by now; a late 250 goes nowhere.
                     let _ = out.write_all(b"250 2.0.0 accepted late\r\n");
                     return Ok(());
+                }
+                Some(Tx::LateAccept(delay)) => {
+                    std::thread::sleep(delay);
+                    state.lock().unwrap().accepted.push(message);
+                    out.write_all(b"250 2.0.0 ok: queued late\r\n")?;
                 }
                 _ => {
                     state.lock().unwrap().accepted.push(message);
