@@ -266,7 +266,7 @@ fn a_session_left_waiting_for_content_at_shutdown_is_dropped_not_sent_quit() {
     // get QUIT, which the server would read as message content.
     let server = FaultServer::start(vec![], vec![Tx::LateAccept(Duration::from_millis(1_500))]);
     let site = setup(&server, &["ada@example.org", "bob@example.org"]);
-    let mut send = site
+    let send = site
         .command(&["send", "--region", "cedar-falls", "--yes"])
         .env("HERALD__SMTP__TIMEOUT", "10s")
         .env("HERALD__SMTP__CONNECTIONS", "1")
