@@ -364,8 +364,11 @@ impl Store {
                     return Err(sqlx::Error::PoolClosed.into());
                 };
                 if engine.unfinished {
-                    engine.conn.execute("ROLLBACK").await?;
                     engine.unfinished = false;
+                    // SQLite has already rolled back a transaction whose COMMIT met an I/O
+                    // error, and then refuses this one; a connection that is really
+                    // broken fails the caller's own statement next.
+                    let _ = engine.conn.execute("ROLLBACK").await;
                 }
                 Ok(EngineWriter::Own(guard))
             }
