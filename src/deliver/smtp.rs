@@ -5,6 +5,7 @@
 //! reused connection), and reopened after any error. The number of slots bounds
 //! concurrency; lettre's own pool only bounds idle connections.
 
+use std::io::IoSlice;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -48,11 +49,11 @@ pub struct SmtpPool {
     slots: Vec<Mutex<Option<Connection>>>,
 }
 
-/// One open session, and the gate in its socket when the socket carries the SMTP
-/// text itself (not under TLS).
+/// One open session, and its socket when the socket carries the SMTP text itself (not
+/// under TLS).
 struct Connection {
     smtp: AsyncSmtpConnection,
-    gate: Option<Arc<std::sync::Mutex<Gate>>>,
+    plain: Option<Arc<TcpStream>>,
     /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
     pipelining: bool,
     /// The Message-ID of the message whose `DATA` the server has already answered with
@@ -75,78 +76,62 @@ impl Hold {
     }
 }
 
-/// The hold armed on a connection: the content's first `pass` bytes go out at once,
-/// the rest (the final dot, where the server accepts) once the hold is released. The
-/// commit of the previous message thus overlaps this message's commands and content.
-#[derive(Debug, Default)]
-struct Gate {
-    pass: usize,
-    hold: Option<Hold>,
-}
-
-impl Gate {
-    fn disarm(&mut self) {
-        self.hold = None;
-        self.pass = 0;
-    }
-}
-
-/// A TCP stream with a [`Gate`] on its writes.
+/// The TCP socket of a plain session, shared: lettre reads the replies through it and
+/// writes its commands, while herald writes message content to it directly (lettre
+/// would first copy each message into a `String` of its own).
 #[derive(Debug)]
-struct GatedStream {
-    inner: TcpStream,
-    gate: Arc<std::sync::Mutex<Gate>>,
-}
+struct SharedStream(Arc<TcpStream>);
 
-impl AsyncRead for GatedStream {
+impl AsyncRead for SharedStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+        loop {
+            std::task::ready!(self.0.poll_read_ready(cx))?;
+            match self.0.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                // Readiness was stale; polling again registers for the next.
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
     }
 }
 
-impl AsyncWrite for GatedStream {
+impl AsyncWrite for SharedStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = self.get_mut();
-        let mut guard = this.gate.lock().expect("not poisoned");
-        let gate = &mut *guard;
-        if let Some(hold) = &mut gate.hold {
-            if gate.pass > 0 {
-                let n = buf.len().min(gate.pass);
-                let result = Pin::new(&mut this.inner).poll_write(cx, &buf[..n]);
-                if let Poll::Ready(Ok(written)) = result {
-                    gate.pass -= written;
-                }
-                return result;
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                result => return Poll::Ready(result),
             }
-            if Pin::new(&mut hold.0).poll(cx).is_pending() {
-                return Poll::Pending;
-            }
-            gate.disarm();
         }
-        drop(guard);
-        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    /// The socket closes when the session is dropped (herald drops a session after any
+    /// error), so there is nothing to shut down here.
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 
-impl AsyncTokioStream for GatedStream {
+impl AsyncTokioStream for SharedStream {
     fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
-        self.inner.peer_addr()
+        self.0.peer_addr()
     }
 }
 
@@ -207,9 +192,6 @@ impl SmtpPool {
         // with the same Message-ID.
         let budget = self.config.timeout * 3;
         let result = tokio::time::timeout(budget, transmit(conn, message, hold, next)).await;
-        if let Some(gate) = &conn.gate {
-            gate.lock().expect("not poisoned").disarm();
-        }
         // This message's outcome is known; the next one's commands are answered on
         // their own clock. If the server refuses them, that is the next message's
         // outcome; if the session fails, the next message was not sent and starts
@@ -243,12 +225,16 @@ impl SmtpPool {
                 let text: Vec<&str> = response.message().collect();
                 SendResult::Accepted(format!("{} {}", response.code(), text.join(" ")))
             }
-            Ok(Err(error)) => {
+            Ok(Err(TransmitError::Smtp(error))) => {
                 let outcome = classify(&error);
                 if conn.smtp.has_broken() || !matches!(outcome, SendResult::Permanent { .. }) {
                     drop_session = true;
                 }
                 outcome
+            }
+            Ok(Err(TransmitError::Write(error))) => {
+                drop_session = true;
+                SendResult::Temporary(format!("network error: {error}"))
             }
             Err(_) => {
                 drop_session = true;
@@ -285,7 +271,7 @@ impl SmtpPool {
             TlsParameters::new(cfg.host.clone())
                 .map_err(|e| format!("cannot set up TLS for {}: {e}", cfg.host))
         };
-        let (mut conn, gate) = match cfg.tls {
+        let (mut conn, plain) = match cfg.tls {
             TlsMode::Tls => (
                 AsyncSmtpConnection::connect_tokio1(
                     (cfg.host.as_str(), cfg.port),
@@ -304,11 +290,8 @@ impl SmtpPool {
                     .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?;
                 tcp.set_nodelay(true)
                     .map_err(|e| format!("cannot configure the connection to {server}: {e}"))?;
-                let gate = Arc::new(std::sync::Mutex::new(Gate::default()));
-                let stream = GatedStream {
-                    inner: tcp,
-                    gate: gate.clone(),
-                };
+                let tcp = Arc::new(tcp);
+                let stream = SharedStream(tcp.clone());
                 let mut conn =
                     AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
                         .await
@@ -317,10 +300,10 @@ impl SmtpPool {
                     conn.starttls(tls_params()?, &hello)
                         .await
                         .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
-                    // Under TLS the socket carries ciphertext: the hold is awaited whole.
+                    // Under TLS the socket carries ciphertext: only lettre writes to it.
                     (conn, None)
                 } else {
-                    (conn, Some(gate))
+                    (conn, Some(tcp))
                 }
             }
         };
@@ -342,7 +325,7 @@ impl SmtpPool {
         }
         Ok(Connection {
             smtp: conn,
-            gate,
+            plain,
             pipelining,
             staged: None,
         })
@@ -351,10 +334,12 @@ impl SmtpPool {
 
 /// One SMTP transaction. lettre's own `send` dot-stuffs the content a byte at a time
 /// and writes the final dot separately; for ASCII content and addresses (everything
-/// herald composes) the content is stuffed here with a substring search and goes out
-/// with its final dot in one write, behind the connection's gate when there is a
-/// hold. Anything else takes lettre's path, which adds the 8BITMIME and SMTPUTF8
-/// parameters, after the hold is released. Like lettre, any error ends the session.
+/// herald composes) on a plain session, herald writes the content to the socket itself,
+/// dot-stuffed where a line starts with a dot, and then, once the hold is released,
+/// the final dot. So the previous message's commit overlaps this message's commands and
+/// content, and the server accepts this message only after it. Anything else takes
+/// lettre's path, which adds the 8BITMIME and SMTPUTF8 parameters, after the hold is
+/// released. Like lettre, any error ends the session.
 /// With `next`, that message's commands follow the final dot in the same write when
 /// both messages take this path; the reply comes with whether they did (their own
 /// replies are then still to read).
@@ -363,10 +348,10 @@ async fn transmit(
     message: &Composed,
     hold: Option<Hold>,
     next: Option<&Composed>,
-) -> Result<(Response, bool), lettre::transport::smtp::Error> {
+) -> Result<(Response, bool), TransmitError> {
     let envelope = &message.envelope;
-    let data = dot_stuffed(&message.bytes).filter(|_| ascii_addresses(envelope));
-    let (Some(mut data), Some(gate)) = (data, &connection.gate) else {
+    let direct = message.bytes.is_ascii() && ascii_addresses(envelope);
+    let (true, Some(socket)) = (direct, connection.plain.clone()) else {
         if let Some(hold) = hold {
             hold.wait().await;
         }
@@ -381,7 +366,7 @@ async fn transmit(
     let next =
         next.filter(|next| pipelining && next.bytes.is_ascii() && ascii_addresses(&next.envelope));
     let conn = &mut connection.smtp;
-    let result = async {
+    let result: Result<Response, TransmitError> = async {
         if staged {
             // Straight to the content.
         } else if pipelining {
@@ -399,22 +384,74 @@ async fn transmit(
             }
             conn.command(Data).await?;
         }
+        write_content(&socket, &message.bytes)
+            .await
+            .map_err(TransmitError::Write)?;
+        // The final dot, where the server accepts the message, waits for the hold.
         if let Some(hold) = hold {
-            // Everything but the final dot goes out while the previous commit runs.
-            let mut gate = gate.lock().expect("not poisoned");
-            gate.pass = data.len() - b"\r\n.\r\n".len();
-            gate.hold = Some(hold);
+            hold.wait().await;
         }
+        let mut end = String::from("\r\n.\r\n");
         if let Some(next) = next {
-            data.push_str(&envelope_commands(&next.envelope));
+            end.push_str(&envelope_commands(&next.envelope));
         }
-        conn.command(Content(&data)).await
+        write_all(&socket, &mut [IoSlice::new(end.as_bytes())])
+            .await
+            .map_err(TransmitError::Write)?;
+        Ok(conn.read_response().await?)
     }
     .await;
     if result.is_err() {
         conn.abort().await;
     }
     Ok((result?, next.is_some()))
+}
+
+/// Why a transmission failed.
+#[derive(Debug)]
+enum TransmitError {
+    /// lettre reports it: the server refused, or the session broke.
+    Smtp(lettre::transport::smtp::Error),
+    /// herald's own write of content to the socket failed.
+    Write(std::io::Error),
+}
+
+impl From<lettre::transport::smtp::Error> for TransmitError {
+    fn from(error: lettre::transport::smtp::Error) -> Self {
+        TransmitError::Smtp(error)
+    }
+}
+
+/// Writes `bytes` as DATA content (RFC 5321 4.5.2), without the final `CRLF.CRLF`: a
+/// dot that starts a line is doubled. The content goes out as it is, in one write
+/// unless lines start with dots.
+async fn write_content(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+    let mut slices = Vec::with_capacity(1);
+    if bytes.starts_with(b".") {
+        slices.push(IoSlice::new(b"."));
+    }
+    let mut from = 0;
+    for at in memchr::memmem::find_iter(bytes, b"\r\n.") {
+        slices.push(IoSlice::new(&bytes[from..at + 3]));
+        slices.push(IoSlice::new(b"."));
+        from = at + 3;
+    }
+    slices.push(IoSlice::new(&bytes[from..]));
+    write_all(socket, &mut slices).await
+}
+
+/// Writes every slice whole, waiting for room in the socket's buffer.
+async fn write_all(socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    while !slices.is_empty() {
+        socket.writable().await?;
+        match socket.try_write_vectored(slices) {
+            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `MAIL`, one `RCPT` per recipient and `DATA`, as one pipelined group.
@@ -443,28 +480,6 @@ impl std::fmt::Display for Content<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.0)
     }
-}
-
-/// `bytes` as DATA content (RFC 5321 4.5.2): a dot that starts a line is doubled, and
-/// `CRLF.CRLF` ends it. `None` for content that is not ASCII.
-fn dot_stuffed(bytes: &[u8]) -> Option<String> {
-    if !bytes.is_ascii() {
-        return None;
-    }
-    let text = std::str::from_utf8(bytes).ok()?;
-    let mut out = String::with_capacity(text.len() + 16);
-    if text.starts_with('.') {
-        out.push('.');
-    }
-    let mut from = 0;
-    for at in memchr::memmem::find_iter(bytes, b"\r\n.") {
-        out.push_str(&text[from..at + 3]);
-        out.push('.');
-        from = at + 3;
-    }
-    out.push_str(&text[from..]);
-    out.push_str("\r\n.\r\n");
-    Some(out)
 }
 
 /// Sorts a lettre error into retry-or-not.
@@ -507,17 +522,31 @@ mod tests {
         assert!(!is_throttling(None, "connection reset by peer"));
     }
 
-    #[test]
-    fn content_is_dot_stuffed_and_terminated() {
+    /// What `write_content` puts on the wire for `bytes`.
+    async fn stuffed(bytes: &[u8]) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        write_content(&client, bytes).await.unwrap();
+        drop(client);
+        let mut received = Vec::new();
+        server.read_to_end(&mut received).await.unwrap();
+        received
+    }
+
+    #[tokio::test]
+    async fn content_is_dot_stuffed() {
         assert_eq!(
-            dot_stuffed(b".top\r\nmid.dle\r\n.\r\n..two\r\nend").unwrap(),
-            "..top\r\nmid.dle\r\n..\r\n...two\r\nend\r\n.\r\n"
+            stuffed(b".top\r\nmid.dle\r\n.\r\n..two\r\nend").await,
+            b"..top\r\nmid.dle\r\n..\r\n...two\r\nend"
         );
-        assert_eq!(dot_stuffed(b"plain").unwrap(), "plain\r\n.\r\n");
-        assert_eq!(
-            dot_stuffed("caf\u{e9}".as_bytes()),
-            None,
-            "not ASCII: lettre's path"
-        );
+        assert_eq!(stuffed(b"plain\r\ntext").await, b"plain\r\ntext");
+        // Larger than a socket buffer takes at once: written in several turns.
+        let big: Vec<u8> = b"line\r\n.dot\r\n".repeat(200_000);
+        let expected: Vec<u8> = b"line\r\n..dot\r\n".repeat(200_000);
+        assert_eq!(stuffed(&big).await, expected);
     }
 }
