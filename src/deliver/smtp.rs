@@ -442,6 +442,9 @@ async fn write_content(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<()> 
 
 /// Writes every slice whole, waiting for room in the socket's buffer.
 async fn write_all(socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+    // Advancing by nothing drops empty slices in front: a socket takes no bytes from
+    // them, which would read as a write that failed.
+    IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
         socket.writable().await?;
         match socket.try_write_vectored(slices) {
@@ -544,6 +547,7 @@ mod tests {
             b"..top\r\nmid.dle\r\n..\r\n...two\r\nend"
         );
         assert_eq!(stuffed(b"plain\r\ntext").await, b"plain\r\ntext");
+        assert_eq!(stuffed(b"").await, b"", "nothing to write is no error");
         // Larger than a socket buffer takes at once: written in several turns.
         let big: Vec<u8> = b"line\r\n.dot\r\n".repeat(200_000);
         let expected: Vec<u8> = b"line\r\n..dot\r\n".repeat(200_000);
