@@ -6,7 +6,7 @@
 
 mod smtp;
 
-pub use smtp::{Hold, SendResult, SmtpPool};
+pub use smtp::{Hold, ParkedDot, SendResult, SmtpPool};
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -20,7 +20,8 @@ use crate::config::{Config, TransportKind};
 use crate::domain::{DeliveryKind, DeliveryState, Email, SubscriberState};
 use crate::shutdown::Shutdown;
 use crate::store::{
-    Claim, ClaimedDelivery, EngineTransaction, Lease, LeaseOwner, Outcome, Store, StoreError, now,
+    Claim, ClaimedDelivery, EngineTransaction, Lease, LeaseOwner, OnDurable, Outcome, Store,
+    StoreError, now,
 };
 
 /// Where composed messages go.
@@ -408,7 +409,7 @@ impl Deliverer {
             // Claim permits of sent rows are held until their outcome is committed, so
             // "sent but not yet recorded" (what a crash would send twice) stays bounded.
             let mut held: Vec<Option<tokio::sync::OwnedSemaphorePermit>> = Vec::new();
-            let mut acks: Vec<oneshot::Sender<()>> = Vec::new();
+            let mut acks: Vec<Ack> = Vec::new();
             let mut committed: Vec<(i64, u64)> = Vec::new();
             let mut unsent: Vec<(i64, u64)> = Vec::new();
             let mut error: Option<StoreError> = None;
@@ -469,26 +470,33 @@ impl Deliverer {
                     };
                 }
                 released = acks.len();
+                // The held final dots go out the moment the commit is durable, from
+                // SQLite's thread, before the news of it reaches this task.
+                let dots: Vec<Arc<ParkedDot>> = acks.iter().map(|ack| ack.dot.clone()).collect();
+                let then = OnDurable::new(move || dots.iter().for_each(|dot| dot.release()));
                 match claiming.take() {
                     Some((task, reply)) => {
-                        let claimed = self.commit_claim(task, &mut outcomes, &mut error).await;
+                        let claimed = self
+                            .commit_claim(task, &mut outcomes, &mut error, then)
+                            .await;
                         let _ = reply.send(claimed);
                     }
-                    None => self.flush(&mut outcomes, &mut error).await,
+                    None => self.flush(&mut outcomes, &mut error, then).await,
                 }
                 for (id, claim) in committed.drain(..) {
                     holdings.forget(id, claim);
                 }
                 held.clear();
                 for ack in acks.drain(..) {
-                    let _ = ack.send(());
+                    let _ = ack.committed.send(());
                 }
                 if last_progress.elapsed() >= Duration::from_millis(100) {
                     progress(&stats);
                     last_progress = std::time::Instant::now();
                 }
             }
-            self.flush(&mut outcomes, &mut error).await;
+            self.flush(&mut outcomes, &mut error, OnDurable::nothing())
+                .await;
             drop(held);
             if !unsent.is_empty() {
                 stats.released += unsent.len() as u64;
@@ -541,14 +549,17 @@ impl Deliverer {
         Ok(stats)
     }
 
-    /// Writes buffered outcomes in one transaction (one forced flush for the lot).
-    async fn flush(&self, outcomes: &mut Vec<(i64, Outcome)>, error: &mut Option<StoreError>) {
-        if outcomes.is_empty() {
-            return;
-        }
+    /// Writes buffered outcomes in one transaction (one forced flush for the lot), and
+    /// runs `then` once they are durable (if recording them fails, `then` is dropped).
+    async fn flush(
+        &self,
+        outcomes: &mut Vec<(i64, Outcome)>,
+        error: &mut Option<StoreError>,
+        then: OnDurable,
+    ) {
         if let Err(e) = self
             .store
-            .record_outcomes(outcomes, self.owner, now())
+            .record_outcomes_then(outcomes, self.owner, now(), then)
             .await
         {
             // The rows keep their lease and come back for another attempt.
@@ -558,30 +569,38 @@ impl Deliverer {
         outcomes.clear();
     }
 
-    /// Commits a begun claim with the buffered outcomes: one forced flush for both.
-    /// If that fails, the outcomes are written on their own, and the claim's error goes
-    /// back to the feeder.
+    /// Commits a begun claim with the buffered outcomes: one forced flush for both,
+    /// then `then`. If that fails, the outcomes are written on their own, and the
+    /// claim's error goes back to the feeder.
     async fn commit_claim(
         &self,
         task: ClaimTask,
         outcomes: &mut Vec<(i64, Outcome)>,
         error: &mut Option<StoreError>,
+        then: OnDurable,
     ) -> Result<Vec<i64>, StoreError> {
         let begun = match task.await {
             Ok(begun) => begun,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
-        let committed = async {
+        let recorded = async {
             let (mut tx, ids) = begun?;
             tx.record_outcomes(outcomes, self.owner, now()).await?;
-            tx.commit().await?;
-            Ok(ids)
+            Ok((tx, ids))
         }
         .await;
+        let committed = match recorded {
+            Ok((tx, ids)) => tx.commit_then(then).await.map(|()| ids),
+            Err(e) => {
+                // Nothing of it was written (an unfinished transaction is rolled back
+                // first): the outcomes go on their own.
+                self.flush(outcomes, error, then).await;
+                return Err(e);
+            }
+        };
         match committed {
             Ok(_) => outcomes.clear(),
-            // Nothing of it was written (an unfinished transaction is rolled back first).
-            Err(_) => self.flush(outcomes, error).await,
+            Err(_) => self.flush(outcomes, error, OnDurable::nothing()).await,
         }
         committed
     }
@@ -821,13 +840,21 @@ enum Event {
         u64,
         Outcome,
         Option<tokio::sync::OwnedSemaphorePermit>,
-        Option<oneshot::Sender<()>>,
+        Option<Ack>,
     ),
     /// A claimed row given back unsent.
     Unsent(i64, u64),
     /// The feeder's claim, to commit with the next outcomes; the ids go back on the
     /// channel once committed.
     Claim(Claim, oneshot::Sender<Result<Vec<i64>, StoreError>>),
+}
+
+/// How a sender learns that the outcome of its last message is committed: the final dot
+/// of its next message, parked for the commit to send, and the recorder's word once
+/// the commit has returned.
+struct Ack {
+    dot: Arc<ParkedDot>,
+    committed: oneshot::Sender<()>,
 }
 
 /// A claim begun in its own transaction on the engine's connection, still to commit.
@@ -870,7 +897,7 @@ struct Ready {
 
 impl SenderContext {
     async fn run(self) {
-        let mut committed: Option<oneshot::Receiver<()>> = None;
+        let mut committed: Option<Hold> = None;
         // The job taken while the last message was sent, whose commands may have gone
         // out behind that message's final dot.
         let mut next: Option<Ready> = None;
@@ -907,7 +934,7 @@ impl SenderContext {
             // The server may accept this message only once the previous one sent on
             // this connection is committed: a crash then leaves at most one accepted
             // but unrecorded message per connection.
-            let hold = committed.take().map(Hold);
+            let hold = committed.take();
             self.pacing.wait(&domain).await;
             // The last moment to find the lease lapsed: from here the message goes out.
             if !self.holdings.holds(id, claim) {
@@ -951,8 +978,9 @@ impl SenderContext {
             // are bounded by the connection count.
             let ack = if matches!(outcome, Outcome::Sent { .. }) {
                 let (tx, rx) = oneshot::channel();
-                committed = Some(rx);
-                Some(tx)
+                let dot = Arc::new(ParkedDot::default());
+                committed = Some(Hold::new(rx, dot.clone()));
+                Some(Ack { dot, committed: tx })
             } else {
                 None
             };

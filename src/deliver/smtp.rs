@@ -5,7 +5,7 @@
 //! reused connection), and reopened after any error. The number of slots bounds
 //! concurrency; lettre's own pool only bounds idle connections.
 
-use std::io::IoSlice;
+use std::io::{IoSlice, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -53,7 +53,7 @@ pub struct SmtpPool {
 /// under TLS).
 struct Connection {
     smtp: AsyncSmtpConnection,
-    plain: Option<Arc<TcpStream>>,
+    plain: Option<PlainSocket>,
     /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
     pipelining: bool,
     /// The Message-ID of the message whose `DATA` the server has already answered with
@@ -61,18 +61,115 @@ struct Connection {
     staged: Option<String>,
 }
 
+/// The socket of a plain session: tokio's stream, which lettre shares, and a second
+/// handle on the same socket that any thread may write a released final dot to.
+struct PlainSocket {
+    stream: Arc<TcpStream>,
+    dot_writer: Arc<std::net::TcpStream>,
+}
+
 /// What a transmission waits for before the server may accept it: the commit of the
 /// previous message sent on the same connection. Each connection then has at most one
 /// accepted message whose outcome is not yet recorded, which bounds what a crash can
 /// send twice.
-/// The receiver fires (or closes) once the previous outcome is committed.
 #[derive(Debug)]
-pub struct Hold(pub oneshot::Receiver<()>);
+pub struct Hold {
+    committed: oneshot::Receiver<()>,
+    dot: Arc<ParkedDot>,
+}
 
 impl Hold {
+    /// A hold that `committed` releases when it fires (or closes), and whose final dot
+    /// waits in `dot`, which the committer may release first.
+    pub fn new(committed: oneshot::Receiver<()>, dot: Arc<ParkedDot>) -> Hold {
+        Hold { committed, dot }
+    }
+
     /// Waits for the release.
     pub async fn wait(self) {
-        let _ = self.0.await;
+        let _ = self.committed.await;
+    }
+
+    /// Parks `bytes` (the final dot, and the commands riding behind it) for whoever
+    /// learns of the commit first, waits for the commit, and returns the bytes with how
+    /// many of them are already written.
+    async fn park(self, writer: &Arc<std::net::TcpStream>, bytes: Vec<u8>) -> (Vec<u8>, usize) {
+        {
+            let mut parked = self.dot.lock();
+            if matches!(*parked, Parked::Released) {
+                // The commit is already durable.
+                return (bytes, 0);
+            }
+            *parked = Parked::Waiting(writer.clone(), bytes);
+        }
+        // Whatever happens from here (the transmission may be dropped by a timeout or
+        // at shutdown), nothing is written for this message once the wait is over.
+        let _closed = CloseOnDrop(&self.dot);
+        let _ = self.committed.await;
+        match std::mem::replace(&mut *self.dot.lock(), Parked::Closed) {
+            Parked::Waiting(_, bytes) => (bytes, 0),
+            Parked::Sent(bytes, written) => (bytes, written),
+            Parked::Empty | Parked::Released | Parked::Closed => {
+                unreachable!("parked above, and only this wait closes it")
+            }
+        }
+    }
+}
+
+/// A connection's final dot (with the commands riding behind it), parked until the
+/// commit its message waits for. Whoever learns of the commit first writes it: the
+/// store, from SQLite's thread the moment the commit is synced, or the sender, once
+/// the recorder tells it. So the server gets the dot without waiting for the commit's
+/// news to cross two threads.
+#[derive(Debug, Default)]
+pub struct ParkedDot(std::sync::Mutex<Parked>);
+
+#[derive(Debug, Default)]
+enum Parked {
+    /// Nothing parked yet.
+    #[default]
+    Empty,
+    /// Waiting for the commit: the socket and the bytes.
+    Waiting(Arc<std::net::TcpStream>, Vec<u8>),
+    /// Released, with how many of the bytes were written.
+    Sent(Vec<u8>, usize),
+    /// Released before anything was parked.
+    Released,
+    /// The sender has taken over: nothing more is written from here.
+    Closed,
+}
+
+impl ParkedDot {
+    /// The commit is durable: writes the parked bytes as far as the socket takes them
+    /// without waiting (the sender writes the rest). Never blocks; any thread.
+    pub fn release(&self) {
+        let mut parked = self.lock();
+        *parked = match std::mem::take(&mut *parked) {
+            Parked::Empty => Parked::Released,
+            Parked::Waiting(socket, bytes) => {
+                // The socket is non-blocking: a full buffer or an error leaves the
+                // bytes to the sender, who then meets the error itself.
+                let written = (&*socket).write(&bytes).unwrap_or(0);
+                Parked::Sent(bytes, written)
+            }
+            done => done,
+        };
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Parked> {
+        // The state is a plain value: a panic elsewhere leaves nothing half-done in it.
+        self.0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Closes a parked dot when the wait for its commit ends, however it ends.
+struct CloseOnDrop<'a>(&'a ParkedDot);
+
+impl Drop for CloseOnDrop<'_> {
+    fn drop(&mut self) {
+        *self.0.lock() = Parked::Closed;
     }
 }
 
@@ -290,7 +387,12 @@ impl SmtpPool {
                     .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?;
                 tcp.set_nodelay(true)
                     .map_err(|e| format!("cannot configure the connection to {server}: {e}"))?;
-                let tcp = Arc::new(tcp);
+                // A second handle on the socket, for whoever writes a released final dot.
+                let plain = tcp
+                    .into_std()
+                    .and_then(|tcp| Ok((tcp.try_clone()?, TcpStream::from_std(tcp)?)))
+                    .map_err(|e| format!("cannot set up the connection to {server}: {e}"))?;
+                let (dot_writer, tcp) = (Arc::new(plain.0), Arc::new(plain.1));
                 let stream = SharedStream(tcp.clone());
                 let mut conn =
                     AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
@@ -303,7 +405,8 @@ impl SmtpPool {
                     // Under TLS the socket carries ciphertext: only lettre writes to it.
                     (conn, None)
                 } else {
-                    (conn, Some(tcp))
+                    let stream = tcp;
+                    (conn, Some(PlainSocket { stream, dot_writer }))
                 }
             }
         };
@@ -351,7 +454,8 @@ async fn transmit(
 ) -> Result<(Response, bool), TransmitError> {
     let envelope = &message.envelope;
     let direct = message.bytes.is_ascii() && ascii_addresses(envelope);
-    let (true, Some(socket)) = (direct, connection.plain.clone()) else {
+    let plain = connection.plain.as_ref();
+    let (true, Some(PlainSocket { stream, dot_writer })) = (direct, plain) else {
         if let Some(hold) = hold {
             hold.wait().await;
         }
@@ -384,18 +488,19 @@ async fn transmit(
             }
             conn.command(Data).await?;
         }
-        write_content(&socket, &message.bytes)
+        write_content(stream, &message.bytes)
             .await
             .map_err(TransmitError::Write)?;
         // The final dot, where the server accepts the message, waits for the hold.
-        if let Some(hold) = hold {
-            hold.wait().await;
-        }
         let mut end = String::from("\r\n.\r\n");
         if let Some(next) = next {
             end.push_str(&envelope_commands(&next.envelope));
         }
-        write_all(&socket, &mut [IoSlice::new(end.as_bytes())])
+        let (end, written) = match hold {
+            Some(hold) => hold.park(dot_writer, end.into_bytes()).await,
+            None => (end.into_bytes(), 0),
+        };
+        write_all(stream, &mut [IoSlice::new(&end[written..])])
             .await
             .map_err(TransmitError::Write)?;
         Ok(conn.read_response().await?)
@@ -523,6 +628,85 @@ mod tests {
             "transient error (450): 4.2.1 mailbox busy"
         ));
         assert!(!is_throttling(None, "connection reset by peer"));
+    }
+
+    /// A connected pair: herald's plain handle on the socket, and the server's end.
+    async fn socket_pair() -> (Arc<std::net::TcpStream>, tokio::net::TcpStream) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        (Arc::new(client.into_std().unwrap()), server)
+    }
+
+    /// Whatever the server can read within a moment.
+    async fn readable_now(server: &mut tokio::net::TcpStream) -> Vec<u8> {
+        use tokio::io::AsyncReadExt;
+        let mut buf = vec![0; 64];
+        match tokio::time::timeout(Duration::from_millis(100), server.read(&mut buf)).await {
+            Ok(read) => buf[..read.unwrap()].to_vec(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_parked_dot_goes_out_when_the_commit_is_durable_before_the_sender_hears() {
+        let (writer, mut server) = socket_pair().await;
+        let (committed, heard) = oneshot::channel();
+        let dot = Arc::new(ParkedDot::default());
+        let hold = Hold::new(heard, dot.clone());
+        let parked = tokio::spawn(async move { hold.park(&writer, b".\r\n".to_vec()).await });
+        tokio::task::yield_now().await;
+        assert_eq!(
+            readable_now(&mut server).await,
+            b"",
+            "held until the commit"
+        );
+        // The committer's thread releases it; the sender has not heard yet.
+        let releaser = dot.clone();
+        std::thread::spawn(move || releaser.release())
+            .join()
+            .unwrap();
+        assert_eq!(readable_now(&mut server).await, b".\r\n");
+        assert!(
+            !parked.is_finished(),
+            "the sender still waits for word of the commit"
+        );
+        committed.send(()).unwrap();
+        let (bytes, written) = parked.await.unwrap();
+        assert_eq!(
+            (bytes.as_slice(), written),
+            (&b".\r\n"[..], 3),
+            "nothing left to write"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_dot_released_before_it_was_parked_is_the_senders_to_write_at_once() {
+        let (writer, mut server) = socket_pair().await;
+        let (_committed, heard) = oneshot::channel::<()>();
+        let dot = Arc::new(ParkedDot::default());
+        dot.release();
+        let (bytes, written) = Hold::new(heard, dot).park(&writer, b".\r\n".to_vec()).await;
+        assert_eq!((bytes.as_slice(), written), (&b".\r\n"[..], 0));
+        assert_eq!(readable_now(&mut server).await, b"", "left to the sender");
+    }
+
+    #[tokio::test]
+    async fn a_dot_is_never_written_once_its_wait_is_abandoned() {
+        let (writer, mut server) = socket_pair().await;
+        let (_committed, heard) = oneshot::channel::<()>();
+        let dot = Arc::new(ParkedDot::default());
+        let park = Hold::new(heard, dot.clone()).park(&writer, b".\r\n".to_vec());
+        // The transmission gives up (a timeout, shutdown) while the dot is parked.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(20), park)
+                .await
+                .is_err()
+        );
+        dot.release();
+        assert_eq!(readable_now(&mut server).await, b"");
     }
 
     /// What `write_content` puts on the wire for `bytes`.

@@ -8,7 +8,10 @@ use sqlx::AssertSqlSafe;
 use super::planning::DigestBatch;
 use super::signup::ReaderRegion;
 use super::subscribers::email_hash;
-use super::{Backend, EngineTransaction, Result, Store, StoreError, placeholders};
+use super::{
+    Backend, EngineConnRef, EngineTransaction, OnDurable, Result, Store, StoreError, on_engine,
+    placeholders,
+};
 use crate::domain::{Cadence, DeliveryKind, DeliveryState, RegionSlug, SubscriberState};
 
 /// What planning one edition produced.
@@ -277,7 +280,7 @@ impl Store {
     ) -> Result<Vec<ClaimedDelivery>> {
         let claim = Claim { limit, now, lease };
         let mut writer = self.engine_writer().await?;
-        let ids = claim_ids(&mut writer, self.backend, claim).await?;
+        let ids = claim_ids(writer.conn(), self.backend, claim).await?;
         drop(writer);
         self.load_claimed(&ids).await
     }
@@ -295,19 +298,16 @@ impl Store {
                  RETURNING id",
                 placeholders(3, chunk.len())
             );
-            let mut query = sqlx::query_as::<_, (i64,)>(AssertSqlSafe(sql))
-                .bind(lease.until)
-                .bind(lease.owner.0);
-            for id in chunk {
-                query = query.bind(*id);
-            }
-            renewed.extend(
-                query
-                    .fetch_all(&mut *writer)
-                    .await?
-                    .into_iter()
-                    .map(|(id,)| id),
-            );
+            let rows: Vec<(i64,)> = on_engine!(writer.conn(), |c| {
+                let mut query = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(lease.until)
+                    .bind(lease.owner.0);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(&mut *c).await
+            })?;
+            renewed.extend(rows.into_iter().map(|(id,)| id));
         }
         Ok(renewed)
     }
@@ -503,7 +503,21 @@ impl Store {
         owner: LeaseOwner,
         now: i64,
     ) -> Result<()> {
+        self.record_outcomes_then(outcomes, owner, now, OnDurable::nothing())
+            .await
+    }
+
+    /// Records outcomes like [`Store::record_outcomes`], then runs `then` once they are
+    /// durable (see [`OnDurable`]; with nothing to record, at once).
+    pub async fn record_outcomes_then(
+        &self,
+        outcomes: &[(i64, Outcome)],
+        owner: LeaseOwner,
+        now: i64,
+        then: OnDurable,
+    ) -> Result<()> {
         if outcomes.is_empty() {
+            then.run();
             return Ok(());
         }
         let suppressing = outcomes
@@ -512,12 +526,14 @@ impl Store {
         if !suppressing && outcomes.len() <= OUTCOMES_PER_STATEMENT {
             // One statement commits atomically on its own: one round trip, one flush.
             let mut writer = self.engine_writer().await?;
-            record_chunk(&mut *writer, outcomes, owner, now).await?;
-            return Ok(());
+            let unarmed = writer.arm(then);
+            let recorded = record_chunk(writer.conn(), outcomes, owner, now).await;
+            writer.settle(unarmed, recorded.is_ok());
+            return recorded;
         }
         let mut tx = self.begin_engine_transaction().await?;
         tx.record_outcomes(outcomes, owner, now).await?;
-        tx.commit().await
+        tx.commit_then(then).await
     }
 
     /// Gives claimed rows back (shutdown before they were sent): due again at once,
@@ -687,15 +703,11 @@ impl EngineTransaction {
 }
 
 /// Claims `claim.limit` due rows in one statement on `conn`; returns their ids.
-async fn claim_ids(
-    conn: &mut sqlx::AnyConnection,
-    backend: Backend,
-    claim: Claim,
-) -> Result<Vec<i64>> {
+async fn claim_ids(conn: EngineConnRef<'_>, backend: Backend, claim: Claim) -> Result<Vec<i64>> {
     let skip_locked = backend.skip_locked_sql();
     // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
     // worker's rows) and waiting rows in lane order.
-    let claimed: Vec<(i64,)> = sqlx::query_as(AssertSqlSafe(format!(
+    let sql = format!(
         "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
              attempts = attempts + 1, updated_at = $2
          WHERE id IN (
@@ -710,46 +722,51 @@ async fn claim_ids(
                  ORDER BY priority, next_attempt_at LIMIT $3 {skip_locked}) AS waiting
              LIMIT $3)
          RETURNING id"
-    )))
-    .bind(claim.lease.until)
-    .bind(claim.now)
-    .bind(claim.limit as i64)
-    .bind(claim.lease.owner.0)
-    .fetch_all(conn)
-    .await?;
+    );
+    let claimed: Vec<(i64,)> = on_engine!(conn, |c| sqlx::query_as(AssertSqlSafe(sql))
+        .bind(claim.lease.until)
+        .bind(claim.now)
+        .bind(claim.limit as i64)
+        .bind(claim.lease.owner.0)
+        .fetch_all(&mut *c)
+        .await)?;
     Ok(claimed.into_iter().map(|(id,)| id).collect())
 }
 
 /// Suppresses the reader of delivery `id`, whose mailbox the server says does not exist.
 async fn suppress_reader(
-    tx: &mut sqlx::AnyConnection,
+    mut conn: EngineConnRef<'_>,
     id: i64,
     reply: &str,
     now: i64,
 ) -> Result<()> {
-    let owner: Option<(String,)> = sqlx::query_as(
+    let owner: Option<(String,)> = on_engine!(&mut conn, |c| {
+        sqlx::query_as(
         "SELECT s.email FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id WHERE d.id = $1",
     )
     .bind(id)
-    .fetch_optional(&mut *tx)
-    .await?;
+    .fetch_optional(&mut **c)
+    .await
+    })?;
     if let Some((email,)) = owner {
-        sqlx::query(
+        on_engine!(&mut conn, |c| sqlx::query(
             "UPDATE subscribers SET state = 'suppressed', updated_at = $1 WHERE email = $2",
         )
         .bind(now)
         .bind(&email)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
+        .execute(&mut **c)
+        .await
+        .map(drop))?;
+        on_engine!(&mut conn, |c| sqlx::query(
             "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (email_hash) DO NOTHING",
         )
         .bind(email_hash(&email))
         .bind(format!("bounced: {reply}"))
         .bind(now)
-        .execute(&mut *tx)
-        .await?;
+        .execute(&mut **c)
+        .await
+        .map(drop))?;
     }
     Ok(())
 }
@@ -758,15 +775,12 @@ async fn suppress_reader(
 const OUTCOMES_PER_STATEMENT: usize = 200;
 
 /// Writes a chunk of outcomes with one `UPDATE … FROM (VALUES …)`.
-async fn record_chunk<'e, E>(
-    executor: E,
+async fn record_chunk(
+    conn: EngineConnRef<'_>,
     chunk: &[(i64, Outcome)],
     owner: LeaseOwner,
     now: i64,
-) -> Result<()>
-where
-    E: sqlx::Executor<'e, Database = sqlx::Any>,
-{
+) -> Result<()> {
     let rows: Vec<String> = (0..chunk.len())
         .map(|i| {
             let p = 3 + i * 6;
@@ -793,30 +807,45 @@ where
                  AND deliveries.lease_owner = $2",
         rows.join(", ")
     );
-    let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
-    for (id, outcome) in chunk {
-        let (reply, error, next_attempt, sent_at) = match outcome {
-            Outcome::Sent { reply } => (Some(reply.clone()), None, None, Some(now)),
-            Outcome::Deferred { error, retry_at } => {
-                (None, Some(error.clone()), Some(*retry_at), None)
-            }
-            Outcome::Bounced { reply, .. } => {
-                (Some(reply.clone()), Some(reply.clone()), None, None)
-            }
-            Outcome::Failed { error } => (None, Some(error.clone()), None, None),
-            Outcome::Expired => (None, None, None, None),
-            Outcome::Cancelled { reason } => (None, Some(reason.clone()), None, None),
-            Outcome::Suppressed => (None, Some("address is suppressed".into()), None, None),
-        };
-        query = query
-            .bind(*id)
-            .bind(outcome.state().as_str())
-            .bind(reply)
-            .bind(error)
-            .bind(next_attempt)
-            .bind(sent_at);
-    }
-    query.execute(executor).await?;
+    let values: Vec<_> = chunk
+        .iter()
+        .map(|(id, outcome)| {
+            let (reply, error, next_attempt, sent_at) = match outcome {
+                Outcome::Sent { reply } => (Some(reply.clone()), None, None, Some(now)),
+                Outcome::Deferred { error, retry_at } => {
+                    (None, Some(error.clone()), Some(*retry_at), None)
+                }
+                Outcome::Bounced { reply, .. } => {
+                    (Some(reply.clone()), Some(reply.clone()), None, None)
+                }
+                Outcome::Failed { error } => (None, Some(error.clone()), None, None),
+                Outcome::Expired => (None, None, None, None),
+                Outcome::Cancelled { reason } => (None, Some(reason.clone()), None, None),
+                Outcome::Suppressed => (None, Some("address is suppressed".into()), None, None),
+            };
+            (
+                *id,
+                outcome.state().as_str(),
+                reply,
+                error,
+                next_attempt,
+                sent_at,
+            )
+        })
+        .collect();
+    on_engine!(conn, |c| {
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
+        for (id, state, reply, error, next_attempt, sent_at) in values {
+            query = query
+                .bind(id)
+                .bind(state)
+                .bind(reply)
+                .bind(error)
+                .bind(next_attempt)
+                .bind(sent_at);
+        }
+        query.execute(&mut *c).await.map(drop)
+    })?;
     Ok(())
 }
 
@@ -1069,6 +1098,75 @@ mod tests {
                     .is_err(),
                 "{backend:?}: claimed after close"
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn work_armed_for_an_outcome_commit_runs_once_it_is_durable_and_never_on_failure() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            seed_planned(store).await;
+            let claimed = store
+                .claim_due_deliveries(2, 2_000, lease(2_100))
+                .await
+                .unwrap();
+            let runs = Arc::new(AtomicUsize::new(0));
+            let then = |runs: &Arc<AtomicUsize>| {
+                let runs = runs.clone();
+                OnDurable::new(move || {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                })
+            };
+            // On its own statement: by the time the call returns, it has run once, and
+            // the outcome is there for any other connection to read.
+            let sent = [(
+                claimed[0].id,
+                Outcome::Sent {
+                    reply: "250 ok".into(),
+                },
+            )];
+            store
+                .record_outcomes_then(&sent, LeaseOwner::TEST, 2_001, then(&runs))
+                .await
+                .unwrap();
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "{backend:?}");
+            let rows = store.delivery_ledger().await.unwrap();
+            assert_eq!(
+                rows.iter()
+                    .filter(|r| r.state == DeliveryState::Sent)
+                    .count(),
+                1,
+                "{backend:?}"
+            );
+            // Inside a claim's transaction: only its commit runs it.
+            let mut tx = store.begin_engine_transaction().await.unwrap();
+            let sent = [(
+                claimed[1].id,
+                Outcome::Sent {
+                    reply: "250 ok".into(),
+                },
+            )];
+            tx.record_outcomes(&sent, LeaseOwner::TEST, 2_002)
+                .await
+                .unwrap();
+            assert_eq!(runs.load(Ordering::SeqCst), 1, "{backend:?}");
+            tx.commit_then(then(&runs)).await.unwrap();
+            assert_eq!(runs.load(Ordering::SeqCst), 2, "{backend:?}");
+            // Nothing to record: at once.
+            store
+                .record_outcomes_then(&[], LeaseOwner::TEST, 2_003, then(&runs))
+                .await
+                .unwrap();
+            assert_eq!(runs.load(Ordering::SeqCst), 3, "{backend:?}");
+            // A commit that fails never runs it, then or later.
+            store.close().await;
+            let expired = [(claimed[0].id, Outcome::Expired)];
+            let failed = store
+                .record_outcomes_then(&expired, LeaseOwner::TEST, 2_004, then(&runs))
+                .await;
+            assert!(failed.is_err(), "{backend:?}");
+            assert_eq!(runs.load(Ordering::SeqCst), 3, "{backend:?}");
         }
     }
 

@@ -10,6 +10,7 @@ mod planning;
 mod seed;
 mod signup;
 mod subscribers;
+mod wal_hook;
 
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedPollState, FeedStatus, PushOutcome};
@@ -22,6 +23,7 @@ pub use signup::{
     SignupOutcome, WebSignup,
 };
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
+pub use wal_hook::OnDurable;
 
 use std::path::Path;
 use std::str::FromStr;
@@ -32,6 +34,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Executor};
 
 use crate::config::Region;
+use wal_hook::CommitHook;
 
 /// A database failure, with what herald was doing when it happened.
 #[derive(Debug, thiserror::Error)]
@@ -115,31 +118,34 @@ fn pool_options(backend: Backend) -> AnyPoolOptions {
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
                 if backend == Backend::Sqlite {
-                    sqlite_pragmas(conn, false).await?;
+                    for pragma in sqlite_pragmas(false) {
+                        conn.execute(pragma).await?;
+                    }
                 }
                 Ok(())
             })
         })
 }
 
-/// WAL lets readers run beside the writer; FULL makes a `sent` row survive a power cut.
-/// Writers wait instead of failing. With `engine`, the connection is the delivery
-/// engine's own: it never checkpoints the WAL on its own (see [`Store::checkpoint`]).
-async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection, engine: bool) -> sqlx::Result<()> {
-    conn.execute("PRAGMA journal_mode = WAL").await?;
-    conn.execute("PRAGMA synchronous = FULL").await?;
-    conn.execute("PRAGMA busy_timeout = 10000").await?;
-    conn.execute("PRAGMA foreign_keys = ON").await?;
-    // Each connection keeps its own page cache and the pool hands successive
-    // planning passes to different connections, so 64 MB each made a 190 MB process.
-    // Planning a million readers ran no faster with 64 or 128 MB than with 16 MB
-    // (within run-to-run noise). Temporary tables and statement journals stay in temp
-    // files (the default), not on the heap: 45 MB less at that size.
-    conn.execute("PRAGMA cache_size = -16384").await?;
-    if engine {
-        conn.execute("PRAGMA wal_autocheckpoint = 0").await?;
-    }
-    Ok(())
+/// The statements every SQLite connection runs first. WAL lets readers run beside the
+/// writer; FULL makes a `sent` row survive a power cut. Writers wait instead of failing.
+/// With `engine`, the connection is the delivery engine's own: it never checkpoints the
+/// WAL on its own (see [`Store::checkpoint`]).
+fn sqlite_pragmas(engine: bool) -> impl Iterator<Item = &'static str> {
+    [
+        "PRAGMA journal_mode = WAL",
+        "PRAGMA synchronous = FULL",
+        "PRAGMA busy_timeout = 10000",
+        "PRAGMA foreign_keys = ON",
+        // Each connection keeps its own page cache and the pool hands successive
+        // planning passes to different connections, so 64 MB each made a 190 MB
+        // process. Planning a million readers ran no faster with 64 or 128 MB than with
+        // 16 MB (within run-to-run noise). Temporary tables and statement journals stay
+        // in temp files (the default), not on the heap: 45 MB less at that size.
+        "PRAGMA cache_size = -16384",
+    ]
+    .into_iter()
+    .chain(engine.then_some("PRAGMA wal_autocheckpoint = 0"))
 }
 
 /// The delivery engine's own SQLite connection, held outside any pool: a pool pings a
@@ -147,13 +153,36 @@ async fn sqlite_pragmas(conn: &mut sqlx::AnyConnection, engine: bool) -> sqlx::R
 /// SQLite's thread on every commit. `None` once the store is closed.
 type EngineConnection = Arc<tokio::sync::Mutex<Option<EngineConn>>>;
 
-/// The engine's SQLite connection, and whether an [`EngineTransaction`] left it inside
-/// a transaction it never finished (dropped after an error): the next writer rolls
-/// that back before anything else.
+/// The engine's SQLite connection (SQLite's own driver, not `Any`, so that its WAL hook
+/// can be set), its hook, and whether an [`EngineTransaction`] left it inside a
+/// transaction it never finished (dropped after an error): the next writer rolls that
+/// back before anything else.
 pub(crate) struct EngineConn {
-    conn: sqlx::AnyConnection,
+    conn: sqlx::SqliteConnection,
+    hook: Arc<CommitHook>,
     unfinished: bool,
 }
+
+/// The connection an engine statement runs on. The statements are the same text with
+/// the same parameters for both drivers; [`on_engine!`] runs one on either.
+pub(crate) enum EngineConnRef<'c> {
+    /// The SQLite engine's own connection.
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    /// A pooled PostgreSQL connection (or transaction).
+    Pooled(&'c mut sqlx::AnyConnection),
+}
+
+/// Evaluates `$body` with `$conn` bound to the driver connection behind an
+/// [`EngineConnRef`]: `on_engine!(conn, |c| query.execute(&mut *c).await)`.
+macro_rules! on_engine {
+    ($engine:expr, |$conn:ident| $body:expr) => {
+        match $engine {
+            $crate::store::EngineConnRef::Sqlite($conn) => $body,
+            $crate::store::EngineConnRef::Pooled($conn) => $body,
+        }
+    };
+}
+pub(crate) use on_engine;
 
 /// A connection the engine writes through: its own (SQLite) or a pooled one.
 pub(crate) enum EngineWriter {
@@ -163,22 +192,42 @@ pub(crate) enum EngineWriter {
     Pooled(sqlx::pool::PoolConnection<sqlx::Any>),
 }
 
-impl std::ops::Deref for EngineWriter {
-    type Target = sqlx::AnyConnection;
-
-    fn deref(&self) -> &sqlx::AnyConnection {
+impl EngineWriter {
+    /// The connection to run a statement on.
+    pub(crate) fn conn(&mut self) -> EngineConnRef<'_> {
         match self {
-            EngineWriter::Own(guard) => &guard.as_ref().expect("checked when taken").conn,
-            EngineWriter::Pooled(conn) => conn,
+            EngineWriter::Own(guard) => {
+                EngineConnRef::Sqlite(&mut guard.as_mut().expect("checked when taken").conn)
+            }
+            EngineWriter::Pooled(conn) => EngineConnRef::Pooled(conn),
         }
     }
-}
 
-impl std::ops::DerefMut for EngineWriter {
-    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+    /// Arms `then` for the next commit on this connection (see [`OnDurable`]); the
+    /// caller runs [`EngineWriter::settle`] after the committing statement.
+    fn arm(&mut self, then: OnDurable) -> Option<OnDurable> {
         match self {
-            EngineWriter::Own(guard) => &mut guard.as_mut().expect("checked when taken").conn,
-            EngineWriter::Pooled(conn) => conn,
+            EngineWriter::Own(guard) => {
+                guard.as_ref().expect("checked when taken").hook.arm(then);
+                None
+            }
+            EngineWriter::Pooled(_) => Some(then),
+        }
+    }
+
+    /// After the committing statement: runs what [`EngineWriter::arm`] armed if the
+    /// statement `committed` and the WAL hook has not run it, or drops it.
+    fn settle(&mut self, unarmed: Option<OnDurable>, committed: bool) {
+        match self {
+            EngineWriter::Own(guard) => guard
+                .as_ref()
+                .expect("checked when taken")
+                .hook
+                .settle(committed),
+            EngineWriter::Pooled(_) => {}
+        }
+        if let Some(then) = unarmed.filter(|_| committed) {
+            then.run();
         }
     }
 }
@@ -200,12 +249,12 @@ enum EngineTransactionConn {
 
 impl EngineTransaction {
     /// The connection, inside the transaction.
-    pub(crate) fn conn(&mut self) -> &mut sqlx::AnyConnection {
+    pub(crate) fn conn(&mut self) -> EngineConnRef<'_> {
         match &mut self.inner {
             EngineTransactionConn::Own(guard) => {
-                &mut guard.as_mut().expect("checked when begun").conn
+                EngineConnRef::Sqlite(&mut guard.as_mut().expect("checked when begun").conn)
             }
-            EngineTransactionConn::Pooled(tx) => tx,
+            EngineTransactionConn::Pooled(tx) => EngineConnRef::Pooled(tx),
         }
     }
 
@@ -216,13 +265,25 @@ impl EngineTransaction {
 
     /// Commits everything done in the transaction.
     pub async fn commit(self) -> Result<()> {
+        self.commit_then(OnDurable::nothing()).await
+    }
+
+    /// Commits everything done in the transaction, and runs `then` once the commit is
+    /// durable (see [`OnDurable`]).
+    pub async fn commit_then(self, then: OnDurable) -> Result<()> {
         match self.inner {
             EngineTransactionConn::Own(mut guard) => {
                 let engine = guard.as_mut().expect("checked when begun");
-                engine.conn.execute("COMMIT").await?;
+                engine.hook.arm(then);
+                let committed = engine.conn.execute("COMMIT").await;
+                engine.hook.settle(committed.is_ok());
+                committed?;
                 engine.unfinished = false;
             }
-            EngineTransactionConn::Pooled(tx) => tx.commit().await?,
+            EngineTransactionConn::Pooled(tx) => {
+                tx.commit().await?;
+                then.run();
+            }
         }
         Ok(())
     }
@@ -279,14 +340,19 @@ impl Store {
         let engine = match backend {
             Backend::Sqlite => {
                 use sqlx::Connection;
-                let mut conn = sqlx::AnyConnection::connect_with(&options)
+                let options =
+                    sqlx::sqlite::SqliteConnectOptions::from_str(&url).map_err(connect_error)?;
+                let mut conn = sqlx::SqliteConnection::connect_with(&options)
                     .await
                     .map_err(connect_error)?;
-                sqlite_pragmas(&mut conn, true)
-                    .await
-                    .map_err(connect_error)?;
+                for pragma in sqlite_pragmas(true) {
+                    conn.execute(pragma).await.map_err(connect_error)?;
+                }
+                let hook = Arc::new(CommitHook::default());
+                wal_hook::install(&mut conn, hook.clone()).await?;
                 Some(Arc::new(tokio::sync::Mutex::new(Some(EngineConn {
                     conn,
+                    hook,
                     unfinished: false,
                 }))))
             }
@@ -412,9 +478,12 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
             let mut engine = self.engine_writer().await?;
-            sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-                .fetch_all(&mut *engine)
-                .await?;
+            on_engine!(engine.conn(), |c| sqlx::query(
+                "PRAGMA wal_checkpoint(PASSIVE)"
+            )
+            .fetch_all(&mut *c)
+            .await
+            .map(drop))?;
         }
         Ok(())
     }
