@@ -204,6 +204,48 @@ fn a_refusal_of_commands_sent_behind_a_final_dot_is_that_messages_outcome() {
 }
 
 #[test]
+fn a_message_is_recorded_sent_before_the_commands_behind_its_dot_are_answered() {
+    // The second message's commands ride behind the first message's final dot, and
+    // the server takes its time over their DATA. The first message's 250 has come
+    // back meanwhile: its row must not wait for the second message's replies, or a
+    // crash in that wait would send it again.
+    let server = FaultServer::start(
+        vec![],
+        vec![Tx::Accept, Tx::SlowData(Duration::from_secs(3))],
+    );
+    let site = setup(&server, &["ada@example.org", "bob@example.org"]);
+    let mut child = site
+        .command(&["send", "--region", "cedar-falls", "--yes"])
+        .env("HERALD__SMTP__CONNECTIONS", "1")
+        .env("HERALD__SMTP__TIMEOUT", "10s")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (sent, data_replies) = loop {
+        let sent = rows(&site).iter().filter(|r| r.0 == "sent").count();
+        if sent > 0 || child.try_wait().unwrap().is_some() {
+            break (sent, server.data_replies());
+        }
+        assert!(std::time::Instant::now() < deadline, "nothing was recorded");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(
+        (sent, data_replies),
+        (1, 1),
+        "the first message was recorded while the second's DATA still waited"
+    );
+    assert!(child.wait().unwrap().success());
+    assert_eq!(
+        server.commands_behind_a_dot(),
+        1,
+        "pipelined behind the dot"
+    );
+    assert!(rows(&site).iter().all(|r| r.0 == "sent" && r.1 == 1));
+    assert_eq!(server.accepted().len(), 2, "each reader got one copy");
+}
+
+#[test]
 fn a_rejected_message_with_commands_behind_it_leaves_the_next_one_to_a_new_session() {
     // The first message is refused after its final dot; the second message's commands,
     // already behind that dot, are abandoned with the session and sent again afresh.

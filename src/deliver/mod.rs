@@ -54,21 +54,21 @@ impl Transport {
         message: &Composed,
         hold: Option<Hold>,
         next: Option<&Composed>,
-    ) -> (SendResult, Option<SendResult>) {
+    ) -> SendResult {
         match self {
             Transport::Smtp(pool) => pool.send(slot, message, hold, next).await,
             Transport::File(dir) => {
                 if let Some(hold) = hold {
                     hold.wait().await;
                 }
-                (write_eml(dir, message).await, None)
+                write_eml(dir, message).await
             }
         }
     }
 
     /// Sends one message outside the outbox (a test send).
     pub async fn send_one(&self, message: &Composed) -> SendResult {
-        self.send(0, message, None, None).await.0
+        self.send(0, message, None, None).await
     }
 
     /// Closes connections politely.
@@ -959,19 +959,7 @@ impl SenderContext {
                     return;
                 }
             };
-            let (result, refused) = result;
             let outcome = self.outcome(result, attempts, expires_at, &domain).await;
-            if let Some(refused) = refused
-                && let Some(Ready { job, domain, .. }) = next.take()
-            {
-                // The server refused the next message's commands: that is its outcome.
-                let delivery = &job.delivery;
-                let refusal = self
-                    .outcome(refused, delivery.attempts, delivery.expires_at, &domain)
-                    .await;
-                let done = Event::Done(delivery.id, job.claim, refusal, Some(job.permit), None);
-                let _ = self.out.send(done);
-            }
             // The next message on this connection gets its final dot only after this
             // outcome is committed, so at any moment each connection has at most one
             // accepted message that a crash could send twice: duplicates after a crash

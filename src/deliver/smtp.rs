@@ -56,9 +56,16 @@ struct Connection {
     plain: Option<PlainSocket>,
     /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
     pipelining: bool,
-    /// The Message-ID of the message whose `DATA` the server has already answered with
-    /// `354`: the session waits for that message's content.
-    staged: Option<String>,
+    /// The message whose commands went out behind the last final dot: the session
+    /// is that message's, and waits for its content.
+    staged: Option<Staged>,
+}
+
+/// A message whose `MAIL`, `RCPT` and `DATA` went out ahead of it.
+struct Staged {
+    message_id: String,
+    /// Replies to those commands still to read (the last is `DATA`'s `354`).
+    replies: usize,
 }
 
 /// The socket of a plain session: tokio's stream, which lettre shares, and a second
@@ -255,31 +262,56 @@ impl SmtpPool {
     /// `RCPT` and `DATA` go out in the same write as this one's final dot when the
     /// server offers PIPELINING (RFC 2920 lets message content open a command group):
     /// one write, one wake-up of the server and one round trip fewer per message.
-    /// Returns this message's result, and the next message's when the server refused
-    /// its commands (it is then not to be sent).
+    /// This message's result comes back as soon as its final dot is answered; the
+    /// replies to the next message's commands are read when that message is sent.
     pub async fn send(
         &self,
         slot: usize,
         message: &Composed,
         hold: Option<Hold>,
         next: Option<&Composed>,
-    ) -> (SendResult, Option<SendResult>) {
+    ) -> SendResult {
         let mut guard = self.slots[slot].lock().await;
         // A session waiting for another message's content cannot carry this one.
         let usable = matches!(guard.as_ref(), Some(conn) if !conn.smtp.has_broken()
-            && conn.staged.as_ref().is_none_or(|id| *id == message.message_id));
+            && conn.staged.as_ref().is_none_or(|staged| staged.message_id == message.message_id));
         if !usable {
             *guard = None;
+        }
+        // This message's commands rode behind the last message's final dot: their
+        // replies come first. A refusal is this message's outcome; a session that broke
+        // before any of it was sent is replaced, and the message goes on a new one.
+        if let Some(conn) = guard.as_mut()
+            && let Some(staged) = conn.staged.as_mut()
+            && staged.replies > 0
+        {
+            let (smtp, replies) = (&mut conn.smtp, staged.replies);
+            let read = async {
+                for _ in 0..replies {
+                    smtp.read_response().await?;
+                }
+                Ok::<_, lettre::transport::smtp::Error>(())
+            };
+            match tokio::time::timeout(self.config.timeout, read).await {
+                Ok(Ok(())) => staged.replies = 0,
+                Ok(Err(error)) if error.is_transient() || error.is_permanent() => {
+                    *guard = None;
+                    return classify(&error);
+                }
+                Ok(Err(_)) | Err(_) => *guard = None,
+            }
+        }
+        if guard.is_none() {
             match tokio::time::timeout(self.config.timeout, self.connect()).await {
                 Ok(Ok(conn)) => *guard = Some(conn),
-                Ok(Err(message)) => return (SendResult::Unreachable(message), None),
+                Ok(Err(message)) => return SendResult::Unreachable(message),
                 Err(_) => {
                     let error = format!(
                         "SMTP server {} did not answer within {:?}",
                         self.server(),
                         self.config.timeout
                     );
-                    return (SendResult::Unreachable(error), None);
+                    return SendResult::Unreachable(error);
                 }
             }
         }
@@ -289,36 +321,16 @@ impl SmtpPool {
         // with the same Message-ID.
         let budget = self.config.timeout * 3;
         let result = tokio::time::timeout(budget, transmit(conn, message, hold, next)).await;
-        // This message's outcome is known; the next one's commands are answered on
-        // their own clock. If the server refuses them, that is the next message's
-        // outcome; if the session fails, the next message was not sent and starts
-        // again on a new one. Either way this session ends there.
         let mut drop_session = false;
-        let mut refused = None;
-        if let Ok(Ok((_, true))) = result
-            && let Some(next) = next
-        {
-            // One reply for each of the next message's commands.
-            let replies = next.envelope.to().len() + 2;
-            let read = async {
-                for _ in 0..replies {
-                    conn.smtp.read_response().await?;
-                }
-                Ok::<_, lettre::transport::smtp::Error>(())
-            };
-            match tokio::time::timeout(self.config.timeout, read).await {
-                Ok(Ok(())) => conn.staged = Some(next.message_id.clone()),
-                Ok(Err(error)) => {
-                    drop_session = true;
-                    if error.is_transient() || error.is_permanent() {
-                        refused = Some(classify(&error));
-                    }
-                }
-                Err(_) => drop_session = true,
-            }
-        }
         let outcome = match result {
-            Ok(Ok((response, _))) => {
+            Ok(Ok((response, sent_ahead))) => {
+                if let Some(next) = next.filter(|_| sent_ahead) {
+                    conn.staged = Some(Staged {
+                        message_id: next.message_id.clone(),
+                        // One reply for each of the next message's commands.
+                        replies: next.envelope.to().len() + 2,
+                    });
+                }
                 let text: Vec<&str> = response.message().collect();
                 SendResult::Accepted(format!("{} {}", response.code(), text.join(" ")))
             }
@@ -343,7 +355,7 @@ impl SmtpPool {
         if drop_session {
             *guard = None;
         }
-        (outcome, refused)
+        outcome
     }
 
     /// Says goodbye on every open connection. A session whose server waits for a

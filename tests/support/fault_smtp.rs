@@ -30,6 +30,8 @@ pub enum Tx {
     SlowAfterData(Duration),
     /// Take the whole message, wait this long, answer 250 and carry on with the session.
     LateAccept(Duration),
+    /// Wait this long before answering DATA with 354, then accept.
+    SlowData(Duration),
 }
 
 #[derive(Default)]
@@ -41,6 +43,7 @@ struct State {
     attempts: usize,
     behind_dot: usize,
     quit_as_content: usize,
+    data_replies: usize,
 }
 
 /// The running server; it stops when the test process ends.
@@ -96,6 +99,11 @@ impl FaultServer {
     pub fn quits_as_content(&self) -> usize {
         self.state.lock().unwrap().quit_as_content
     }
+
+    /// `354` replies sent so far.
+    pub fn data_replies(&self) -> usize {
+        self.state.lock().unwrap().data_replies
+    }
 }
 
 fn next<T: Clone>(script: &mut Vec<T>) -> Option<T> {
@@ -147,7 +155,12 @@ fn serve(stream: TcpStream, state: Arc<Mutex<State>>) -> std::io::Result<()> {
                 _ => out.write_all(b"250 2.1.5 ok\r\n")?,
             }
         } else if command == "DATA" {
+            if let Some(Tx::SlowData(delay)) = tx {
+                out.flush()?;
+                std::thread::sleep(delay);
+            }
             out.write_all(b"354 go ahead\r\n")?;
+            state.lock().unwrap().data_replies += 1;
             let mut message = String::new();
             let mut lines = 0;
             loop {
