@@ -1,7 +1,9 @@
 //! The database: connection, migrations, and every SQL statement herald runs.
 //!
 //! One set of statements serves SQLite and PostgreSQL through `sqlx::Any`; the few
-//! places where the two differ ask [`Backend`]. Times are integer Unix seconds.
+//! places where the two differ ask [`Backend`]. The delivery engine's own SQLite
+//! connection uses SQLite's driver (for its WAL hook), and its statements run on either
+//! driver through [`on_engine!`]. Times are integer Unix seconds.
 
 mod api_tokens;
 mod articles;
