@@ -103,6 +103,7 @@ struct RawSmtp {
     rate_per_second: f64,
     timeout: String,
     hello_name: String,
+    ca_file: String,
     domains: std::collections::BTreeMap<String, RawDomain>,
 }
 
@@ -280,6 +281,7 @@ impl Default for RawSmtp {
             rate_per_second: 0.0,
             timeout: "30s".into(),
             hello_name: String::new(),
+            ca_file: String::new(),
             domains: Default::default(),
         }
     }
@@ -484,6 +486,9 @@ pub struct SmtpConfig {
     pub timeout: Duration,
     /// Name sent in EHLO; defaults to the sending domain.
     pub hello_name: String,
+    /// PEM certificates trusted, besides the public roots, to sign the server's TLS
+    /// certificate (a relay with a private certificate authority).
+    pub ca_certificates: Option<Vec<u8>>,
     /// Per-recipient-domain pace (messages per second), lower-cased domain → rate.
     pub domain_rates: std::collections::BTreeMap<String, f64>,
 }
@@ -752,6 +757,21 @@ fn apply_env(root: &mut toml::Value, path: &str, raw: &str) -> Result<(), String
     Ok(())
 }
 
+/// The PEM certificates in `file`, checked: at least one, all of them readable.
+fn read_certificates(file: &Path) -> Result<Vec<u8>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+    match CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>() {
+        Ok(certificates) if !certificates.is_empty() => Ok(pem),
+        Ok(_) => Err(format!("{} holds no PEM certificate", file.display())),
+        Err(e) => Err(format!(
+            "{} holds a broken certificate: {e}",
+            file.display()
+        )),
+    }
+}
+
 /// Reads `6h`, `30m`, `45s`, `2d`, `500ms`, or combinations such as `1h30m`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let s = text.trim();
@@ -918,6 +938,16 @@ impl RawConfig {
             )),
         };
         check("smtp.tls", tls.as_ref().map(|_| ()).map_err(Clone::clone));
+        let ca_certificates = match self.smtp.ca_file.trim() {
+            "" => None,
+            file => match read_certificates(Path::new(file)) {
+                Ok(pem) => Some(pem),
+                Err(message) => {
+                    check("smtp.ca_file", Err(message));
+                    None
+                }
+            },
+        };
         check(
             "smtp.host",
             if self.smtp.host.trim().is_empty() {
@@ -1280,6 +1310,7 @@ impl RawConfig {
                 rate_per_second: self.smtp.rate_per_second,
                 timeout: smtp_timeout,
                 hello_name,
+                ca_certificates,
                 domain_rates: self
                     .smtp
                     .domains

@@ -12,7 +12,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream, TlsParameters};
+use lettre::transport::smtp::client::{
+    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
+};
 use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
@@ -377,7 +379,15 @@ impl SmtpPool {
         let hello = ClientId::Domain(cfg.hello_name.clone());
         let server = self.server();
         let tls_params = || {
-            TlsParameters::new(cfg.host.clone())
+            let mut params = TlsParameters::builder(cfg.host.clone());
+            if let Some(pem) = &cfg.ca_certificates {
+                // Checked when the configuration was read.
+                let roots = Certificate::from_pem(pem)
+                    .map_err(|e| format!("cannot use smtp.ca_file: {e}"))?;
+                params = params.add_root_certificate(roots);
+            }
+            params
+                .build()
                 .map_err(|e| format!("cannot set up TLS for {}: {e}", cfg.host))
         };
         let (mut conn, plain) = match cfg.tls {

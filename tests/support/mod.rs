@@ -217,6 +217,90 @@ impl Run {
     }
 }
 
+/// A certificate authority of its own and a server certificate it signed for 127.0.0.1,
+/// made with the `openssl` command for one test.
+pub struct TestCertificates {
+    pub dir: tempfile::TempDir,
+    /// The authority's certificate (what a client trusts).
+    pub ca: PathBuf,
+    /// The server's certificate and key.
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl TestCertificates {
+    pub fn new() -> TestCertificates {
+        let dir = tempfile::tempdir().unwrap();
+        let path = |name: &str| dir.path().join(name);
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir.path())
+                .output()
+                .expect("the openssl command must be installed");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        openssl(
+            &[
+                &["req", "-x509", "-days", "2", "-subj", "/CN=herald test CA"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.pem"],
+                &["-addext", "basicConstraints=critical,CA:TRUE"],
+                &["-addext", "keyUsage=critical,keyCertSign,cRLSign"],
+            ]
+            .concat(),
+        );
+        openssl(
+            &[
+                &["req", "-subj", "/CN=127.0.0.1"][..],
+                &ec,
+                &["-keyout", "server.key", "-out", "server.csr"],
+            ]
+            .concat(),
+        );
+        std::fs::write(
+            path("server.ext"),
+            "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             extendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "server.ext",
+            "-out",
+            "server.pem",
+        ]);
+        TestCertificates {
+            ca: path("ca.pem"),
+            cert: path("server.pem"),
+            key: path("server.key"),
+            dir,
+        }
+    }
+}
+
 /// A real SMTP server process (Python aiosmtpd) that saves each message to a folder.
 pub struct SmtpServer {
     pub port: u16,
@@ -227,12 +311,19 @@ pub struct SmtpServer {
 
 impl SmtpServer {
     pub fn start() -> SmtpServer {
+        SmtpServer::start_with(&[])
+    }
+
+    /// A server started with more of `smtp_server.py`'s options (`--starttls CERT KEY`,
+    /// `--tls CERT KEY`, `--auth USER:PASSWORD`).
+    pub fn start_with(options: &[&str]) -> SmtpServer {
         let port = free_port();
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("python3")
             .arg(repo().join("tests/support/smtp_server.py"))
             .arg(port.to_string())
             .arg(dir.path())
+            .args(options)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
