@@ -64,15 +64,7 @@ fn a_dead_smtp_server_defers_every_row_and_send_says_so() {
     let site = Site::new(free_port());
     site.run(&["ingest"]).ok();
     for email in ["ada@example.org", "bo@example.org"] {
-        site.run(&[
-            "subscribers",
-            "add",
-            email,
-            "--region",
-            "riverton",
-            "--confirmed",
-        ])
-        .ok();
+        site.add_confirmed(email, "riverton");
     }
     let run = site
         .run(&["send", "--region", "riverton", "--yes"])
@@ -235,15 +227,7 @@ fn each_invalid_config_value_names_its_key_and_exits_non_zero() {
 fn a_broken_template_stops_send_before_anything_is_queued_or_sent() {
     let site = Site::new(free_port());
     site.run(&["ingest"]).ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "ada@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("ada@example.org", "riverton");
     let templates = site.dir.path().join("templates/email");
     std::fs::create_dir_all(&templates).unwrap();
     std::fs::copy(

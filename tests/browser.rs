@@ -49,15 +49,7 @@ fn a_person_signs_up_in_headless_chromium() {
 
     // The demo's few regions: listed in full. A reader whose links the test opens.
     let site = Site::new(smtp.port);
-    site.run(&[
-        "subscribers",
-        "add",
-        "linked@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("linked@example.org", "riverton");
     let id: i64 = site.sql("SELECT id FROM subscribers WHERE email = 'linked@example.org'")[0][0]
         .parse()
         .unwrap();

@@ -84,24 +84,8 @@ fn one_click_unsubscribe_from_the_digest_header_stops_the_next_send() {
         feed.display()
     ));
     site.run(&["ingest"]).ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "ada@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "bo@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("ada@example.org", "riverton");
+    site.add_confirmed("bo@example.org", "riverton");
     site.run(&["send", "--region", "riverton", "--yes"]).ok();
     let messages = smtp.wait_for(2, Duration::from_secs(10));
     let ada = messages

@@ -41,15 +41,7 @@ fn verify(message: &Path, record: &str) -> bool {
 /// Sends one digest through the file transport and returns the .eml path.
 fn signed_message(site: &Site) -> std::path::PathBuf {
     site.run(&["ingest"]).ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "ada@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("ada@example.org", "riverton");
     let out = site
         .command(&["send", "--region", "riverton", "--yes"])
         .env("HERALD__MAIL__TRANSPORT", "file")

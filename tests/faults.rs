@@ -25,15 +25,7 @@ fn setup(server: &FaultServer, readers: &[&str]) -> Site {
     let site = Site::new(server.port);
     site.run(&["ingest"]).ok();
     for reader in readers {
-        site.run(&[
-            "subscribers",
-            "add",
-            reader,
-            "--region",
-            "cedar-falls",
-            "--confirmed",
-        ])
-        .ok();
+        site.add_confirmed(reader, "cedar-falls");
     }
     site
 }

@@ -17,15 +17,7 @@ fn feed_to_digests_over_smtp_with_every_delivery_recorded() {
     assert!(ingest.stdout().contains("0 failed"), "{}", ingest.stdout());
 
     for email in ["ada@example.org", "Bo@Example.ORG", "cy@example.net"] {
-        site.run(&[
-            "subscribers",
-            "add",
-            email,
-            "--region",
-            "riverton",
-            "--confirmed",
-        ])
-        .ok();
+        site.add_confirmed(email, "riverton");
     }
     // A pending reader must get nothing.
     site.run(&[
@@ -163,15 +155,7 @@ fn dry_run_shows_recipients_and_sends_nothing() {
     let smtp = SmtpServer::start();
     let site = Site::new(smtp.port);
     site.run(&["ingest"]).ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "ada@example.org",
-        "--region",
-        "cedar-falls",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("ada@example.org", "cedar-falls");
     let dry = site
         .run(&["send", "--region", "cedar-falls", "--dry-run"])
         .ok();
@@ -216,15 +200,7 @@ fn preview_renders_without_sending() {
 fn file_transport_writes_eml_files() {
     let site = Site::new(1);
     site.run(&["ingest"]).ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "ada@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("ada@example.org", "riverton");
     let mut cmd = site.command(&["send", "--region", "riverton", "--yes"]);
     cmd.env("HERALD__MAIL__TRANSPORT", "file");
     let out = cmd.output().unwrap();

@@ -265,15 +265,7 @@ name = "Riverton"
         "--confirmed",
     ])
     .ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "daily@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("daily@example.org", "riverton");
     let daemon = Daemon::start(&site);
     let (status, body) = post(
         &site,

@@ -15,15 +15,7 @@ fn site_with_readers(smtp: &SmtpServer) -> Site {
     let site = Site::new(smtp.port);
     site.run(&["ingest"]).ok();
     for email in READERS {
-        site.run(&[
-            "subscribers",
-            "add",
-            email,
-            "--region",
-            "riverton",
-            "--confirmed",
-        ])
-        .ok();
+        site.add_confirmed(email, "riverton");
     }
     site
 }
@@ -51,24 +43,40 @@ fn states(site: &Site) -> Vec<(String, String)> {
         .collect()
 }
 
+/// An aiosmtpd server presenting the test authority's certificate in `mode`
+/// (`--starttls` or `--tls`), with the account `herald:s3cret` when `auth` is set.
+fn relay(certs: &TestCertificates, mode: &str, auth: bool) -> SmtpServer {
+    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
+    let mut args = vec![mode, cert, key];
+    if auth {
+        args.extend(["--auth", "herald:s3cret"]);
+    }
+    SmtpServer::start_with(&args)
+}
+
+/// The `[smtp]` settings that log in as `herald` with `password` over `tls`, trusting
+/// the test authority.
+fn login<'a>(
+    certs: &'a TestCertificates,
+    tls: &'a str,
+    password: &'a str,
+) -> [(&'a str, &'a str); 4] {
+    [
+        ("tls", tls),
+        ("ca_file", certs.ca.to_str().unwrap()),
+        ("username", "herald"),
+        ("password", password),
+    ]
+}
+
 #[test]
 fn starttls_with_auth_delivers_every_digest() {
     let certs = TestCertificates::new();
-    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
     // The server refuses mail before STARTTLS and before AUTH.
-    let smtp = SmtpServer::start_with(&["--starttls", cert, key, "--auth", "herald:s3cret"]);
+    let smtp = relay(&certs, "--starttls", true);
     let site = site_with_readers(&smtp);
 
-    let run = send(
-        &site,
-        &[
-            ("tls", "starttls"),
-            ("ca_file", certs.ca.to_str().unwrap()),
-            ("username", "herald"),
-            ("password", "s3cret"),
-        ],
-    )
-    .ok();
+    let run = send(&site, &login(&certs, "starttls", "s3cret")).ok();
     assert!(run.stdout().contains("3 sent"), "{}", run.stdout());
     let messages = smtp.wait_for(3, Duration::from_secs(10));
     assert_eq!(messages.len(), 3);
@@ -82,20 +90,10 @@ fn starttls_with_auth_delivers_every_digest() {
 #[test]
 fn implicit_tls_delivers_every_digest() {
     let certs = TestCertificates::new();
-    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
-    let smtp = SmtpServer::start_with(&["--tls", cert, key, "--auth", "herald:s3cret"]);
+    let smtp = relay(&certs, "--tls", true);
     let site = site_with_readers(&smtp);
 
-    let run = send(
-        &site,
-        &[
-            ("tls", "tls"),
-            ("ca_file", certs.ca.to_str().unwrap()),
-            ("username", "herald"),
-            ("password", "s3cret"),
-        ],
-    )
-    .ok();
+    let run = send(&site, &login(&certs, "tls", "s3cret")).ok();
     assert!(run.stdout().contains("3 sent"), "{}", run.stdout());
     assert_eq!(smtp.wait_for(3, Duration::from_secs(10)).len(), 3);
 }
@@ -103,19 +101,10 @@ fn implicit_tls_delivers_every_digest() {
 #[test]
 fn a_wrong_password_defers_every_digest_and_says_why() {
     let certs = TestCertificates::new();
-    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
-    let smtp = SmtpServer::start_with(&["--starttls", cert, key, "--auth", "herald:s3cret"]);
+    let smtp = relay(&certs, "--starttls", true);
     let site = site_with_readers(&smtp);
 
-    let run = send(
-        &site,
-        &[
-            ("tls", "starttls"),
-            ("ca_file", certs.ca.to_str().unwrap()),
-            ("username", "herald"),
-            ("password", "wrong"),
-        ],
-    );
+    let run = send(&site, &login(&certs, "starttls", "wrong"));
     assert!(!run.success(), "{}", run.stdout());
     assert!(run.stderr().contains("login"), "{}", run.stderr());
     let states = states(&site);
@@ -128,12 +117,7 @@ fn a_wrong_password_defers_every_digest_and_says_why() {
 
     // With the right password the same rows go out, once each.
     std::thread::sleep(Duration::from_millis(2_100));
-    let right = [
-        ("tls", "starttls"),
-        ("ca_file", certs.ca.to_str().unwrap()),
-        ("username", "herald"),
-        ("password", "s3cret"),
-    ];
+    let right = login(&certs, "starttls", "s3cret");
     let run = herald(&site, &["deliver", "--until-empty"], &right).ok();
     assert!(run.stdout().contains("3 sent"), "{}", run.stdout());
     assert_eq!(smtp.wait_for(3, Duration::from_secs(10)).len(), 3);
@@ -142,8 +126,7 @@ fn a_wrong_password_defers_every_digest_and_says_why() {
 #[test]
 fn a_certificate_nobody_vouches_for_is_refused() {
     let certs = TestCertificates::new();
-    let (cert, key) = (certs.cert.to_str().unwrap(), certs.key.to_str().unwrap());
-    let smtp = SmtpServer::start_with(&["--starttls", cert, key]);
+    let smtp = relay(&certs, "--starttls", false);
     let site = site_with_readers(&smtp);
 
     // Without the private authority in smtp.ca_file, only the public roots count.

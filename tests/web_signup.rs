@@ -86,15 +86,7 @@ fn sign_up_confirm_send_and_one_click_unsubscribe_end_to_end() {
     let smtp = SmtpServer::start();
     let (site, feed) = riverton_site(&smtp, "");
     site.run(&["ingest"]).ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "bo@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("bo@example.org", "riverton");
     let daemon = Daemon::start(&site);
     let mut browser = WebClient::new(site.http_port).with_header("User-Agent", "E2E/1.0");
 
@@ -184,15 +176,7 @@ fn sign_up_answers_the_same_for_new_pending_confirmed_and_unsubscribed_addresses
     ])
     .ok();
     for email in ["confirmed@example.org", "gone@example.org"] {
-        site.run(&[
-            "subscribers",
-            "add",
-            email,
-            "--region",
-            "riverton",
-            "--confirmed",
-        ])
-        .ok();
+        site.add_confirmed(email, "riverton");
     }
     let daemon = Daemon::start(&site);
     let gone = token(Purpose::Unsubscribe, id_of(&site, "gone@example.org"));
@@ -259,15 +243,7 @@ fn tampered_expired_and_wrong_purpose_tokens_get_one_error_page_and_change_nothi
         "riverton",
     ])
     .ok();
-    site.run(&[
-        "subscribers",
-        "add",
-        "c@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("c@example.org", "riverton");
     let (p, c) = (id_of(&site, "p@example.org"), id_of(&site, "c@example.org"));
     let daemon = Daemon::start(&site);
     let signer = Signer::new(SECRET);
@@ -478,15 +454,7 @@ fn the_form_refuses_bots_forgeries_and_oversized_posts_and_stores_nothing() {
 fn preferences_change_regions_cadences_and_zone_or_leave_all() {
     let smtp = SmtpServer::start();
     let site = Site::new(smtp.port);
-    site.run(&[
-        "subscribers",
-        "add",
-        "ada@example.org",
-        "--region",
-        "riverton",
-        "--confirmed",
-    ])
-    .ok();
+    site.add_confirmed("ada@example.org", "riverton");
     let id = id_of(&site, "ada@example.org");
     let daemon = Daemon::start(&site);
     let url = format!("/preferences?token={}", token(Purpose::Preferences, id));
@@ -667,15 +635,7 @@ fn a_link_sent_to_an_erased_reader_never_reaches_the_next_owner_of_its_id() {
     let smtp = SmtpServer::start();
     let (site, _) = riverton_site(&smtp, "");
     let add = |email: &str| {
-        site.run(&[
-            "subscribers",
-            "add",
-            email,
-            "--region",
-            "riverton",
-            "--confirmed",
-        ])
-        .ok();
+        site.add_confirmed(email, "riverton");
     };
     add("old@example.org");
     let old = id_of(&site, "old@example.org");

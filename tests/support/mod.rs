@@ -160,6 +160,19 @@ drain_timeout = "5s"
         Run(output)
     }
 
+    /// Adds `email` to `region` as a confirmed reader (`herald subscribers add`).
+    pub fn add_confirmed(&self, email: &str, region: &str) {
+        self.run(&[
+            "subscribers",
+            "add",
+            email,
+            "--region",
+            region,
+            "--confirmed",
+        ])
+        .ok();
+    }
+
     /// Opens the site's SQLite file directly (read-only checks).
     pub fn sql(&self, query: &str) -> Vec<Vec<String>> {
         let output = Command::new("python3")
