@@ -27,7 +27,7 @@ use crate::store::{
 /// Where composed messages go.
 pub enum Transport {
     /// An SMTP relay.
-    Smtp(SmtpPool),
+    Smtp(Box<SmtpPool>),
     /// `.eml` files in a folder.
     File(PathBuf),
 }
@@ -36,7 +36,7 @@ impl Transport {
     /// The transport the configuration asks for.
     pub fn from_config(config: &Config) -> Transport {
         match config.mail.transport {
-            TransportKind::Smtp => Transport::Smtp(SmtpPool::new(config.smtp.clone())),
+            TransportKind::Smtp => Transport::Smtp(Box::new(SmtpPool::new(config.smtp.clone()))),
             TransportKind::File => Transport::File(config.mail.outbox_dir.clone()),
         }
     }

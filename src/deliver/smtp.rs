@@ -49,6 +49,9 @@ pub enum SendResult {
 pub struct SmtpPool {
     config: SmtpConfig,
     slots: Vec<Mutex<Option<Connection>>>,
+    /// The TLS settings of every session (the public roots and any private CA from
+    /// `smtp.ca_file`), built once; used with `tls` or `starttls`.
+    tls: Result<TlsParameters, String>,
 }
 
 /// One open session, and its socket when the socket carries the SMTP text itself (not
@@ -245,7 +248,8 @@ impl SmtpPool {
     /// A pool with `config.connections` slots; connections open on first use.
     pub fn new(config: SmtpConfig) -> SmtpPool {
         let slots = (0..config.connections).map(|_| Mutex::new(None)).collect();
-        SmtpPool { config, slots }
+        let tls = tls_parameters(&config);
+        SmtpPool { config, slots, tls }
     }
 
     /// How many messages may be in flight at once.
@@ -378,25 +382,13 @@ impl SmtpPool {
         let cfg = &self.config;
         let hello = ClientId::Domain(cfg.hello_name.clone());
         let server = self.server();
-        let tls_params = || {
-            let mut params = TlsParameters::builder(cfg.host.clone());
-            if let Some(pem) = &cfg.ca_certificates {
-                // Checked when the configuration was read.
-                let roots = Certificate::from_pem(pem)
-                    .map_err(|e| format!("cannot use smtp.ca_file: {e}"))?;
-                params = params.add_root_certificate(roots);
-            }
-            params
-                .build()
-                .map_err(|e| format!("cannot set up TLS for {}: {e}", cfg.host))
-        };
         let (mut conn, plain) = match cfg.tls {
             TlsMode::Tls => (
                 AsyncSmtpConnection::connect_tokio1(
                     (cfg.host.as_str(), cfg.port),
                     Some(cfg.timeout),
                     &hello,
-                    Some(tls_params()?),
+                    Some(self.tls.clone()?),
                     None,
                 )
                 .await
@@ -421,7 +413,7 @@ impl SmtpPool {
                         .await
                         .map_err(|e| format!("SMTP server {server} refused the session: {e}"))?;
                 if cfg.tls == TlsMode::Starttls {
-                    conn.starttls(tls_params()?, &hello)
+                    conn.starttls(self.tls.clone()?, &hello)
                         .await
                         .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
                     // Under TLS the socket carries ciphertext: only lettre writes to it.
@@ -455,6 +447,20 @@ impl SmtpPool {
             staged: None,
         })
     }
+}
+
+/// The TLS settings for `config.host`: the public roots, and the certificates of
+/// `smtp.ca_file` (checked when the configuration was read).
+fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, String> {
+    let mut params = TlsParameters::builder(config.host.clone());
+    if let Some(pem) = &config.ca_certificates {
+        let roots =
+            Certificate::from_pem(pem).map_err(|e| format!("cannot use smtp.ca_file: {e}"))?;
+        params = params.add_root_certificate(roots);
+    }
+    params
+        .build()
+        .map_err(|e| format!("cannot set up TLS for {}: {e}", config.host))
 }
 
 /// One SMTP transaction. lettre's own `send` dot-stuffs the content a byte at a time
@@ -602,8 +608,7 @@ fn ascii_addresses(envelope: &lettre::address::Envelope) -> bool {
         .all(|address| AsRef::<str>::as_ref(address).is_ascii())
 }
 
-/// Text written as one "command": the stuffed content and its final dot (with the next
-/// message's commands behind it), or a pipelined group of commands.
+/// A pipelined group of commands, written as one "command".
 struct Content<'a>(&'a str);
 
 impl std::fmt::Display for Content<'_> {
@@ -652,13 +657,19 @@ mod tests {
         assert!(!is_throttling(None, "connection reset by peer"));
     }
 
-    /// A connected pair: herald's plain handle on the socket, and the server's end.
-    async fn socket_pair() -> (Arc<std::net::TcpStream>, tokio::net::TcpStream) {
+    /// A connected pair on loopback: herald's end, and the server's.
+    async fn connected() -> (TcpStream, TcpStream) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
+        (client, server)
+    }
+
+    /// A connected pair: herald's plain handle on the socket, and the server's end.
+    async fn socket_pair() -> (Arc<std::net::TcpStream>, TcpStream) {
+        let (client, server) = connected().await;
         (Arc::new(client.into_std().unwrap()), server)
     }
 
@@ -734,11 +745,7 @@ mod tests {
     /// What `write_content` puts on the wire for `bytes`.
     async fn stuffed(bytes: &[u8]) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = TcpStream::connect(listener.local_addr().unwrap())
-            .await
-            .unwrap();
-        let (mut server, _) = listener.accept().await.unwrap();
+        let (client, mut server) = connected().await;
         write_content(&client, bytes).await.unwrap();
         drop(client);
         let mut received = Vec::new();
