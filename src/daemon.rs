@@ -102,7 +102,7 @@ async fn wait_for_signal(trigger: Trigger) {
 /// (or several daemons) harmless.
 async fn plan_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
     while !shutdown.is_triggered() {
-        match plan_due(&config, &store, chrono::Utc::now(), false).await {
+        match plan_due(&config, &store, crate::clock::now_utc(), false).await {
             Ok(report) if report.deliveries() > 0 => {
                 tracing::info!(
                     emails = report.deliveries(),

@@ -7,6 +7,7 @@
 
 pub mod api_token;
 pub mod cli;
+pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod daemon;

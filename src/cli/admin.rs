@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use super::format_time;
 use crate::api_token;
+use crate::clock::now;
 use crate::config::Config;
-use crate::store::now;
 
 /// Subcommands of `herald admin`.
 #[derive(Debug, clap::Subcommand)]

@@ -2,9 +2,9 @@
 
 use std::process::ExitCode;
 
+use crate::clock::now;
 use crate::config::Config;
 use crate::domain::DeliveryKind;
-use crate::store::now;
 
 /// Subcommands of `herald deliveries`.
 #[derive(Debug, clap::Subcommand)]

@@ -68,6 +68,19 @@ enum Command {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing();
+    match crate::clock::init() {
+        Ok(Some(offset)) => tracing::warn!(
+            offset_seconds = offset,
+            now = %crate::clock::now_utc(),
+            "the clock is shifted by {} (for tests only)",
+            crate::clock::OFFSET_VAR
+        ),
+        Ok(None) => {}
+        Err(message) => {
+            eprintln!("error: {message}");
+            return ExitCode::FAILURE;
+        }
+    }
     // One thread runs all async work: SMTP connections, the delivery engine's feeder and
     // recorder, the HTTP server, feed fetches. What takes CPU for longer runs elsewhere
     // (feed parsing and full renders on the blocking pool, SQLite statements on sqlx's

@@ -2,10 +2,11 @@
 
 use std::process::ExitCode;
 
+use crate::clock::now;
 use crate::compose::DigestRequest;
 use crate::config::Config;
 use crate::domain::{Cadence, Email, RegionSlug};
-use crate::store::{DeliveryArticle, Store, StoreError, now};
+use crate::store::{DeliveryArticle, Store, StoreError};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

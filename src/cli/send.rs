@@ -6,13 +6,14 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
+use crate::clock::now;
 use crate::compose::DigestRequest;
 use crate::config::Config;
 use crate::deliver::{Deliverer, SendResult, Transport};
 use crate::domain::{Cadence, Email};
 use crate::plan::manual_digest;
 use crate::shutdown::Shutdown;
-use crate::store::{DeliveryArticle, now};
+use crate::store::DeliveryArticle;
 
 /// Options for `herald send`.
 #[derive(Debug, clap::Args)]

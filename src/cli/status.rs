@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use super::format_time;
+use crate::clock::now;
 use crate::config::Config;
-use crate::store::now;
 
 /// Prints counts by state, the oldest waiting row, the last error, and each feed's last
 /// success, last error and next poll.

@@ -6,9 +6,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use super::format_time;
+use crate::clock::now;
 use crate::config::Config;
 use crate::domain::{Cadence, Email, RegionSlug, Timezone};
-use crate::store::{AddOutcome, NewSubscriber, Store, now};
+use crate::store::{AddOutcome, NewSubscriber, Store};
 
 /// Subcommands of `herald subscribers`.
 #[derive(Debug, clap::Subcommand)]

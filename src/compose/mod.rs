@@ -409,7 +409,7 @@ impl Composer {
             .to(Mailbox::new(None, to.to_address()))
             .subject(subject.clone())
             .message_id(Some(message_id.clone()))
-            .date_now();
+            .date(crate::clock::now_system());
         if let Some(url) = unsubscribe_url {
             builder = builder
                 .header(ListUnsubscribe::new(url))

@@ -305,7 +305,7 @@ impl Composer {
             .to(Mailbox::new(None, to_marker.clone()))
             .subject(real.subject.clone())
             .message_id(Some(shared.marker(Field::MessageId).to_string()))
-            .date_now()
+            .date(crate::clock::now_system())
             .header(ListUnsubscribe::new(shared.marker(Field::UnsubscribeUrl)))
             .header(ListUnsubscribePost)
             .header(self.list_id.clone())

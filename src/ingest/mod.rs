@@ -23,9 +23,10 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
+use crate::clock::now;
 use crate::config::{Config, FeedSource, IngestConfig};
 use crate::domain::RegionSlug;
-use crate::store::{FeedCounts, FeedPollState, Store, StoreError, now};
+use crate::store::{FeedCounts, FeedPollState, Store, StoreError};
 use fetch::{Fetched, Fetcher};
 use guard::GuardError;
 

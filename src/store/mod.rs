@@ -98,11 +98,6 @@ const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
-/// The current time as Unix seconds.
-pub fn now() -> i64 {
-    chrono::Utc::now().timestamp()
-}
-
 fn redact(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {

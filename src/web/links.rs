@@ -18,9 +18,10 @@ use super::pages::{
     cadence_options, nonce,
 };
 use super::regions::Hidden;
+use crate::clock::now;
 use crate::compose::{LINK_LIFETIME_SECS, RegionChoice, cadence_label};
 use crate::domain::{Cadence, DeliveryKind, RegionSlug, SubscriberState, Timezone};
-use crate::store::{ConfirmOutcome, ReaderPreferences, now};
+use crate::store::{ConfirmOutcome, ReaderPreferences};
 use crate::tokens::Purpose;
 
 /// How far apart the clocks of several daemons may be.

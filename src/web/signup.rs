@@ -18,8 +18,9 @@ use super::AppState;
 use super::forms::{Client, Form, MAX_FORM_BYTES, csrf_ok, csrf_token, same_origin};
 use super::pages::{Choices, Extra, FormErrors, SignupPage, cadence_options, nonce};
 use super::regions::{Found, SEARCH_LIMIT};
+use crate::clock::now;
 use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, Timezone};
-use crate::store::{Consent, SignupMail, WebSignup, now};
+use crate::store::{Consent, SignupMail, WebSignup};
 
 /// What the reader entered, kept to show the form again.
 struct Entered {
