@@ -15,13 +15,14 @@ use std::time::Duration;
 
 use tokio::sync::{Mutex, mpsc, oneshot};
 
+use crate::clock::now;
 use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
 use crate::config::{Config, TransportKind};
 use crate::domain::{DeliveryKind, DeliveryState, Email, SubscriberState};
 use crate::shutdown::Shutdown;
 use crate::store::{
     Claim, ClaimedDelivery, EngineTransaction, Lease, LeaseOwner, OnDurable, Outcome, Store,
-    StoreError, now,
+    StoreError,
 };
 
 /// Where composed messages go.
@@ -272,6 +273,11 @@ struct Backoff {
 
 impl Backoff {
     fn retry(self, error: String, attempts: i64, expires_at: i64) -> Outcome {
+        self.retry_from(now(), error, attempts, expires_at)
+    }
+
+    /// The deferral of a message that failed at `now` on its `attempts`-th try.
+    fn retry_from(self, now: i64, error: String, attempts: i64, expires_at: i64) -> Outcome {
         let exponent = (attempts.max(1) - 1).min(20) as i32;
         let delay = (self.base.as_secs_f64() * 2f64.powi(exponent)).min(self.max.as_secs_f64());
         let jittered = (delay * (0.75 + fastrand::f64() * 0.5)).ceil() as i64;
@@ -281,7 +287,7 @@ impl Backoff {
             jittered.max(1)
         };
         // Never past the expiry: the row then expires on the next pass.
-        let retry_at = (now() + delay).min(expires_at + 1);
+        let retry_at = (now + delay).min(expires_at + 1);
         Outcome::Deferred { error, retry_at }
     }
 }
@@ -1224,21 +1230,25 @@ mod tests {
             base: Duration::from_secs(60),
             max: Duration::from_secs(3600),
         };
-        let delay = |attempts, expires_at| match backoff.retry("x".into(), attempts, expires_at) {
-            Outcome::Deferred { retry_at, .. } => retry_at - now(),
-            other => panic!("{other:?}"),
-        };
-        let t = now();
-        assert!((44..=76).contains(&delay(1, t + 100_000)));
-        assert!((359..=601).contains(&delay(4, t + 100_000)));
+        let t = 1_800_000_000;
+        let delay =
+            |attempts, expires_at| match backoff.retry_from(t, "x".into(), attempts, expires_at) {
+                Outcome::Deferred { retry_at, .. } => retry_at - t,
+                other => panic!("{other:?}"),
+            };
+        // 60 s × 2^(attempt - 1), with ±25 % jitter, rounded up.
+        assert!((45..=75).contains(&delay(1, t + 100_000)));
+        assert!((360..=600).contains(&delay(4, t + 100_000)));
         assert!(
-            (2699..=4501).contains(&delay(12, t + 100_000)),
+            (2700..=4500).contains(&delay(12, t + 100_000)),
             "capped at retry_max"
         );
-        assert!(delay(3, t + 10) <= 11, "never past the expiry");
+        assert_eq!(delay(3, t + 10), 11, "never past the expiry");
     }
 
-    #[tokio::test]
+    // The paced tests run on tokio's paused clock: sleeps end exactly at their deadline,
+    // so the waits are checked to the millisecond whatever the machine is doing.
+    #[tokio::test(start_paused = true)]
     async fn a_throttled_domain_slows_down_and_others_do_not() {
         let pacing = Pacing::new(0.0, &[("slow.example".to_string(), 20.0)].into());
         let start = tokio::time::Instant::now();
@@ -1246,27 +1256,39 @@ mod tests {
             pacing.wait("slow.example").await;
         }
         // 20/s: the third message waits two intervals of 50 ms.
-        assert!(
-            start.elapsed() >= Duration::from_millis(95),
-            "{:?}",
-            start.elapsed()
-        );
+        assert_eq!(start.elapsed(), Duration::from_millis(100));
         let start = tokio::time::Instant::now();
         for _ in 0..50 {
             pacing.wait("fast.example").await;
         }
-        assert!(
-            start.elapsed() < Duration::from_millis(50),
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
             "unpaced domains do not wait"
         );
+        // A throttle sets an unpaced domain's interval to 250 ms: the first message after
+        // it goes at once, the second waits a whole interval.
         pacing.throttled("fast.example").await;
         let start = tokio::time::Instant::now();
         pacing.wait("fast.example").await;
+        assert_eq!(start.elapsed(), Duration::ZERO);
         pacing.wait("fast.example").await;
-        assert!(
-            start.elapsed() >= Duration::from_millis(240),
-            "{:?}",
-            start.elapsed()
-        );
+        assert_eq!(start.elapsed(), Duration::from_millis(250));
+        // Each success takes a tenth off the interval (the slot already booked stays).
+        pacing.success("fast.example").await;
+        pacing.wait("fast.example").await;
+        let start = tokio::time::Instant::now();
+        pacing.wait("fast.example").await;
+        assert_eq!(start.elapsed(), Duration::from_millis(225));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_global_rate_spaces_every_message() {
+        let pacer = Pacer::new(4.0);
+        let start = tokio::time::Instant::now();
+        for _ in 0..5 {
+            pacer.wait().await;
+        }
+        assert_eq!(start.elapsed(), Duration::from_millis(1000));
     }
 }
