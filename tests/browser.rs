@@ -54,11 +54,7 @@ fn a_person_signs_up_in_headless_chromium() {
         .parse()
         .unwrap();
     let signer = Signer::new(b"integration-test-secret");
-    let expires = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-        + 400 * 86_400;
+    let expires = site.now() + 400 * 86_400;
     let base = format!("http://127.0.0.1:{}", site.http_port);
     let preferences = format!(
         "{base}/preferences?token={}",

@@ -5,7 +5,6 @@ mod support;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use chrono::{Timelike, Utc};
 use support::{Site, SmtpServer, parse_email, wait_http};
 
 #[test]
@@ -35,12 +34,13 @@ fn plan_queues_a_due_slot_once_and_dry_run_writes_nothing() {
         "--confirmed",
     ])
     .ok();
-    // A daily slot at this minute, UTC: due now for the UTC reader only.
-    let now = Utc::now();
-    let cron = format!("{} {} * * *", now.minute(), now.hour());
+    // A daily slot at 23:00, the minute the site's clock is pinned to (23:00 UTC): due
+    // now for the UTC reader only (23:00 in Kiritimati was 14 hours ago, too stale).
+    assert!(support::PINNED_CLOCK.ends_with("T23:00:00Z"));
+    let cron = "0 23 * * *";
     let plan = |args: &[&str]| {
         let mut cmd = site.command(args);
-        cmd.env("HERALD__SCHEDULE__DAILY", &cron);
+        cmd.env("HERALD__SCHEDULE__DAILY", cron);
         let out = cmd.output().unwrap();
         assert!(
             out.status.success(),

@@ -14,22 +14,15 @@ use support::{Daemon, Site, SmtpServer, parse_email};
 /// The key `Site` configures (`[security] secret`), so tests can make their own tokens.
 const SECRET: &[u8] = b"integration-test-secret";
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
-}
-
-/// A link token as herald issues it now: links in emails last 400 days, confirmation
+/// A link token as the site's herald would issue it now: links in emails last 400 days, confirmation
 /// links `signup.confirm_link_lifetime` (7 days). herald infers a link's issue time
 /// from its expiry.
-fn token(purpose: Purpose, id: i64) -> String {
+fn token(site: &Site, purpose: Purpose, id: i64) -> String {
     let lifetime = match purpose {
         Purpose::Confirm => 7 * 86_400,
         _ => 400 * 86_400,
     };
-    Signer::new(SECRET).sign(purpose, id, now() + lifetime)
+    Signer::new(SECRET).sign(purpose, id, site.now() + lifetime)
 }
 
 fn id_of(site: &Site, email: &str) -> i64 {
@@ -179,7 +172,11 @@ fn sign_up_answers_the_same_for_new_pending_confirmed_and_unsubscribed_addresses
         site.add_confirmed(email, "riverton");
     }
     let daemon = Daemon::start(&site);
-    let gone = token(Purpose::Unsubscribe, id_of(&site, "gone@example.org"));
+    let gone = token(
+        &site,
+        Purpose::Unsubscribe,
+        id_of(&site, "gone@example.org"),
+    );
     let left = WebClient::new(site.http_port).post(
         &format!("/unsubscribe?token={gone}"),
         "List-Unsubscribe=One-Click",
@@ -262,7 +259,7 @@ fn tampered_expired_and_wrong_purpose_tokens_get_one_error_page_and_change_nothi
         ("preferences", Purpose::Preferences, c),
         ("unsubscribe", Purpose::Unsubscribe, c),
     ] {
-        let good = signer.sign(purpose, id, now() + 3_600);
+        let good = signer.sign(purpose, id, site.now() + 3_600);
         let other = if purpose == Purpose::Confirm {
             Purpose::Unsubscribe
         } else {
@@ -273,8 +270,8 @@ fn tampered_expired_and_wrong_purpose_tokens_get_one_error_page_and_change_nothi
                 "tampered",
                 good.replacen(&format!("{id}."), &format!("{}.", id + 1), 1),
             ),
-            ("expired", signer.sign(purpose, id, now() - 10)),
-            ("wrong purpose", signer.sign(other, id, now() + 3_600)),
+            ("expired", signer.sign(purpose, id, site.now() - 10)),
+            ("wrong purpose", signer.sign(other, id, site.now() + 3_600)),
             ("garbage", "not-a-token".to_string()),
         ];
         for (what, token) in bad {
@@ -305,9 +302,15 @@ fn tampered_expired_and_wrong_purpose_tokens_get_one_error_page_and_change_nothi
     // Genuine links: a GET shows a page and changes nothing (mail scanners follow GETs).
     let mut browser = WebClient::new(site.http_port);
     for url in [
-        format!("/confirm?token={}", token(Purpose::Confirm, p)),
-        format!("/unsubscribe?token={}", token(Purpose::Unsubscribe, c)),
-        format!("/preferences?token={}", token(Purpose::Preferences, c)),
+        format!("/confirm?token={}", token(&site, Purpose::Confirm, p)),
+        format!(
+            "/unsubscribe?token={}",
+            token(&site, Purpose::Unsubscribe, c)
+        ),
+        format!(
+            "/preferences?token={}",
+            token(&site, Purpose::Preferences, c)
+        ),
     ] {
         let page = browser.get(&url);
         assert_eq!(page.status, 200, "{url}: {}", page.body);
@@ -457,7 +460,10 @@ fn preferences_change_regions_cadences_and_zone_or_leave_all() {
     site.add_confirmed("ada@example.org", "riverton");
     let id = id_of(&site, "ada@example.org");
     let daemon = Daemon::start(&site);
-    let url = format!("/preferences?token={}", token(Purpose::Preferences, id));
+    let url = format!(
+        "/preferences?token={}",
+        token(&site, Purpose::Preferences, id)
+    );
     let mut browser = WebClient::new(site.http_port);
     let page = browser.get(&url);
     assert_eq!(page.status, 200);
@@ -649,7 +655,7 @@ fn a_link_sent_to_an_erased_reader_never_reaches_the_next_owner_of_its_id() {
 
     // Links the erased reader got in an email a while ago (unexpired).
     let signer = Signer::new(SECRET);
-    let issued = now() - 3_600;
+    let issued = site.now() - 3_600;
     let year = 400 * 86_400;
     let stale = |purpose| signer.sign(purpose, old, issued + year);
     let daemon = Daemon::start(&site);
@@ -681,7 +687,7 @@ fn a_link_sent_to_an_erased_reader_never_reaches_the_next_owner_of_its_id() {
     // Links made for the new reader work.
     let page = browser.get(&format!(
         "/preferences?token={}",
-        token(Purpose::Preferences, new)
+        token(&site, Purpose::Preferences, new)
     ));
     assert_eq!(page.status, 200);
     assert!(page.body.contains("new@example.org"));

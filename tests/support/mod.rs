@@ -27,11 +27,40 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// The instant every test site's clock reads when the site is made, whatever the time
+/// of day, weekday or date the tests run at: Wednesday 13 January 2027, 15:00 in Los
+/// Angeles (the demo regions' zone). The default schedule cannot fire during a test from
+/// here: the 07:00 daily slot of every zone the tests use is either more than
+/// `schedule.max_lateness` (6 h) past (Los Angeles 15:00, New York 18:00, UTC 23:00,
+/// Berlin 00:00) or hours ahead (Kolkata 04:30), the weekly slot falls on Mondays, no
+/// DST change is near, and Los Angeles is outside the default quiet hours. A test that
+/// needs another instant says so with [`Site::with_clock`].
+pub const PINNED_CLOCK: &str = "2027-01-13T23:00:00Z";
+
+/// Unix seconds of an RFC 3339 instant.
+pub fn epoch(instant: &str) -> i64 {
+    chrono::DateTime::parse_from_rfc3339(instant)
+        .unwrap_or_else(|e| panic!("{instant}: {e}"))
+        .timestamp()
+}
+
+/// The system clock as Unix seconds (only to pin sites' clocks from).
+fn system_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
 /// A scratch installation: its own folder, config file and database.
 pub struct Site {
     pub dir: tempfile::TempDir,
     pub smtp_port: u16,
     pub http_port: u16,
+    /// Seconds added to the system clock for every `herald` process of this site
+    /// (`HERALD_TEST_CLOCK_OFFSET`), so its clock read [`PINNED_CLOCK`] when the site
+    /// was made and runs on from there, the same in every command.
+    clock_offset: i64,
     extra: String,
     regions: String,
 }
@@ -68,11 +97,24 @@ feeds = ["file://{f}/cedar-falls.json"]
             dir: tempfile::tempdir().unwrap(),
             smtp_port,
             http_port: free_port(),
+            clock_offset: epoch(PINNED_CLOCK) - system_now(),
             extra: String::new(),
             regions,
         };
         site.write_config();
         site
+    }
+
+    /// Pins this site's clock to read `instant` (RFC 3339) now, instead of
+    /// [`PINNED_CLOCK`].
+    pub fn with_clock(mut self, instant: &str) -> Site {
+        self.clock_offset = epoch(instant) - system_now();
+        self
+    }
+
+    /// The site's clock now, as Unix seconds: what its `herald` processes read.
+    pub fn now(&self) -> i64 {
+        system_now() + self.clock_offset
     }
 
     /// Replaces the regions block (e.g. to add a broken feed).
@@ -144,6 +186,7 @@ drain_timeout = "5s"
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_herald"));
         cmd.current_dir(self.dir.path())
             .env("HERALD_CONFIG", self.config_path())
+            .env("HERALD_TEST_CLOCK_OFFSET", self.clock_offset.to_string())
             .env_remove("HERALD_LOG")
             .args(args);
         for (key, _) in std::env::vars() {
