@@ -1,152 +1,163 @@
 //! `herald daemon`: the same stages as the CLI, in a loop, plus the HTTP server.
 //!
-//! SIGINT or SIGTERM fires one shutdown signal: ingest stops, the deliverer stops
-//! claiming, lets in-flight messages finish within the drain timeout, gives back
-//! what it did not send, and the process exits 0.
+//! Each stage (ingest, plan, deliver, HTTP) runs under a supervisor (`supervise`) that
+//! restarts it when it fails and stops the process when it keeps failing; `/readyz`
+//! reports each stage's last good pass. SIGINT or SIGTERM fires one shutdown signal:
+//! ingest stops, the deliverer stops claiming, lets in-flight messages finish within
+//! the drain timeout, gives back what it did not send, and the process exits 0.
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 
 use crate::config::Config;
 use crate::deliver::{Deliverer, Transport};
-use crate::ingest::{PollOutcome, Which, ingest};
-use crate::plan::plan_due;
+use crate::descriptors;
+use crate::ingest::Ingester;
 use crate::shutdown::{Shutdown, Trigger};
-use crate::store::Store;
+use crate::supervise::{Health, RestartPolicy, Supervisor};
+use crate::web::server::Limits;
 use crate::web::{AppState, router};
 
-/// Runs until a signal, then drains and returns.
+/// Runs until a signal, then drains and returns (exit 1 if a stage kept failing).
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let config = Arc::new(config);
+    let files = descriptors::raise_open_file_limit().context("cannot read the open-file limit")?;
+    let reserve = descriptors::reserve(
+        config.database.max_connections,
+        config.smtp.connections,
+        config.ingest.concurrency,
+    );
+    let max_connections =
+        descriptors::web_connections(config.http.max_connections, files.soft, reserve)
+            .map_err(anyhow::Error::msg)?;
+    tracing::info!(
+        soft_was = files.was,
+        soft = files.soft,
+        hard = files.hard,
+        web_connections = max_connections,
+        "open-file limit"
+    );
+
     let store = crate::cli::open_store(&config).await?;
     let composer = crate::cli::composer(&config)?;
     let signer = Arc::new(crate::cli::signer(&config)?);
     let transport = Arc::new(Transport::from_config(&config));
+    let ingester = Arc::new(Ingester::new(&config, store.clone())?);
+    let health = Health::default();
     // Pages load before the port opens, so a broken template stops start-up.
     let app = router(
-        AppState::new(store.clone(), signer, config.clone()).with_context(|| {
-            format!(
-                "cannot load the web page templates from {}",
-                config.mail.templates_dir.join("web").display()
-            )
-        })?,
+        AppState::new(store.clone(), signer, config.clone())
+            .with_context(|| {
+                format!(
+                    "cannot load the web page templates from {}",
+                    config.mail.templates_dir.join("web").display()
+                )
+            })?
+            .with_health(health.clone()),
     );
-    let listener = tokio::net::TcpListener::bind(config.http.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?;
+    let listener = Arc::new(
+        tokio::net::TcpListener::bind(config.http.listen)
+            .await
+            .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?,
+    );
+    let (trigger, shutdown) = Shutdown::new();
+    let trigger = Arc::new(trigger);
+    let signals = signals().context("cannot install the SIGTERM handler")?;
     tracing::info!(
         listen = %config.http.listen,
         database = %config.database.url,
         transport = ?config.mail.transport,
         "herald daemon started"
     );
+    tokio::spawn(wait_for_signal(signals, trigger.clone()));
 
-    let (trigger, shutdown) = Shutdown::new();
-    tokio::spawn(wait_for_signal(trigger));
-
-    let ingest = tokio::spawn(ingest_loop(config.clone(), store.clone(), shutdown.clone()));
-    let planner = tokio::spawn(plan_loop(config.clone(), store.clone(), shutdown.clone()));
-    let deliverer = Deliverer::new(&config, store.clone(), composer, transport);
-    let deliver = tokio::spawn({
-        let shutdown = shutdown.clone();
-        async move { deliverer.run(shutdown).await }
+    let supervisor = Supervisor::new(
+        health,
+        shutdown.clone(),
+        trigger.clone(),
+        RestartPolicy::default(),
+    );
+    let ingest = supervisor.spawn("ingest", crate::ingest::overdue_after(&config), {
+        let (config, shutdown) = (config.clone(), shutdown.clone());
+        move |beat| crate::ingest::run(ingester.clone(), config.clone(), shutdown.clone(), beat)
     });
-    let http = tokio::spawn({
+    let plan = supervisor.spawn("plan", crate::plan::overdue_after(&config), {
+        let (config, store, shutdown) = (config.clone(), store.clone(), shutdown.clone());
+        move |beat| crate::plan::run(config.clone(), store.clone(), shutdown.clone(), beat)
+    });
+    let deliverer = Arc::new(Deliverer::new(&config, store.clone(), composer, transport));
+    let deliver = supervisor.spawn("deliver", crate::deliver::overdue_after(&config), {
         let shutdown = shutdown.clone();
-        async move {
-            // The peer address is the client's IP in consent records and rate limits.
-            let app = app.into_make_service_with_connect_info::<std::net::SocketAddr>();
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { shutdown.triggered().await })
-                .await
+        move |beat| {
+            let (deliverer, shutdown) = (deliverer.clone(), shutdown.clone());
+            async move { deliverer.run(shutdown, beat).await.map(|_| ()) }
+        }
+    });
+    let limits = Limits {
+        max_connections,
+        header_timeout: config.http.header_timeout,
+        idle_timeout: config.http.idle_timeout,
+        drain_timeout: config.http.request_timeout,
+    };
+    let http = supervisor.spawn("http", std::time::Duration::from_secs(10), {
+        let shutdown = shutdown.clone();
+        move |beat| {
+            crate::web::server::serve(
+                listener.clone(),
+                app.clone(),
+                limits,
+                shutdown.clone(),
+                beat,
+            )
         }
     });
 
     shutdown.triggered().await;
     tracing::info!("shutting down: no new claims, draining in-flight messages");
-    let delivered = deliver.await.context("the delivery task panicked")?;
-    if let Err(error) = delivered {
-        tracing::error!(%error, "delivery stopped with an error");
-    }
-    let _ = ingest.await;
-    let _ = planner.await;
-    if let Ok(Err(error)) = http.await {
-        tracing::error!(%error, "HTTP server error");
+    for (stage, task) in [
+        ("deliver", deliver),
+        ("ingest", ingest),
+        ("plan", plan),
+        ("http", http),
+    ] {
+        if let Err(error) = task.await {
+            tracing::error!(stage, %error, "the stage's supervisor failed");
+        }
     }
     store.close().await;
+    if supervisor.gave_up() {
+        tracing::error!("herald daemon stopped because a stage kept failing");
+        return Ok(ExitCode::FAILURE);
+    }
     tracing::info!("herald daemon stopped");
     Ok(ExitCode::SUCCESS)
 }
 
-async fn wait_for_signal(trigger: Trigger) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+/// The signal streams, made at start-up so that a failure (no descriptor left) stops
+/// herald with a sentence instead of a panic later.
+#[cfg(unix)]
+fn signals() -> std::io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+}
+
+#[cfg(not(unix))]
+fn signals() -> std::io::Result<()> {
+    Ok(())
+}
+
+#[cfg(unix)]
+async fn wait_for_signal(mut term: tokio::signal::unix::Signal, trigger: Arc<Trigger>) {
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
     }
     trigger.fire();
 }
 
-/// Plans due slots and alerts every few seconds; unique keys make overlapping passes
-/// (or several daemons) harmless.
-async fn plan_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
-    while !shutdown.is_triggered() {
-        match plan_due(&config, &store, crate::clock::now_utc(), false).await {
-            Ok(report) if report.deliveries() > 0 => {
-                tracing::info!(
-                    emails = report.deliveries(),
-                    slots = report.slots.len(),
-                    "planned"
-                )
-            }
-            Ok(_) => {}
-            Err(error) => tracing::error!(%error, "planning failed"),
-        }
-        shutdown.sleep(config.schedule.tick).await;
-    }
-}
-
-async fn ingest_loop(config: Arc<Config>, store: Store, shutdown: Shutdown) {
-    // Each feed has its own interval and backoff; wake often enough to poll the
-    // soonest one about on time.
-    let tick = config
-        .regions
-        .iter()
-        .flat_map(|r| r.intervals.iter().copied())
-        .min()
-        .unwrap_or(config.ingest.interval)
-        .clamp(Duration::from_secs(1), Duration::from_secs(30));
-    while !shutdown.is_triggered() {
-        match ingest(&config, &store, None, Which::Due).await {
-            Ok(reports) => {
-                for report in reports {
-                    match report.result {
-                        Ok(PollOutcome::Stored(counts)) if counts.new + counts.updated > 0 => {
-                            tracing::info!(
-                                region = %report.region, feed = %report.feed,
-                                new = counts.new, updated = counts.updated, "ingested"
-                            )
-                        }
-                        Ok(_) => {}
-                        Err(error) => tracing::warn!(
-                            region = %report.region, feed = %report.feed, %error, "feed failed"
-                        ),
-                    }
-                }
-            }
-            Err(error) => tracing::error!(%error, "ingest failed"),
-        }
-        shutdown.sleep(tick).await;
-    }
+#[cfg(not(unix))]
+async fn wait_for_signal(_: (), trigger: Arc<Trigger>) {
+    let _ = tokio::signal::ctrl_c().await;
+    trigger.fire();
 }

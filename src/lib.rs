@@ -12,11 +12,13 @@ pub mod compose;
 pub mod config;
 pub mod daemon;
 pub mod deliver;
+pub mod descriptors;
 pub mod domain;
 pub mod ingest;
 pub mod plan;
 pub mod shutdown;
 pub mod store;
+pub mod supervise;
 pub mod tokens;
 pub mod web;
 

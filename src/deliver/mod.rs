@@ -24,6 +24,13 @@ use crate::store::{
     Claim, ClaimedDelivery, EngineTransaction, Lease, LeaseOwner, OnDurable, Outcome, Store,
     StoreError,
 };
+use crate::supervise::Beat;
+
+/// How long the daemon's delivery may go without a completed round before `/readyz`
+/// says so: three SMTP timeouts (a round waits at most one for each reply).
+pub fn overdue_after(config: &Config) -> Duration {
+    3 * config.smtp.timeout.max(Duration::from_secs(10))
+}
 
 /// Where composed messages go.
 pub enum Transport {
@@ -337,12 +344,15 @@ impl Deliverer {
         self.pipeline(shutdown, Mode::Once, &mut |_| {}).await
     }
 
-    /// The daemon's loop: deliver until shutdown, polling when idle, then drain.
-    pub async fn run(&self, shutdown: Shutdown) -> Result<DeliverStats, DeliverError> {
+    /// The daemon's loop: deliver until shutdown, polling when idle, then drain. Each
+    /// round the recorder completes (claims come back every 200 ms when idle) is a good
+    /// pass on `beat`.
+    pub async fn run(&self, shutdown: Shutdown, beat: Beat) -> Result<DeliverStats, DeliverError> {
         let mut last_log = std::time::Instant::now();
         let mut logged = DeliverStats::default();
         let stats = self
             .pipeline(&shutdown, Mode::Forever, &mut |s: &DeliverStats| {
+                beat.ok();
                 if last_log.elapsed() >= Duration::from_secs(5) && s != &logged {
                     tracing::info!(
                         sent = s.sent,

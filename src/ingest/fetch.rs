@@ -19,6 +19,13 @@ pub struct Fetcher {
     timeout: Duration,
 }
 
+/// The feed fetcher's HTTP client could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot set up the HTTP client that fetches feeds ({0}); check the system's CA certificates (/etc/ssl/certs, or the file SSL_CERT_FILE names) and the open-file limit"
+)]
+pub struct FetcherError(String);
+
 /// What the server said, when it said something usable.
 pub enum Fetched {
     /// `304 Not Modified`: nothing to parse. May carry fresh validators.
@@ -63,8 +70,10 @@ impl Validators {
 }
 
 impl Fetcher {
-    /// A client configured from `[ingest]`.
-    pub fn new(config: &IngestConfig) -> Fetcher {
+    /// A client configured from `[ingest]`. Building it reads the system's CA
+    /// certificates, so it is built once and shared by every poll; a failure names
+    /// the cause.
+    pub fn new(config: &IngestConfig) -> Result<Fetcher, FetcherError> {
         crate::install_crypto_provider();
         let guard = Arc::new(Guard::new(
             config.allow_private,
@@ -79,13 +88,13 @@ impl Fetcher {
             .no_proxy()
             .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
             .build()
-            .expect("the HTTP client configuration is static and valid");
-        Fetcher {
+            .map_err(|e| FetcherError(root_cause(&e)))?;
+        Ok(Fetcher {
             client,
             guard,
             max_body_bytes: config.max_body_bytes,
             timeout: config.timeout,
-        }
+        })
     }
 
     /// GETs `url`, conditionally when `known` holds validators from the last answer.

@@ -9,7 +9,7 @@ mod fetch;
 pub mod guard;
 mod parse;
 
-pub use fetch::Validators;
+pub use fetch::{FetcherError, Validators};
 pub use parse::{
     FeedContext, ParseError, html_to_text, parse_feed, plain_summary, plain_title, plausible_date,
 };
@@ -26,7 +26,9 @@ use tokio::task::JoinSet;
 use crate::clock::now;
 use crate::config::{Config, FeedSource, IngestConfig};
 use crate::domain::RegionSlug;
+use crate::shutdown::Shutdown;
 use crate::store::{FeedCounts, FeedPollState, Store, StoreError};
+use crate::supervise::Beat;
 use fetch::{Fetched, Fetcher};
 use guard::GuardError;
 
@@ -139,72 +141,150 @@ pub enum Which {
     Due,
 }
 
+/// Ingest could not start, or a pass could not record what it did.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The HTTP client could not be built.
+    #[error(transparent)]
+    Setup(#[from] fetch::FetcherError),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
 /// Polls every feed of every region (or of one region) once and stores what is new.
 pub async fn ingest_all(
     config: &Config,
     store: &Store,
     only: Option<&RegionSlug>,
-) -> Result<Vec<FeedReport>, StoreError> {
-    ingest(config, store, only, Which::All).await
+) -> Result<Vec<FeedReport>, IngestError> {
+    let ingester = Ingester::new(config, store.clone())?;
+    Ok(ingester.poll(config, only, Which::All).await?)
 }
 
-/// Polls the chosen feeds concurrently (bounded by `ingest.concurrency`); reports come
-/// back in configuration order.
-pub async fn ingest(
-    config: &Config,
-    store: &Store,
-    only: Option<&RegionSlug>,
-    which: Which,
-) -> Result<Vec<FeedReport>, StoreError> {
-    let started = now();
-    let shared = Arc::new(Shared {
-        ingest: config.ingest.clone(),
-        breaking_categories: config.alerts.categories.clone(),
-        store: store.clone(),
-        fetcher: Fetcher::new(&config.ingest),
-        permits: Semaphore::new(config.ingest.concurrency),
-    });
-    let mut tasks = JoinSet::new();
-    let mut order = HashMap::new();
-    let mut names = Vec::new();
-    for region in &config.regions {
-        if only.is_some_and(|slug| slug != &region.slug) {
-            continue;
-        }
-        for ((raw, source), interval) in region
-            .feeds
-            .iter()
-            .zip(&region.sources)
-            .zip(&region.intervals)
-        {
-            let state = store.feed_poll_state(&region.slug, raw).await?;
-            if which == Which::Due && state.next_poll_at.is_some_and(|at| at > started) {
+/// The feed poller: one HTTP client, built once (building it reads the system's CA
+/// certificates, which can fail when descriptors run out), shared by every pass.
+pub struct Ingester {
+    shared: Arc<Shared>,
+}
+
+impl Ingester {
+    /// The poller for `config`'s feeds, storing into `store`.
+    pub fn new(config: &Config, store: Store) -> Result<Ingester, IngestError> {
+        Ok(Ingester {
+            shared: Arc::new(Shared {
+                ingest: config.ingest.clone(),
+                breaking_categories: config.alerts.categories.clone(),
+                store,
+                fetcher: Fetcher::new(&config.ingest)?,
+                permits: Semaphore::new(config.ingest.concurrency),
+            }),
+        })
+    }
+
+    /// Polls the chosen feeds concurrently (bounded by `ingest.concurrency`); reports
+    /// come back in configuration order.
+    pub async fn poll(
+        &self,
+        config: &Config,
+        only: Option<&RegionSlug>,
+        which: Which,
+    ) -> Result<Vec<FeedReport>, StoreError> {
+        let started = now();
+        let store = &self.shared.store;
+        let mut tasks = JoinSet::new();
+        let mut order = HashMap::new();
+        let mut names = Vec::new();
+        for region in &config.regions {
+            if only.is_some_and(|slug| slug != &region.slug) {
                 continue;
             }
-            let job = Job {
-                region: region.slug.clone(),
-                feed: raw.clone(),
-                source: source.clone(),
-                interval: *interval,
-                state,
-            };
-            let handle = tasks.spawn(poll_one(shared.clone(), job));
-            order.insert(handle.id(), names.len());
-            names.push((region.slug.clone(), raw.clone()));
-        }
-    }
-    let mut reports: Vec<Option<FeedReport>> = names.iter().map(|_| None).collect();
-    while let Some(joined) = tasks.join_next_with_id().await {
-        match joined {
-            Ok((id, report)) => reports[order[&id]] = Some(report?),
-            Err(error) => {
-                // poll_one catches parser panics itself; anything else is a bug worth a log.
-                let (region, feed) = &names[order[&error.id()]];
-                tracing::error!(%region, %feed, %error, "feed task failed");
+            for ((raw, source), interval) in region
+                .feeds
+                .iter()
+                .zip(&region.sources)
+                .zip(&region.intervals)
+            {
+                let state = store.feed_poll_state(&region.slug, raw).await?;
+                if which == Which::Due && state.next_poll_at.is_some_and(|at| at > started) {
+                    continue;
+                }
+                let job = Job {
+                    region: region.slug.clone(),
+                    feed: raw.clone(),
+                    source: source.clone(),
+                    interval: *interval,
+                    state,
+                };
+                let handle = tasks.spawn(poll_one(self.shared.clone(), job));
+                order.insert(handle.id(), names.len());
+                names.push((region.slug.clone(), raw.clone()));
             }
         }
+        let mut reports: Vec<Option<FeedReport>> = names.iter().map(|_| None).collect();
+        while let Some(joined) = tasks.join_next_with_id().await {
+            match joined {
+                Ok((id, report)) => reports[order[&id]] = Some(report?),
+                Err(error) => {
+                    // poll_one catches parser panics itself; anything else is a bug worth
+                    // a log.
+                    let (region, feed) = &names[order[&error.id()]];
+                    tracing::error!(%region, %feed, %error, "feed task failed");
+                }
+            }
+        }
+        Ok(reports.into_iter().flatten().collect())
     }
-    Ok(reports.into_iter().flatten().collect())
+}
+
+/// How often the daemon looks for due feeds: often enough to poll the soonest one
+/// about on time (each feed keeps its own interval and backoff).
+pub fn tick(config: &Config) -> Duration {
+    config
+        .regions
+        .iter()
+        .flat_map(|r| r.intervals.iter().copied())
+        .min()
+        .unwrap_or(config.ingest.interval)
+        .clamp(Duration::from_secs(1), Duration::from_secs(30))
+}
+
+/// How long the daemon's ingest may go without a good pass before `/readyz` says so:
+/// three ticks, or one tick and a feed's whole timeout if that is longer (a pass waits
+/// for its slowest feed).
+pub fn overdue_after(config: &Config) -> Duration {
+    (3 * tick(config)).max(tick(config) + config.ingest.timeout)
+}
+
+/// The daemon's ingest stage: polls the feeds that are due every [`tick`] until
+/// shutdown. A pass that cannot record its results ends this life of the stage with
+/// the error, for the supervisor to restart it; a failing feed is only reported.
+pub async fn run(
+    ingester: Arc<Ingester>,
+    config: Arc<Config>,
+    shutdown: Shutdown,
+    beat: Beat,
+) -> Result<(), StoreError> {
+    let tick = tick(&config);
+    while !shutdown.is_triggered() {
+        for report in ingester.poll(&config, None, Which::Due).await? {
+            match report.result {
+                Ok(PollOutcome::Stored(counts)) if counts.new + counts.updated > 0 => {
+                    tracing::info!(
+                        region = %report.region, feed = %report.feed,
+                        new = counts.new, updated = counts.updated, "ingested"
+                    )
+                }
+                Ok(_) => {}
+                Err(error) => tracing::warn!(
+                    region = %report.region, feed = %report.feed, %error, "feed failed"
+                ),
+            }
+        }
+        beat.ok();
+        shutdown.sleep(tick).await;
+    }
+    Ok(())
 }
 
 /// What every feed task of one run shares.

@@ -7,11 +7,15 @@ mod schedule;
 
 pub use schedule::{due_slots, release_after_quiet_hours};
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Duration, Utc};
 
 use crate::config::Config;
 use crate::domain::{Cadence, DeliveryKind, RegionSlug};
+use crate::shutdown::Shutdown;
 use crate::store::{AlertPlan, PlanSummary, SlotPlan, Store, StoreError};
+use crate::supervise::Beat;
 
 /// Queues a digest of `region` now for its confirmed `cadence` readers: each gets the
 /// region's articles of the last period they have not received yet. A manual send is
@@ -128,6 +132,38 @@ pub async fn plan_due(
         store.set_planner_last_run(now).await?;
     }
     Ok(report)
+}
+
+/// How long the daemon's planner may go without a good pass before `/readyz` says so:
+/// three ticks, plus two minutes for a pass over a large site (a million readers take
+/// seconds to plan).
+pub fn overdue_after(config: &Config) -> std::time::Duration {
+    3 * config.schedule.tick + std::time::Duration::from_secs(120)
+}
+
+/// The daemon's planning stage: plans due slots and alerts every `schedule.tick` until
+/// shutdown. Unique keys make overlapping passes (or several daemons) harmless. A pass
+/// that fails ends this life of the stage with the error, for the supervisor to
+/// restart it.
+pub async fn run(
+    config: Arc<Config>,
+    store: Store,
+    shutdown: Shutdown,
+    beat: Beat,
+) -> Result<(), StoreError> {
+    while !shutdown.is_triggered() {
+        let report = plan_due(&config, &store, crate::clock::now_utc(), false).await?;
+        if report.deliveries() > 0 {
+            tracing::info!(
+                emails = report.deliveries(),
+                slots = report.slots.len(),
+                "planned"
+            );
+        }
+        beat.ok();
+        shutdown.sleep(config.schedule.tick).await;
+    }
+    Ok(())
 }
 
 /// Queues alerts for breaking articles stored within `alerts.max_age`, held through each

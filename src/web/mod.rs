@@ -10,7 +10,9 @@ mod forms;
 mod links;
 mod pages;
 mod regions;
+pub mod server;
 mod signup;
+mod time_limits;
 
 pub use pages::{PageError, Pages};
 pub use regions::RegionIndex;
@@ -26,6 +28,7 @@ use axum::routing::get;
 
 use crate::config::Config;
 use crate::store::{Store, StoreError};
+use crate::supervise::Health;
 use crate::tokens::Signer;
 use pages::{Extra, html};
 use regions::ZoneGroup;
@@ -45,6 +48,8 @@ pub struct AppState {
     pub regions: Arc<RegionIndex>,
     /// The time zone list of the forms, built once.
     pub zones: Arc<Vec<ZoneGroup>>,
+    /// The daemon's stages, as `/readyz` reports them (empty outside the daemon).
+    pub health: Health,
 }
 
 impl AppState {
@@ -64,7 +69,14 @@ impl AppState {
             pages: Arc::new(pages),
             regions: Arc::new(regions),
             zones: Arc::new(regions::zone_groups()),
+            health: Health::default(),
         })
+    }
+
+    /// The same state, with `/readyz` reporting on `health`'s stages.
+    pub fn with_health(mut self, health: Health) -> AppState {
+        self.health = health;
+        self
     }
 }
 
@@ -93,6 +105,10 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .merge(reader_pages)
         .merge(admin_api::routes(state.clone()))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            time_limits::time_limits,
+        ))
         .with_state(state)
 }
 
@@ -100,12 +116,56 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
+/// 200 when the database answers and every stage of the daemon has had a good pass
+/// within its limit; 503 otherwise. One line per check says which.
 async fn readyz(State(state): State<AppState>) -> Response {
+    let mut ready = true;
+    let mut lines = Vec::new();
     if state.store.ping().await {
-        (StatusCode::OK, "ready\n").into_response()
+        lines.push("database: ok".to_string());
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "database unavailable\n").into_response()
+        ready = false;
+        lines.push("database: unavailable".to_string());
     }
+    for stage in state.health.statuses() {
+        let last = match stage.since_ok {
+            Some(ago) => format!("last good pass {}s ago", ago.as_secs()),
+            None => "no good pass yet".to_string(),
+        };
+        let mut line = if stage.overdue {
+            ready = false;
+            format!(
+                "{}: overdue: {last} (limit {}s)",
+                stage.name,
+                stage.overdue_after.as_secs()
+            )
+        } else {
+            format!("{}: ok, {last}", stage.name)
+        };
+        if stage.restarts > 0 {
+            line.push_str(&format!(", {} restart(s)", stage.restarts));
+        }
+        if let Some(error) = &stage.last_error {
+            line.push_str(&format!(", last error: {error}"));
+        }
+        lines.push(line);
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let body = format!(
+        "{}\n{}\n",
+        if ready { "ready" } else { "not ready" },
+        lines.join("\n")
+    );
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 /// Refuses a body announced larger than the form cap before reading any of it (bodies
