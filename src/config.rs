@@ -78,6 +78,11 @@ struct RawHttp {
     listen: String,
     public_url: String,
     trusted_proxies: Vec<String>,
+    max_connections: u32,
+    header_timeout: String,
+    idle_timeout: String,
+    body_timeout: String,
+    request_timeout: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -252,6 +257,11 @@ impl Default for RawHttp {
             listen: "127.0.0.1:8080".into(),
             public_url: "http://127.0.0.1:8080".into(),
             trusted_proxies: Vec::new(),
+            max_connections: 0,
+            header_timeout: "10s".into(),
+            idle_timeout: "30s".into(),
+            body_timeout: "10s".into(),
+            request_timeout: "30s".into(),
         }
     }
 }
@@ -419,6 +429,17 @@ pub struct HttpConfig {
     pub public_url: url::Url,
     /// Reverse proxies whose `X-Forwarded-For` names the real client address.
     pub trusted_proxies: Vec<std::net::IpAddr>,
+    /// Most connections held at once; `None` = as many as the open-file limit allows
+    /// with descriptors kept in reserve (worked out at start-up).
+    pub max_connections: Option<usize>,
+    /// How long a request's head may take once its first byte arrived.
+    pub header_timeout: Duration,
+    /// How long a connection with no request in progress may stay silent.
+    pub idle_timeout: Duration,
+    /// How long a request's body may take to arrive, from its head.
+    pub body_timeout: Duration,
+    /// How long one request may take, body and answer included.
+    pub request_timeout: Duration,
 }
 
 /// How emails leave herald.
@@ -1002,6 +1023,10 @@ impl RawConfig {
             "deliver.expiry_confirmation",
             &self.deliver.expiry_confirmation,
         );
+        let header_timeout = duration("http.header_timeout", &self.http.header_timeout);
+        let idle_timeout = duration("http.idle_timeout", &self.http.idle_timeout);
+        let body_timeout = duration("http.body_timeout", &self.http.body_timeout);
+        let request_timeout = duration("http.request_timeout", &self.http.request_timeout);
         let retry_base = duration("deliver.retry_base", &self.deliver.retry_base);
         let retry_max = duration("deliver.retry_max", &self.deliver.retry_max);
         let ip_window = duration("signup.ip_window", &self.signup.ip_window);
@@ -1057,6 +1082,16 @@ impl RawConfig {
                 key_file,
             })
         };
+        for (key, value) in [
+            ("http.header_timeout", header_timeout),
+            ("http.idle_timeout", idle_timeout),
+            ("http.body_timeout", body_timeout),
+            ("http.request_timeout", request_timeout),
+        ] {
+            if value < Duration::from_millis(100) {
+                check(key, Err("must be at least 100ms".into()));
+            }
+        }
         for (key, value) in [
             ("signup.ip_window", ip_window),
             ("signup.address_window", address_window),
@@ -1291,6 +1326,12 @@ impl RawConfig {
                 listen: listen.expect("checked above"),
                 public_url: public_url.expect("checked above"),
                 trusted_proxies,
+                max_connections: (self.http.max_connections > 0)
+                    .then_some(self.http.max_connections as usize),
+                header_timeout,
+                idle_timeout,
+                body_timeout,
+                request_timeout,
             },
             mail: MailConfig {
                 from,
