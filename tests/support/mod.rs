@@ -238,6 +238,29 @@ drain_timeout = "5s"
     }
 }
 
+impl Site {
+    /// Runs one statement that changes the site's SQLite file (DDL included), the way
+    /// an operator with the `sqlite3` shell would, while herald may be running.
+    pub fn sql_write(&self, statement: &str) {
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3,sys\n\
+                 c=sqlite3.connect(sys.argv[1], timeout=30, isolation_level=None)\n\
+                 c.execute(sys.argv[2])",
+            )
+            .arg(self.db_path())
+            .arg(statement)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+}
+
 /// A finished command, with helpers to assert on it.
 pub struct Run(pub Output);
 
@@ -626,8 +649,13 @@ pub struct Daemon {
 impl Daemon {
     /// Starts the daemon and waits until `/healthz` answers.
     pub fn start(site: &Site) -> Daemon {
-        let child = site
-            .command(&["daemon"])
+        Daemon::start_command(site, site.command(&["daemon"]))
+    }
+
+    /// Starts `herald daemon` from a command the test prepared (extra environment, an
+    /// open-file limit) and waits until `/healthz` answers.
+    pub fn start_command(site: &Site, mut command: Command) -> Daemon {
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -638,6 +666,11 @@ impl Daemon {
             "the daemon did not come up"
         );
         daemon
+    }
+
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, then waits for a clean exit.
