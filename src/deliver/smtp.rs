@@ -2,8 +2,11 @@
 //!
 //! Each slot owns one connection, opened by us as a `TcpStream` with `TCP_NODELAY`
 //! (lettre never sets it, and Nagle plus delayed ACK costs ~40 ms per message on a
-//! reused connection), and reopened after any error. The number of slots bounds
-//! concurrency; lettre's own pool only bounds idle connections.
+//! reused connection), and reopened after any error. TLS, implicit or after STARTTLS,
+//! runs on that same socket, set up by herald too: lettre's own TLS connect sets no
+//! `TCP_NODELAY` either, and herald must be able to write message content through the
+//! session's TLS state itself. The number of slots bounds concurrency; lettre's own
+//! pool only bounds idle connections.
 
 use std::io::{IoSlice, Write};
 use std::pin::Pin;
@@ -12,15 +15,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
-use lettre::transport::smtp::client::{
-    AsyncSmtpConnection, AsyncTokioStream, Certificate, TlsParameters,
-};
-use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt};
-use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, AsyncTokioStream};
+use lettre::transport::smtp::commands::{Data, Ehlo, Mail, Rcpt, Starttls};
+use lettre::transport::smtp::extension::{ClientId, Extension};
 use lettre::transport::smtp::response::Response;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::{Mutex, oneshot};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 use crate::compose::Composed;
 use crate::config::{SmtpConfig, TlsMode};
@@ -51,14 +54,13 @@ pub struct SmtpPool {
     slots: Vec<Mutex<Option<Connection>>>,
     /// The TLS settings of every session (the public roots and any private CA from
     /// `smtp.ca_file`), built once; used with `tls` or `starttls`.
-    tls: Result<TlsParameters, String>,
+    tls: Result<TlsConnector, String>,
 }
 
-/// One open session, and its socket when the socket carries the SMTP text itself (not
-/// under TLS).
+/// One open session, and the stream herald writes message content to.
 struct Connection {
     smtp: AsyncSmtpConnection,
-    plain: Option<PlainSocket>,
+    wire: Wire,
     /// The server offers PIPELINING (RFC 2920): MAIL, RCPT and DATA go in one write.
     pipelining: bool,
     /// The message whose commands went out behind the last final dot: the session
@@ -73,11 +75,19 @@ struct Staged {
     replies: usize,
 }
 
-/// The socket of a plain session: tokio's stream, which lettre shares, and a second
-/// handle on the same socket that any thread may write a released final dot to.
-struct PlainSocket {
-    stream: Arc<TcpStream>,
-    dot_writer: Arc<std::net::TcpStream>,
+/// A session's stream as herald holds it. lettre reads the replies and writes the
+/// commands through a handle on the same stream ([`SharedStream`], [`SharedTls`]);
+/// herald writes message content to it directly.
+enum Wire {
+    /// A plain session: tokio's socket, and a second handle on it that any thread may
+    /// write a released final dot to.
+    Plain {
+        stream: Arc<TcpStream>,
+        dot_writer: Arc<std::net::TcpStream>,
+    },
+    /// A TLS session on herald's socket. The final dot is encrypted like the rest, so
+    /// only the sender writes it, once the hold is released.
+    Tls(Arc<std::sync::Mutex<TlsStream<TcpStream>>>),
 }
 
 /// What a transmission waits for before the server may accept it: the commit of the
@@ -244,11 +254,78 @@ impl AsyncTokioStream for SharedStream {
     }
 }
 
+/// A TLS session's stream, shared: lettre reads the replies and writes the commands
+/// through it, herald writes message content through the same TLS state. Both take
+/// turns in one task, so the lock is only ever held for one poll. After STARTTLS the
+/// server sends no second greeting, but lettre's session starts by reading one: the
+/// handle then begins with the `220` the server sent before the upgrade.
+struct SharedTls {
+    tls: Arc<std::sync::Mutex<TlsStream<TcpStream>>>,
+    greeting: Option<std::io::Cursor<Vec<u8>>>,
+}
+
+fn lock_tls(
+    tls: &std::sync::Mutex<TlsStream<TcpStream>>,
+) -> std::sync::MutexGuard<'_, TlsStream<TcpStream>> {
+    // A panic mid-poll drops the session with the task; the stream is not used again.
+    tls.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl AsyncRead for SharedTls {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(greeting) = self.greeting.as_mut() {
+            let rest = &greeting.get_ref()[greeting.position() as usize..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            greeting.set_position(greeting.position() + n as u64);
+            if greeting.position() as usize == greeting.get_ref().len() {
+                self.greeting = None;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut *lock_tls(&self.tls)).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for SharedTls {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut *lock_tls(&self.tls)).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *lock_tls(&self.tls)).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut *lock_tls(&self.tls)).poll_shutdown(cx)
+    }
+}
+
+impl std::fmt::Debug for SharedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedTls")
+    }
+}
+
+impl AsyncTokioStream for SharedTls {
+    fn peer_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        lock_tls(&self.tls).get_ref().0.peer_addr()
+    }
+}
+
 impl SmtpPool {
     /// A pool with `config.connections` slots; connections open on first use.
     pub fn new(config: SmtpConfig) -> SmtpPool {
         let slots = (0..config.connections).map(|_| Mutex::new(None)).collect();
-        let tls = tls_parameters(&config);
+        let tls = tls_connector(&config);
         SmtpPool { config, slots, tls }
     }
 
@@ -382,46 +459,50 @@ impl SmtpPool {
         let cfg = &self.config;
         let hello = ClientId::Domain(cfg.hello_name.clone());
         let server = self.server();
-        let (mut conn, plain) = match cfg.tls {
-            TlsMode::Tls => (
-                AsyncSmtpConnection::connect_tokio1(
-                    (cfg.host.as_str(), cfg.port),
-                    Some(cfg.timeout),
-                    &hello,
-                    Some(self.tls.clone()?),
-                    None,
-                )
-                .await
-                .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?,
-                None,
-            ),
-            TlsMode::None | TlsMode::Starttls => {
-                let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
-                    .await
-                    .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?;
-                tcp.set_nodelay(true)
-                    .map_err(|e| format!("cannot configure the connection to {server}: {e}"))?;
+        let tcp = TcpStream::connect((cfg.host.as_str(), cfg.port))
+            .await
+            .map_err(|e| format!("cannot connect to SMTP server {server}: {e}"))?;
+        tcp.set_nodelay(true)
+            .map_err(|e| format!("cannot configure the connection to {server}: {e}"))?;
+        // Read back from the socket, so a test (and an operator) can see it took.
+        tracing::debug!(
+            %server, tls = ?cfg.tls, nodelay = tcp.nodelay().unwrap_or(false),
+            "SMTP connection opened"
+        );
+        let (mut conn, wire) = match cfg.tls {
+            TlsMode::None => {
                 // A second handle on the socket, for whoever writes a released final dot.
-                let plain = tcp
+                let (dot_writer, tcp) = tcp
                     .into_std()
                     .and_then(|tcp| Ok((tcp.try_clone()?, TcpStream::from_std(tcp)?)))
                     .map_err(|e| format!("cannot set up the connection to {server}: {e}"))?;
-                let (dot_writer, tcp) = (Arc::new(plain.0), Arc::new(plain.1));
-                let stream = SharedStream(tcp.clone());
-                let mut conn =
-                    AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello)
-                        .await
-                        .map_err(|e| format!("SMTP server {server} refused the session: {e}"))?;
-                if cfg.tls == TlsMode::Starttls {
-                    conn.starttls(self.tls.clone()?, &hello)
-                        .await
-                        .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
-                    // Under TLS the socket carries ciphertext: only lettre writes to it.
-                    (conn, None)
-                } else {
-                    let stream = tcp;
-                    (conn, Some(PlainSocket { stream, dot_writer }))
-                }
+                let stream = Arc::new(tcp);
+                let conn = AsyncSmtpConnection::connect_with_transport(
+                    Box::new(SharedStream(stream.clone())),
+                    &hello,
+                )
+                .await
+                .map_err(|e| format!("SMTP server {server} refused the session: {e}"))?;
+                let wire = Wire::Plain {
+                    stream,
+                    dot_writer: Arc::new(dot_writer),
+                };
+                (conn, wire)
+            }
+            TlsMode::Tls => {
+                let tls = self
+                    .handshake(tcp)
+                    .await
+                    .map_err(|e| format!("TLS with {server} failed: {e}"))?;
+                self.over_tls(tls, None, &hello).await?
+            }
+            TlsMode::Starttls => {
+                let (tcp, greeting) = self.starttls(tcp, &hello).await?;
+                let tls = self
+                    .handshake(tcp)
+                    .await
+                    .map_err(|e| format!("STARTTLS with {server} failed: {e}"))?;
+                self.over_tls(tls, Some(greeting), &hello).await?
             }
         };
         // lettre does not record PIPELINING, so the server's EHLO reply is read here,
@@ -442,35 +523,116 @@ impl SmtpPool {
         }
         Ok(Connection {
             smtp: conn,
-            plain,
+            wire,
             pipelining,
             staged: None,
         })
+    }
+
+    /// The plain half of STARTTLS (RFC 3207): the greeting, EHLO, then `STARTTLS` and
+    /// its `220`. Returns the socket, ready for the handshake, and a greeting for the
+    /// session over TLS to start with (lettre reads one; its text does not matter).
+    async fn starttls(
+        &self,
+        tcp: TcpStream,
+        hello: &ClientId,
+    ) -> Result<(TcpStream, Vec<u8>), String> {
+        let server = self.server();
+        let failed = |e: &dyn std::fmt::Display| format!("STARTTLS with {server} failed: {e}");
+        let stream = Arc::new(tcp);
+        let mut conn = AsyncSmtpConnection::connect_with_transport(
+            Box::new(SharedStream(stream.clone())),
+            hello,
+        )
+        .await
+        .map_err(|e| format!("SMTP server {server} refused the session: {e}"))?;
+        if !conn.server_info().supports_feature(Extension::StartTls) {
+            return Err(format!(
+                "SMTP server {server} does not offer STARTTLS (set smtp.tls to \"tls\" for a relay that expects TLS from the start, or \"none\")"
+            ));
+        }
+        conn.command(Starttls).await.map_err(|e| failed(&e))?;
+        // The server says nothing more until the handshake, so lettre holds no bytes
+        // of it: dropping the session leaves the socket to herald alone.
+        drop(conn);
+        let tcp = Arc::try_unwrap(stream)
+            .map_err(|_| failed(&"the socket is still shared after the plain session"))?;
+        Ok((
+            tcp,
+            format!("220 {server} (after STARTTLS)\r\n").into_bytes(),
+        ))
+    }
+
+    /// The TLS handshake on herald's socket, verifying the server's certificate for
+    /// `smtp.host`.
+    async fn handshake(&self, tcp: TcpStream) -> Result<TlsStream<TcpStream>, String> {
+        let connector = self.tls.clone()?;
+        let name =
+            rustls::pki_types::ServerName::try_from(self.config.host.clone()).map_err(|e| {
+                format!(
+                    "{} is not a host name TLS can verify: {e}",
+                    self.config.host
+                )
+            })?;
+        connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// A lettre session over herald's TLS stream (its EHLO, over TLS, tells the AUTH
+    /// mechanisms the server offers now).
+    async fn over_tls(
+        &self,
+        tls: TlsStream<TcpStream>,
+        greeting: Option<Vec<u8>>,
+        hello: &ClientId,
+    ) -> Result<(AsyncSmtpConnection, Wire), String> {
+        let tls = Arc::new(std::sync::Mutex::new(tls));
+        let shared = SharedTls {
+            tls: tls.clone(),
+            greeting: greeting.map(std::io::Cursor::new),
+        };
+        let conn = AsyncSmtpConnection::connect_with_transport(Box::new(shared), hello)
+            .await
+            .map_err(|e| format!("SMTP server {} refused the session: {e}", self.server()))?;
+        Ok((conn, Wire::Tls(tls)))
     }
 }
 
 /// The TLS settings for `config.host`: the public roots, and the certificates of
 /// `smtp.ca_file` (checked when the configuration was read).
-fn tls_parameters(config: &SmtpConfig) -> Result<TlsParameters, String> {
-    let mut params = TlsParameters::builder(config.host.clone());
+fn tls_connector(config: &SmtpConfig) -> Result<TlsConnector, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(pem) = &config.ca_certificates {
-        let roots =
-            Certificate::from_pem(pem).map_err(|e| format!("cannot use smtp.ca_file: {e}"))?;
-        params = params.add_root_certificate(roots);
+        for certificate in CertificateDer::pem_slice_iter(pem) {
+            let certificate = certificate.map_err(|e| format!("cannot use smtp.ca_file: {e}"))?;
+            roots
+                .add(certificate)
+                .map_err(|e| format!("cannot use smtp.ca_file: {e}"))?;
+        }
     }
-    params
-        .build()
-        .map_err(|e| format!("cannot set up TLS for {}: {e}", config.host))
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set up TLS for {}: {e}", config.host))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
-/// One SMTP transaction. lettre's own `send` dot-stuffs the content a byte at a time
-/// and writes the final dot separately; for ASCII content and addresses (everything
-/// herald composes) on a plain session, herald writes the content to the socket itself,
-/// dot-stuffed where a line starts with a dot, and then, once the hold is released,
-/// the final dot. So the previous message's commit overlaps this message's commands and
-/// content, and the server accepts this message only after it. Anything else takes
-/// lettre's path, which adds the 8BITMIME and SMTPUTF8 parameters, after the hold is
-/// released. Like lettre, any error ends the session.
+/// One SMTP transaction. lettre's own `send` dot-stuffs the content a byte at a time,
+/// writes the final dot separately and waits for a reply to each command; for ASCII
+/// content and addresses (everything herald composes) herald writes the content itself,
+/// through the session's stream (plain or TLS), dot-stuffed where a line starts with a
+/// dot, and then, once the hold is released, the final dot. So the previous message's
+/// commit overlaps this message's commands and content, and the server accepts this
+/// message only after it. Anything else takes lettre's path, which adds the 8BITMIME and
+/// SMTPUTF8 parameters, after the hold is released. Like lettre, any error ends the
+/// session.
 /// With `next`, that message's commands follow the final dot in the same write when
 /// both messages take this path; the reply comes with whether they did (their own
 /// replies are then still to read).
@@ -481,15 +643,13 @@ async fn transmit(
     next: Option<&Composed>,
 ) -> Result<(Response, bool), TransmitError> {
     let envelope = &message.envelope;
-    let direct = message.bytes.is_ascii() && ascii_addresses(envelope);
-    let plain = connection.plain.as_ref();
-    let (true, Some(PlainSocket { stream, dot_writer })) = (direct, plain) else {
+    if !(message.bytes.is_ascii() && ascii_addresses(envelope)) {
         if let Some(hold) = hold {
             hold.wait().await;
         }
         let response = connection.smtp.send(envelope, &message.bytes).await?;
         return Ok((response, false));
-    };
+    }
     let pipelining = connection.pipelining;
     // The session already waits for this message's content: its commands went out
     // behind the previous message's final dot.
@@ -497,6 +657,7 @@ async fn transmit(
     // Only a message that will take this path may have its commands sent early.
     let next =
         next.filter(|next| pipelining && next.bytes.is_ascii() && ascii_addresses(&next.envelope));
+    let wire = &connection.wire;
     let conn = &mut connection.smtp;
     let result: Result<Response, TransmitError> = async {
         if staged {
@@ -516,7 +677,7 @@ async fn transmit(
             }
             conn.command(Data).await?;
         }
-        write_content(stream, &message.bytes)
+        write_content(wire, &message.bytes)
             .await
             .map_err(TransmitError::Write)?;
         // The final dot, where the server accepts the message, waits for the hold.
@@ -524,11 +685,18 @@ async fn transmit(
         if let Some(next) = next {
             end.push_str(&envelope_commands(&next.envelope));
         }
-        let (end, written) = match hold {
-            Some(hold) => hold.park(dot_writer, end.into_bytes()).await,
-            None => (end.into_bytes(), 0),
+        let end = end.into_bytes();
+        let (end, written) = match (hold, wire) {
+            // On a plain socket whoever learns of the commit first writes the dot.
+            (Some(hold), Wire::Plain { dot_writer, .. }) => hold.park(dot_writer, end).await,
+            // Under TLS the dot is a record of the session's own: the sender writes it.
+            (Some(hold), Wire::Tls(_)) => {
+                hold.wait().await;
+                (end, 0)
+            }
+            (None, _) => (end, 0),
         };
-        write_all(stream, &mut [IoSlice::new(&end[written..])])
+        write_all(wire, &mut [IoSlice::new(&end[written..])])
             .await
             .map_err(TransmitError::Write)?;
         Ok(conn.read_response().await?)
@@ -558,7 +726,7 @@ impl From<lettre::transport::smtp::Error> for TransmitError {
 /// Writes `bytes` as DATA content (RFC 5321 4.5.2), without the final `CRLF.CRLF`: a
 /// dot that starts a line is doubled. The content goes out as it is, in one write
 /// unless lines start with dots.
-async fn write_content(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<()> {
+async fn write_content(wire: &Wire, bytes: &[u8]) -> std::io::Result<()> {
     let mut slices = Vec::with_capacity(1);
     if bytes.starts_with(b".") {
         slices.push(IoSlice::new(b"."));
@@ -570,24 +738,46 @@ async fn write_content(socket: &TcpStream, bytes: &[u8]) -> std::io::Result<()> 
         from = at + 3;
     }
     slices.push(IoSlice::new(&bytes[from..]));
-    write_all(socket, &mut slices).await
+    write_all(wire, &mut slices).await
 }
 
-/// Writes every slice whole, waiting for room in the socket's buffer.
-async fn write_all(socket: &TcpStream, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
+/// Writes every slice whole, waiting for room in the socket's buffer; under TLS, also
+/// flushes the records.
+async fn write_all(wire: &Wire, mut slices: &mut [IoSlice<'_>]) -> std::io::Result<()> {
     // Advancing by nothing drops empty slices in front: a socket takes no bytes from
     // them, which would read as a write that failed.
     IoSlice::advance_slices(&mut slices, 0);
-    while !slices.is_empty() {
-        socket.writable().await?;
-        match socket.try_write_vectored(slices) {
-            Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-            Err(e) => return Err(e),
+    match wire {
+        Wire::Plain { stream, .. } => {
+            while !slices.is_empty() {
+                stream.writable().await?;
+                match stream.try_write_vectored(slices) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
+        Wire::Tls(tls) => {
+            std::future::poll_fn(|cx| {
+                let mut tls = lock_tls(tls);
+                while !slices.is_empty() {
+                    match Pin::new(&mut *tls).poll_write_vectored(cx, slices) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                        }
+                        Poll::Ready(Ok(n)) => IoSlice::advance_slices(&mut slices, n),
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                }
+                Pin::new(&mut *tls).poll_flush(cx)
+            })
+            .await
         }
     }
-    Ok(())
 }
 
 /// `MAIL`, one `RCPT` per recipient and `DATA`, as one pipelined group.
@@ -746,8 +936,13 @@ mod tests {
     async fn stuffed(bytes: &[u8]) -> Vec<u8> {
         use tokio::io::AsyncReadExt;
         let (client, mut server) = connected().await;
-        write_content(&client, bytes).await.unwrap();
-        drop(client);
+        let client = client.into_std().unwrap();
+        let wire = Wire::Plain {
+            dot_writer: Arc::new(client.try_clone().unwrap()),
+            stream: Arc::new(TcpStream::from_std(client).unwrap()),
+        };
+        write_content(&wire, bytes).await.unwrap();
+        drop(wire);
         let mut received = Vec::new();
         server.read_to_end(&mut received).await.unwrap();
         received
