@@ -454,6 +454,56 @@ fn the_form_refuses_bots_forgeries_and_oversized_posts_and_stores_nothing() {
 }
 
 #[test]
+fn addresses_too_long_hidden_encoded_or_on_an_ip_are_refused_never_cut() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "[signup]\nip_limit = 100\n");
+    let daemon = Daemon::start(&site);
+    // The first 254 characters of the typed address are a valid address of their own:
+    // cutting the input to fit would mail whoever owns that one.
+    let label = "d".repeat(60);
+    let fits = format!(
+        "{}@{label}.{label}.{}.example.org",
+        "a".repeat(64),
+        "d".repeat(55)
+    );
+    assert_eq!(fits.len(), 254);
+    let typed = format!("{fits}{}", "x".repeat(46));
+    let cases = [
+        (typed.as_str(), "longer than 254 bytes"),
+        ("ad\u{202E}gro.elpmaxe@a", "invisible or text-direction"),
+        ("ada\u{200B}@example.org", "invisible or text-direction"),
+        ("=?utf-8?q?ada?=@example.org", "=?"),
+        ("ada@127.0.0.1", "IP address"),
+    ];
+    for (address, reason) in cases {
+        let answer =
+            WebClient::new(site.http_port).sign_up(address, &[("riverton", "daily")], "UTC");
+        assert_eq!(answer.status, 422, "{address:?}");
+        assert!(answer.body.contains(reason), "{address:?}: {}", answer.body);
+        assert!(
+            answer.body.contains("Enter an email address like"),
+            "the error says what to do"
+        );
+    }
+    assert_eq!(state_of(&site, &fits), "absent", "never cut and stored");
+    assert_eq!(site.sql("SELECT COUNT(*) FROM subscribers")[0][0], "0");
+
+    // A real sign-up afterwards is the only email that goes out.
+    let answer = WebClient::new(site.http_port).sign_up(
+        "person@example.org",
+        &[("riverton", "daily")],
+        "UTC",
+    );
+    assert_eq!(answer.status, 200);
+    smtp.wait_for(1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1_000));
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "only the valid address got an email");
+    assert_eq!(messages[0].0.trim(), "person@example.org");
+    daemon.stop();
+}
+
+#[test]
 fn preferences_change_regions_cadences_and_zone_or_leave_all() {
     let smtp = SmtpServer::start();
     let site = Site::new(smtp.port);
