@@ -686,6 +686,72 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
     daemon.stop();
 }
 
+/// The export's rows as Python's `csv` module reads them (what a spreadsheet import
+/// sees), one map of column to cell per reader.
+fn python_csv_rows(export: &str) -> Vec<std::collections::HashMap<String, String>> {
+    use std::io::Write;
+    let mut python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import csv,sys,json; print(json.dumps(list(csv.DictReader(sys.stdin))))")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn export_cells_that_would_run_as_formulas_open_as_text() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    let daemon = Daemon::start(&site);
+    let mut browser =
+        WebClient::new(site.http_port).with_header("User-Agent", "=HYPERLINK(\"http://x\")");
+    for email in ["ada@example.org", "=1+2@example.org"] {
+        let answer = browser.sign_up(email, &[("riverton", "daily")], "UTC");
+        assert_eq!(answer.status, 200, "{email}");
+    }
+    daemon.stop();
+
+    let export = site.run(&["subscribers", "export"]).ok().stdout();
+    let rows = python_csv_rows(&export);
+    assert_eq!(rows.len(), 2, "{export}");
+    for row in &rows {
+        assert_eq!(
+            row["consent_user_agent"], "'=HYPERLINK(\"http://x\")",
+            "the browser's User-Agent opens as text: {row:?}"
+        );
+    }
+    let mut emails: Vec<&str> = rows.iter().map(|r| r["email"].as_str()).collect();
+    emails.sort();
+    assert_eq!(emails, ["'=1+2@example.org", "ada@example.org"]);
+
+    // Imported again, the export gives back the addresses as they signed up.
+    let file = site.dir.path().join("export.csv");
+    std::fs::write(&file, &export).unwrap();
+    let copy = Site::new(smtp.port).with_regions(&format!(
+        "[[regions]]\nslug = \"riverton\"\nname = \"Riverton\"\ntimezone = \"America/Los_Angeles\"\nfeeds = [\"file://{}\"]\n",
+        site.dir.path().join("riverton.xml").display()
+    ));
+    copy.run(&["subscribers", "import", file.to_str().unwrap()])
+        .ok();
+    let mut imported: Vec<String> = copy
+        .sql("SELECT email FROM subscribers")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    imported.sort();
+    assert_eq!(imported, ["=1+2@example.org", "ada@example.org"]);
+}
+
 #[test]
 fn a_link_sent_to_an_erased_reader_never_reaches_the_next_owner_of_its_id() {
     let smtp = SmtpServer::start();
