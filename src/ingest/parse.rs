@@ -312,13 +312,32 @@ pub fn html_to_text(input: &str) -> String {
     } else {
         input.to_string()
     };
-    text.split_whitespace()
-        .filter(|word| !word.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    let visible: String = text
         .chars()
-        .filter(|c| !c.is_control())
-        .collect()
+        .filter(|c| c.is_whitespace() || !(c.is_control() || hidden(*c)))
+        .collect();
+    visible.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Characters that change how text reads without being seen: text-direction controls
+/// (U+202E shows what follows backwards) and zero-width or invisible characters (look-
+/// alike words, hidden breaks). The zero-width joiner and non-joiner stay: Persian,
+/// Indic scripts and emoji sequences need them to render correctly.
+fn hidden(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'                  // soft hyphen
+            | '\u{061C}'            // Arabic letter mark
+            | '\u{180E}'            // Mongolian vowel separator
+            | '\u{200B}'            // zero-width space
+            | '\u{200E}'..='\u{200F}' // left-to-right and right-to-left marks
+            | '\u{202A}'..='\u{202E}' // embeddings and overrides
+            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}' // isolates
+            | '\u{206A}'..='\u{206F}' // deprecated format characters
+            | '\u{FEFF}'            // zero-width no-break space (byte-order mark)
+            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotation
+    )
 }
 
 /// Decodes the few entities the sanitiser writes (and numeric ones); anything else is
@@ -409,6 +428,31 @@ mod tests {
             "Line one line two"
         );
         assert_eq!(html_to_text("Fish &amp; chips"), "Fish & chips");
+    }
+
+    #[test]
+    fn direction_controls_and_invisible_characters_are_dropped() {
+        assert_eq!(
+            html_to_text("Council \u{202E}evorppa\u{202C} vote"),
+            "Council evorppa vote"
+        );
+        assert_eq!(
+            html_to_text("\u{FEFF}Fi\u{200B}re at\u{00AD} the \u{2066}mill\u{2069} \u{200B} today"),
+            "Fire at the mill today",
+            "no word is split or doubled by what was removed"
+        );
+        assert_eq!(
+            html_to_text("&#x202E;&#8203;Reversed"),
+            "Reversed",
+            "as entities too"
+        );
+        assert_eq!(
+            html_to_text("<p>\u{200F}\u{061C}\u{2067}x\u{2068}y\u{2069}</p>"),
+            "xy"
+        );
+        // Joiners are part of the text: Persian words and emoji sequences keep them.
+        assert_eq!(html_to_text("می\u{200C}خواهم"), "می\u{200C}خواهم");
+        assert_eq!(html_to_text("👩\u{200D}🚒"), "👩\u{200D}🚒");
     }
 
     #[test]
