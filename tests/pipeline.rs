@@ -216,3 +216,73 @@ fn file_transport_writes_eml_files() {
     assert!(raw.contains("To: ada@example.org"));
     assert_eq!(site.sql("SELECT state FROM deliveries")[0][0], "sent");
 }
+
+/// The `Subject:` of a raw email as a mail program shows it: decoded by Python's
+/// `email` package under its default (RFC 6532) policy.
+fn subject_as_shown(raw: &str) -> String {
+    use std::io::Write;
+    let mut python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import email,email.policy,sys\n\
+             m=email.message_from_bytes(sys.stdin.buffer.read(),policy=email.policy.default)\n\
+             sys.stdout.write(str(m['subject']))",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(raw.as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn a_title_shaped_like_an_encoded_word_is_shown_exactly_as_written() {
+    let smtp = SmtpServer::start();
+    let site = Site::new(smtp.port);
+    let feed = site.dir.path().join("riverton.xml");
+    // An ASCII title that a mail program would decode into other text if written raw,
+    // with a right-to-left override that would show the end of it reversed.
+    std::fs::write(
+        &feed,
+        "<rss version=\"2.0\"><channel><title>Town</title>\
+         <item><guid>drill</guid><link>https://news.test.example/drill</link>\
+         <title>=?utf-8?q?Fire_drill?= at &#x202E;noon</title>\
+         <description>Sirens at\u{200B} noon.</description></item></channel></rss>",
+    )
+    .unwrap();
+    let site = site.with_regions(&format!(
+        "[[regions]]\nslug = \"riverton\"\nname = \"Riverton\"\ntimezone = \"America/Los_Angeles\"\nfeeds = [\"file://{}\"]\n",
+        feed.display()
+    ));
+    site.run(&["ingest"]).ok();
+    // Three readers: the first email is rendered in full, the others from the shared
+    // template of their content group; each way must write the subject the same.
+    for email in ["ada@example.org", "bo@example.org", "cy@example.org"] {
+        site.add_confirmed(email, "riverton");
+    }
+    site.run(&["send", "--region", "riverton", "--yes"]).ok();
+    let messages = smtp.wait_for(3, Duration::from_secs(10));
+    assert_eq!(messages.len(), 3);
+    for (_, raw) in &messages {
+        assert!(
+            !raw.contains("Subject: Riverton daily digest: =?utf-8?q?"),
+            "the literal encoded word is not written raw:\n{raw}"
+        );
+        assert_eq!(
+            subject_as_shown(raw),
+            "Riverton daily digest: =?utf-8?q?Fire_drill?= at noon"
+        );
+        let text = &parse_email(raw).parts[0].1;
+        assert!(text.contains("=?utf-8?q?Fire_drill?= at noon"), "{text}");
+        assert!(text.contains("Sirens at noon."), "{text}");
+        assert!(!text.contains(['\u{202E}', '\u{200B}']), "{text}");
+    }
+}

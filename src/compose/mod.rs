@@ -23,7 +23,7 @@ use crate::domain::{Cadence, DeliveryKind, Email};
 use crate::store::DeliveryArticle;
 use crate::tokens::{Purpose, Signer};
 
-pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost};
+pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost, Subject};
 pub use signup::{RegionChoice, SignupContext, SignupRequest, cadence_label};
 
 /// How long the links in an email keep working.
@@ -407,7 +407,7 @@ impl Composer {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to.to_address()))
-            .subject(subject.clone())
+            .header(Subject::new(subject.clone()))
             .message_id(Some(message_id.clone()))
             .date(crate::clock::now_system());
         if let Some(url) = unsubscribe_url {

@@ -19,7 +19,7 @@ use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 
 use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
-use super::{ListUnsubscribe, ListUnsubscribePost};
+use super::{ListUnsubscribe, ListUnsubscribePost, Subject};
 use crate::domain::Cadence;
 use crate::store::DeliveryArticle;
 
@@ -303,7 +303,7 @@ impl Composer {
         let message = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to_marker.clone()))
-            .subject(real.subject.clone())
+            .header(Subject::new(real.subject.clone()))
             .message_id(Some(shared.marker(Field::MessageId).to_string()))
             .date(crate::clock::now_system())
             .header(ListUnsubscribe::new(shared.marker(Field::UnsubscribeUrl)))
