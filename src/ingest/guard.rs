@@ -235,6 +235,15 @@ fn internal_v6(ip: Ipv6Addr) -> Option<&'static str> {
             return Some(kind);
         }
     }
+    // Local-use NAT64 (64:ff9b:1::/48, RFC 8215) translates to whatever IPv4 network
+    // the operator chose, and a Teredo address (2001::/32) tunnels to an IPv4 host
+    // through a relay: neither says where it finally goes, so neither is fetched.
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1 {
+        return Some("a local-use NAT64 address");
+    }
+    if s[0] == 0x2001 && s[1] == 0 {
+        return Some("a Teredo tunnel address");
+    }
     Some(match s[0] {
         0xfe80..=0xfebf => "a link-local address",
         0xfec0..=0xfeff => "a site-local address",
@@ -280,9 +289,15 @@ mod tests {
             "fc00::1",
             "fd12:3456::1",
             "ff02::1",
+            "64:ff9b:1::a00:1",
+            "64:ff9b:1:ffff::808:808",
+            "2001::1",
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2",
         ] {
             assert!(kind(internal).is_some(), "{internal} should be internal");
         }
+        assert_eq!(kind("64:ff9b:1::1"), Some("a local-use NAT64 address"));
+        assert_eq!(kind("2001:0:53aa:64c::1"), Some("a Teredo tunnel address"));
         for public in [
             "93.184.216.34",
             "172.32.0.1",
@@ -291,6 +306,10 @@ mod tests {
             "2606:4700::1111",
             "::ffff:8.8.8.8",
             "2002:0808:0808::",
+            "64:ff9b::808:808",
+            "64:ff9b:2::1",
+            "2001:4860:4860::8888",
+            "2001:1::1",
         ] {
             assert_eq!(kind(public), None, "{public} should be public");
         }
@@ -309,6 +328,14 @@ mod tests {
         assert!(err.contains("allow_private = true"), "{err}");
         assert!(check("http://[::ffff:7f00:1]/feed").is_err());
         assert!(check("http://[fd00::1]/feed").is_err());
+        let err = check("http://[64:ff9b:1::a00:5]/feed")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a local-use NAT64 address"), "{err}");
+        let err = check("http://[2001:0:4136:e378::1]/feed")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("a Teredo tunnel address"), "{err}");
         assert!(
             check("http://2130706433/feed").is_err(),
             "decimal 127.0.0.1"
