@@ -400,3 +400,43 @@ fn internal_addresses_are_refused_unless_allowed() {
     let out = site.run(&["ingest"]).ok().stdout();
     assert!(line_for(&out, &loopback).contains("1 new"), "{out}");
 }
+
+#[test]
+fn a_trusted_host_named_with_a_port_is_trusted_on_that_port_only() {
+    let trusted = FeedServer::start();
+    let other = FeedServer::start();
+    for server in [&trusted, &other] {
+        server.route(
+            "/feed.xml",
+            Reply::ok("application/rss+xml", rss(&[("p1", "Ported")])),
+        );
+    }
+    let on_other_port = other.url("/feed.xml");
+    trusted.route("/elsewhere.xml", Reply::redirect(&on_other_port));
+    let feed = trusted.url("/feed.xml");
+    let hop = trusted.url("/elsewhere.xml");
+    let site = Site::new(free_port())
+        .with_extra(&format!(
+            "[ingest]\nallow_private = false\ntrusted_hosts = [\"127.0.0.1:{}\"]\n",
+            trusted.port
+        ))
+        .with_regions(&region(&[feed.clone(), on_other_port.clone(), hop.clone()]));
+    let out = site.run(&["ingest"]).failed().stdout();
+    assert!(line_for(&out, &feed).contains("1 new"), "{out}");
+    let refusal = format!(
+        "127.0.0.1 is in [ingest] trusted_hosts for port {} only, not port {}",
+        trusted.port, other.port
+    );
+    assert!(
+        line_for(&out, &on_other_port).contains(&refusal),
+        "another port of the host is not trusted:\n{out}"
+    );
+    assert!(
+        line_for(&out, &hop).contains(&format!("it redirects to {on_other_port}, and {refusal}")),
+        "{out}"
+    );
+    assert!(
+        other.requests("/feed.xml").is_empty(),
+        "no request reached the other port"
+    );
+}
