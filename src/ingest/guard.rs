@@ -96,21 +96,13 @@ impl std::str::FromStr for TrustedHost {
             }
             _ => return Err(invalid()),
         };
-        // The URL parser forgets a port that is the scheme's default, so `host:80`
-        // is read here: it trusts port 80 only.
-        let after_host = match text.strip_prefix('[') {
-            Some(rest) => rest.split_once(']').map_or("", |(_, after)| after),
-            None => text.split_once(':').map_or("", |(_, port)| port),
+        // The URL parser forgets a port that is the scheme's default, so whether the
+        // entry names one (`host:80` trusts port 80 only) is read from the text.
+        let names_port = match text.rfind(']') {
+            Some(end) => text[end..].contains(':'),
+            None => text.contains(':'),
         };
-        let port = if text.starts_with('[') {
-            after_host.strip_prefix(':')
-        } else {
-            Some(after_host).filter(|p| !p.is_empty())
-        };
-        let port = match port {
-            None => None,
-            Some(port) => Some(port.parse::<u16>().map_err(|_| invalid())?),
-        };
+        let port = names_port.then(|| url.port_or_known_default()).flatten();
         Ok(TrustedHost { host, port })
     }
 }
