@@ -13,6 +13,7 @@ use lettre::message::Mailbox;
 use serde::{Deserialize, Serialize};
 
 use crate::domain::{RegionSlug, Timezone};
+use crate::ingest::guard::TrustedHost;
 
 /// The config file used when neither `--config` nor `HERALD_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "config/herald.toml";
@@ -570,8 +571,8 @@ pub struct IngestConfig {
     pub max_backoff: Duration,
     /// Fetch feeds on loopback, private, link-local and other internal addresses.
     pub allow_private: bool,
-    /// Hosts (`host` or `host:port`, lower case) fetched even on internal addresses.
-    pub trusted_hosts: Vec<String>,
+    /// Hosts fetched even on internal addresses (on one port, if the entry names one).
+    pub trusted_hosts: Vec<TrustedHost>,
 }
 
 /// `[deliver]`.
@@ -1276,19 +1277,9 @@ impl RawConfig {
         );
         let mut trusted_hosts = Vec::new();
         for (j, host) in self.ingest.trusted_hosts.iter().enumerate() {
-            let host = host.trim().to_ascii_lowercase();
-            let valid = !host.is_empty()
-                && url::Url::parse(&format!("http://{host}/"))
-                    .is_ok_and(|u| u.host().is_some() && u.path() == "/");
-            if valid {
-                trusted_hosts.push(host);
-            } else {
-                check(
-                    &format!("ingest.trusted_hosts[{j}]"),
-                    Err(format!(
-                        "\"{host}\" is not a host name (write \"feeds.internal.example\" or \"10.0.0.5:8080\")"
-                    )),
-                );
+            match host.parse::<TrustedHost>() {
+                Ok(host) => trusted_hosts.push(host),
+                Err(message) => check(&format!("ingest.trusted_hosts[{j}]"), Err(message)),
             }
         }
         if self.regions.is_empty() {
@@ -1611,10 +1602,13 @@ mod tests {
         )
         .unwrap();
         assert!(config.ingest.allow_private);
-        assert_eq!(
-            config.ingest.trusted_hosts,
-            vec!["cms.internal", "10.0.0.5"]
-        );
+        let trusted: Vec<String> = config
+            .ingest
+            .trusted_hosts
+            .iter()
+            .map(|t| t.to_string())
+            .collect();
+        assert_eq!(trusted, vec!["cms.internal", "10.0.0.5"]);
 
         let bad = GOOD.replace(
             "\"https://example.org/feed\"",

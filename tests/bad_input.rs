@@ -109,6 +109,9 @@ fn an_invalid_address_is_refused_and_nothing_is_stored() {
         "two@@example.org",
         "a b@example.org",
         "x@nodot",
+        "x@127.0.0.1",
+        "=?utf-8?q?x?=@example.org",
+        "x\u{FEFF}@example.org",
     ] {
         let run = site
             .run(&["subscribers", "add", bad, "--region", "riverton"])

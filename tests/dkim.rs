@@ -78,10 +78,13 @@ fn tamper(file: &Path, from: &str, to: &str) -> std::path::PathBuf {
 }
 
 fn dkim_site(key: &Path) -> Site {
-    Site::new(free_port()).with_extra(&format!(
-        "[dkim]\ndomain = \"test.example\"\nselector = \"herald\"\nkey_file = \"{}\"\n",
-        key.display()
-    ))
+    // https, so list mail carries List-Unsubscribe-Post for the signature to cover.
+    Site::new(free_port())
+        .with_public_url("https://news.test.example")
+        .with_extra(&format!(
+            "[dkim]\ndomain = \"test.example\"\nselector = \"herald\"\nkey_file = \"{}\"\n",
+            key.display()
+        ))
 }
 
 #[test]

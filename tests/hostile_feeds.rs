@@ -400,3 +400,109 @@ fn internal_addresses_are_refused_unless_allowed() {
     let out = site.run(&["ingest"]).ok().stdout();
     assert!(line_for(&out, &loopback).contains("1 new"), "{out}");
 }
+
+#[test]
+fn a_trusted_host_named_with_a_port_is_trusted_on_that_port_only() {
+    let trusted = FeedServer::start();
+    let other = FeedServer::start();
+    for server in [&trusted, &other] {
+        server.route(
+            "/feed.xml",
+            Reply::ok("application/rss+xml", rss(&[("p1", "Ported")])),
+        );
+    }
+    let on_other_port = other.url("/feed.xml");
+    trusted.route("/elsewhere.xml", Reply::redirect(&on_other_port));
+    let feed = trusted.url("/feed.xml");
+    let hop = trusted.url("/elsewhere.xml");
+    let site = Site::new(free_port())
+        .with_extra(&format!(
+            "[ingest]\nallow_private = false\ntrusted_hosts = [\"127.0.0.1:{}\"]\n",
+            trusted.port
+        ))
+        .with_regions(&region(&[feed.clone(), on_other_port.clone(), hop.clone()]));
+    let out = site.run(&["ingest"]).failed().stdout();
+    assert!(line_for(&out, &feed).contains("1 new"), "{out}");
+    let refusal = format!(
+        "127.0.0.1 is in [ingest] trusted_hosts for port {} only, not port {}",
+        trusted.port, other.port
+    );
+    assert!(
+        line_for(&out, &on_other_port).contains(&refusal),
+        "another port of the host is not trusted:\n{out}"
+    );
+    assert!(
+        line_for(&out, &hop).contains(&format!("it redirects to {on_other_port}, and {refusal}")),
+        "{out}"
+    );
+    assert!(
+        other.requests("/feed.xml").is_empty(),
+        "no request reached the other port"
+    );
+}
+
+#[test]
+fn links_with_credentials_or_to_internal_hosts_are_never_stored_or_mailed() {
+    let smtp = support::SmtpServer::start();
+    let server = FeedServer::start();
+    let items = [
+        ("creds", "https://editor:hunter2@news.test.example/creds"),
+        (
+            "disguised",
+            "https://news.test.example@evil.example/disguised",
+        ),
+        ("loopback", "http://127.0.0.1:8080/admin"),
+        ("public-ip", "http://93.184.216.34/story"),
+        ("v6", "http://[fd00::1]/story"),
+        ("dotless", "http://intranet/story"),
+        ("internal", "https://cms.internal/story"),
+        ("relative", "/stories/relative"),
+        ("public", "https://news.test.example/public"),
+    ];
+    let body: String = items
+        .iter()
+        .map(|(guid, link)| {
+            format!(
+                "<item><guid>{guid}</guid><link>{link}</link><title>Story {guid}</title></item>"
+            )
+        })
+        .collect();
+    server.route(
+        "/feed.xml",
+        Reply::ok(
+            "application/rss+xml",
+            format!("<rss version=\"2.0\"><channel><title>T</title>{body}</channel></rss>"),
+        ),
+    );
+    let feed = server.url("/feed.xml");
+    // The feed itself is on a trusted internal host; the links it relates to (a relative
+    // one resolves to that host too) are still not for readers.
+    let site = Site::new(smtp.port)
+        .with_extra(&format!(
+            "[ingest]\nallow_private = false\ntrusted_hosts = [\"127.0.0.1:{}\"]\n",
+            server.port
+        ))
+        .with_regions(&region(std::slice::from_ref(&feed)));
+    let out = site.run(&["ingest"]).ok().stdout();
+    assert!(line_for(&out, &feed).contains("1 new"), "{out}");
+    assert_eq!(
+        site.sql("SELECT link FROM articles"),
+        vec![vec!["https://news.test.example/public".to_string()]]
+    );
+
+    site.add_confirmed("ada@example.org", "cascadia");
+    site.run(&["send", "--region", "cascadia", "--yes"]).ok();
+    let messages = smtp.wait_for(1, Duration::from_secs(10));
+    assert_eq!(messages.len(), 1);
+    let email = support::parse_email(&messages[0].1);
+    for (_, part) in &email.parts {
+        assert!(part.contains("https://news.test.example/public"), "{part}");
+        for (guid, link) in &items[..items.len() - 1] {
+            assert!(
+                !part.contains(&format!("Story {guid}")),
+                "{guid} in:\n{part}"
+            );
+            assert!(!part.contains(link), "{link} in:\n{part}");
+        }
+    }
+}

@@ -126,6 +126,7 @@ fn feed_bytes_never_panic_and_items_keep_their_promises() {
         breaking_categories: vec!["breaking".into()],
         max_items: 20,
         now: 1_795_300_000,
+        keep_internal_links: false,
     };
     let (mut parsed, mut items_seen) = (0, 0);
     for case in 0..cases {

@@ -10,7 +10,7 @@ use support::{Site, SmtpServer, parse_email};
 #[test]
 fn feed_to_digests_over_smtp_with_every_delivery_recorded() {
     let smtp = SmtpServer::start();
-    let site = Site::new(smtp.port);
+    let site = Site::new(smtp.port).with_public_url("https://news.test.example");
 
     let ingest = site.run(&["ingest"]).ok();
     assert!(ingest.stdout().contains("riverton"), "{}", ingest.stdout());
@@ -63,10 +63,7 @@ fn feed_to_digests_over_smtp_with_every_delivery_recorded() {
         message_ids.push(message_id.to_string());
         let unsubscribe = email.header("List-Unsubscribe").unwrap();
         assert!(
-            unsubscribe.starts_with(&format!(
-                "<http://127.0.0.1:{}/unsubscribe?token=",
-                site.http_port
-            )),
+            unsubscribe.starts_with("<https://news.test.example/unsubscribe?token="),
             "{unsubscribe}"
         );
         assert_eq!(
@@ -173,7 +170,7 @@ fn dry_run_shows_recipients_and_sends_nothing() {
 
 #[test]
 fn preview_renders_without_sending() {
-    let site = Site::new(1);
+    let site = Site::new(1).with_public_url("https://news.test.example");
     site.run(&["ingest"]).ok();
     let text = site
         .run(&["preview", "--region", "cedar-falls", "--format", "text"])
@@ -215,4 +212,140 @@ fn file_transport_writes_eml_files() {
     let raw = std::fs::read_to_string(files[0].as_ref().unwrap().path()).unwrap();
     assert!(raw.contains("To: ada@example.org"));
     assert_eq!(site.sql("SELECT state FROM deliveries")[0][0], "sent");
+}
+
+/// The `Subject:` of a raw email as a mail program shows it: decoded by Python's
+/// `email` package under its default (RFC 6532) policy.
+fn subject_as_shown(raw: &str) -> String {
+    use std::io::Write;
+    let mut python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import email,email.policy,sys\n\
+             m=email.message_from_bytes(sys.stdin.buffer.read(),policy=email.policy.default)\n\
+             sys.stdout.write(str(m['subject']))",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(raw.as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(output.status.success());
+    String::from_utf8(output.stdout).unwrap()
+}
+
+#[test]
+fn a_title_shaped_like_an_encoded_word_is_shown_exactly_as_written() {
+    let smtp = SmtpServer::start();
+    let site = Site::new(smtp.port);
+    let feed = site.dir.path().join("riverton.xml");
+    // An ASCII title that a mail program would decode into other text if written raw,
+    // with a right-to-left override that would show the end of it reversed.
+    std::fs::write(
+        &feed,
+        "<rss version=\"2.0\"><channel><title>Town</title>\
+         <item><guid>drill</guid><link>https://news.test.example/drill</link>\
+         <title>=?utf-8?q?Fire_drill?= at &#x202E;noon</title>\
+         <description>Sirens at\u{200B} noon.</description></item></channel></rss>",
+    )
+    .unwrap();
+    let site = site.with_regions(&format!(
+        "[[regions]]\nslug = \"riverton\"\nname = \"Riverton\"\ntimezone = \"America/Los_Angeles\"\nfeeds = [\"file://{}\"]\n",
+        feed.display()
+    ));
+    site.run(&["ingest"]).ok();
+    // Three readers: the first email is rendered in full, the others from the shared
+    // template of their content group; each way must write the subject the same.
+    for email in ["ada@example.org", "bo@example.org", "cy@example.org"] {
+        site.add_confirmed(email, "riverton");
+    }
+    site.run(&["send", "--region", "riverton", "--yes"]).ok();
+    let messages = smtp.wait_for(3, Duration::from_secs(10));
+    assert_eq!(messages.len(), 3);
+    for (_, raw) in &messages {
+        assert!(
+            !raw.contains("Subject: Riverton daily digest: =?utf-8?q?"),
+            "the literal encoded word is not written raw:\n{raw}"
+        );
+        assert_eq!(
+            subject_as_shown(raw),
+            "Riverton daily digest: =?utf-8?q?Fire_drill?= at noon"
+        );
+        let text = &parse_email(raw).parts[0].1;
+        assert!(text.contains("=?utf-8?q?Fire_drill?= at noon"), "{text}");
+        assert!(text.contains("Sirens at noon."), "{text}");
+        assert!(!text.contains(['\u{202E}', '\u{200B}']), "{text}");
+    }
+}
+
+#[test]
+fn an_http_public_url_is_a_warning_and_its_mail_offers_no_one_click() {
+    let smtp = SmtpServer::start();
+    // The test sites' default public URL is http://127.0.0.1:PORT.
+    let site = Site::new(smtp.port);
+    site.run(&["ingest"]).ok();
+    site.add_confirmed("ada@example.org", "riverton");
+    let send = site.run(&["send", "--region", "riverton", "--yes"]).ok();
+    assert!(
+        send.stderr()
+            .contains("http.public_url is http://127.0.0.1:")
+            && send.stderr().contains("not https"),
+        "{}",
+        send.stderr()
+    );
+    let messages = smtp.wait_for(1, Duration::from_secs(10));
+    let email = parse_email(&messages[0].1);
+    assert!(
+        email
+            .header("List-Unsubscribe")
+            .unwrap()
+            .starts_with(&format!(
+                "<http://127.0.0.1:{}/unsubscribe?token=",
+                site.http_port
+            ))
+    );
+    assert_eq!(email.header("List-Unsubscribe-Post"), None);
+
+    // The daemon says so when it starts.
+    let mut daemon = site
+        .command(&["daemon"])
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(daemon.stderr.take().unwrap());
+    let mut seen = String::new();
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut stderr, &mut line).unwrap() > 0 {
+        seen.push_str(&line);
+        if line.contains("herald daemon started") {
+            break;
+        }
+        line.clear();
+    }
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert!(seen.contains("not https"), "{seen}");
+
+    // An https public URL: no warning, and the one-click header is back.
+    let site = site.with_public_url("https://news.test.example");
+    let preview = site
+        .run(&["preview", "--region", "riverton", "--format", "eml"])
+        .ok();
+    assert!(
+        !preview.stderr().contains("not https"),
+        "{}",
+        preview.stderr()
+    );
+    assert!(
+        preview
+            .stdout()
+            .contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
+    );
 }

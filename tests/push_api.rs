@@ -76,7 +76,7 @@ fn a_pushed_breaking_article_is_stored_for_alerts_and_bad_requests_get_json_erro
     assert_eq!(status, 401, "{body}");
     assert!(error_of(&body).contains("not valid"), "{body}");
 
-    // Bad JSON, unknown fields, an unknown region, a bad URL, an oversized body.
+    // Bad JSON, unknown fields, an unknown region, a bad or unmailable URL, an oversized body.
     let cases = [
         ("{\"region\": ", 400, "not a valid article"),
         (
@@ -93,6 +93,21 @@ fn a_pushed_breaking_article_is_stored_for_alerts_and_bad_requests_get_json_erro
             r#"{"region": "riverton", "title": "T", "url": "javascript:alert(1)"}"#,
             422,
             "not an absolute http(s) address",
+        ),
+        (
+            r#"{"region": "riverton", "title": "T", "url": "https://editor:pw@x.example/a"}"#,
+            422,
+            "carries a user name or password",
+        ),
+        (
+            r#"{"region": "riverton", "title": "T", "url": "http://10.0.0.7/a"}"#,
+            422,
+            "its host is an IP address",
+        ),
+        (
+            r#"{"region": "riverton", "title": "T", "url": "https://cms.internal/a"}"#,
+            422,
+            "cms.internal is an internal name",
         ),
         (
             r#"{"region": "riverton", "title": "T", "url": "https://x.example/a", "published_at": "last Tuesday"}"#,

@@ -454,6 +454,56 @@ fn the_form_refuses_bots_forgeries_and_oversized_posts_and_stores_nothing() {
 }
 
 #[test]
+fn addresses_too_long_hidden_encoded_or_on_an_ip_are_refused_never_cut() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "[signup]\nip_limit = 100\n");
+    let daemon = Daemon::start(&site);
+    // The first 254 characters of the typed address are a valid address of their own:
+    // cutting the input to fit would mail whoever owns that one.
+    let label = "d".repeat(60);
+    let fits = format!(
+        "{}@{label}.{label}.{}.example.org",
+        "a".repeat(64),
+        "d".repeat(55)
+    );
+    assert_eq!(fits.len(), 254);
+    let typed = format!("{fits}{}", "x".repeat(46));
+    let cases = [
+        (typed.as_str(), "longer than 254 bytes"),
+        ("ad\u{202E}gro.elpmaxe@a", "invisible or text-direction"),
+        ("ada\u{200B}@example.org", "invisible or text-direction"),
+        ("=?utf-8?q?ada?=@example.org", "=?"),
+        ("ada@127.0.0.1", "IP address"),
+    ];
+    for (address, reason) in cases {
+        let answer =
+            WebClient::new(site.http_port).sign_up(address, &[("riverton", "daily")], "UTC");
+        assert_eq!(answer.status, 422, "{address:?}");
+        assert!(answer.body.contains(reason), "{address:?}: {}", answer.body);
+        assert!(
+            answer.body.contains("Enter an email address like"),
+            "the error says what to do"
+        );
+    }
+    assert_eq!(state_of(&site, &fits), "absent", "never cut and stored");
+    assert_eq!(site.sql("SELECT COUNT(*) FROM subscribers")[0][0], "0");
+
+    // A real sign-up afterwards is the only email that goes out.
+    let answer = WebClient::new(site.http_port).sign_up(
+        "person@example.org",
+        &[("riverton", "daily")],
+        "UTC",
+    );
+    assert_eq!(answer.status, 200);
+    smtp.wait_for(1, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(1_000));
+    let messages = smtp.messages();
+    assert_eq!(messages.len(), 1, "only the valid address got an email");
+    assert_eq!(messages[0].0.trim(), "person@example.org");
+    daemon.stop();
+}
+
+#[test]
 fn preferences_change_regions_cadences_and_zone_or_leave_all() {
     let smtp = SmtpServer::start();
     let site = Site::new(smtp.port);
@@ -634,6 +684,72 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
     assert_eq!(answer.status, 200);
     assert_eq!(state_of(&site, "ada@example.org"), "absent");
     daemon.stop();
+}
+
+/// The export's rows as Python's `csv` module reads them (what a spreadsheet import
+/// sees), one map of column to cell per reader.
+fn python_csv_rows(export: &str) -> Vec<std::collections::HashMap<String, String>> {
+    use std::io::Write;
+    let mut python = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import csv,sys,json; print(json.dumps(list(csv.DictReader(sys.stdin))))")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    python
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(export.as_bytes())
+        .unwrap();
+    let output = python.wait_with_output().unwrap();
+    assert!(output.status.success());
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn export_cells_that_would_run_as_formulas_open_as_text() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    let daemon = Daemon::start(&site);
+    let mut browser =
+        WebClient::new(site.http_port).with_header("User-Agent", "=HYPERLINK(\"http://x\")");
+    for email in ["ada@example.org", "=1+2@example.org"] {
+        let answer = browser.sign_up(email, &[("riverton", "daily")], "UTC");
+        assert_eq!(answer.status, 200, "{email}");
+    }
+    daemon.stop();
+
+    let export = site.run(&["subscribers", "export"]).ok().stdout();
+    let rows = python_csv_rows(&export);
+    assert_eq!(rows.len(), 2, "{export}");
+    for row in &rows {
+        assert_eq!(
+            row["consent_user_agent"], "'=HYPERLINK(\"http://x\")",
+            "the browser's User-Agent opens as text: {row:?}"
+        );
+    }
+    let mut emails: Vec<&str> = rows.iter().map(|r| r["email"].as_str()).collect();
+    emails.sort();
+    assert_eq!(emails, ["'=1+2@example.org", "ada@example.org"]);
+
+    // Imported again, the export gives back the addresses as they signed up.
+    let file = site.dir.path().join("export.csv");
+    std::fs::write(&file, &export).unwrap();
+    let copy = Site::new(smtp.port).with_regions(&format!(
+        "[[regions]]\nslug = \"riverton\"\nname = \"Riverton\"\ntimezone = \"America/Los_Angeles\"\nfeeds = [\"file://{}\"]\n",
+        site.dir.path().join("riverton.xml").display()
+    ));
+    copy.run(&["subscribers", "import", file.to_str().unwrap()])
+        .ok();
+    let mut imported: Vec<String> = copy
+        .sql("SELECT email FROM subscribers")
+        .into_iter()
+        .map(|r| r[0].clone())
+        .collect();
+    imported.sort();
+    assert_eq!(imported, ["=1+2@example.org", "ada@example.org"]);
 }
 
 #[test]

@@ -155,6 +155,14 @@ pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
     let dir = config.mail.templates_dir.clone();
     let composer = Composer::new(config, &dir, signer(config)?)
         .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
+    if !composer.one_click() {
+        tracing::warn!(
+            "http.public_url is {}, not https: emails go out without one-click unsubscribe \
+             (RFC 8058 allows it only for https links) and readers' links travel unencrypted; \
+             set http.public_url to the https address readers use",
+            config.http.public_url
+        );
+    }
     Ok(Arc::new(composer))
 }
 

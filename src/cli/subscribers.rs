@@ -1,5 +1,6 @@
 //! `herald subscribers`: add, list, remove, import and export readers.
 
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -218,10 +219,7 @@ async fn import(
             }
         };
         let get = |col: Option<usize>| {
-            col.and_then(|c| record.get(c))
-                .unwrap_or("")
-                .trim()
-                .to_string()
+            from_spreadsheet_safe(col.and_then(|c| record.get(c)).unwrap_or("").trim()).to_string()
         };
         let cadence = match get(cadence_col).as_str() {
             "" => Ok(Cadence::Daily),
@@ -262,6 +260,28 @@ async fn import(
     })
 }
 
+/// First characters that make a spreadsheet read a cell as a formula (OWASP's list).
+const FORMULA_STARTS: [char; 6] = ['=', '+', '-', '@', '\t', '\r'];
+
+/// A cell a spreadsheet shows as text: one that would start a formula (after any `'`
+/// already there) gets a `'` in front. Addresses and consent records come from
+/// anonymous sign-ups, and a formula runs when an admin opens the export.
+fn spreadsheet_safe(cell: &str) -> Cow<'_, str> {
+    if cell.trim_start_matches('\'').starts_with(FORMULA_STARTS) {
+        Cow::Owned(format!("'{cell}"))
+    } else {
+        Cow::Borrowed(cell)
+    }
+}
+
+/// Undoes [`spreadsheet_safe`], so an export imports back to the same addresses.
+fn from_spreadsheet_safe(cell: &str) -> &str {
+    match cell.strip_prefix('\'') {
+        Some(rest) if rest.trim_start_matches('\'').starts_with(FORMULA_STARTS) => rest,
+        _ => cell,
+    }
+}
+
 async fn export(store: &Store) -> anyhow::Result<()> {
     let mut out = csv::Writer::from_writer(std::io::stdout());
     out.write_record([
@@ -300,7 +320,7 @@ async fn export(store: &Store) -> anyhow::Result<()> {
                 }
             })
             .collect();
-        out.write_record([
+        let record = [
             row.email.as_str(),
             &regions.join(";"),
             cadence.as_str(),
@@ -316,8 +336,39 @@ async fn export(store: &Store) -> anyhow::Result<()> {
             consent
                 .and_then(|c| c.confirmed_ip.as_deref())
                 .unwrap_or(""),
-        ])?;
+        ];
+        out.write_record(
+            record
+                .iter()
+                .map(|cell| spreadsheet_safe(cell).into_owned()),
+        )?;
     }
     out.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cells_that_start_a_formula_become_text() {
+        for (cell, safe) in [
+            ("=HYPERLINK(\"http://x\")", "'=HYPERLINK(\"http://x\")"),
+            ("=1+2@example.org", "'=1+2@example.org"),
+            ("+1", "'+1"),
+            ("-2+3", "'-2+3"),
+            ("@SUM(A1)", "'@SUM(A1)"),
+            ("\tx", "'\tx"),
+            ("\rx", "'\rx"),
+            ("'=x", "''=x"),
+            ("ada@example.org", "ada@example.org"),
+            ("Mozilla/5.0 (X11)", "Mozilla/5.0 (X11)"),
+            ("'quoted", "'quoted"),
+            ("", ""),
+        ] {
+            assert_eq!(spreadsheet_safe(cell), safe, "{cell:?}");
+            assert_eq!(from_spreadsheet_safe(safe), cell, "{safe:?} imports back");
+        }
+    }
 }

@@ -5,6 +5,52 @@ use lettre::message::header::{Header, HeaderName, HeaderValue};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// `Subject:`, written so that a mail program shows exactly the text given.
+///
+/// lettre encodes a word only when it holds a character outside printable ASCII, so
+/// an ASCII title such as `=?utf-8?q?Fire_drill?=` went out raw and mail programs showed
+/// it decoded, as other text. Text that holds `=?` is therefore encoded whole
+/// (RFC 2047 §5: such text must itself be encoded), and decodes back to itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subject(String);
+
+impl Subject {
+    /// The header for one subject line.
+    pub fn new(text: impl Into<String>) -> Subject {
+        Subject(text.into())
+    }
+}
+
+impl Header for Subject {
+    fn name() -> HeaderName {
+        HeaderName::new_from_ascii_str("Subject")
+    }
+
+    fn parse(s: &str) -> Result<Self, BoxError> {
+        Ok(Subject(s.to_string()))
+    }
+
+    fn display(&self) -> HeaderValue {
+        if !self.0.contains("=?") {
+            return HeaderValue::new(Self::name(), self.0.clone());
+        }
+        let mut encoded = String::new();
+        {
+            let mut writer = email_encoding::headers::writer::EmailWriter::new(
+                &mut encoded,
+                "Subject: ".len(),
+                0,
+                false,
+            );
+            email_encoding::headers::rfc2047::encode(&self.0, &mut writer)
+                .expect("writing to a String cannot fail");
+        }
+        // Base64 encoded words, folded by the encoder: only printable ASCII, so nothing
+        // of the text can break out of the header.
+        HeaderValue::dangerous_new_pre_encoded(Self::name(), self.0.clone(), encoded)
+    }
+}
+
 /// `List-Unsubscribe: <https://…/unsubscribe?token=…>` (RFC 2369).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListUnsubscribe(String);
@@ -122,6 +168,37 @@ mod tests {
             headers.get_raw("List-Id"),
             Some("\"Herald Demo News\" <herald-demo-news.demo.example>")
         );
+    }
+
+    fn subject_line(text: &str) -> String {
+        let mut headers = lettre::message::header::Headers::new();
+        headers.set(Subject::new(text));
+        headers.to_string()
+    }
+
+    #[test]
+    fn subjects_shaped_like_encoded_words_are_encoded_whole() {
+        let line = subject_line("Riverton alert: =?utf-8?q?Fire_drill?= at noon");
+        assert!(
+            !line.contains("=?utf-8?q?"),
+            "the literal encoded word is hidden inside base64: {line}"
+        );
+        assert!(line.starts_with("Subject: =?utf-8?b?"), "{line}");
+        for folded in line.trim_end().split("\r\n") {
+            assert!(folded.len() <= 78, "folded lines stay short: {line:?}");
+        }
+        // Plain subjects are written as lettre writes them.
+        assert_eq!(
+            subject_line("Riverton daily digest: Bridge reopens"),
+            "Subject: Riverton daily digest: Bridge reopens\r\n"
+        );
+        let long = format!("{} =?x?q?y?= {}", "word ".repeat(30), "end ".repeat(30));
+        let line = subject_line(&long);
+        assert!(
+            line.trim_end().split("\r\n").all(|l| l.len() <= 78),
+            "{line}"
+        );
+        assert!(!line.trim_end().contains("\r\n\r\n"));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use crate::domain::{Cadence, DeliveryKind, Email};
 use crate::store::DeliveryArticle;
 use crate::tokens::{Purpose, Signer};
 
-pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost};
+pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost, Subject};
 pub use signup::{RegionChoice, SignupContext, SignupRequest, cadence_label};
 
 /// How long the links in an email keep working.
@@ -407,14 +407,15 @@ impl Composer {
         let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to.to_address()))
-            .subject(subject.clone())
+            .header(Subject::new(subject.clone()))
             .message_id(Some(message_id.clone()))
             .date(crate::clock::now_system());
         if let Some(url) = unsubscribe_url {
-            builder = builder
-                .header(ListUnsubscribe::new(url))
-                .header(ListUnsubscribePost)
-                .header(self.list_id.clone());
+            builder = builder.header(ListUnsubscribe::new(url));
+            if self.one_click() {
+                builder = builder.header(ListUnsubscribePost);
+            }
+            builder = builder.header(self.list_id.clone());
         }
         let message = builder
             .multipart(MultiPart::alternative_plain_html(text, html))
@@ -426,6 +427,13 @@ impl Composer {
             message_id,
             subject,
         })
+    }
+
+    /// Whether list mail offers one-click unsubscribe: RFC 8058 allows it only for an
+    /// https link, and mail providers that see it with an http one may take the whole
+    /// message for a forgery.
+    pub fn one_click(&self) -> bool {
+        self.public_url.scheme() == "https"
     }
 
     /// Adds a DKIM-Signature when `[dkim]` is configured.
@@ -591,6 +599,62 @@ mod tests {
             category: "Schools".into(),
             published_at: Some(1_795_248_000),
         }
+    }
+
+    #[test]
+    fn an_http_public_url_gets_no_one_click_header() {
+        let config = Config::from_toml(
+            Path::new("config/herald.toml"),
+            r#"
+            [http]
+            public_url = "http://news.example.org"
+            [mail]
+            from = "Demo News <news@demo.example>"
+            postal_address = "1 Main St, Riverton"
+            [[regions]]
+            slug = "town"
+            name = "Town"
+            "#,
+            std::iter::empty(),
+        )
+        .unwrap();
+        let composer = Composer::new(&config, &templates_dir(), Signer::new(b"k")).unwrap();
+        assert!(!composer.one_click());
+        let email = Email::parse("reader@example.org").unwrap();
+        let articles = vec![article("town", "Story")];
+        let req = DigestRequest {
+            subscriber_id: 9,
+            email: &email,
+            timezone: chrono_tz::UTC,
+            cadence: Some(Cadence::Daily),
+            message_id: "0123456789abcdef0123456789abcdef",
+            articles: &articles,
+            now: 1_795_300_000,
+        };
+        // Three readers of one group: full render, then the group template, then a
+        // splice of it; none may carry the header.
+        for _ in 0..3 {
+            let message = String::from_utf8(composer.digest(&req).unwrap().bytes).unwrap();
+            assert!(
+                message.contains("List-Unsubscribe: <http://news.example.org/unsubscribe?token=9."),
+                "{message}"
+            );
+            assert!(!message.contains("List-Unsubscribe-Post"), "{message}");
+        }
+        let welcome = composer
+            .signup_email(&SignupRequest {
+                kind: DeliveryKind::Welcome,
+                subscriber_id: 9,
+                email: &email,
+                regions: &[],
+                timezone: "UTC",
+                message_id: "0123456789abcdef0123456789abcdef",
+                now: 1_795_300_000,
+            })
+            .unwrap();
+        let welcome = String::from_utf8(welcome.bytes).unwrap();
+        assert!(welcome.contains("List-Unsubscribe: <http://"), "{welcome}");
+        assert!(!welcome.contains("List-Unsubscribe-Post"), "{welcome}");
     }
 
     #[test]

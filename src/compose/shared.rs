@@ -19,7 +19,7 @@ use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::{Address, Message};
 
 use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
-use super::{ListUnsubscribe, ListUnsubscribePost};
+use super::{ListUnsubscribe, ListUnsubscribePost, Subject};
 use crate::domain::Cadence;
 use crate::store::DeliveryArticle;
 
@@ -300,14 +300,17 @@ impl Composer {
         let to_marker: Address = format!("{}@to.invalid", shared.marker(Field::Email))
             .parse()
             .map_err(|e: lettre::address::AddressError| ComposeError::Build(e.to_string()))?;
-        let message = Message::builder()
+        let mut builder = Message::builder()
             .from(self.from.clone())
             .to(Mailbox::new(None, to_marker.clone()))
-            .subject(real.subject.clone())
+            .header(Subject::new(real.subject.clone()))
             .message_id(Some(shared.marker(Field::MessageId).to_string()))
             .date(crate::clock::now_system())
-            .header(ListUnsubscribe::new(shared.marker(Field::UnsubscribeUrl)))
-            .header(ListUnsubscribePost)
+            .header(ListUnsubscribe::new(shared.marker(Field::UnsubscribeUrl)));
+        if self.one_click() {
+            builder = builder.header(ListUnsubscribePost);
+        }
+        let message = builder
             .header(self.list_id.clone())
             .multipart(
                 MultiPart::alternative()

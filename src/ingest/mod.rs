@@ -7,9 +7,11 @@
 
 mod fetch;
 pub mod guard;
+mod links;
 mod parse;
 
 pub use fetch::{FetcherError, Validators};
+pub use links::{LinkRefusal, check_link};
 pub use parse::{
     FeedContext, ParseError, html_to_text, parse_feed, plain_summary, plain_title, plausible_date,
 };
@@ -387,6 +389,7 @@ async fn poll(
         breaking_categories: shared.breaking_categories.clone(),
         max_items: shared.ingest.max_items,
         now,
+        keep_internal_links: shared.ingest.allow_private,
     };
     // Parsing is CPU work on untrusted bytes: off the async workers, and a panic in
     // the parser becomes this feed's error instead of the run's.

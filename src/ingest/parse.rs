@@ -12,6 +12,7 @@ use std::sync::LazyLock;
 
 use chrono::{DateTime, Utc};
 
+use super::links::check_link;
 use crate::store::FeedItem;
 
 /// Longest summary kept, in characters.
@@ -48,10 +49,12 @@ pub struct FeedContext {
     pub max_items: usize,
     /// The time of this poll (Unix seconds), to reject dates in the future.
     pub now: i64,
+    /// Keep links to IP addresses and internal names (`[ingest] allow_private`).
+    pub keep_internal_links: bool,
 }
 
-/// Parses a feed. Entries without a usable http(s) link are skipped; an entry whose
-/// GUID was already seen in the same document is skipped.
+/// Parses a feed. Entries without a link herald may mail (see `links`) are skipped;
+/// an entry whose GUID was already seen in the same document is skipped.
 pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, ParseError> {
     let text = to_utf8(bytes, context.charset.as_deref());
     let base = context.base.as_ref();
@@ -75,7 +78,8 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
         if items.len() >= max_items {
             break;
         }
-        let Some(link) = pick_link(&entry.links, &entry.id, base) else {
+        let Some(link) = pick_link(&entry.links, &entry.id, base, context.keep_internal_links)
+        else {
             continue;
         };
         let summary_source = entry
@@ -153,14 +157,21 @@ pub fn plausible_date(t: i64, now: i64) -> Option<i64> {
 }
 
 /// The entry's web page: the `alternate` link if marked, else the first plain link,
-/// else an id that is itself a web address (RSS permalinks without `<link>`).
-fn pick_link(links: &[feed_rs::model::Link], id: &str, base: Option<&url::Url>) -> Option<String> {
+/// else an id that is itself a web address (RSS permalinks without `<link>`); each
+/// only if it may be mailed.
+fn pick_link(
+    links: &[feed_rs::model::Link],
+    id: &str,
+    base: Option<&url::Url>,
+    keep_internal: bool,
+) -> Option<String> {
     let resolve = |href: &str| {
         let parsed = match base {
             Some(base) => base.join(href.trim()).ok(),
             None => url::Url::parse(href.trim()).ok(),
         }?;
-        (matches!(parsed.scheme(), "http" | "https") && parsed.has_host())
+        check_link(&parsed, keep_internal)
+            .is_ok()
             .then(|| parsed.to_string())
     };
     let mut candidates: Vec<&feed_rs::model::Link> = links
@@ -312,13 +323,32 @@ pub fn html_to_text(input: &str) -> String {
     } else {
         input.to_string()
     };
-    text.split_whitespace()
-        .filter(|word| !word.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    let visible: String = text
         .chars()
-        .filter(|c| !c.is_control())
-        .collect()
+        .filter(|c| c.is_whitespace() || !(c.is_control() || hidden(*c)))
+        .collect();
+    visible.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// Characters that change how text reads without being seen: text-direction controls
+/// (U+202E shows what follows backwards) and zero-width or invisible characters (look-
+/// alike words, hidden breaks). The zero-width joiner and non-joiner stay: Persian,
+/// Indic scripts and emoji sequences need them to render correctly.
+fn hidden(c: char) -> bool {
+    matches!(
+        c,
+        '\u{00AD}'                  // soft hyphen
+            | '\u{061C}'            // Arabic letter mark
+            | '\u{180E}'            // Mongolian vowel separator
+            | '\u{200B}'            // zero-width space
+            | '\u{200E}'..='\u{200F}' // left-to-right and right-to-left marks
+            | '\u{202A}'..='\u{202E}' // embeddings and overrides
+            | '\u{2060}'..='\u{2064}' // word joiner, invisible operators
+            | '\u{2066}'..='\u{2069}' // isolates
+            | '\u{206A}'..='\u{206F}' // deprecated format characters
+            | '\u{FEFF}'            // zero-width no-break space (byte-order mark)
+            | '\u{FFF9}'..='\u{FFFB}' // interlinear annotation
+    )
 }
 
 /// Decodes the few entities the sanitiser writes (and numeric ones); anything else is
@@ -412,6 +442,31 @@ mod tests {
     }
 
     #[test]
+    fn direction_controls_and_invisible_characters_are_dropped() {
+        assert_eq!(
+            html_to_text("Council \u{202E}evorppa\u{202C} vote"),
+            "Council evorppa vote"
+        );
+        assert_eq!(
+            html_to_text("\u{FEFF}Fi\u{200B}re at\u{00AD} the \u{2066}mill\u{2069} \u{200B} today"),
+            "Fire at the mill today",
+            "no word is split or doubled by what was removed"
+        );
+        assert_eq!(
+            html_to_text("&#x202E;&#8203;Reversed"),
+            "Reversed",
+            "as entities too"
+        );
+        assert_eq!(
+            html_to_text("<p>\u{200F}\u{061C}\u{2067}x\u{2068}y\u{2069}</p>"),
+            "xy"
+        );
+        // Joiners are part of the text: Persian words and emoji sequences keep them.
+        assert_eq!(html_to_text("می\u{200C}خواهم"), "می\u{200C}خواهم");
+        assert_eq!(html_to_text("👩\u{200D}🚒"), "👩\u{200D}🚒");
+    }
+
+    #[test]
     fn rss_items_keep_only_http_links_and_first_of_duplicate_guids() {
         let rss = br#"<?xml version="1.0"?><rss version="2.0"><channel><title>T</title>
             <item><guid>1</guid><link>https://example.org/a</link><title>A &amp; B</title>
@@ -441,6 +496,35 @@ mod tests {
         assert!(items[0].breaking);
         assert_eq!(items[0].category, "Weather");
         assert!(!items[1].breaking);
+    }
+
+    #[test]
+    fn items_whose_link_may_not_be_mailed_are_skipped() {
+        let rss = br#"<rss version="2.0"><channel><title>T</title>
+            <item><guid>1</guid><link>https://editor:hunter2@news.example.org/a</link><title>Creds</title></item>
+            <item><guid>2</guid><link>http://127.0.0.1:8080/b</link><title>Loopback</title></item>
+            <item><guid>3</guid><link>https://cms.internal/c</link><title>Internal</title></item>
+            <item><guid>4</guid><link>http://intranet/d</link><title>Dotless</title></item>
+            <item><guid>https://news.example.org/e</guid><link>http://[::1]/e</link><title>Falls back to the id</title></item>
+            <item><guid>6</guid><link>https://news.example.org/f</link><title>Public</title></item>
+            </channel></rss>"#;
+        let items = parse_feed(rss, &context()).unwrap();
+        let links: Vec<&str> = items.iter().map(|i| i.link.as_str()).collect();
+        assert_eq!(
+            links,
+            ["https://news.example.org/e", "https://news.example.org/f"]
+        );
+        let development = FeedContext {
+            keep_internal_links: true,
+            ..context()
+        };
+        let items = parse_feed(rss, &development).unwrap();
+        assert_eq!(
+            items.len(),
+            5,
+            "only the link with a password is still dropped"
+        );
+        assert!(items.iter().all(|i| !i.link.contains("hunter2")));
     }
 
     #[test]

@@ -18,7 +18,7 @@ use serde_json::json;
 use super::AppState;
 use crate::api_token;
 use crate::clock::now;
-use crate::ingest::{plain_summary, plain_title, plausible_date};
+use crate::ingest::{LinkRefusal, check_link, plain_summary, plain_title, plausible_date};
 use crate::store::{FeedItem, PushOutcome};
 
 /// Largest request body the API reads: an article is a few kilobytes.
@@ -212,14 +212,9 @@ fn validate(
         .slug
         .clone();
     let link = url::Url::parse(request.url.trim())
-        .ok()
-        .filter(|u| matches!(u.scheme(), "http" | "https") && u.has_host())
-        .ok_or_else(|| {
-            format!(
-                "url: \"{}\" is not an absolute http(s) address",
-                request.url
-            )
-        })?
+        .map_err(|_| LinkRefusal::NotWeb)
+        .and_then(|url| check_link(&url, state.config.ingest.allow_private).map(|()| url))
+        .map_err(|refusal| format!("url: \"{}\" cannot be mailed: {refusal}", request.url))?
         .to_string();
     let title = plain_title(&request.title);
     if title.is_empty() {

@@ -40,7 +40,9 @@ impl Entered {
         let timezone = Some(form.get("timezone").trim().to_string()).filter(|t| !t.is_empty());
         (
             Entered {
-                email: form.get("email").trim().chars().take(254).collect(),
+                // Never cut to fit: a cut address is someone else's. The form's size
+                // cap bounds it; `Email::parse` refuses it if it is too long.
+                email: form.get("email").trim().to_string(),
                 chosen,
                 cadences,
                 timezone,
@@ -177,8 +179,11 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
             errors.email = "Enter your email address.".into();
             None
         }
-        Err(_) => {
-            errors.email = "Enter an email address like name@example.com (no spaces).".into();
+        Err(error) => {
+            errors.email = format!(
+                "This address cannot be used: {}. Enter an email address like name@example.com.",
+                error.reason()
+            );
             None
         }
     };

@@ -63,6 +63,8 @@ pub struct Site {
     clock_offset: i64,
     extra: String,
     regions: String,
+    /// `http.public_url`; `http://127.0.0.1:{http_port}` unless a test names another.
+    public_url: Option<String>,
 }
 
 impl Site {
@@ -100,6 +102,7 @@ feeds = ["file://{f}/cedar-falls.json"]
             clock_offset: epoch(PINNED_CLOCK) - system_now(),
             extra: String::new(),
             regions,
+            public_url: None,
         };
         site.write_config();
         site
@@ -120,6 +123,14 @@ feeds = ["file://{f}/cedar-falls.json"]
     /// Replaces the regions block (e.g. to add a broken feed).
     pub fn with_regions(mut self, regions: &str) -> Site {
         self.regions = regions.to_string();
+        self.write_config();
+        self
+    }
+
+    /// Sets `http.public_url`, the address links in emails start with (e.g. an https
+    /// one, which list mail needs for one-click unsubscribe).
+    pub fn with_public_url(mut self, url: &str) -> Site {
+        self.public_url = Some(url.to_string());
         self.write_config();
         self
     }
@@ -147,7 +158,7 @@ url = "sqlite://{db}"
 
 [http]
 listen = "127.0.0.1:{http}"
-public_url = "http://127.0.0.1:{http}"
+public_url = "{public_url}"
 
 [mail]
 from = "Test News <news@test.example>"
@@ -172,6 +183,10 @@ drain_timeout = "5s"
 "#,
             db = self.db_path().display(),
             http = self.http_port,
+            public_url = self
+                .public_url
+                .clone()
+                .unwrap_or_else(|| format!("http://127.0.0.1:{}", self.http_port)),
             outbox = self.dir.path().join("var/outbox").display(),
             templates = repo().join("templates").display(),
             smtp = self.smtp_port,
