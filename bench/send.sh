@@ -6,6 +6,12 @@
 #   BASELINE=/path/to/herald ROUNDS=5 bench/send.sh …
 #                                                each round also runs that other build of
 #                                                herald on the same seeded database
+#   TLS=starttls|tls bench/send.sh …             over TLS: stunnel (Debian stunnel4, with
+#                                                TCP_NODELAY on both sides and a throwaway
+#                                                CA) terminates TLS in front of the same
+#                                                sink; the reference is then smtp-source
+#                                                through a stunnel client → stunnel server
+#                                                tunnel into it
 #
 # 1. starts Postfix's smtp-sink on a free port;
 # 2. measures `smtp-source -d -s C -m N -l SIZE` into it: the local SMTP limit;
@@ -23,6 +29,8 @@ SIZE=${2:-20000}
 C=${3:-8}
 ROUNDS=${ROUNDS:-1}
 PEER_N=${PEER_N:-2000}
+TLS=${TLS:-none}
+case $TLS in none | starttls | tls) ;; *) echo "TLS must be none, starttls or tls" >&2; exit 2 ;; esac
 SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 SOURCE=$(command -v smtp-source || echo /usr/sbin/smtp-source)
 
@@ -46,6 +54,78 @@ for _ in range(100):
 else:
     sys.exit("smtp-sink did not start")
 PY
+
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+wait_port() {
+    python3 - "$1" <<'PY'
+import socket, sys, time
+for _ in range(100):
+    try:
+        socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=1).close()
+        break
+    except OSError:
+        time.sleep(0.1)
+else:
+    sys.exit(f"nothing listens on port {sys.argv[1]}")
+PY
+}
+
+# Where herald sends, and where smtp-source sends: the sink itself, or over TLS a
+# stunnel server in front of it (herald) and a stunnel client tunnelling into that
+# server (smtp-source, which speaks no TLS).
+SEND_PORT=$PORT SOURCE_PORT=$PORT TLS_SETTINGS=""
+if [ "$TLS" != none ]; then
+    command -v stunnel >/dev/null || { echo "stunnel is not installed: apt-get install stunnel4" >&2; exit 2; }
+    (
+        cd "$WORK"
+        openssl req -x509 -days 2 -subj "/CN=bench CA" -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+            -nodes -keyout ca.key -out ca.pem -addext basicConstraints=critical,CA:TRUE \
+            -addext keyUsage=critical,keyCertSign,cRLSign 2>/dev/null
+        openssl req -subj /CN=127.0.0.1 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout server.key -out server.csr 2>/dev/null
+        printf 'subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n' >server.ext
+        openssl x509 -req -days 2 -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+            -extfile server.ext -out server.pem 2>/dev/null
+    )
+    SEND_PORT=$(free_port) SOURCE_PORT=$(free_port)
+    PROTOCOL=""
+    [ "$TLS" = starttls ] && PROTOCOL="protocol = smtp"
+    cat >"$WORK/stunnel-server.conf" <<CONF
+foreground = yes
+pid =
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+[sink]
+accept = 127.0.0.1:$SEND_PORT
+connect = 127.0.0.1:$PORT
+cert = $WORK/server.pem
+key = $WORK/server.key
+$PROTOCOL
+CONF
+    cat >"$WORK/stunnel-client.conf" <<CONF
+foreground = yes
+pid =
+socket = l:TCP_NODELAY=1
+socket = r:TCP_NODELAY=1
+[tunnel]
+client = yes
+accept = 127.0.0.1:$SOURCE_PORT
+connect = 127.0.0.1:$SEND_PORT
+CAfile = $WORK/ca.pem
+verifyChain = yes
+checkIP = 127.0.0.1
+$PROTOCOL
+CONF
+    stunnel "$WORK/stunnel-server.conf" 2>"$WORK/stunnel-server.log" &
+    STUNNEL_PIDS="$!"
+    stunnel "$WORK/stunnel-client.conf" 2>"$WORK/stunnel-client.log" &
+    STUNNEL_PIDS="$STUNNEL_PIDS $!"
+    trap 'kill $SINK_PID $STUNNEL_PIDS 2>/dev/null; rm -rf "$WORK"' EXIT
+    wait_port "$SEND_PORT"
+    wait_port "$SOURCE_PORT"
+    TLS_SETTINGS="tls = \"$TLS\"
+ca_file = \"$WORK/ca.pem\""
+fi
 
 now() { date +%s.%N; }
 rate() { python3 -c "print(f'{$1 / ($3 - $2):.0f}')"; }
@@ -75,8 +155,9 @@ transport = "smtp"
 templates_dir = "$PWD/templates"
 [smtp]
 host = "127.0.0.1"
-port = $PORT
+port = $SEND_PORT
 connections = $C
+$TLS_SETTINGS
 [security]
 secret = "bench"
 [[regions]]
@@ -130,7 +211,7 @@ SOURCE_RATES=() HERALD_RATES=() RATIOS=() RSS_MB=() SENT=()
 for round in $(seq 1 "$ROUNDS"); do
     # The local SMTP limit.
     t0=$(now)
-    "$SOURCE" -d -s "$C" -m "$N" -l "$SIZE" -f bench@herald.example -t sink@bench.example "127.0.0.1:$PORT"
+    "$SOURCE" -d -s "$C" -m "$N" -l "$SIZE" -f bench@herald.example -t sink@bench.example "127.0.0.1:$SOURCE_PORT"
     t1=$(now)
     SOURCE_RATES+=("$(rate "$N" "$t0" "$t1")")
     # herald: plan and deliver the digest to every reader. With a baseline, the two
@@ -143,12 +224,17 @@ for round in $(seq 1 "$ROUNDS"); do
         if [ -n "$BASELINE" ]; then run_baseline; fi
     fi
 done
+if [ "$TLS" = none ]; then
+    REFERENCE="local SMTP limit"
+else
+    REFERENCE="through a stunnel client → stunnel server tunnel, $TLS"
+fi
 joined() { local IFS=/; echo "$*" | sed 's|/| / |g'; }
 MEDIAN=$(python3 -c "import statistics, sys; print(f'{statistics.median(map(float, sys.argv[1:])):.2f}')" "${RATIOS[@]}")
 
 # 3. A peer: rss2email sends one email per article, over SMTP into the same sink.
 PEER_RATE="n/a"
-if python3 -m pip install --quiet --disable-pip-version-check rss2email >/dev/null 2>&1; then
+if [ "$TLS" = none ] && python3 -m pip install --quiet --disable-pip-version-check rss2email >/dev/null 2>&1; then
     python3 - "$WORK/peer.xml" "$PEER_N" <<'PY'
 import sys
 n = int(sys.argv[2])
@@ -172,8 +258,8 @@ PY
 fi
 
 cat <<REPORT
-messages: $N  connections: $C  message size: smtp-source $SIZE B, herald digest $DIGEST_BYTES B
-smtp-source (local SMTP limit): $(joined "${SOURCE_RATES[@]}") msg/s
+messages: $N  connections: $C  message size: smtp-source $SIZE B, herald digest $DIGEST_BYTES B  TLS: $TLS
+smtp-source ($REFERENCE): $(joined "${SOURCE_RATES[@]}") msg/s
 herald send (plan + deliver, SQLite synchronous=FULL): $(joined "${HERALD_RATES[@]}") msg/s, $(joined "${SENT[@]}") rows sent
 ratio herald / smtp-source: $(joined "${RATIOS[@]}") (median $MEDIAN)
 herald peak RSS: $(joined "${RSS_MB[@]}") MB

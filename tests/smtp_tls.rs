@@ -172,3 +172,46 @@ fn a_ca_file_without_a_certificate_stops_herald_at_start_up() {
         run.stderr()
     );
 }
+
+/// `herald send` in `tls` mode (`none`, `starttls`, `tls`), its log at debug level for
+/// the SMTP connections: what the socket said of `TCP_NODELAY`, read back from it.
+fn connection_log(site: &Site, settings: &[(&str, &str)]) -> String {
+    let mut command = site.command(&["send", "--region", "riverton", "--yes"]);
+    command.env("HERALD_LOG", "warn,herald::deliver::smtp=debug");
+    for (key, value) in settings {
+        command.env(format!("HERALD__SMTP__{}", key.to_ascii_uppercase()), value);
+    }
+    let run = support::Run(command.output().unwrap()).ok();
+    assert!(run.stdout().contains("3 sent"), "{}", run.stdout());
+    run.stderr()
+}
+
+#[test]
+fn every_connection_has_tcp_nodelay_in_every_mode() {
+    let certs = TestCertificates::new();
+    for (mode, relay) in [
+        ("none", SmtpServer::start()),
+        ("starttls", relay(&certs, "--starttls", true)),
+        ("tls", relay(&certs, "--tls", true)),
+    ] {
+        let site = site_with_readers(&relay);
+        let settings: Vec<(&str, &str)> = if mode == "none" {
+            vec![("tls", "none")]
+        } else {
+            login(&certs, mode, "s3cret").to_vec()
+        };
+        let log = connection_log(&site, &settings);
+        let opened: Vec<&str> = log
+            .lines()
+            .filter(|line| line.contains("SMTP connection opened"))
+            .collect();
+        assert!(!opened.is_empty(), "{mode}: no connection logged:\n{log}");
+        for line in &opened {
+            assert!(
+                line.contains("nodelay=true"),
+                "{mode}: a connection without TCP_NODELAY: {line}"
+            );
+        }
+        assert_eq!(relay.wait_for(3, Duration::from_secs(10)).len(), 3, "{mode}");
+    }
+}
