@@ -2,7 +2,8 @@
 //! Postfix `smtp-sink`, the sender killed with SIGKILL three times at random moments
 //! and restarted. Every reader gets at least one copy, duplicates stay within what was
 //! in flight (≤ 3 × connections), every row ends `sent`, and readers removed while
-//! their row was still queued get nothing.
+//! their row was still queued get nothing. The same run goes over implicit TLS too,
+//! through stunnel in front of the sink: the bound holds for encrypted sessions.
 
 mod support;
 
@@ -10,7 +11,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Site, free_port};
+use support::{Site, TestCertificates, free_port};
 
 const CONNECTIONS: usize = 100;
 
@@ -90,8 +91,62 @@ fn received(sink: &Sink) -> HashMap<String, usize> {
     counts
 }
 
-fn spawn(site: &Site, args: &[&str]) -> Child {
-    site.command(args)
+/// stunnel terminating TLS on `port` in front of the sink on `sink_port`, with
+/// `TCP_NODELAY` on both sides, presenting the test authority's certificate.
+struct Tunnel {
+    child: Child,
+}
+
+impl Drop for Tunnel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn stunnel(port: u16, sink_port: u16, certs: &TestCertificates) -> Tunnel {
+    let conf = certs.dir.path().join("stunnel.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "foreground = yes\npid =\nsocket = l:TCP_NODELAY=1\nsocket = r:TCP_NODELAY=1\n\
+             [sink]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{sink_port}\n\
+             cert = {}\nkey = {}\n",
+            certs.cert.display(),
+            certs.key.display()
+        ),
+    )
+    .unwrap();
+    let child = Command::new("stunnel")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("stunnel must be installed (Debian package stunnel4)");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "stunnel did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Tunnel { child }
+}
+
+/// How herald reaches the sink in one run: plain, or over TLS through stunnel.
+struct Route<'a> {
+    tls: Option<&'a TestCertificates>,
+}
+
+fn spawn(site: &Site, route: &Route, args: &[&str]) -> Child {
+    let mut command = site.command(args);
+    if let Some(certs) = route.tls {
+        command
+            .env("HERALD__SMTP__TLS", "tls")
+            .env("HERALD__SMTP__CA_FILE", &certs.ca);
+    }
+    command
         .env("HERALD__SMTP__CONNECTIONS", CONNECTIONS.to_string())
         .env("HERALD__SMTP__TIMEOUT", "10s")
         .env("HERALD__DELIVER__LEASE", "3s")
@@ -121,18 +176,38 @@ fn count(site: &Site, state: &str) -> usize {
 // lease renewal keeps a live sender's rows from being claimed a second time.
 #[test]
 fn three_sigkills_lose_nothing_and_duplicate_only_what_was_in_flight() {
+    crash_run(5_000, false);
+}
+
+#[test]
+fn three_sigkills_over_tls_lose_nothing_and_duplicate_only_what_was_in_flight() {
+    crash_run(2_000, true);
+}
+
+fn crash_run(default_readers: usize, tls: bool) {
     let readers: usize = std::env::var("HERALD_CRASH_READERS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(5_000);
+        .unwrap_or(default_readers);
     let seed = std::env::var("HERALD_CRASH_SEED")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| fastrand::u64(..));
-    println!("crash test: {readers} readers, seed {seed}");
+    println!("crash test: {readers} readers, seed {seed}, TLS {tls}");
     let mut rng = fastrand::Rng::with_seed(seed);
-    let port = free_port();
-    let sink = smtp_sink(port);
+    let sink_port = free_port();
+    let sink = smtp_sink(sink_port);
+    let certs = tls.then(TestCertificates::new);
+    let (port, _tunnel) = match &certs {
+        Some(certs) => {
+            let port = free_port();
+            (port, Some(stunnel(port, sink_port, certs)))
+        }
+        None => (sink_port, None),
+    };
+    let route = Route {
+        tls: certs.as_ref(),
+    };
     let site = Site::new(port);
     site.run(&["ingest"]).ok();
     let csv = site.dir.path().join("readers.csv");
@@ -151,7 +226,7 @@ fn three_sigkills_lose_nothing_and_duplicate_only_what_was_in_flight() {
 
     // First run: plan and send; killed part-way.
     let mut kills = 0;
-    let mut child = spawn(&site, &["send", "--region", "riverton", "--yes"]);
+    let mut child = spawn(&site, &route, &["send", "--region", "riverton", "--yes"]);
     let mut removed: Vec<String> = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
@@ -187,7 +262,7 @@ fn three_sigkills_lose_nothing_and_duplicate_only_what_was_in_flight() {
         if child.try_wait().unwrap().is_some() {
             // Restart after the leases of the killed run lapse.
             std::thread::sleep(Duration::from_millis(500));
-            child = spawn(&site, &["deliver", "--until-empty"]);
+            child = spawn(&site, &route, &["deliver", "--until-empty"]);
         }
     }
     let _ = child.wait();
