@@ -44,6 +44,13 @@ pub fn report(stats: &DeliverStats, config: &Config) -> ExitCode {
         "delivered: {} sent, {} deferred, {} bounced, {} failed, {} expired, {} skipped (unsubscribed or suppressed)",
         stats.sent, stats.deferred, stats.bounced, stats.failed, stats.expired, stats.skipped
     );
+    if stats.store_errors > 0 {
+        eprintln!(
+            "warning: the database failed {} time(s) while recording outcomes (last: {}); each was written again once it answered, and no email was sent twice",
+            stats.store_errors,
+            stats.last_store_error.as_deref().unwrap_or("unknown error")
+        );
+    }
     let undelivered = stats.deferred + stats.failed;
     if undelivered > 0 {
         let reason = stats.last_error.as_deref().unwrap_or("unknown error");
