@@ -16,7 +16,7 @@ use crate::ingest::{PollOutcome, Which, ingest};
 use crate::plan::plan_due;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::store::Store;
-use crate::web::{AppState, router};
+use crate::web::{AppState, router, run_queued_signups};
 
 /// Runs until a signal, then drains and returns.
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
@@ -47,6 +47,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let (trigger, shutdown) = Shutdown::new();
     tokio::spawn(wait_for_signal(trigger));
 
+    // Sign-ups the form stored that a crash or an error left undone.
+    let signups = tokio::spawn(run_queued_signups(
+        store.clone(),
+        config.clone(),
+        shutdown.clone(),
+    ));
     let ingest = tokio::spawn(ingest_loop(config.clone(), store.clone(), shutdown.clone()));
     let planner = tokio::spawn(plan_loop(config.clone(), store.clone(), shutdown.clone()));
     let deliverer = Deliverer::new(&config, store.clone(), composer, transport);
@@ -72,6 +78,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         tracing::error!(%error, "delivery stopped with an error");
     }
     let _ = ingest.await;
+    let _ = signups.await;
     let _ = planner.await;
     if let Ok(Err(error)) = http.await {
         tracing::error!(%error, "HTTP server error");

@@ -91,6 +91,7 @@ fn sign_up_confirm_send_and_one_click_unsubscribe_end_to_end() {
     );
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(answer.body.contains("Check your inbox"));
+    site.wait_for_signups();
     assert_eq!(state_of(&site, "ada@example.org"), "pending");
 
     // The confirmation email arrives within seconds, sent by the daemon's workers.
@@ -224,6 +225,32 @@ fn sign_up_answers_the_same_for_new_pending_confirmed_and_unsubscribed_addresses
         site.sql("SELECT cadence FROM subscriptions s JOIN subscribers r ON r.id = s.subscriber_id WHERE r.email = 'confirmed@example.org'")[0][0],
         "daily",
         "the form never changes a confirmed reader's choices"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_sign_up_stored_before_a_crash_is_done_at_the_next_start() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    site.run(&["migrate"]).ok();
+    // What the form stored just before herald was killed, its answer already sent.
+    site.sql_write(&format!(
+        "INSERT INTO signup_requests (email, regions, timezone, consent_ip, \
+         consent_user_agent, consent_version, received_at) \
+         VALUES ('late@example.org', 'riverton:weekly', 'Europe/Berlin', '203.0.113.9', \
+         'Crash/1.0', '1', {})",
+        site.now() - 60
+    ));
+    let daemon = Daemon::start(&site);
+    let messages = smtp.wait_for(1, Duration::from_secs(10));
+    assert_eq!(to(&messages, "late@example.org").len(), 1);
+    assert!(subject(&messages[0].1).starts_with("Confirm"));
+    site.wait_for_signups();
+    assert_eq!(state_of(&site, "late@example.org"), "pending");
+    assert_eq!(
+        site.sql("SELECT s.region_slug, s.cadence, r.timezone FROM subscriptions s JOIN subscribers r ON r.id = s.subscriber_id"),
+        [["riverton", "weekly", "Europe/Berlin"]]
     );
     daemon.stop();
 }
@@ -406,6 +433,7 @@ fn the_form_refuses_bots_forgeries_and_oversized_posts_and_stores_nothing() {
     let csrf = csrf_of(&bot.get("/").body);
     let answer = post(&mut bot, "bot@example.org", &csrf, "http://spam.example");
     assert_eq!((answer.status, &answer.body), (200, &reference));
+    site.wait_for_signups();
     assert_eq!(state_of(&site, "bot@example.org"), "absent");
 
     // Without the form's cookie, or with a token from another browser: 403.
@@ -443,6 +471,10 @@ fn the_form_refuses_bots_forgeries_and_oversized_posts_and_stores_nothing() {
             .contains("value=\"riverton\" id=\"r-riverton\" checked")
     );
 
+    site.wait_for_signups();
+    for email in ["bot", "forged", "big"] {
+        assert_eq!(state_of(&site, &format!("{email}@example.org")), "absent");
+    }
     smtp.wait_for(1, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1_000));
     assert_eq!(
@@ -569,6 +601,7 @@ fn past_a_few_dozen_regions_the_page_offers_a_search() {
 
     let answer = browser.sign_up("town@example.org", &[("oakdale", "alert")], "UTC");
     assert_eq!(answer.status, 200);
+    site.wait_for_signups();
     assert_eq!(
         site.sql("SELECT region_slug, cadence FROM subscriptions")[0],
         ["oakdale", "alert"]
@@ -632,6 +665,7 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
     let answer =
         WebClient::new(site.http_port).sign_up("ada@example.org", &[("riverton", "daily")], "UTC");
     assert_eq!(answer.status, 200);
+    site.wait_for_signups();
     assert_eq!(state_of(&site, "ada@example.org"), "absent");
     daemon.stop();
 }

@@ -21,8 +21,8 @@ pub use deliveries::{
 };
 pub use planning::{AlertPlan, BreakingArticle, SlotPlan};
 pub use signup::{
-    ConfirmOutcome, Consent, ConsentRecord, ReaderPreferences, ReaderRegion, SignupMail,
-    SignupOutcome, WebSignup,
+    ConfirmOutcome, Consent, ConsentRecord, Queued, RateLimit, ReaderPreferences, ReaderRegion,
+    SignupMail, SignupOutcome, WebSignup,
 };
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 pub use wal_hook::OnDurable;

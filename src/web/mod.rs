@@ -14,6 +14,7 @@ mod signup;
 
 pub use pages::{PageError, Pages};
 pub use regions::RegionIndex;
+pub use signup::run_queued_signups;
 
 use std::sync::Arc;
 
