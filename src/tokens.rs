@@ -147,6 +147,14 @@ impl Signer {
         Ok((id, expires_at))
     }
 
+    /// A key of its own for `label`, derived from the secret (HMAC-SHA256), for what
+    /// must be keyed with the site secret without holding it, such as the suppression list.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        mac.update(format!("herald-key:{label}").as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
     /// A keyed hash of `value` (HMAC-SHA256, 128 bits in hex), separate per `label`:
     /// lets herald count or match things such as IP addresses without storing them,
     /// in a way that nobody without the key can reverse by trying every address.

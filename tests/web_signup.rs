@@ -42,6 +42,14 @@ fn state_of(site: &Site, email: &str) -> String {
     .unwrap_or_else(|| "absent".into())
 }
 
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn feed_with(slugs: &[&str]) -> String {
     let items: String = slugs
         .iter()
@@ -656,7 +664,12 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
     }
     let suppressed = site.sql("SELECT email_hash FROM suppressions");
     assert_eq!(suppressed.len(), 1);
-    assert_eq!(suppressed[0][0].len(), 64, "a SHA-256, not the address");
+    assert_eq!(suppressed[0][0].len(), 64, "a hash, not the address");
+    assert_ne!(
+        suppressed[0][0],
+        sha256_hex("ada@example.org"),
+        "keyed: no dictionary of addresses reverses it"
+    );
     let dump = site.sql("SELECT group_concat(ip || user_agent) FROM consents");
     assert_eq!(dump[0][0], "");
 
@@ -668,6 +681,39 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
     site.wait_for_signups();
     assert_eq!(state_of(&site, "ada@example.org"), "absent");
     daemon.stop();
+}
+
+#[test]
+fn addresses_an_older_herald_erased_are_re_keyed_and_stay_refused() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    site.run(&["migrate"]).ok();
+    // The database as the release before keyed entries left it: an erased address kept
+    // as its bare SHA-256.
+    for statement in [
+        "DROP INDEX suppressions_unkeyed",
+        "ALTER TABLE suppressions DROP COLUMN hash_scheme",
+        "DELETE FROM _sqlx_migrations WHERE version = 11",
+    ] {
+        site.sql_write(statement);
+    }
+    site.sql_write(&format!(
+        "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ('{}', 'removed', 1)",
+        sha256_hex("old@example.org")
+    ));
+
+    let daemon = Daemon::start(&site);
+    let rows = site.sql("SELECT email_hash, hash_scheme, reason FROM suppressions");
+    assert_eq!(rows.len(), 1);
+    assert_ne!(rows[0][0], sha256_hex("old@example.org"), "re-keyed");
+    assert_eq!(rows[0][1..], ["hmac-sha256", "removed"]);
+    let answer =
+        WebClient::new(site.http_port).sign_up("Old@Example.org", &[("riverton", "daily")], "UTC");
+    assert_eq!(answer.status, 200);
+    site.wait_for_signups();
+    assert_eq!(state_of(&site, "old@example.org"), "absent");
+    daemon.stop();
+    assert!(smtp.messages().is_empty(), "nothing is sent to it");
 }
 
 #[test]

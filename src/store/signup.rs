@@ -5,8 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
-use super::subscribers::email_hash;
-use super::{Result, Store, StoreError, placeholders};
+use super::{Result, Store, StoreError, SuppressionKey, placeholders};
 use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, SubscriberState, Timezone};
 
 /// Where a sign-up came from and what the reader agreed to.
@@ -268,7 +267,7 @@ impl Store {
                 text_version,
             },
         };
-        let outcome = record_signup(&mut tx, &signup, received_at, mail).await?;
+        let outcome = record_signup(&mut tx, &self.suppression, &signup, received_at, mail).await?;
         tx.commit().await?;
         Ok(Some(outcome))
     }
@@ -296,7 +295,7 @@ impl Store {
         mail: SignupMail,
     ) -> Result<SignupOutcome> {
         let mut tx = self.begin_write().await?;
-        let outcome = record_signup(&mut tx, signup, now, mail).await?;
+        let outcome = record_signup(&mut tx, &self.suppression, signup, now, mail).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -534,13 +533,14 @@ type SignupRequestRow = (String, String, String, String, String, String, i64);
 /// [`Store::record_web_signup`]), inside the caller's transaction.
 async fn record_signup(
     tx: &mut Tx,
+    suppression: &SuppressionKey,
     signup: &WebSignup,
     now: i64,
     mail: SignupMail,
 ) -> Result<SignupOutcome> {
     let suppressed: Option<(String,)> =
         sqlx::query_as("SELECT email_hash FROM suppressions WHERE email_hash = $1")
-            .bind(email_hash(signup.email.as_str()))
+            .bind(suppression.entry(signup.email.as_str()))
             .fetch_optional(&mut **tx)
             .await?;
     if suppressed.is_some() {
