@@ -93,8 +93,15 @@ impl Signer {
                     uuid::Uuid::new_v4().simple(),
                     uuid::Uuid::new_v4().simple()
                 );
-                write_private(key_file, &key).map_err(error)?;
-                Ok(Signer::new(key.as_bytes()))
+                match publish_private(key_file, &key) {
+                    Ok(()) => Ok(Signer::new(key.as_bytes())),
+                    // Another herald command made it first (every command opens the
+                    // store, which needs the key): use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Signer::from_config(None, key_file)
+                    }
+                    Err(e) => Err(error(e)),
+                }
             }
             Err(e) => Err(error(e)),
         }
@@ -178,6 +185,17 @@ impl Signer {
     }
 }
 
+/// Creates `path` holding `contents`, readable by its owner only, or fails with
+/// `AlreadyExists`. The file appears whole (written aside, then linked into place), so
+/// a process that finds it never reads it half-written.
+fn publish_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let aside = path.with_extension(format!("new-{}", uuid::Uuid::new_v4().simple()));
+    write_private(&aside, contents)?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    linked
+}
+
 #[cfg(unix)]
 fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
     use std::io::Write;
@@ -246,6 +264,24 @@ mod tests {
         assert_ne!(a, signer.fingerprint("address", "203.0.113.9"));
         assert_ne!(a, signer.fingerprint("ip", "203.0.113.10"));
         assert_ne!(a, Signer::new(b"other").fingerprint("ip", "203.0.113.9"));
+    }
+
+    #[test]
+    fn processes_starting_together_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        let signers: Vec<Signer> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Signer::from_config(None, &path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let token = signers[0].sign(Purpose::Confirm, 1, 100);
+        for signer in &signers {
+            assert_eq!(signer.verify(Purpose::Confirm, &token, 0), Ok(1));
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "nothing is left aside");
     }
 
     #[test]
