@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use herald::domain::{Cadence, RegionSlug};
-use herald::store::{FeedItem, SlotPlan, Store};
+use herald::store::{FeedItem, SlotPlan, Store, SuppressionKey};
 
 const ZONES: [&str; 10] = [
     "America/Los_Angeles",
@@ -66,7 +66,7 @@ async fn main() -> anyhow::Result<()> {
     let (Some(mode), Some(url)) = (mode, url) else {
         anyhow::bail!("usage: plan_bench seed|plan DATABASE_URL [READERS]");
     };
-    let store = Store::connect(&url, 4).await?;
+    let store = Store::connect(&url, 4, SuppressionKey::new(b"plan-bench")).await?;
     store.migrate().await?;
     let day = "2026-11-28";
     // Articles arrive the evening before: inside every zone's first-digest window.

@@ -18,7 +18,7 @@ use crate::ingest::Ingester;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::supervise::{Health, RestartPolicy, Supervisor};
 use crate::web::server::Limits;
-use crate::web::{AppState, router};
+use crate::web::{AppState, router, run_queued_signups};
 
 /// Runs until a signal, then drains and returns (exit 1 if a stage kept failing).
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
@@ -95,6 +95,11 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
             async move { deliverer.run(shutdown, beat).await.map(|_| ()) }
         }
     });
+    // Sign-ups the form stored that a crash or an error left undone.
+    let signups = supervisor.spawn("signups", crate::web::SIGNUPS_OVERDUE_AFTER, {
+        let (config, store, shutdown) = (config.clone(), store.clone(), shutdown.clone());
+        move |beat| run_queued_signups(store.clone(), config.clone(), shutdown.clone(), beat)
+    });
     let limits = Limits {
         max_connections,
         header_timeout: config.http.header_timeout,
@@ -120,6 +125,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         ("deliver", deliver),
         ("ingest", ingest),
         ("plan", plan),
+        ("signups", signups),
         ("http", http),
     ] {
         if let Err(error) = task.await {

@@ -1,7 +1,16 @@
 //! Signed, expiring, purpose-bound tokens for the links in emails.
 //!
-//! A token is `ID.EXPIRES.MAC` where MAC is HMAC-SHA256 over the purpose, id and expiry.
-//! Changing any part, or using it for another purpose, fails verification.
+//! A token is 64 URL-safe base64 characters, with no padding: the reader id and expiry,
+//! encrypted, then a full HMAC-SHA256 over the purpose, id and expiry (48 bytes). The
+//! MAC is a synthetic IV: the 16 bytes of id and expiry are masked with a keyed hash of
+//! it, so a token shows neither the reader's id (ids are sequential, and would tell how
+//! many readers a site has and which are oldest) nor anything else. There is one
+//! encoding of each token: a changed character, a cut or added one, another case or
+//! padding, or using it for another purpose, fails verification.
+//!
+//! Links sent before this format read `ID.EXPIRES.MAC` in plain text with the MAC cut
+//! to 20 bytes; they are in emails readers still have (digests carry 400-day links),
+//! so they are accepted until they expire, in exactly the form they were issued.
 
 use std::path::Path;
 
@@ -11,6 +20,15 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
 type HmacSha256 = Hmac<Sha256>;
+
+/// Bytes in a token: 16 of id and expiry, 32 of MAC.
+const TOKEN_BYTES: usize = 48;
+
+/// Characters in a token (base64 without padding).
+const TOKEN_CHARS: usize = 64;
+
+/// The MAC's length in the format links were sent in before.
+const DOTTED_MAC_BYTES: usize = 20;
 
 /// What a token may be used for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,8 +111,15 @@ impl Signer {
                     uuid::Uuid::new_v4().simple(),
                     uuid::Uuid::new_v4().simple()
                 );
-                write_private(key_file, &key).map_err(error)?;
-                Ok(Signer::new(key.as_bytes()))
+                match publish_private(key_file, &key) {
+                    Ok(()) => Ok(Signer::new(key.as_bytes())),
+                    // Another herald command made it first (every command opens the
+                    // store, which needs the key): use theirs.
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                        Signer::from_config(None, key_file)
+                    }
+                    Err(e) => Err(error(e)),
+                }
             }
             Err(e) => Err(error(e)),
         }
@@ -103,7 +128,14 @@ impl Signer {
     /// A token for `id`, valid until `expires_at` (Unix seconds).
     pub fn sign(&self, purpose: Purpose, id: i64, expires_at: i64) -> String {
         let mac = self.mac(purpose, id, expires_at);
-        format!("{id}.{expires_at}.{mac}")
+        let mut token = [0u8; TOKEN_BYTES];
+        token[..8].copy_from_slice(&id.to_be_bytes());
+        token[8..16].copy_from_slice(&expires_at.to_be_bytes());
+        for (byte, mask) in token[..16].iter_mut().zip(self.mask(&mac)) {
+            *byte ^= mask;
+        }
+        token[16..].copy_from_slice(&mac);
+        URL_SAFE_NO_PAD.encode(token)
     }
 
     /// The id a token carries, if it is genuine, meant for `purpose`, and not expired at `now`.
@@ -121,53 +153,135 @@ impl Signer {
         token: &str,
         now: i64,
     ) -> Result<(i64, i64), TokenError> {
-        let mut parts = token.trim().splitn(3, '.');
-        let id: i64 = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or(TokenError::Invalid)?;
-        let expires_at: i64 = parts
-            .next()
-            .and_then(|p| p.parse().ok())
-            .ok_or(TokenError::Invalid)?;
-        let given = parts.next().ok_or(TokenError::Invalid)?;
-        let given = URL_SAFE_NO_PAD
-            .decode(given)
-            .map_err(|_| TokenError::Invalid)?;
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(Self::message(purpose, id, expires_at).as_bytes());
-        mac.verify_truncated_left(&given)
-            .map_err(|_| TokenError::Invalid)?;
-        if given.len() < 16 {
-            return Err(TokenError::Invalid);
-        }
+        let (id, expires_at) = if token.contains('.') {
+            self.open_dotted(purpose, token)?
+        } else {
+            self.open(purpose, token)?
+        };
         if now > expires_at {
             return Err(TokenError::Expired);
         }
         Ok((id, expires_at))
     }
 
+    /// Id and expiry of a token in the current format, if its MAC is right.
+    fn open(&self, purpose: Purpose, token: &str) -> Result<(i64, i64), TokenError> {
+        // 64 characters carry exactly 48 bytes, with no bits left over: each token has
+        // one spelling.
+        if token.len() != TOKEN_CHARS {
+            return Err(TokenError::Invalid);
+        }
+        let bytes = URL_SAFE_NO_PAD
+            .decode(token)
+            .map_err(|_| TokenError::Invalid)?;
+        let bytes: [u8; TOKEN_BYTES] = bytes.try_into().map_err(|_| TokenError::Invalid)?;
+        let (sealed, mac) = bytes.split_at(16);
+        let mut plain = [0u8; 16];
+        for ((out, byte), mask) in plain.iter_mut().zip(sealed).zip(self.mask(mac)) {
+            *out = byte ^ mask;
+        }
+        let id = i64::from_be_bytes(plain[..8].try_into().expect("8 bytes"));
+        let expires_at = i64::from_be_bytes(plain[8..].try_into().expect("8 bytes"));
+        self.keyed()
+            .chain_update(Self::message(purpose, id, expires_at))
+            .verify_slice(mac)
+            .map_err(|_| TokenError::Invalid)?;
+        Ok((id, expires_at))
+    }
+
+    /// Id and expiry of a token in the format links were sent in before (see the module
+    /// documentation), if it is spelled exactly as it was issued and its MAC is right.
+    /// None is issued any more: 400 days after the upgrade every one has expired, and
+    /// this can go.
+    fn open_dotted(&self, purpose: Purpose, token: &str) -> Result<(i64, i64), TokenError> {
+        let mut parts = token.splitn(3, '.');
+        let (Some(id), Some(expires_at), Some(given)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(TokenError::Invalid);
+        };
+        let id: i64 = id.parse().map_err(|_| TokenError::Invalid)?;
+        let expires_at: i64 = expires_at.parse().map_err(|_| TokenError::Invalid)?;
+        let given = URL_SAFE_NO_PAD
+            .decode(given)
+            .map_err(|_| TokenError::Invalid)?;
+        // Parsing forgives a sign, leading zeros and a short MAC; the issued spelling
+        // had none of them.
+        if given.len() != DOTTED_MAC_BYTES
+            || token != format!("{id}.{expires_at}.{}", URL_SAFE_NO_PAD.encode(&given))
+        {
+            return Err(TokenError::Invalid);
+        }
+        self.keyed()
+            .chain_update(format!("herald:{}:{id}:{expires_at}", purpose.tag()))
+            .verify_truncated_left(&given)
+            .map_err(|_| TokenError::Invalid)?;
+        Ok((id, expires_at))
+    }
+
+    /// A key of its own for `label`, derived from the secret (HMAC-SHA256), for what
+    /// must be keyed with the site secret without holding it, such as the suppression list.
+    pub fn derive_key(&self, label: &str) -> [u8; 32] {
+        self.keyed()
+            .chain_update(format!("herald-key:{label}"))
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
     /// A keyed hash of `value` (HMAC-SHA256, 128 bits in hex), separate per `label`:
     /// lets herald count or match things such as IP addresses without storing them,
     /// in a way that nobody without the key can reverse by trying every address.
     pub fn fingerprint(&self, label: &str, value: &str) -> String {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
+        let mut mac = self.keyed();
         mac.update(format!("herald-fingerprint:{label}:").as_bytes());
         mac.update(value.as_bytes());
         let bytes = mac.finalize().into_bytes();
         bytes[..16].iter().map(|b| format!("{b:02x}")).collect()
     }
 
-    fn message(purpose: Purpose, id: i64, expires_at: i64) -> String {
-        format!("herald:{}:{id}:{expires_at}", purpose.tag())
+    /// An HMAC ready for input, under the secret.
+    fn keyed(&self) -> HmacSha256 {
+        HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length")
     }
 
-    fn mac(&self, purpose: Purpose, id: i64, expires_at: i64) -> String {
-        let mut mac = HmacSha256::new_from_slice(&self.key).expect("HMAC takes any key length");
-        mac.update(Self::message(purpose, id, expires_at).as_bytes());
-        let bytes = mac.finalize().into_bytes();
-        URL_SAFE_NO_PAD.encode(&bytes[..20])
+    /// What a token's MAC covers.
+    fn message(purpose: Purpose, id: i64, expires_at: i64) -> Vec<u8> {
+        let mut message = format!("herald:v2:{}:", purpose.tag()).into_bytes();
+        message.extend_from_slice(&id.to_be_bytes());
+        message.extend_from_slice(&expires_at.to_be_bytes());
+        message
     }
+
+    fn mac(&self, purpose: Purpose, id: i64, expires_at: i64) -> [u8; 32] {
+        self.keyed()
+            .chain_update(Self::message(purpose, id, expires_at))
+            .finalize()
+            .into_bytes()
+            .into()
+    }
+
+    /// What hides a token's id and expiry: a keyed hash of its MAC, which differs for
+    /// every token.
+    fn mask(&self, mac: &[u8]) -> [u8; 16] {
+        let bytes = self
+            .keyed()
+            .chain_update(b"herald:v2-mask:")
+            .chain_update(mac)
+            .finalize()
+            .into_bytes();
+        bytes[..16].try_into().expect("16 bytes")
+    }
+}
+
+/// Creates `path` holding `contents`, readable by its owner only, or fails with
+/// `AlreadyExists`. The file appears whole (written aside, then linked into place), so
+/// a process that finds it never reads it half-written.
+fn publish_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    let aside = path.with_extension(format!("new-{}", uuid::Uuid::new_v4().simple()));
+    write_private(&aside, contents)?;
+    let linked = std::fs::hard_link(&aside, path);
+    let _ = std::fs::remove_file(&aside);
+    linked
 }
 
 #[cfg(unix)]
@@ -191,27 +305,40 @@ fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
+    /// A token as herald issued them before the current format.
+    fn dotted(
+        signer: &Signer,
+        purpose: Purpose,
+        id: i64,
+        expires_at: i64,
+        mac_len: usize,
+    ) -> String {
+        let mac = signer
+            .keyed()
+            .chain_update(format!("herald:{}:{id}:{expires_at}", purpose.tag()))
+            .finalize()
+            .into_bytes();
+        format!(
+            "{id}.{expires_at}.{}",
+            URL_SAFE_NO_PAD.encode(&mac[..mac_len])
+        )
+    }
+
     #[test]
     fn genuine_tokens_verify_and_tampered_ones_do_not() {
         let signer = Signer::new(b"secret");
         let token = signer.sign(Purpose::Unsubscribe, 42, 1_000);
         assert_eq!(signer.verify(Purpose::Unsubscribe, &token, 999), Ok(42));
         assert_eq!(
+            signer.verify_with_expiry(Purpose::Unsubscribe, &token, 999),
+            Ok((42, 1_000))
+        );
+        assert_eq!(
             signer.verify(Purpose::Unsubscribe, &token, 1_001),
             Err(TokenError::Expired)
         );
         assert_eq!(
             signer.verify(Purpose::Confirm, &token, 999),
-            Err(TokenError::Invalid)
-        );
-        let tampered = token.replacen("42.", "43.", 1);
-        assert_eq!(
-            signer.verify(Purpose::Unsubscribe, &tampered, 999),
-            Err(TokenError::Invalid)
-        );
-        let extended = token.replacen(".1000.", ".9999.", 1);
-        assert_eq!(
-            signer.verify(Purpose::Unsubscribe, &extended, 999),
             Err(TokenError::Invalid)
         );
         assert_eq!(
@@ -222,11 +349,115 @@ mod tests {
             signer.verify(Purpose::Unsubscribe, "garbage", 0),
             Err(TokenError::Invalid)
         );
+        assert_eq!(token.len(), TOKEN_CHARS);
         assert!(
             token
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+                .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
         );
+        // Every character counts: any other one in any place is refused, in the part
+        // that hides the id and expiry as in the MAC.
+        let alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        for at in 0..token.len() {
+            for c in alphabet
+                .chars()
+                .filter(|c| *c != token.as_bytes()[at] as char)
+            {
+                let mut changed = token.clone();
+                changed.replace_range(at..=at, &c.to_string());
+                assert_eq!(
+                    signer.verify(Purpose::Unsubscribe, &changed, 999),
+                    Err(TokenError::Invalid),
+                    "{changed}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn each_token_has_one_spelling() {
+        let signer = Signer::new(b"secret");
+        let token = signer.sign(Purpose::Preferences, 7, 5_000);
+        for other in [
+            format!("{token}="),
+            format!("{token}A"),
+            format!(" {token}"),
+            format!("{token}\n"),
+            token[..TOKEN_CHARS - 1].to_string(),
+            token.to_uppercase(),
+            token.replace('-', "+").replace('_', "/"),
+        ] {
+            if other != token {
+                assert_eq!(
+                    signer.verify(Purpose::Preferences, &other, 0),
+                    Err(TokenError::Invalid),
+                    "{other:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn tokens_do_not_show_the_reader_id() {
+        let signer = Signer::new(b"secret");
+        let a = signer.sign(Purpose::Unsubscribe, 1_000, 5_000);
+        let b = signer.sign(Purpose::Unsubscribe, 1_001, 5_000);
+        // Neighbouring ids with the same expiry: no more characters alike, place by
+        // place, than chance leaves (1 in 64).
+        let alike = a.chars().zip(b.chars()).filter(|(x, y)| x == y).count();
+        assert!(alike <= 6, "{a} {b}");
+        assert!(!a.contains("1000") && !b.contains("1001"));
+        assert_eq!(signer.verify(Purpose::Unsubscribe, &b, 0), Ok(1_001));
+    }
+
+    #[test]
+    fn links_sent_in_the_dotted_format_work_until_they_expire_as_issued() {
+        let signer = Signer::new(b"secret");
+        let issued = dotted(&signer, Purpose::Unsubscribe, 42, 1_000, 20);
+        assert_eq!(
+            signer.verify_with_expiry(Purpose::Unsubscribe, &issued, 999),
+            Ok((42, 1_000))
+        );
+        assert_eq!(
+            signer.verify(Purpose::Unsubscribe, &issued, 1_001),
+            Err(TokenError::Expired)
+        );
+        assert_eq!(
+            signer.verify(Purpose::Preferences, &issued, 999),
+            Err(TokenError::Invalid)
+        );
+        let mac = issued.rsplit('.').next().unwrap();
+        for forged in [
+            issued.replacen("42.", "43.", 1),
+            issued.replacen(".1000.", ".9999.", 1),
+            format!("042.1000.{mac}"),
+            format!("+42.1000.{mac}"),
+            format!("42.01000.{mac}"),
+            format!("42.+1000.{mac}"),
+            format!(" {issued}"),
+            format!("{issued}="),
+            format!("{issued}A"),
+            // The MAC cut to 16 bytes, or at full length: herald issued neither.
+            dotted(&signer, Purpose::Unsubscribe, 42, 1_000, 16),
+            dotted(&signer, Purpose::Unsubscribe, 42, 1_000, 32),
+            "42.1000".into(),
+            "42..".into(),
+        ] {
+            assert_eq!(
+                signer.verify(Purpose::Unsubscribe, &forged, 999),
+                Err(TokenError::Invalid),
+                "{forged:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn derived_keys_depend_on_secret_and_label() {
+        let signer = Signer::new(b"secret");
+        let key = signer.derive_key("suppression");
+        assert_eq!(key, signer.derive_key("suppression"));
+        assert_ne!(key, signer.derive_key("other"));
+        assert_ne!(key, Signer::new(b"other").derive_key("suppression"));
     }
 
     #[test]
@@ -238,6 +469,24 @@ mod tests {
         assert_ne!(a, signer.fingerprint("address", "203.0.113.9"));
         assert_ne!(a, signer.fingerprint("ip", "203.0.113.10"));
         assert_ne!(a, Signer::new(b"other").fingerprint("ip", "203.0.113.9"));
+    }
+
+    #[test]
+    fn processes_starting_together_agree_on_one_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret.key");
+        let signers: Vec<Signer> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| Signer::from_config(None, &path).unwrap()))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let token = signers[0].sign(Purpose::Confirm, 1, 100);
+        for signer in &signers {
+            assert_eq!(signer.verify(Purpose::Confirm, &token, 0), Ok(1));
+        }
+        let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().collect();
+        assert_eq!(names.len(), 1, "nothing is left aside");
     }
 
     #[test]

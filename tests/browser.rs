@@ -115,6 +115,8 @@ fn a_person_signs_up_in_headless_chromium() {
     }
 
     // What the browser did reached the database and the mailboxes.
+    site.wait_for_signups();
+    many.wait_for_signups();
     assert_eq!(
         site.sql(
             "SELECT s.region_slug, s.cadence, r.timezone FROM subscriptions s

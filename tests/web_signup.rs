@@ -25,6 +25,25 @@ fn token(site: &Site, purpose: Purpose, id: i64) -> String {
     Signer::new(SECRET).sign(purpose, id, site.now() + lifetime)
 }
 
+/// A link token in the format herald issued before tokens hid the reader's id:
+/// `ID.EXPIRES.MAC`, the HMAC-SHA256 cut to `mac_len` bytes (20 as issued).
+fn dotted_token(purpose: &str, id: i64, expires_at: i64, mac_len: usize) -> String {
+    use base64::Engine;
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(SECRET).unwrap();
+    mac.update(format!("herald:{purpose}:{id}:{expires_at}").as_bytes());
+    let mac = mac.finalize().into_bytes();
+    let mac = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&mac[..mac_len]);
+    format!("{id}.{expires_at}.{mac}")
+}
+
+/// `token` with one character changed, in the middle.
+fn tampered(token: &str) -> String {
+    let at = token.len() / 2;
+    let c = if &token[at..=at] == "A" { "B" } else { "A" };
+    format!("{}{c}{}", &token[..at], &token[at + 1..])
+}
+
 fn id_of(site: &Site, email: &str) -> i64 {
     site.sql(&format!(
         "SELECT id FROM subscribers WHERE email = '{email}'"
@@ -40,6 +59,14 @@ fn state_of(site: &Site, email: &str) -> String {
     .first()
     .map(|r| r[0].clone())
     .unwrap_or_else(|| "absent".into())
+}
+
+fn sha256_hex(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn feed_with(slugs: &[&str]) -> String {
@@ -91,6 +118,7 @@ fn sign_up_confirm_send_and_one_click_unsubscribe_end_to_end() {
     );
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert!(answer.body.contains("Check your inbox"));
+    site.wait_for_signups();
     assert_eq!(state_of(&site, "ada@example.org"), "pending");
 
     // The confirmation email arrives within seconds, sent by the daemon's workers.
@@ -229,6 +257,32 @@ fn sign_up_answers_the_same_for_new_pending_confirmed_and_unsubscribed_addresses
 }
 
 #[test]
+fn a_sign_up_stored_before_a_crash_is_done_at_the_next_start() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    site.run(&["migrate"]).ok();
+    // What the form stored just before herald was killed, its answer already sent.
+    site.sql_write(&format!(
+        "INSERT INTO signup_requests (email, regions, timezone, consent_ip, \
+         consent_user_agent, consent_version, received_at) \
+         VALUES ('late@example.org', 'riverton:weekly', 'Europe/Berlin', '203.0.113.9', \
+         'Crash/1.0', '1', {})",
+        site.now() - 60
+    ));
+    let daemon = Daemon::start(&site);
+    let messages = smtp.wait_for(1, Duration::from_secs(10));
+    assert_eq!(to(&messages, "late@example.org").len(), 1);
+    assert!(subject(&messages[0].1).starts_with("Confirm"));
+    site.wait_for_signups();
+    assert_eq!(state_of(&site, "late@example.org"), "pending");
+    assert_eq!(
+        site.sql("SELECT s.region_slug, s.cadence, r.timezone FROM subscriptions s JOIN subscribers r ON r.id = s.subscriber_id"),
+        [["riverton", "weekly", "Europe/Berlin"]]
+    );
+    daemon.stop();
+}
+
+#[test]
 fn tampered_expired_and_wrong_purpose_tokens_get_one_error_page_and_change_nothing() {
     let smtp = SmtpServer::start();
     let (site, _) = riverton_site(&smtp, "");
@@ -266,10 +320,7 @@ fn tampered_expired_and_wrong_purpose_tokens_get_one_error_page_and_change_nothi
             Purpose::Confirm
         };
         let bad = [
-            (
-                "tampered",
-                good.replacen(&format!("{id}."), &format!("{}.", id + 1), 1),
-            ),
+            ("tampered", tampered(&good)),
             ("expired", signer.sign(purpose, id, site.now() - 10)),
             ("wrong purpose", signer.sign(other, id, site.now() + 3_600)),
             ("garbage", "not-a-token".to_string()),
@@ -406,6 +457,7 @@ fn the_form_refuses_bots_forgeries_and_oversized_posts_and_stores_nothing() {
     let csrf = csrf_of(&bot.get("/").body);
     let answer = post(&mut bot, "bot@example.org", &csrf, "http://spam.example");
     assert_eq!((answer.status, &answer.body), (200, &reference));
+    site.wait_for_signups();
     assert_eq!(state_of(&site, "bot@example.org"), "absent");
 
     // Without the form's cookie, or with a token from another browser: 403.
@@ -443,6 +495,10 @@ fn the_form_refuses_bots_forgeries_and_oversized_posts_and_stores_nothing() {
             .contains("value=\"riverton\" id=\"r-riverton\" checked")
     );
 
+    site.wait_for_signups();
+    for email in ["bot", "forged", "big"] {
+        assert_eq!(state_of(&site, &format!("{email}@example.org")), "absent");
+    }
     smtp.wait_for(1, Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(1_000));
     assert_eq!(
@@ -619,6 +675,7 @@ fn past_a_few_dozen_regions_the_page_offers_a_search() {
 
     let answer = browser.sign_up("town@example.org", &[("oakdale", "alert")], "UTC");
     assert_eq!(answer.status, 200);
+    site.wait_for_signups();
     assert_eq!(
         site.sql("SELECT region_slug, cadence FROM subscriptions")[0],
         ["oakdale", "alert"]
@@ -673,7 +730,12 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
     }
     let suppressed = site.sql("SELECT email_hash FROM suppressions");
     assert_eq!(suppressed.len(), 1);
-    assert_eq!(suppressed[0][0].len(), 64, "a SHA-256, not the address");
+    assert_eq!(suppressed[0][0].len(), 64, "a hash, not the address");
+    assert_ne!(
+        suppressed[0][0],
+        sha256_hex("ada@example.org"),
+        "keyed: no dictionary of addresses reverses it"
+    );
     let dump = site.sql("SELECT group_concat(ip || user_agent) FROM consents");
     assert_eq!(dump[0][0], "");
 
@@ -682,6 +744,7 @@ fn export_carries_the_consent_record_and_remove_keeps_only_a_hash() {
     let answer =
         WebClient::new(site.http_port).sign_up("ada@example.org", &[("riverton", "daily")], "UTC");
     assert_eq!(answer.status, 200);
+    site.wait_for_signups();
     assert_eq!(state_of(&site, "ada@example.org"), "absent");
     daemon.stop();
 }
@@ -750,6 +813,85 @@ fn export_cells_that_would_run_as_formulas_open_as_text() {
         .collect();
     imported.sort();
     assert_eq!(imported, ["=1+2@example.org", "ada@example.org"]);
+}
+
+#[test]
+fn addresses_an_older_herald_erased_are_re_keyed_and_stay_refused() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    site.run(&["migrate"]).ok();
+    // The database as the release before keyed entries left it: an erased address kept
+    // as its bare SHA-256.
+    for statement in [
+        "DROP INDEX suppressions_unkeyed",
+        "ALTER TABLE suppressions DROP COLUMN hash_scheme",
+        "DELETE FROM _sqlx_migrations WHERE version = 11",
+    ] {
+        site.sql_write(statement);
+    }
+    site.sql_write(&format!(
+        "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ('{}', 'removed', 1)",
+        sha256_hex("old@example.org")
+    ));
+
+    let daemon = Daemon::start(&site);
+    let rows = site.sql("SELECT email_hash, hash_scheme, reason FROM suppressions");
+    assert_eq!(rows.len(), 1);
+    assert_ne!(rows[0][0], sha256_hex("old@example.org"), "re-keyed");
+    assert_eq!(rows[0][1..], ["hmac-sha256", "removed"]);
+    let answer =
+        WebClient::new(site.http_port).sign_up("Old@Example.org", &[("riverton", "daily")], "UTC");
+    assert_eq!(answer.status, 200);
+    site.wait_for_signups();
+    assert_eq!(state_of(&site, "old@example.org"), "absent");
+    daemon.stop();
+    assert!(smtp.messages().is_empty(), "nothing is sent to it");
+}
+
+#[test]
+fn links_in_emails_sent_before_tokens_changed_work_as_issued_and_only_so() {
+    let smtp = SmtpServer::start();
+    let (site, _) = riverton_site(&smtp, "");
+    site.add_confirmed("ada@example.org", "riverton");
+    let ada = id_of(&site, "ada@example.org");
+    // Ada signed up two months ago; last month's digest carried her links, valid 400 days.
+    site.sql_write("UPDATE subscribers SET created_at = created_at - 60 * 86400");
+    let expires = site.now() - 30 * 86_400 + 400 * 86_400;
+    let daemon = Daemon::start(&site);
+    let mut browser = WebClient::new(site.http_port);
+
+    let page = browser.get(&format!(
+        "/preferences?token={}",
+        dotted_token("preferences", ada, expires, 20)
+    ));
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("ada@example.org"));
+
+    // Spellings herald never issued are refused, and change nothing.
+    let issued = dotted_token("unsubscribe", ada, expires, 20);
+    let mac = issued.rsplit('.').next().unwrap();
+    for forged in [
+        dotted_token("unsubscribe", ada, expires, 16),
+        format!("0{ada}.{expires}.{mac}"),
+        format!("%2B{ada}.{expires}.{mac}"),
+        format!("{ada}.0{expires}.{mac}"),
+    ] {
+        let click = browser.post(
+            &format!("/unsubscribe?token={forged}"),
+            "List-Unsubscribe=One-Click",
+        );
+        assert_eq!(click.status, 400, "{forged}");
+    }
+    assert_eq!(state_of(&site, "ada@example.org"), "confirmed");
+
+    // The one-click link in that digest unsubscribes her.
+    let click = browser.post(
+        &format!("/unsubscribe?token={issued}"),
+        "List-Unsubscribe=One-Click",
+    );
+    assert_eq!(click.status, 200);
+    assert_eq!(state_of(&site, "ada@example.org"), "unsubscribed");
+    daemon.stop();
 }
 
 #[test]

@@ -20,7 +20,7 @@ use clap::{Parser, Subcommand};
 
 use crate::compose::Composer;
 use crate::config::Config;
-use crate::store::Store;
+use crate::store::{Store, SuppressionKey};
 use crate::tokens::Signer;
 
 /// herald — regional news alerts and digests.
@@ -136,7 +136,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// Opens the database, applies migrations and syncs regions: every command starts here.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
-    let store = Store::connect(&config.database.url, config.database.max_connections).await?;
+    let suppression = SuppressionKey::new(&signer(config)?.derive_key("suppression"));
+    let store = Store::connect(
+        &config.database.url,
+        config.database.max_connections,
+        suppression,
+    )
+    .await?;
     store.migrate().await?;
     store.sync_regions(&config.regions).await?;
     Ok(store)

@@ -681,7 +681,10 @@ mod tests {
             text.contains("Message-ID: <01234567-89ab-cdef-0123-456789abcdef@demo.example>"),
             "{text}"
         );
-        assert!(text.contains("List-Unsubscribe: <https://news.example.org/unsubscribe?token=9."));
+        let unsubscribe = link_token(Purpose::Unsubscribe, 9);
+        assert!(text.contains(&format!(
+            "List-Unsubscribe: <https://news.example.org/unsubscribe?token={unsubscribe}>"
+        )));
         assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
         assert!(text.contains("List-Id: "));
         assert!(text.contains("multipart/alternative"));
@@ -715,6 +718,11 @@ mod tests {
         assert!(html.contains("1 Main St") && plain.contains("1 Main St"));
         assert!(html.contains("nsubscribe") && plain.contains("/unsubscribe?token="));
         assert_eq!(composed.envelope.to()[0].to_string(), "reader@example.org");
+    }
+
+    /// The token of reader `id`'s links in the emails these tests compose (at 1_795_248_000).
+    fn link_token(purpose: Purpose, id: i64) -> String {
+        Signer::new(b"k").sign(purpose, id, 1_795_248_000 + LINK_LIFETIME_SECS)
     }
 
     fn signup_email(kind: DeliveryKind) -> (String, Parts) {
@@ -794,13 +802,18 @@ mod tests {
     fn welcome_is_list_mail_with_preferences_and_unsubscribe_links() {
         let (message, (plain, html)) = signup_email(DeliveryKind::Welcome);
         assert!(message.contains("Subject: You are subscribed to Demo News"));
-        assert!(
-            message.contains("List-Unsubscribe: <https://news.example.org/unsubscribe?token=12.")
-        );
+        let unsubscribe = link_token(Purpose::Unsubscribe, 12);
+        assert!(message.contains(&format!(
+            "List-Unsubscribe: <https://news.example.org/unsubscribe?token={unsubscribe}>"
+        )));
         assert!(message.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
         for part in [&plain, &html] {
-            assert!(part.contains("/preferences?token=12."), "{part}");
-            assert!(part.contains("/unsubscribe?token=12."));
+            let preferences = link_token(Purpose::Preferences, 12);
+            assert!(
+                part.contains(&format!("/preferences?token={preferences}")),
+                "{part}"
+            );
+            assert!(part.contains(&format!("/unsubscribe?token={unsubscribe}")));
             assert!(part.contains("Europe/Berlin"));
             assert!(part.contains("1 Main St"));
         }

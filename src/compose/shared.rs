@@ -475,9 +475,10 @@ mod tests {
     use std::path::{Path, PathBuf};
 
     use super::*;
+    use crate::compose::LINK_LIFETIME_SECS;
     use crate::config::Config;
     use crate::domain::Email;
-    use crate::tokens::Signer;
+    use crate::tokens::{Purpose, Signer};
 
     fn composer(templates: &Path) -> Composer {
         let config = Config::from_toml(
@@ -621,7 +622,14 @@ mod tests {
             }
             assert!(text.contains(address) && html.contains(address));
             assert!(
-                html.contains(&format!("/herald/unsubscribe?token={id}.")),
+                html.contains(&format!(
+                    "/herald/unsubscribe?token={}",
+                    Signer::new(b"k").sign(
+                        Purpose::Unsubscribe,
+                        id,
+                        1_795_248_000 + LINK_LIFETIME_SECS
+                    )
+                )),
                 "{html}"
             );
             assert_eq!(composed.envelope, full.envelope);

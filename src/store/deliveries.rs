@@ -7,10 +7,9 @@ use sqlx::AssertSqlSafe;
 
 use super::planning::DigestBatch;
 use super::signup::ReaderRegion;
-use super::subscribers::email_hash;
 use super::{
-    Backend, EngineConnRef, EngineTransaction, OnDurable, Result, Store, StoreError, on_engine,
-    placeholders,
+    Backend, EngineConnRef, EngineTransaction, OnDurable, Result, Store, StoreError,
+    SuppressionKey, on_engine, placeholders,
 };
 use crate::domain::{Cadence, DeliveryKind, DeliveryState, RegionSlug, SubscriberState};
 
@@ -412,10 +411,12 @@ impl Store {
             .map(|(content, list)| (content, list.into()))
             .collect();
 
-        let hashes: Vec<String> = rows
+        // Each row's suppression entry, computed once (a keyed hash is not free).
+        let entries: Vec<Option<String>> = rows
             .iter()
-            .filter_map(|r| r.7.as_deref().map(email_hash))
+            .map(|r| r.7.as_deref().map(|e| self.suppression.entry(e)))
             .collect();
+        let hashes: Vec<&String> = entries.iter().flatten().collect();
         let suppressed: std::collections::HashSet<String> = if hashes.is_empty() {
             Default::default()
         } else {
@@ -425,7 +426,7 @@ impl Store {
             );
             let mut query = sqlx::query_as::<_, (String,)>(AssertSqlSafe(sql));
             for hash in &hashes {
-                query = query.bind(hash.clone());
+                query = query.bind((*hash).clone());
             }
             query
                 .fetch_all(&self.pool)
@@ -445,24 +446,25 @@ impl Store {
         let regions = self.reader_regions(&signup_readers).await?;
 
         rows.into_iter()
+            .zip(entries)
             .map(
                 |(
-                    id,
-                    subscriber_id,
-                    kind,
-                    cadence,
-                    message_id,
-                    attempts,
-                    expires_at,
-                    email,
-                    state,
-                    timezone,
-                    content_id,
+                    (
+                        id,
+                        subscriber_id,
+                        kind,
+                        cadence,
+                        message_id,
+                        attempts,
+                        expires_at,
+                        email,
+                        state,
+                        timezone,
+                        content_id,
+                    ),
+                    entry,
                 )| {
-                    let is_suppressed = email
-                        .as_deref()
-                        .map(|e| suppressed.contains(&email_hash(e)))
-                        .unwrap_or(false);
+                    let is_suppressed = entry.is_some_and(|e| suppressed.contains(&e));
                     let kind: DeliveryKind = kind.parse().map_err(StoreError::Corrupt)?;
                     Ok(ClaimedDelivery {
                         id,
@@ -689,13 +691,14 @@ impl EngineTransaction {
         for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
             record_chunk(self.conn(), chunk, owner, now).await?;
         }
+        let key = self.suppression.clone();
         for (id, outcome) in outcomes {
             if let Outcome::Bounced {
                 suppress: true,
                 reply,
             } = outcome
             {
-                suppress_reader(self.conn(), *id, reply, now).await?;
+                suppress_reader(self.conn(), &key, *id, reply, now).await?;
             }
         }
         Ok(())
@@ -736,6 +739,7 @@ async fn claim_ids(conn: EngineConnRef<'_>, backend: Backend, claim: Claim) -> R
 /// Suppresses the reader of delivery `id`, whose mailbox the server says does not exist.
 async fn suppress_reader(
     mut conn: EngineConnRef<'_>,
+    key: &SuppressionKey,
     id: i64,
     reply: &str,
     now: i64,
@@ -761,7 +765,7 @@ async fn suppress_reader(
             "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (email_hash) DO NOTHING",
         )
-        .bind(email_hash(&email))
+        .bind(key.entry(&email))
         .bind(format!("bounced: {reply}"))
         .bind(now)
         .execute(&mut **c)

@@ -12,6 +12,7 @@ mod planning;
 mod seed;
 mod signup;
 mod subscribers;
+mod suppressions;
 mod wal_hook;
 
 pub use api_tokens::ApiTokenRow;
@@ -21,10 +22,11 @@ pub use deliveries::{
 };
 pub use planning::{AlertPlan, BreakingArticle, SlotPlan};
 pub use signup::{
-    ConfirmOutcome, Consent, ConsentRecord, ReaderPreferences, ReaderRegion, SignupMail,
-    SignupOutcome, WebSignup,
+    ConfirmOutcome, Consent, ConsentRecord, Queued, RateLimit, ReaderPreferences, ReaderRegion,
+    SignupMail, SignupOutcome, WebSignup,
 };
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
+pub use suppressions::SuppressionKey;
 pub use wal_hook::OnDurable;
 
 use std::path::Path;
@@ -90,6 +92,8 @@ pub struct Store {
     /// On SQLite, the one connection the delivery engine writes through (see
     /// [`Store::engine_writer`]); PostgreSQL engines write through `pool`.
     engine: Option<EngineConnection>,
+    /// What the suppression list's entries are keyed with.
+    suppression: SuppressionKey,
 }
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
@@ -235,6 +239,7 @@ impl EngineWriter {
 pub struct EngineTransaction {
     inner: EngineTransactionConn,
     backend: Backend,
+    suppression: SuppressionKey,
 }
 
 enum EngineTransactionConn {
@@ -287,8 +292,13 @@ impl EngineTransaction {
 }
 
 impl Store {
-    /// Opens the database at `url`, creating a SQLite file (and its folder) when missing.
-    pub async fn connect(url: &str, max_connections: u32) -> Result<Store> {
+    /// Opens the database at `url`, creating a SQLite file (and its folder) when missing;
+    /// `suppression` keys the suppression list (see [`SuppressionKey`]).
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        suppression: SuppressionKey,
+    ) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let connect_error = |source| StoreError::Connect {
             url: redact(url),
@@ -359,14 +369,23 @@ impl Store {
             pool,
             backend,
             engine,
+            suppression,
         })
     }
 
-    /// Brings the schema up to date.
+    /// Brings the schema up to date, with the rows SQL cannot convert: suppression
+    /// entries from before they were keyed.
     pub async fn migrate(&self) -> Result<()> {
         match self.backend {
             Backend::Sqlite => SQLITE_MIGRATIONS.run(&self.pool).await?,
             Backend::Postgres => POSTGRES_MIGRATIONS.run(&self.pool).await?,
+        }
+        let rekeyed = self.rekey_suppressions().await?;
+        if rekeyed > 0 {
+            tracing::info!(
+                rekeyed,
+                "suppression entries re-keyed under the site secret"
+            );
         }
         Ok(())
     }
@@ -457,6 +476,7 @@ impl Store {
         Ok(EngineTransaction {
             inner,
             backend: self.backend,
+            suppression: self.suppression.clone(),
         })
     }
 
@@ -551,6 +571,9 @@ pub(crate) mod testing {
 
     use super::*;
 
+    /// The key test stores hash the suppression list with.
+    pub(crate) const TEST_SUPPRESSION_KEY: &[u8] = b"test-suppression-key";
+
     /// A lease held by the test owner until `until`.
     pub(crate) fn lease(until: i64) -> Lease {
         Lease {
@@ -607,7 +630,9 @@ pub(crate) mod testing {
         let mut out = Vec::new();
         let dir = tempfile::tempdir().unwrap();
         let url = format!("sqlite://{}", dir.path().join("test.db").display());
-        let store = Store::connect(&url, 4).await.unwrap();
+        let store = Store::connect(&url, 4, SuppressionKey::new(TEST_SUPPRESSION_KEY))
+            .await
+            .unwrap();
         SQLITE_MIGRATIONS
             .run_to(version, &store.pool)
             .await
@@ -641,7 +666,9 @@ pub(crate) mod testing {
         admin.close().await;
         let mut url = url::Url::parse(base).unwrap();
         url.set_path(&format!("/{name}"));
-        let store = Store::connect(url.as_str(), 4).await.unwrap();
+        let store = Store::connect(url.as_str(), 4, SuppressionKey::new(TEST_SUPPRESSION_KEY))
+            .await
+            .unwrap();
         POSTGRES_MIGRATIONS
             .run_to(version, &store.pool)
             .await

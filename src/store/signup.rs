@@ -5,8 +5,7 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
-use super::subscribers::email_hash;
-use super::{Result, Store, StoreError, placeholders};
+use super::{Result, Store, StoreError, SuppressionKey, placeholders};
 use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, SubscriberState, Timezone};
 
 /// Where a sign-up came from and what the reader agreed to.
@@ -40,6 +39,67 @@ pub struct SignupMail {
     pub per_day: u32,
     /// Expiry of the row queued now.
     pub expires_at: i64,
+}
+
+/// A sliding-window limit: at most `limit` hits on one key within `window_secs`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimit {
+    /// What is counted, e.g. `signup-ip`.
+    pub scope: &'static str,
+    /// A keyed hash of what is counted (never an address or IP as such).
+    pub key_hash: String,
+    /// The window's length.
+    pub window_secs: i64,
+    /// Hits allowed within the window.
+    pub limit: u32,
+}
+
+impl RateLimit {
+    /// Seconds until the oldest hit leaves the window when the limit is reached, else
+    /// `None`. Prunes the scope's hits that already left it.
+    async fn retry_after(&self, tx: &mut Tx, now: i64) -> Result<Option<i64>> {
+        let cutoff = now - self.window_secs;
+        sqlx::query("DELETE FROM rate_limit_hits WHERE scope = $1 AND at <= $2")
+            .bind(self.scope)
+            .bind(cutoff)
+            .execute(&mut **tx)
+            .await?;
+        let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), MIN(at) FROM rate_limit_hits WHERE scope = $1 AND key_hash = $2 AND at > $3",
+        )
+        .bind(self.scope)
+        .bind(&self.key_hash)
+        .bind(cutoff)
+        .fetch_one(&mut **tx)
+        .await?;
+        Ok((count >= i64::from(self.limit))
+            .then(|| (oldest.unwrap_or(now) + self.window_secs - now).max(1)))
+    }
+
+    /// Counts one hit.
+    async fn hit(&self, tx: &mut Tx, now: i64) -> Result<()> {
+        sqlx::query("INSERT INTO rate_limit_hits (scope, key_hash, at) VALUES ($1, $2, $3)")
+            .bind(self.scope)
+            .bind(&self.key_hash)
+            .bind(now)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// What queueing a web sign-up did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Queued {
+    /// Stored under this id, and counted against the limits.
+    Stored(i64),
+    /// Refused by the limit of `scope`: nothing stored or counted.
+    Limited {
+        /// The limit reached.
+        scope: &'static str,
+        /// Seconds until it lets a sign-up through again.
+        retry_after: i64,
+    },
 }
 
 /// What a web sign-up did. The reader sees the same page whichever it is, so that
@@ -114,6 +174,114 @@ pub struct ConsentRecord {
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
 impl Store {
+    /// Stores a sign-up the form accepted, to be carried out by
+    /// [`Store::run_queued_signup`], and counts it against `limits`; or, when one of them
+    /// is reached, stores and counts nothing.
+    ///
+    /// It runs the same statements whatever the address's state, so the form can answer
+    /// as soon as it returns without its timing telling anything about the address; and
+    /// the row is durable by then, so a reader told to check their inbox is never
+    /// forgotten by a crash. One transaction, so one forced flush per sign-up.
+    pub async fn queue_web_signup(
+        &self,
+        signup: &WebSignup,
+        now: i64,
+        limits: &[RateLimit],
+    ) -> Result<Queued> {
+        let mut tx = self.begin_write().await?;
+        for limit in limits {
+            if let Some(retry_after) = limit.retry_after(&mut tx, now).await? {
+                tx.rollback().await?;
+                return Ok(Queued::Limited {
+                    scope: limit.scope,
+                    retry_after,
+                });
+            }
+        }
+        for limit in limits {
+            limit.hit(&mut tx, now).await?;
+        }
+        let regions: Vec<String> = signup
+            .regions
+            .iter()
+            .map(|(slug, cadence)| format!("{slug}:{cadence}"))
+            .collect();
+        let (id,): (i64,) = sqlx::query_as(
+            "INSERT INTO signup_requests (email, regions, timezone, consent_ip,
+                 consent_user_agent, consent_version, received_at)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
+        )
+        .bind(signup.email.as_str())
+        .bind(regions.join(","))
+        .bind(signup.timezone.name())
+        .bind(&signup.consent.ip)
+        .bind(&signup.consent.user_agent)
+        .bind(&signup.consent.text_version)
+        .bind(now)
+        .fetch_one(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Queued::Stored(id))
+    }
+
+    /// Carries out the queued sign-up `id` as [`Store::record_web_signup`] does, as of
+    /// when the form was sent, and deletes it in the same transaction: done once, even
+    /// with several daemons. `None` when it is gone (another worker did it).
+    pub async fn run_queued_signup(
+        &self,
+        id: i64,
+        mail: SignupMail,
+    ) -> Result<Option<SignupOutcome>> {
+        let mut tx = self.begin_write().await?;
+        let row: Option<SignupRequestRow> = sqlx::query_as(
+            "DELETE FROM signup_requests WHERE id = $1
+             RETURNING email, regions, timezone, consent_ip, consent_user_agent,
+                 consent_version, received_at",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((email, regions, timezone, ip, user_agent, text_version, received_at)) = row
+        else {
+            tx.rollback().await?;
+            return Ok(None);
+        };
+        let regions = regions
+            .split(',')
+            .filter(|r| !r.is_empty())
+            .map(|entry| {
+                let (slug, cadence) = entry
+                    .split_once(':')
+                    .ok_or_else(|| format!("signup_requests.regions: {entry:?}"))?;
+                Ok((slug.parse()?, cadence.parse()?))
+            })
+            .collect::<std::result::Result<Vec<_>, String>>()
+            .map_err(StoreError::Corrupt)?;
+        let signup = WebSignup {
+            email: Email::parse(&email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            regions,
+            timezone: timezone.parse().map_err(StoreError::Corrupt)?,
+            consent: Consent {
+                ip,
+                user_agent,
+                text_version,
+            },
+        };
+        let outcome = record_signup(&mut tx, &self.suppression, &signup, received_at, mail).await?;
+        tx.commit().await?;
+        Ok(Some(outcome))
+    }
+
+    /// The ids of queued sign-ups, oldest first: those a crash or an error left behind.
+    pub async fn queued_signups(&self, limit: i64) -> Result<Vec<i64>> {
+        let rows: Vec<(i64,)> =
+            sqlx::query_as("SELECT id FROM signup_requests ORDER BY id LIMIT $1")
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id,)| id).collect())
+    }
+
     /// Records a web sign-up and queues the email it calls for, in one transaction.
     ///
     /// New, pending and unsubscribed addresses become pending with the chosen regions
@@ -127,84 +295,7 @@ impl Store {
         mail: SignupMail,
     ) -> Result<SignupOutcome> {
         let mut tx = self.begin_write().await?;
-        let suppressed: Option<(String,)> =
-            sqlx::query_as("SELECT email_hash FROM suppressions WHERE email_hash = $1")
-                .bind(email_hash(signup.email.as_str()))
-                .fetch_optional(&mut *tx)
-                .await?;
-        if suppressed.is_some() {
-            tx.rollback().await?;
-            return Ok(SignupOutcome::Suppressed);
-        }
-        let existing: Option<(i64, String)> =
-            sqlx::query_as("SELECT id, state FROM subscribers WHERE email = $1")
-                .bind(signup.email.as_str())
-                .fetch_optional(&mut *tx)
-                .await?;
-        let (id, state) = match existing {
-            Some((id, state)) => (id, state.parse().map_err(StoreError::Corrupt)?),
-            None => {
-                let (id,): (i64,) = sqlx::query_as(
-                    "INSERT INTO subscribers (email, state, timezone, created_at, updated_at)
-                     VALUES ($1, 'pending', $2, $3, $3) RETURNING id",
-                )
-                .bind(signup.email.as_str())
-                .bind(signup.timezone.name())
-                .bind(now)
-                .fetch_one(&mut *tx)
-                .await?;
-                (id, SubscriberState::Pending)
-            }
-        };
-        let kind = match state {
-            SubscriberState::Suppressed => {
-                tx.rollback().await?;
-                return Ok(SignupOutcome::Suppressed);
-            }
-            SubscriberState::Confirmed => DeliveryKind::Welcome,
-            SubscriberState::Pending | SubscriberState::Unsubscribed => {
-                sqlx::query(
-                    "UPDATE subscribers SET state = 'pending', timezone = $1, confirmed_at = NULL,
-                         updated_at = $2
-                     WHERE id = $3",
-                )
-                .bind(signup.timezone.name())
-                .bind(now)
-                .bind(id)
-                .execute(&mut *tx)
-                .await?;
-                replace_subscriptions(&mut tx, id, &signup.regions, now).await?;
-                sqlx::query(
-                    "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, text_version)
-                     VALUES ($1, $2, $3, $4, $5)",
-                )
-                .bind(id)
-                .bind(now)
-                .bind(&signup.consent.ip)
-                .bind(&signup.consent.user_agent)
-                .bind(&signup.consent.text_version)
-                .execute(&mut *tx)
-                .await?;
-                DeliveryKind::Confirmation
-            }
-        };
-        let (sent_today,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM deliveries
-             WHERE subscriber_id = $1 AND kind IN ('confirmation', 'welcome') AND created_at > $2",
-        )
-        .bind(id)
-        .bind(now - 86_400)
-        .fetch_one(&mut *tx)
-        .await?;
-        let outcome = if sent_today >= i64::from(mail.per_day) {
-            SignupOutcome::EmailLimitReached
-        } else {
-            queue_signup_email(&mut tx, id, kind, now, mail.expires_at).await?;
-            match kind {
-                DeliveryKind::Welcome => SignupOutcome::WelcomeQueued,
-                _ => SignupOutcome::ConfirmationQueued,
-            }
-        };
+        let outcome = record_signup(&mut tx, &self.suppression, signup, now, mail).await?;
         tx.commit().await?;
         Ok(outcome)
     }
@@ -341,38 +432,24 @@ impl Store {
     /// the window are returned (for `Retry-After`).
     pub async fn hit_rate_limit(
         &self,
-        scope: &str,
+        scope: &'static str,
         key_hash: &str,
         now: i64,
         window_secs: i64,
         limit: u32,
     ) -> Result<Option<i64>> {
-        let cutoff = now - window_secs;
+        let limit = RateLimit {
+            scope,
+            key_hash: key_hash.to_string(),
+            window_secs,
+            limit,
+        };
         let mut tx = self.begin_write().await?;
-        sqlx::query("DELETE FROM rate_limit_hits WHERE scope = $1 AND at <= $2")
-            .bind(scope)
-            .bind(cutoff)
-            .execute(&mut *tx)
-            .await?;
-        let (count, oldest): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), MIN(at) FROM rate_limit_hits WHERE scope = $1 AND key_hash = $2 AND at > $3",
-        )
-        .bind(scope)
-        .bind(key_hash)
-        .bind(cutoff)
-        .fetch_one(&mut *tx)
-        .await?;
-        if count >= i64::from(limit) {
+        if let Some(retry_after) = limit.retry_after(&mut tx, now).await? {
             tx.rollback().await?;
-            let retry_after = oldest.unwrap_or(now) + window_secs - now;
-            return Ok(Some(retry_after.max(1)));
+            return Ok(Some(retry_after));
         }
-        sqlx::query("INSERT INTO rate_limit_hits (scope, key_hash, at) VALUES ($1, $2, $3)")
-            .bind(scope)
-            .bind(key_hash)
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
+        limit.hit(&mut tx, now).await?;
         tx.commit().await?;
         Ok(None)
     }
@@ -447,6 +524,94 @@ type ConsentRow = (
     Option<i64>,
     Option<String>,
 );
+
+/// A queued sign-up as stored: address, regions, zone, consent IP, user agent, consent
+/// version, when the form was sent.
+type SignupRequestRow = (String, String, String, String, String, String, i64);
+
+/// The work of one sign-up, which depends on the address's state (see
+/// [`Store::record_web_signup`]), inside the caller's transaction.
+async fn record_signup(
+    tx: &mut Tx,
+    suppression: &SuppressionKey,
+    signup: &WebSignup,
+    now: i64,
+    mail: SignupMail,
+) -> Result<SignupOutcome> {
+    let suppressed: Option<(String,)> =
+        sqlx::query_as("SELECT email_hash FROM suppressions WHERE email_hash = $1")
+            .bind(suppression.entry(signup.email.as_str()))
+            .fetch_optional(&mut **tx)
+            .await?;
+    if suppressed.is_some() {
+        return Ok(SignupOutcome::Suppressed);
+    }
+    let existing: Option<(i64, String)> =
+        sqlx::query_as("SELECT id, state FROM subscribers WHERE email = $1")
+            .bind(signup.email.as_str())
+            .fetch_optional(&mut **tx)
+            .await?;
+    let (id, state) = match existing {
+        Some((id, state)) => (id, state.parse().map_err(StoreError::Corrupt)?),
+        None => {
+            let (id,): (i64,) = sqlx::query_as(
+                "INSERT INTO subscribers (email, state, timezone, created_at, updated_at)
+                 VALUES ($1, 'pending', $2, $3, $3) RETURNING id",
+            )
+            .bind(signup.email.as_str())
+            .bind(signup.timezone.name())
+            .bind(now)
+            .fetch_one(&mut **tx)
+            .await?;
+            (id, SubscriberState::Pending)
+        }
+    };
+    let kind = match state {
+        SubscriberState::Suppressed => return Ok(SignupOutcome::Suppressed),
+        SubscriberState::Confirmed => DeliveryKind::Welcome,
+        SubscriberState::Pending | SubscriberState::Unsubscribed => {
+            sqlx::query(
+                "UPDATE subscribers SET state = 'pending', timezone = $1, confirmed_at = NULL,
+                     updated_at = $2
+                 WHERE id = $3",
+            )
+            .bind(signup.timezone.name())
+            .bind(now)
+            .bind(id)
+            .execute(&mut **tx)
+            .await?;
+            replace_subscriptions(tx, id, &signup.regions, now).await?;
+            sqlx::query(
+                "INSERT INTO consents (subscriber_id, given_at, ip, user_agent, text_version)
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id)
+            .bind(now)
+            .bind(&signup.consent.ip)
+            .bind(&signup.consent.user_agent)
+            .bind(&signup.consent.text_version)
+            .execute(&mut **tx)
+            .await?;
+            DeliveryKind::Confirmation
+        }
+    };
+    let (sent_today,): (i64,) = sqlx::query_as(
+        "SELECT COUNT(*) FROM deliveries
+         WHERE subscriber_id = $1 AND kind IN ('confirmation', 'welcome') AND created_at > $2",
+    )
+    .bind(id)
+    .bind(now - 86_400)
+    .fetch_one(&mut **tx)
+    .await?;
+    if sent_today >= i64::from(mail.per_day) {
+        return Ok(SignupOutcome::EmailLimitReached);
+    }
+    queue_signup_email(tx, id, kind, now, mail.expires_at).await?;
+    Ok(match kind {
+        DeliveryKind::Welcome => SignupOutcome::WelcomeQueued,
+        _ => SignupOutcome::ConfirmationQueued,
+    })
+}
 
 /// Makes a reader's subscriptions exactly `regions`, keeping the start of those that stay
 /// at the same cadence (the digest window counts from it).
@@ -709,6 +874,62 @@ mod tests {
                 SignupOutcome::Suppressed
             );
             assert!(store.list_subscribers().await.unwrap().is_empty());
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_sign_ups_are_counted_at_once_and_done_once() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let limits = |limit| {
+                [RateLimit {
+                    scope: "signup-ip",
+                    key_hash: "k".into(),
+                    window_secs: 3_600,
+                    limit,
+                }]
+            };
+            let ada = signup("ada@example.org", &[("town", Cadence::Weekly)]);
+            let Queued::Stored(id) = store.queue_web_signup(&ada, 100, &limits(2)).await.unwrap()
+            else {
+                panic!("{backend:?}: the first sign-up is within the limit");
+            };
+            // Queued, not done: the address is not on file yet.
+            assert!(store.list_subscribers().await.unwrap().is_empty());
+            assert_eq!(store.queued_signups(10).await.unwrap(), [id]);
+            // Done once, as of when the form was sent, however many workers try.
+            assert_eq!(
+                store.run_queued_signup(id, mail(500)).await.unwrap(),
+                Some(SignupOutcome::ConfirmationQueued)
+            );
+            assert_eq!(store.run_queued_signup(id, mail(500)).await.unwrap(), None);
+            assert!(store.queued_signups(10).await.unwrap().is_empty());
+            let reader = &store.list_subscribers().await.unwrap()[0];
+            assert_eq!(reader.state, SubscriberState::Pending);
+            assert_eq!(reader.created_at, 100);
+            assert_eq!(reader.regions, [("town".to_string(), Cadence::Weekly)]);
+            let consent = store.consent_records().await.unwrap()[&reader.id].clone();
+            assert_eq!(consent.given_at, 100);
+            assert_eq!(consent.user_agent, "TestBrowser/1.0");
+            assert_eq!(kinds(store).await, ["confirmation"]);
+
+            // Past the limit nothing is stored, and the refusal is not counted.
+            let bo = signup("bo@example.org", &[("town", Cadence::Daily)]);
+            assert!(matches!(
+                store.queue_web_signup(&bo, 101, &limits(2)).await.unwrap(),
+                Queued::Stored(_)
+            ));
+            for at in [102, 103] {
+                assert_eq!(
+                    store.queue_web_signup(&bo, at, &limits(2)).await.unwrap(),
+                    Queued::Limited {
+                        scope: "signup-ip",
+                        // The hit at 100 leaves the window at 3,700.
+                        retry_after: 3_700 - at,
+                    }
+                );
+            }
+            assert_eq!(store.queued_signups(10).await.unwrap().len(), 1);
         }
     }
 

@@ -1,7 +1,5 @@
 //! Readers and what they follow.
 
-use sha2::{Digest, Sha256};
-
 use super::{Result, Store, StoreError};
 use crate::domain::{Cadence, Email, RegionSlug, SubscriberState, Timezone};
 
@@ -46,12 +44,6 @@ pub struct SubscriberRow {
     pub created_at: i64,
     /// When the reader confirmed.
     pub confirmed_at: Option<i64>,
-}
-
-/// SHA-256 hex of a normalised address: what the suppression list keeps.
-pub fn email_hash(email: &str) -> String {
-    let digest = Sha256::digest(email.as_bytes());
-    digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl Store {
@@ -109,7 +101,7 @@ impl Store {
     }
 
     /// Erases a reader: their row, subscriptions and consent records go, queued mail to them is cancelled,
-    /// and a hashed suppression entry stays so no old queue row can reach them.
+    /// and a keyed hash stays on the suppression list so no old queue row can reach them.
     /// Returns false when the address was not on file.
     pub async fn remove_subscriber(&self, email: &Email, now: i64) -> Result<bool> {
         let mut tx = self.begin_write().await?;
@@ -145,7 +137,7 @@ impl Store {
             "INSERT INTO suppressions (email_hash, reason, created_at) VALUES ($1, 'removed', $2)
              ON CONFLICT (email_hash) DO NOTHING",
         )
-        .bind(email_hash(email.as_str()))
+        .bind(self.suppression.entry(email.as_str()))
         .bind(now)
         .execute(&mut *tx)
         .await?;
@@ -293,7 +285,7 @@ mod tests {
             assert!(store.list_subscribers().await.unwrap().is_empty());
             let (n,): (i64,) =
                 sqlx::query_as("SELECT COUNT(*) FROM suppressions WHERE email_hash = $1")
-                    .bind(email_hash("gone@example.org"))
+                    .bind(store.suppression.entry("gone@example.org"))
                     .fetch_one(&store.pool)
                     .await
                     .unwrap();

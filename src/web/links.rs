@@ -37,7 +37,8 @@ struct Link {
 /// The token of a request's query string, checked for `purpose`.
 fn verified(state: &AppState, request_query: &str, purpose: Purpose) -> Option<Link> {
     let form = Form::parse(request_query.as_bytes());
-    let token = form.get("token").trim().to_string();
+    // Taken as sent: each token has one spelling, and nothing else is accepted for it.
+    let token = form.get("token").to_string();
     let (id, expires_at) = state
         .signer
         .verify_with_expiry(purpose, &token, now())

@@ -16,6 +16,7 @@ mod time_limits;
 
 pub use pages::{PageError, Pages};
 pub use regions::RegionIndex;
+pub use signup::{SIGNUPS_OVERDUE_AFTER, run_queued_signups};
 
 use std::sync::Arc;
 

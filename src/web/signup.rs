@@ -1,12 +1,13 @@
 //! `GET /` (the sign-up page), `POST /subscribe`, and `GET /regions?q=` (the
 //! community search the page's script asks as the reader types).
 //!
-//! `POST /subscribe` answers one page, byte for byte, whatever the address's state:
-//! new, pending, confirmed or unsubscribed. What differs (a confirmation, a welcome
-//! with the preferences link, or nothing) happens in the reader's mailbox, where only
-//! the address's owner sees it.
+//! `POST /subscribe` answers one page, byte for byte and in the same time, whatever the
+//! address's state: new, pending, confirmed, unsubscribed or suppressed. What differs (a
+//! confirmation, a welcome with the preferences link, or nothing) happens after the
+//! answer, in the reader's mailbox, where only the address's owner sees it.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::Json;
 use axum::extract::{Request, State};
@@ -19,8 +20,10 @@ use super::forms::{Client, Form, MAX_FORM_BYTES, csrf_ok, csrf_token, same_origi
 use super::pages::{Choices, Extra, FormErrors, SignupPage, cadence_options, nonce};
 use super::regions::{Found, SEARCH_LIMIT};
 use crate::clock::now;
+use crate::config::Config;
 use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, Timezone};
-use crate::store::{Consent, SignupMail, WebSignup};
+use crate::shutdown::Shutdown;
+use crate::store::{Consent, Queued, RateLimit, SignupMail, Store, WebSignup};
 
 /// What the reader entered, kept to show the form again.
 struct Entered {
@@ -214,35 +217,7 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
 
     let limits = &state.config.signup;
     let t = now();
-    let checks = [
-        (
-            "signup-ip",
-            state.signer.fingerprint("signup-ip", &client.ip_bucket()),
-            limits.ip_window,
-            limits.ip_limit,
-        ),
-        (
-            "signup-address",
-            state.signer.fingerprint("signup-address", email.as_str()),
-            limits.address_window,
-            limits.address_limit,
-        ),
-    ];
-    for (scope, key, window, limit) in checks {
-        match state
-            .store
-            .hit_rate_limit(scope, &key, t, window.as_secs() as i64, limit)
-            .await
-        {
-            Ok(None) => {}
-            Ok(Some(retry_after)) => {
-                tracing::info!(ip = %client.ip_text(), scope, "sign-up refused by rate limit");
-                return super::rate_limited(&state, retry_after);
-            }
-            Err(error) => return super::try_again(&state, &error),
-        }
-    }
-
+    let ip_key = state.signer.fingerprint("signup-ip", &client.ip_bucket());
     let signup = WebSignup {
         email,
         regions: entered.chosen,
@@ -253,20 +228,105 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
             text_version: limits.consent_version.clone(),
         },
     };
-    let mail = SignupMail {
-        per_day: limits.emails_per_day,
-        expires_at: t + state
-            .config
-            .expiry(DeliveryKind::Confirmation, None)
-            .as_secs() as i64,
-    };
-    match state.store.record_web_signup(&signup, t, mail).await {
-        Ok(outcome) => {
-            tracing::info!(?outcome, "web sign-up");
+    let checks = [
+        RateLimit {
+            scope: "signup-ip",
+            key_hash: ip_key,
+            window_secs: limits.ip_window.as_secs() as i64,
+            limit: limits.ip_limit,
+        },
+        RateLimit {
+            scope: "signup-address",
+            key_hash: state
+                .signer
+                .fingerprint("signup-address", signup.email.as_str()),
+            window_secs: limits.address_window.as_secs() as i64,
+            limit: limits.address_limit,
+        },
+    ];
+    // The form answers once the sign-up is stored, before any of the work that depends
+    // on the address's state (new, pending, confirmed, unsubscribed, suppressed): that
+    // work takes longer for some states than for others, and the answer's timing would
+    // tell which. The sign-up is stored before the answer, not after it, because a
+    // reader told to check their inbox must get the email even if herald stops a moment
+    // later: a queued row is done at the next start.
+    match state.store.queue_web_signup(&signup, t, &checks).await {
+        Ok(Queued::Stored(id)) => {
+            let (store, config) = (state.store.clone(), state.config.clone());
+            tokio::spawn(async move { run_signup(&store, &config, id).await });
             check_inbox(&state)
+        }
+        Ok(Queued::Limited { scope, retry_after }) => {
+            tracing::info!(ip = %signup.consent.ip, scope, "sign-up refused by rate limit");
+            super::rate_limited(&state, retry_after)
         }
         Err(error) => super::try_again(&state, &error),
     }
+}
+
+/// How many sign-up emails an address may get, and the expiry of one queued now.
+fn signup_mail(config: &Config) -> SignupMail {
+    SignupMail {
+        per_day: config.signup.emails_per_day,
+        expires_at: now() + config.expiry(DeliveryKind::Confirmation, None).as_secs() as i64,
+    }
+}
+
+/// Does the queued sign-up `id`; on failure it stays queued for [`run_queued_signups`].
+/// Returns false on failure.
+async fn run_signup(store: &Store, config: &Config, id: i64) -> bool {
+    match store.run_queued_signup(id, signup_mail(config)).await {
+        Ok(Some(outcome)) => {
+            tracing::info!(?outcome, "web sign-up");
+            true
+        }
+        Ok(None) => true,
+        Err(error) => {
+            tracing::warn!(%error, "a sign-up failed; it stays queued and is retried");
+            false
+        }
+    }
+}
+
+/// How often sign-ups left queued (by a crash, or a failed attempt) are looked for.
+const QUEUED_SIGNUP_RETRY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Queued sign-ups read at a time.
+const QUEUED_SIGNUP_BATCH: usize = 100;
+
+/// How long the daemon may go without reading the queued sign-ups before `/readyz`
+/// says so: three of its one-minute passes.
+pub const SIGNUPS_OVERDUE_AFTER: std::time::Duration = std::time::Duration::from_secs(190);
+
+/// Does the sign-ups left queued, at start-up and then every minute, until shutdown;
+/// each pass that could read the queue is a good pass on `beat`.
+pub async fn run_queued_signups(
+    store: Store,
+    config: Arc<Config>,
+    shutdown: Shutdown,
+    beat: crate::supervise::Beat,
+) -> Result<(), crate::store::StoreError> {
+    while !shutdown.is_triggered() {
+        let mut read_on = false;
+        match store.queued_signups(QUEUED_SIGNUP_BATCH as i64).await {
+            Ok(ids) => {
+                read_on = ids.len() == QUEUED_SIGNUP_BATCH;
+                beat.ok();
+                for id in ids {
+                    if shutdown.is_triggered() {
+                        return Ok(());
+                    }
+                    read_on &= run_signup(&store, &config, id).await;
+                }
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the queued sign-ups"),
+        }
+        // A full batch done without a failure may have more behind it: read on at once.
+        if !read_on {
+            shutdown.sleep(QUEUED_SIGNUP_RETRY).await;
+        }
+    }
+    Ok(())
 }
 
 /// What `GET /regions?q=` answers.

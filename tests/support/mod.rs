@@ -231,6 +231,41 @@ drain_timeout = "5s"
         .ok();
     }
 
+    /// Waits until the daemon has done every sign-up its form stored: the form answers
+    /// before the work that depends on the address's state.
+    pub fn wait_for_signups(&self) {
+        let start = Instant::now();
+        while self.sql("SELECT COUNT(*) FROM signup_requests")[0][0] != "0" {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "sign-ups stayed queued for 20 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Runs one statement on the site's SQLite file and commits it (to set up what the
+    /// commands cannot, such as rows an older herald or a crash left behind).
+    pub fn sql_write(&self, statement: &str) {
+        let output = Command::new("python3")
+            .arg("-c")
+            .arg(
+                "import sqlite3,sys\n\
+                 c=sqlite3.connect(sys.argv[1])\n\
+                 c.execute(sys.argv[2])\n\
+                 c.commit()",
+            )
+            .arg(self.db_path())
+            .arg(statement)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+
     /// Opens the site's SQLite file directly (read-only checks).
     pub fn sql(&self, query: &str) -> Vec<Vec<String>> {
         let output = Command::new("python3")
