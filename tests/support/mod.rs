@@ -244,28 +244,6 @@ drain_timeout = "5s"
         }
     }
 
-    /// Runs one statement on the site's SQLite file and commits it (to set up what the
-    /// commands cannot, such as rows an older herald or a crash left behind).
-    pub fn sql_write(&self, statement: &str) {
-        let output = Command::new("python3")
-            .arg("-c")
-            .arg(
-                "import sqlite3,sys\n\
-                 c=sqlite3.connect(sys.argv[1])\n\
-                 c.execute(sys.argv[2])\n\
-                 c.commit()",
-            )
-            .arg(self.db_path())
-            .arg(statement)
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-    }
-
     /// Opens the site's SQLite file directly (read-only checks).
     pub fn sql(&self, query: &str) -> Vec<Vec<String>> {
         let output = Command::new("python3")
@@ -289,8 +267,10 @@ drain_timeout = "5s"
 }
 
 impl Site {
-    /// Runs one statement that changes the site's SQLite file (DDL included), the way
-    /// an operator with the `sqlite3` shell would, while herald may be running.
+    /// Runs one statement that changes the site's SQLite file (DDL included) and
+    /// commits it, the way an operator with the `sqlite3` shell would, while herald may
+    /// be running: to set up what the commands cannot (rows an older herald or a crash
+    /// left behind, a fault).
     pub fn sql_write(&self, statement: &str) {
         let output = Command::new("python3")
             .arg("-c")
