@@ -434,11 +434,14 @@ impl Store {
 
 type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 
-/// Inserts a new article; an article without a date is dated when first seen.
+/// Inserts a new article; an article without a date is dated when first seen. Another
+/// feed polled at the same moment may insert the same link first (PostgreSQL runs the
+/// two transactions side by side): that article is then this one.
 async fn insert_article(tx: &mut Tx<'_>, item: &FeedItem, now: i64) -> Result<i64> {
-    let (id,): (i64,) = sqlx::query_as(
+    let inserted: Option<(i64,)> = sqlx::query_as(
         "INSERT INTO articles (link, title, summary, category, breaking, published_at, ingested_at, updated_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING id",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
+         ON CONFLICT (link) DO NOTHING RETURNING id",
     )
     .bind(&item.link)
     .bind(&item.title)
@@ -447,8 +450,15 @@ async fn insert_article(tx: &mut Tx<'_>, item: &FeedItem, now: i64) -> Result<i6
     .bind(i64::from(item.breaking))
     .bind(item.published_at.unwrap_or(now))
     .bind(now)
-    .fetch_one(&mut **tx)
+    .fetch_optional(&mut **tx)
     .await?;
+    if let Some((id,)) = inserted {
+        return Ok(id);
+    }
+    let (id,): (i64,) = sqlx::query_as("SELECT id FROM articles WHERE link = $1")
+        .bind(&item.link)
+        .fetch_one(&mut **tx)
+        .await?;
     Ok(id)
 }
 
@@ -503,6 +513,38 @@ mod tests {
             category: String::new(),
             published_at: None,
             breaking: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn two_feeds_storing_one_link_at_the_same_moment_make_one_article() {
+        for (backend, t) in stores().await {
+            let store = &t.store;
+            let state: RegionSlug = "state".parse().unwrap();
+            let town: RegionSlug = "town".parse().unwrap();
+            let state_feed = store.feed_id(&state, "file://state.xml").await.unwrap();
+            let town_feed = store.feed_id(&town, "file://town.xml").await.unwrap();
+            // Many shared links, so the two transactions overlap on PostgreSQL.
+            let items = |prefix: &str| -> Vec<FeedItem> {
+                (0..200)
+                    .map(|i| {
+                        item(
+                            &format!("{prefix}-{i}"),
+                            &format!("https://news.example/shared/{i}"),
+                            "Shared",
+                        )
+                    })
+                    .collect()
+            };
+            let (state_items, town_items) = (items("s"), items("t"));
+            let (a, b) = tokio::join!(
+                store.record_feed_items(state_feed, &state, &state_items, 100),
+                store.record_feed_items(town_feed, &town, &town_items, 100),
+            );
+            assert_eq!(a.unwrap().new, 200, "{backend:?}");
+            assert_eq!(b.unwrap().new, 200, "{backend:?}");
+            assert_eq!(store.article_count().await.unwrap(), 200, "{backend:?}");
+            assert_eq!(store.region_article_count(&town).await.unwrap(), 200);
         }
     }
 
