@@ -56,6 +56,11 @@ impl Holdings {
             .is_some_and(|held| held.claim == claim && held.valid_until >= now())
     }
 
+    /// Whether this worker holds any claim of `id`.
+    pub(super) fn is_held(&self, id: i64) -> bool {
+        self.rows().contains_key(&id)
+    }
+
     /// Forgets this claim of `id` (its outcome is committed, or it was given up).
     pub(super) fn forget(&self, id: i64, claim: u64) {
         let mut rows = self.rows();

@@ -150,6 +150,10 @@ pub(super) struct Recorder {
     hard: Shutdown,
     events: mpsc::UnboundedReceiver<Event>,
     stats: DeliverStats,
+    /// Rows of claims whose commit failed without saying whether it happened (the
+    /// connection dropped during COMMIT): given back once the database answers, unless
+    /// this worker holds them, so they do not wait out a lease nobody sends under.
+    orphans: Vec<i64>,
 }
 
 impl Recorder {
@@ -168,6 +172,7 @@ impl Recorder {
             hard,
             events,
             stats: DeliverStats::default(),
+            orphans: Vec::new(),
         };
         (recorder, RecorderHandle { events: events_tx })
     }
@@ -229,9 +234,13 @@ impl Recorder {
                 };
             }
             released = batch.round.opens();
+            let mut claimed_now = Vec::new();
             let written = match claiming.take() {
                 Some((task, reply)) => {
                     let (claimed, written) = self.commit_with_claim(task, &batch).await;
+                    if let Ok(ids) = &claimed {
+                        claimed_now.clone_from(ids);
+                    }
                     let _ = reply.send(claimed);
                     written
                 }
@@ -243,6 +252,7 @@ impl Recorder {
                 return Err(self.gave_up());
             }
             self.settle(batch);
+            self.release_orphans(&claimed_now).await;
             if last_progress.elapsed() >= Duration::from_millis(100) {
                 progress(&self.stats);
                 last_progress = std::time::Instant::now();
@@ -320,6 +330,26 @@ impl Recorder {
                 return true;
             }
             wait = (wait * 2).min(RETRY_AT_MOST);
+        }
+    }
+
+    /// Gives back the rows of claims whose commit may have happened unseen, except those
+    /// claimed again in the round just written or held by this worker.
+    async fn release_orphans(&mut self, claimed_now: &[i64]) {
+        if self.orphans.is_empty() {
+            return;
+        }
+        let ids: Vec<i64> = self
+            .orphans
+            .iter()
+            .copied()
+            .filter(|id| !claimed_now.contains(id) && !self.holdings.is_held(*id))
+            .collect();
+        match self.store.release_deliveries(&ids, self.owner, now()).await {
+            Ok(()) => self.orphans.clear(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot give back rows of a claim whose commit failed; trying again")
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod fault_smtp;
 
 pub mod feed_server;
+pub mod sink;
 pub mod web;
 
 use std::io::{BufRead, BufReader};

@@ -1,0 +1,83 @@
+//! Postfix's `smtp-sink` as the SMTP server of a test: it answers DATA after a delay (so
+//! many messages are in flight at once) and dumps every transaction to a folder, which
+//! [`received`] counts per recipient.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct Sink {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn smtp_sink(port: u16) -> Sink {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let program = if std::path::Path::new("/usr/sbin/smtp-sink").exists() {
+        "/usr/sbin/smtp-sink"
+    } else {
+        "smtp-sink"
+    };
+    // Wait before answering DATA (a second unless HERALD_CRASH_SINK_DELAY says more),
+    // so many messages are in flight at once.
+    let delay = std::env::var("HERALD_CRASH_SINK_DELAY").unwrap_or_else(|_| "1".into());
+    let child = Command::new(program)
+        .args(["-u", "nobody", "-w", &delay, "-m", "512", "-d"])
+        .arg(format!("{}/m.", dir.path().display()))
+        .arg(format!("127.0.0.1:{port}"))
+        .arg("1024")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("Postfix smtp-sink must be installed (Debian package postfix)");
+    let start = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "smtp-sink did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Sink { child, dir }
+}
+
+/// Copies received per recipient, from smtp-sink's dump files. smtp-sink also dumps
+/// transactions whose client vanished mid-DATA; a mail server never delivers those, so
+/// only dumps that hold the whole message (its closing MIME boundary) count.
+pub fn received(sink: &Sink) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    let mut partial = 0;
+    for entry in std::fs::read_dir(sink.dir.path()).unwrap() {
+        let text = std::fs::read_to_string(entry.unwrap().path()).unwrap_or_default();
+        let boundary = text
+            .split("boundary=\"")
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .map(|b| format!("--{b}--"));
+        if !boundary.is_some_and(|b| text.contains(&b)) {
+            partial += 1;
+            continue;
+        }
+        if let Some(line) = text.lines().find(|l| l.starts_with("X-Rcpt-Args:")) {
+            let rcpt = line["X-Rcpt-Args:".len()..]
+                .trim()
+                .trim_matches(['<', '>'])
+                .to_string();
+            *counts.entry(rcpt).or_insert(0) += 1;
+        }
+    }
+    println!("{partial} partial transactions (client killed mid-DATA) not counted");
+    counts
+}
