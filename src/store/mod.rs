@@ -646,6 +646,18 @@ pub(crate) mod testing {
         ));
         if let Ok(base) = std::env::var("HERALD_TEST_POSTGRES_URL") {
             out.push((Backend::Postgres, fresh_postgres(&base, version).await));
+        } else {
+            // Straight to the terminal, past the test harness's capture: a run that
+            // skipped half the store tests must say so.
+            static SAID: std::sync::Once = std::sync::Once::new();
+            SAID.call_once(|| {
+                use std::io::Write as _;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: the store tests ran on SQLite only; the PostgreSQL half was skipped \
+                     (set HERALD_TEST_POSTGRES_URL=postgres://postgres@127.0.0.1:5432/test to run it)"
+                );
+            });
         }
         out
     }
