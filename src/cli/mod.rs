@@ -1,6 +1,7 @@
 //! The command line: one file per subcommand, each with its arguments and its run.
 
 mod admin;
+mod backup;
 mod deliver;
 mod deliveries;
 mod ingest;
@@ -56,6 +57,8 @@ enum Command {
     Subscribers(subscribers::Command),
     /// Show counts by delivery state, queue age, last error and feed health.
     Status,
+    /// Write a consistent copy of the SQLite database, while the daemon runs.
+    Backup(backup::Args),
     /// Act on delivery rows.
     #[command(subcommand)]
     Deliveries(deliveries::Command),
@@ -129,6 +132,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preview(args) => preview::run(&config, args).await,
         Command::Subscribers(cmd) => subscribers::run(&config, cmd).await,
         Command::Status => status::run(&config).await,
+        Command::Backup(args) => backup::run(&config, args).await,
         Command::Deliveries(cmd) => deliveries::run(&config, cmd).await,
         Command::Admin(cmd) => admin::run(&config, cmd).await,
     }

@@ -7,6 +7,7 @@
 
 mod api_tokens;
 mod articles;
+mod backup;
 mod deliveries;
 mod planning;
 mod seed;
@@ -17,6 +18,7 @@ mod wal_hook;
 
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedPollState, FeedStatus, PushOutcome};
+pub use backup::BackupSummary;
 pub use deliveries::{
     Claim, ClaimedDelivery, DeliveryArticle, Lease, LeaseOwner, Outcome, PlanSummary, QueueStatus,
 };
@@ -60,6 +62,9 @@ pub enum StoreError {
     /// A row held a value herald does not understand (edited by hand?).
     #[error("unexpected value in the database: {0}")]
     Corrupt(String),
+    /// The request cannot be done here; the text says what to do instead.
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 /// Shorthand for store results.
