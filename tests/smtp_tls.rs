@@ -212,6 +212,10 @@ fn every_connection_has_tcp_nodelay_in_every_mode() {
                 "{mode}: a connection without TCP_NODELAY: {line}"
             );
         }
-        assert_eq!(relay.wait_for(3, Duration::from_secs(10)).len(), 3, "{mode}");
+        assert_eq!(
+            relay.wait_for(3, Duration::from_secs(10)).len(),
+            3,
+            "{mode}"
+        );
     }
 }
