@@ -18,7 +18,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let only = match &args.region {
         Some(text) => Some(
             config
-                .known_region(text)
+                .regions
+                .known(text)
                 .map_err(anyhow::Error::msg)?
                 .slug
                 .clone(),

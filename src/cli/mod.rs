@@ -19,7 +19,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::compose::Composer;
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::store::Store;
 use crate::tokens::Signer;
 
@@ -145,7 +145,7 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// The token signer from config, or from the generated key file.
 pub fn signer(config: &Config) -> anyhow::Result<Signer> {
     Ok(Signer::from_config(
-        config.security.secret.as_deref(),
+        config.security.secret.as_ref().map(Secret::expose),
         &config.security.secret_file,
     )?)
 }

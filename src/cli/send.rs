@@ -38,7 +38,8 @@ pub struct Args {
 /// Plans the edition, then delivers the queue with a progress bar.
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let region = config
-        .known_region(&args.region)
+        .regions
+        .known(&args.region)
         .map_err(anyhow::Error::msg)?;
     let store = super::open_store(config).await?;
     if let Some(to) = &args.to {

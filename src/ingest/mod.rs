@@ -197,7 +197,7 @@ impl Ingester {
         let mut tasks = JoinSet::new();
         let mut order = HashMap::new();
         let mut names = Vec::new();
-        for region in &config.regions {
+        for region in config.regions.iter() {
             if only.is_some_and(|slug| slug != &region.slug) {
                 continue;
             }

@@ -33,7 +33,13 @@ pub async fn manual_digest(
         uuid::Uuid::new_v4().simple()
     );
     let since = now - cadence.period().num_seconds();
-    let expires_at = now + secs(config.expiry(DeliveryKind::Digest, Some(cadence)));
+    let expires_at = now
+        + secs(
+            config
+                .deliver
+                .expiry
+                .of(DeliveryKind::Digest, Some(cadence)),
+        );
     store
         .plan_region_digest(&slot_key, region, cadence, since, now, expires_at, dry_run)
         .await
@@ -106,7 +112,13 @@ pub async fn plan_due(
             // latest: its window covers the others, and readers get one email, not a burst.
             report.folded += fresh.len().saturating_sub(1);
             if let Some((slot_key, slot)) = fresh.pop() {
-                let expires_at = now + secs(config.expiry(DeliveryKind::Digest, Some(cadence)));
+                let expires_at = now
+                    + secs(
+                        config
+                            .deliver
+                            .expiry
+                            .of(DeliveryKind::Digest, Some(cadence)),
+                    );
                 let summary = store
                     .plan_slot_digest(
                         &SlotPlan {
@@ -182,7 +194,7 @@ pub async fn plan_alerts(
     let max_age = secs(config.alerts.max_age);
     for article in store.breaking_articles_since(now - max_age).await? {
         let expires_at =
-            (article.ingested_at + max_age).min(now + secs(config.deliver.expiry_alert));
+            (article.ingested_at + max_age).min(now + secs(config.deliver.expiry.alert));
         for zone_name in store.alert_zones(article.id).await? {
             let zone = zone_name.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC);
             let release = release_after_quiet_hours(at, zone, config.alerts.quiet_hours);

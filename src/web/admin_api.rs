@@ -207,7 +207,8 @@ fn validate(
 ) -> Result<(crate::domain::RegionSlug, FeedItem), String> {
     let region = state
         .config
-        .known_region(&request.region)
+        .regions
+        .known(&request.region)
         .map_err(|e| format!("region: {e}"))?
         .slug
         .clone();

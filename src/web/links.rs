@@ -173,7 +173,12 @@ pub async fn confirm(State(state): State<AppState>, request: Request) -> Respons
         &state.config.http.trusted_proxies,
     );
     let t = now();
-    let expires_at = t + state.config.expiry(DeliveryKind::Welcome, None).as_secs() as i64;
+    let expires_at = t + state
+        .config
+        .deliver
+        .expiry
+        .of(DeliveryKind::Welcome, None)
+        .as_secs() as i64;
     let outcome = match state
         .store
         .confirm_subscriber(id, &client.ip_text(), t, expires_at)

@@ -257,7 +257,9 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
         per_day: limits.emails_per_day,
         expires_at: t + state
             .config
-            .expiry(DeliveryKind::Confirmation, None)
+            .deliver
+            .expiry
+            .of(DeliveryKind::Confirmation, None)
             .as_secs() as i64,
     };
     match state.store.record_web_signup(&signup, t, mail).await {
