@@ -43,7 +43,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let store = crate::cli::open_store(&config).await?;
     let composer = crate::cli::composer(&config)?;
     let signer = Arc::new(crate::cli::signer(&config)?);
-    let transport = Arc::new(Transport::from_config(&config));
+    let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
     let ingester = Arc::new(Ingester::new(&config, store.clone())?);
     let health = Health::default();
     // Pages load before the port opens, so a broken template stops start-up.
@@ -87,8 +87,14 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let (config, store, shutdown) = (config.clone(), store.clone(), shutdown.clone());
         move |beat| crate::plan::run(config.clone(), store.clone(), shutdown.clone(), beat)
     });
-    let deliverer = Arc::new(Deliverer::new(&config, store.clone(), composer, transport));
-    let deliver = supervisor.spawn("deliver", crate::deliver::overdue_after(&config), {
+    let deliverer = Arc::new(Deliverer::new(
+        &config.deliver,
+        &config.smtp,
+        store.clone(),
+        composer,
+        transport,
+    ));
+    let deliver = supervisor.spawn("deliver", crate::deliver::overdue_after(&config.smtp), {
         let shutdown = shutdown.clone();
         move |beat| {
             let (deliverer, shutdown) = (deliverer.clone(), shutdown.clone());

@@ -101,8 +101,14 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         "queued {} digest(s) for {} ({} readers, {} articles placed)",
         plan.deliveries, region.slug, plan.deliveries, plan.articles
     );
-    let transport = Arc::new(Transport::from_config(config));
-    let deliverer = Deliverer::new(config, store.clone(), composer, transport.clone());
+    let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
+    let deliverer = Deliverer::new(
+        &config.deliver,
+        &config.smtp,
+        store.clone(),
+        composer,
+        transport.clone(),
+    );
     let (trigger, shutdown) = Shutdown::new();
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -164,7 +170,7 @@ async fn test_send(
             now: t,
         })
         .context("cannot compose the test email")?;
-    let transport = Transport::from_config(config);
+    let transport = Transport::from_config(&config.mail, &config.smtp);
     let result = transport_send(&transport, &composed).await;
     transport.close().await;
     match result {

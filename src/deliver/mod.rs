@@ -17,7 +17,7 @@ use tokio::sync::{Mutex, mpsc, oneshot};
 
 use crate::clock::now;
 use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
-use crate::config::{Config, TransportKind};
+use crate::config::{DeliverConfig, MailConfig, SmtpConfig, TransportKind};
 use crate::domain::{DeliveryKind, DeliveryState, Email, SubscriberState};
 use crate::shutdown::Shutdown;
 use crate::store::{
@@ -28,8 +28,8 @@ use crate::supervise::Beat;
 
 /// How long the daemon's delivery may go without a completed round before `/readyz`
 /// says so: three SMTP timeouts (a round waits at most one for each reply).
-pub fn overdue_after(config: &Config) -> Duration {
-    3 * config.smtp.timeout.max(Duration::from_secs(10))
+pub fn overdue_after(smtp: &SmtpConfig) -> Duration {
+    3 * smtp.timeout.max(Duration::from_secs(10))
 }
 
 /// Where composed messages go.
@@ -42,10 +42,10 @@ pub enum Transport {
 
 impl Transport {
     /// The transport the configuration asks for.
-    pub fn from_config(config: &Config) -> Transport {
-        match config.mail.transport {
-            TransportKind::Smtp => Transport::Smtp(Box::new(SmtpPool::new(config.smtp.clone()))),
-            TransportKind::File => Transport::File(config.mail.outbox_dir.clone()),
+    pub fn from_config(mail: &MailConfig, smtp: &SmtpConfig) -> Transport {
+        match mail.transport {
+            TransportKind::Smtp => Transport::Smtp(Box::new(SmtpPool::new(smtp.clone()))),
+            TransportKind::File => Transport::File(mail.outbox_dir.clone()),
         }
     }
 
@@ -300,30 +300,31 @@ impl Backoff {
 }
 
 impl Deliverer {
-    /// A worker over `store` that sends through `transport`.
+    /// A worker over `store` that sends through `transport`, paced by `smtp`'s rates
+    /// when that is an SMTP relay.
     pub fn new(
-        config: &Config,
+        deliver: &DeliverConfig,
+        smtp: &SmtpConfig,
         store: Store,
         composer: Arc<Composer>,
         transport: Arc<Transport>,
     ) -> Deliverer {
+        let pacing = match *transport {
+            Transport::Smtp(_) => Pacing::new(smtp.rate_per_second, &smtp.domain_rates),
+            Transport::File(_) => Pacing::new(0.0, &Default::default()),
+        };
         Deliverer {
             store,
             composer,
             transport,
-            batch_size: config.deliver.batch_size,
-            lease: config.deliver.lease,
-            drain_timeout: config.deliver.drain_timeout,
+            batch_size: deliver.batch_size,
+            lease: deliver.lease,
+            drain_timeout: deliver.drain_timeout,
             backoff: Backoff {
-                base: config.deliver.retry_base,
-                max: config.deliver.retry_max,
+                base: deliver.retry_base,
+                max: deliver.retry_max,
             },
-            pacing: Arc::new(match config.mail.transport {
-                TransportKind::Smtp => {
-                    Pacing::new(config.smtp.rate_per_second, &config.smtp.domain_rates)
-                }
-                TransportKind::File => Pacing::new(0.0, &Default::default()),
-            }),
+            pacing: Arc::new(pacing),
             owner: LeaseOwner::random(),
         }
     }
