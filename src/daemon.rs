@@ -44,7 +44,12 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let composer = crate::cli::composer(&config)?;
     let signer = Arc::new(crate::cli::signer(&config)?);
     let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
-    let ingester = Arc::new(Ingester::new(&config, store.clone())?);
+    let ingester = Arc::new(Ingester::new(
+        &config.ingest,
+        &config.alerts.categories,
+        &config.regions,
+        store.clone(),
+    )?);
     let health = Health::default();
     // Pages load before the port opens, so a broken template stops start-up.
     let app = router(
@@ -79,9 +84,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         trigger.clone(),
         RestartPolicy::default(),
     );
-    let ingest = supervisor.spawn("ingest", crate::ingest::overdue_after(&config), {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        move |beat| crate::ingest::run(ingester.clone(), config.clone(), shutdown.clone(), beat)
+    let ingest = supervisor.spawn("ingest", ingester.overdue_after(), {
+        let shutdown = shutdown.clone();
+        move |beat| crate::ingest::run(ingester.clone(), shutdown.clone(), beat)
     });
     let plan = supervisor.spawn("plan", crate::plan::overdue_after(&config), {
         let (config, store, shutdown) = (config.clone(), store.clone(), shutdown.clone());
