@@ -88,9 +88,10 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let shutdown = shutdown.clone();
         move |beat| crate::ingest::run(ingester.clone(), shutdown.clone(), beat)
     });
-    let plan = supervisor.spawn("plan", crate::plan::overdue_after(&config), {
-        let (config, store, shutdown) = (config.clone(), store.clone(), shutdown.clone());
-        move |beat| crate::plan::run(config.clone(), store.clone(), shutdown.clone(), beat)
+    let plan = supervisor.spawn("plan", crate::plan::overdue_after(&config.schedule), {
+        let planning = Arc::new(crate::cli::plan_config(&config));
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        move |beat| crate::plan::run(planning.clone(), store.clone(), shutdown.clone(), beat)
     });
     let deliverer = Arc::new(Deliverer::new(
         &config.deliver,

@@ -20,6 +20,7 @@ use clap::{Parser, Subcommand};
 
 use crate::compose::Composer;
 use crate::config::{Config, Secret};
+use crate::plan::PlanConfig;
 use crate::store::Store;
 use crate::tokens::Signer;
 
@@ -140,6 +141,15 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     store.migrate().await?;
     store.sync_regions(&config.regions).await?;
     Ok(store)
+}
+
+/// The sections planning reads.
+pub fn plan_config(config: &Config) -> PlanConfig {
+    PlanConfig {
+        schedule: config.schedule.clone(),
+        alerts: config.alerts.clone(),
+        expiry: config.deliver.expiry.clone(),
+    }
 }
 
 /// The token signer from config, or from the generated key file.

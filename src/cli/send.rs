@@ -59,7 +59,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let composer = super::composer(config)?;
     let t = now();
     if args.dry_run || !args.yes {
-        let plan = manual_digest(config, &store, &region.slug, args.cadence, t, true).await?;
+        let plan = manual_digest(
+            &config.deliver.expiry,
+            &store,
+            &region.slug,
+            args.cadence,
+            t,
+            true,
+        )
+        .await?;
         if args.dry_run {
             for (email, n) in &plan.recipients {
                 println!("{email}  {n} article(s)");
@@ -96,7 +104,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let plan = manual_digest(config, &store, &region.slug, args.cadence, now(), false).await?;
+    let plan = manual_digest(
+        &config.deliver.expiry,
+        &store,
+        &region.slug,
+        args.cadence,
+        now(),
+        false,
+    )
+    .await?;
     println!(
         "queued {} digest(s) for {} ({} readers, {} articles placed)",
         plan.deliveries, region.slug, plan.deliveries, plan.articles
