@@ -163,8 +163,15 @@ pub fn signer(config: &Config) -> anyhow::Result<Signer> {
 /// Loads and checks the email templates.
 pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
     let dir = config.mail.templates_dir.clone();
-    let composer = Composer::new(config, &dir, signer(config)?)
-        .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
+    let composer = Composer::new(
+        &config.mail,
+        &config.http.public_url,
+        config.signup.confirm_link_lifetime,
+        config.dkim.as_ref(),
+        &dir,
+        signer(config)?,
+    )
+    .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
     if !composer.one_click() {
         tracing::warn!(
             "http.public_url is {}, not https: emails go out without one-click unsubscribe \

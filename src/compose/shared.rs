@@ -477,7 +477,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::domain::Email;
-    use crate::tokens::Signer;
 
     fn composer(templates: &Path) -> Composer {
         let config = Config::from_toml(
@@ -495,7 +494,7 @@ mod tests {
             std::iter::empty(),
         )
         .unwrap();
-        Composer::new(&config, templates, Signer::new(b"k")).unwrap()
+        crate::compose::tests::composer_for(&config, templates).unwrap()
     }
 
     fn shipped_templates() -> PathBuf {
