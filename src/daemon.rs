@@ -22,7 +22,6 @@ use crate::web::{AppState, router};
 
 /// Runs until a signal, then drains and returns (exit 1 if a stage kept failing).
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(config);
     let files = descriptors::raise_open_file_limit().context("cannot read the open-file limit")?;
     let reserve = descriptors::reserve(
         config.database.max_connections,
@@ -53,14 +52,19 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let health = Health::default();
     // Pages load before the port opens, so a broken template stops start-up.
     let app = router(
-        AppState::new(store.clone(), signer, config.clone())
-            .with_context(|| {
-                format!(
-                    "cannot load the web page templates from {}",
-                    config.mail.templates_dir.join("web").display()
-                )
-            })?
-            .with_health(health.clone()),
+        AppState::new(
+            store.clone(),
+            signer,
+            Arc::new(crate::cli::web_config(&config)),
+            &config.mail,
+        )
+        .with_context(|| {
+            format!(
+                "cannot load the web page templates from {}",
+                config.mail.templates_dir.join("web").display()
+            )
+        })?
+        .with_health(health.clone()),
     );
     let listener = Arc::new(
         tokio::net::TcpListener::bind(config.http.listen)

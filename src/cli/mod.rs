@@ -23,6 +23,7 @@ use crate::config::{Config, Secret};
 use crate::plan::PlanConfig;
 use crate::store::Store;
 use crate::tokens::Signer;
+use crate::web::WebConfig;
 
 /// herald — regional news alerts and digests.
 #[derive(Debug, Parser)]
@@ -148,6 +149,18 @@ pub fn plan_config(config: &Config) -> PlanConfig {
     PlanConfig {
         schedule: config.schedule.clone(),
         alerts: config.alerts.clone(),
+        expiry: config.deliver.expiry.clone(),
+    }
+}
+
+/// The sections the web front reads.
+pub fn web_config(config: &Config) -> WebConfig {
+    WebConfig {
+        http: config.http.clone(),
+        signup: config.signup.clone(),
+        regions: config.regions.clone(),
+        alerts: config.alerts.clone(),
+        allow_private_links: config.ingest.allow_private,
         expiry: config.deliver.expiry.clone(),
     }
 }

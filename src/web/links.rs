@@ -175,7 +175,6 @@ pub async fn confirm(State(state): State<AppState>, request: Request) -> Respons
     let t = now();
     let expires_at = t + state
         .config
-        .deliver
         .expiry
         .of(DeliveryKind::Welcome, None)
         .as_secs() as i64;

@@ -257,7 +257,6 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
         per_day: limits.emails_per_day,
         expires_at: t + state
             .config
-            .deliver
             .expiry
             .of(DeliveryKind::Confirmation, None)
             .as_secs() as i64,
