@@ -115,6 +115,7 @@ pub struct Config {
 /// The sections a file may have; only their names are read here, to refuse any other.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+// serde's derive lists the names; the values are read per section.
 #[allow(dead_code)]
 struct Sections {
     database: IgnoredAny,
@@ -197,20 +198,19 @@ impl Config {
     /// Reads and checks every section of the merged layers, recording each problem.
     fn check(path: &Path, root: figment::value::Value, p: &mut Problems) -> Option<Config> {
         p.table::<Sections>("", root.clone());
-        let section = |name: &str| root.find_ref(name).cloned();
-        let database = section("database").and_then(|v| p.table::<database::File>("database", v));
-        let http = section("http").and_then(|v| p.table::<http::File>("http", v));
-        let mail = section("mail").and_then(|v| p.table::<mail::File>("mail", v));
-        let smtp = section("smtp").and_then(|v| p.table::<smtp::File>("smtp", v));
-        let schedule = section("schedule").and_then(|v| p.table::<schedule::File>("schedule", v));
-        let alerts = section("alerts").and_then(|v| p.table::<alerts::File>("alerts", v));
-        let ingest = section("ingest").and_then(|v| p.table::<ingest::File>("ingest", v));
-        let deliver = section("deliver").and_then(|v| p.table::<deliver::File>("deliver", v));
-        let security = section("security").and_then(|v| p.table::<security::File>("security", v));
-        let dkim = section("dkim").and_then(|v| p.table::<dkim::File>("dkim", v));
-        let signup = section("signup").and_then(|v| p.table::<signup::File>("signup", v));
-        let regions = match section("regions") {
-            Some(value) => p.value::<Vec<Setting<regions::Entry>>>("regions", value),
+        let database = p.section::<database::File>(&root, "database");
+        let http = p.section::<http::File>(&root, "http");
+        let mail = p.section::<mail::File>(&root, "mail");
+        let smtp = p.section::<smtp::File>(&root, "smtp");
+        let schedule = p.section::<schedule::File>(&root, "schedule");
+        let alerts = p.section::<alerts::File>(&root, "alerts");
+        let ingest = p.section::<ingest::File>(&root, "ingest");
+        let deliver = p.section::<deliver::File>(&root, "deliver");
+        let security = p.section::<security::File>(&root, "security");
+        let dkim = p.section::<dkim::File>(&root, "dkim");
+        let signup = p.section::<signup::File>(&root, "signup");
+        let regions = match root.find_ref("regions") {
+            Some(value) => p.value::<Vec<Setting<regions::Entry>>>("regions", value.clone()),
             None => Some(Vec::new()),
         };
 

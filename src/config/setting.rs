@@ -162,6 +162,11 @@ impl<'a> Problems<'a> {
         result.map_err(|message| self.push(key, message)).ok()
     }
 
+    /// Reads section `name` of the merged layers as `T` (see [`Problems::table`]).
+    pub(super) fn section<T: DeserializeOwned>(&mut self, root: &Value, name: &str) -> Option<T> {
+        self.table(name, root.find_ref(name)?.clone())
+    }
+
     /// Reads the table `value` as `T`. Each key `T` does not know is recorded (with the
     /// keys it does) and left out, so the known ones are still read and checked.
     pub(super) fn table<T: DeserializeOwned>(&mut self, key: &str, mut value: Value) -> Option<T> {
