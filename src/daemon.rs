@@ -22,7 +22,6 @@ use crate::web::{AppState, router, run_queued_signups};
 
 /// Runs until a signal, then drains and returns (exit 1 if a stage kept failing).
 pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
-    let config = Arc::new(config);
     let files = descriptors::raise_open_file_limit().context("cannot read the open-file limit")?;
     let reserve = descriptors::reserve(
         config.database.max_connections,
@@ -43,19 +42,29 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let store = crate::cli::open_store(&config).await?;
     let composer = crate::cli::composer(&config)?;
     let signer = Arc::new(crate::cli::signer(&config)?);
-    let transport = Arc::new(Transport::from_config(&config));
-    let ingester = Arc::new(Ingester::new(&config, store.clone())?);
+    let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
+    let ingester = Arc::new(Ingester::new(
+        &config.ingest,
+        &config.alerts.categories,
+        &config.regions,
+        store.clone(),
+    )?);
     let health = Health::default();
     // Pages load before the port opens, so a broken template stops start-up.
     let app = router(
-        AppState::new(store.clone(), signer, config.clone())
-            .with_context(|| {
-                format!(
-                    "cannot load the web page templates from {}",
-                    config.mail.templates_dir.join("web").display()
-                )
-            })?
-            .with_health(health.clone()),
+        AppState::new(
+            store.clone(),
+            signer,
+            Arc::new(crate::cli::web_config(&config)),
+            &config.mail,
+        )
+        .with_context(|| {
+            format!(
+                "cannot load the web page templates from {}",
+                config.mail.templates_dir.join("web").display()
+            )
+        })?
+        .with_health(health.clone()),
     );
     let listener = Arc::new(
         tokio::net::TcpListener::bind(config.http.listen)
@@ -79,16 +88,23 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         trigger.clone(),
         RestartPolicy::default(),
     );
-    let ingest = supervisor.spawn("ingest", crate::ingest::overdue_after(&config), {
-        let (config, shutdown) = (config.clone(), shutdown.clone());
-        move |beat| crate::ingest::run(ingester.clone(), config.clone(), shutdown.clone(), beat)
+    let ingest = supervisor.spawn("ingest", ingester.overdue_after(), {
+        let shutdown = shutdown.clone();
+        move |beat| crate::ingest::run(ingester.clone(), shutdown.clone(), beat)
     });
-    let plan = supervisor.spawn("plan", crate::plan::overdue_after(&config), {
-        let (config, store, shutdown) = (config.clone(), store.clone(), shutdown.clone());
-        move |beat| crate::plan::run(config.clone(), store.clone(), shutdown.clone(), beat)
+    let plan = supervisor.spawn("plan", crate::plan::overdue_after(&config.schedule), {
+        let planning = Arc::new(crate::cli::plan_config(&config));
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        move |beat| crate::plan::run(planning.clone(), store.clone(), shutdown.clone(), beat)
     });
-    let deliverer = Arc::new(Deliverer::new(&config, store.clone(), composer, transport));
-    let deliver = supervisor.spawn("deliver", crate::deliver::overdue_after(&config), {
+    let deliverer = Arc::new(Deliverer::new(
+        &config.deliver,
+        &config.smtp,
+        store.clone(),
+        composer,
+        transport,
+    ));
+    let deliver = supervisor.spawn("deliver", crate::deliver::overdue_after(&config.smtp), {
         let shutdown = shutdown.clone();
         move |beat| {
             let (deliverer, shutdown) = (deliverer.clone(), shutdown.clone());
@@ -97,8 +113,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     });
     // Sign-ups the form stored that a crash or an error left undone.
     let signups = supervisor.spawn("signups", crate::web::SIGNUPS_OVERDUE_AFTER, {
-        let (config, store, shutdown) = (config.clone(), store.clone(), shutdown.clone());
-        move |beat| run_queued_signups(store.clone(), config.clone(), shutdown.clone(), beat)
+        let web = Arc::new(crate::cli::web_config(&config));
+        let (store, shutdown) = (store.clone(), shutdown.clone());
+        move |beat| run_queued_signups(store.clone(), web.clone(), shutdown.clone(), beat)
     });
     let limits = Limits {
         max_connections,

@@ -13,7 +13,9 @@ fn the_systemd_unit_verifies() {
     // systemd-analyze also checks that ExecStart names an executable; point it at the
     // binary this build made instead of /usr/local/bin, and check the rest as written.
     let unit = std::fs::read_to_string(repo().join("deploy/herald.service")).unwrap();
-    assert!(unit.contains("ExecStart=/usr/local/bin/herald --config /etc/herald/herald.toml daemon"));
+    assert!(
+        unit.contains("ExecStart=/usr/local/bin/herald --config /etc/herald/herald.toml daemon")
+    );
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("herald.service");
     std::fs::write(
@@ -46,7 +48,10 @@ fn the_production_example_loads() {
             "HERALD__DATABASE__URL",
             format!("sqlite://{}", dir.path().join("herald.db").display()),
         )
-        .env("HERALD__SECURITY__SECRET_FILE", dir.path().join("secret.key"))
+        .env(
+            "HERALD__SECURITY__SECRET_FILE",
+            dir.path().join("secret.key"),
+        )
         .output()
         .unwrap();
     assert!(
@@ -84,10 +89,18 @@ fn backup_copies_a_running_daemons_database() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&check.stdout);
-    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["ok", "20"], "{text}");
+    assert_eq!(
+        text.split_whitespace().collect::<Vec<_>>(),
+        ["ok", "20"],
+        "{text}"
+    );
 
     // A backup never overwrites.
     let again = site.run(&["backup", copy.to_str().unwrap()]).failed();
-    assert!(again.stderr().contains("already exists"), "{}", again.stderr());
+    assert!(
+        again.stderr().contains("already exists"),
+        "{}",
+        again.stderr()
+    );
     daemon.stop();
 }

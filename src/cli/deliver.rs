@@ -19,8 +19,14 @@ pub struct Args {
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(config).await?;
     let composer = super::composer(config)?;
-    let transport = Arc::new(Transport::from_config(config));
-    let deliverer = Deliverer::new(config, store.clone(), composer, transport.clone());
+    let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
+    let deliverer = Deliverer::new(
+        &config.deliver,
+        &config.smtp,
+        store.clone(),
+        composer,
+        transport.clone(),
+    );
     let (trigger, shutdown) = Shutdown::new();
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {

@@ -25,7 +25,11 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> 
     }
     let store = super::open_store(config).await?;
     let t = now();
-    let expiry = config.expiry(DeliveryKind::Digest, None).as_secs() as i64;
+    let expiry = config
+        .deliver
+        .expiry
+        .of(DeliveryKind::Digest, None)
+        .as_secs() as i64;
     let n = store.retry_failed(t, t + expiry).await?;
     println!(
         "requeued {n} failed or expired deliveries; `herald deliver --until-empty` sends them"

@@ -18,7 +18,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let only = match &args.region {
         Some(text) => Some(
             config
-                .known_region(text)
+                .regions
+                .known(text)
                 .map_err(anyhow::Error::msg)?
                 .slug
                 .clone(),
@@ -26,7 +27,14 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         None => None,
     };
     let store = super::open_store(config).await?;
-    let reports = ingest_all(config, &store, only.as_ref()).await?;
+    let reports = ingest_all(
+        &config.ingest,
+        &config.alerts.categories,
+        &config.regions,
+        &store,
+        only.as_ref(),
+    )
+    .await?;
     let (mut new, mut updated, mut unchanged, mut not_modified, mut failed) = (0, 0, 0, 0, 0);
     for report in &reports {
         match &report.result {

@@ -20,9 +20,11 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::compose::Composer;
-use crate::config::Config;
+use crate::config::{Config, Secret};
+use crate::plan::PlanConfig;
 use crate::store::{Store, SuppressionKey};
 use crate::tokens::Signer;
+use crate::web::WebConfig;
 
 /// herald — regional news alerts and digests.
 #[derive(Debug, Parser)]
@@ -152,10 +154,31 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// The sections planning reads.
+pub fn plan_config(config: &Config) -> PlanConfig {
+    PlanConfig {
+        schedule: config.schedule.clone(),
+        alerts: config.alerts.clone(),
+        expiry: config.deliver.expiry.clone(),
+    }
+}
+
+/// The sections the web front reads.
+pub fn web_config(config: &Config) -> WebConfig {
+    WebConfig {
+        http: config.http.clone(),
+        signup: config.signup.clone(),
+        regions: config.regions.clone(),
+        alerts: config.alerts.clone(),
+        allow_private_links: config.ingest.allow_private,
+        expiry: config.deliver.expiry.clone(),
+    }
+}
+
 /// The token signer from config, or from the generated key file.
 pub fn signer(config: &Config) -> anyhow::Result<Signer> {
     Ok(Signer::from_config(
-        config.security.secret.as_deref(),
+        config.security.secret.as_ref().map(Secret::expose),
         &config.security.secret_file,
     )?)
 }
@@ -163,8 +186,15 @@ pub fn signer(config: &Config) -> anyhow::Result<Signer> {
 /// Loads and checks the email templates.
 pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
     let dir = config.mail.templates_dir.clone();
-    let composer = Composer::new(config, &dir, signer(config)?)
-        .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
+    let composer = Composer::new(
+        &config.mail,
+        &config.http.public_url,
+        config.signup.confirm_link_lifetime,
+        config.dkim.as_ref(),
+        &dir,
+        signer(config)?,
+    )
+    .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
     if !composer.one_click() {
         tracing::warn!(
             "http.public_url is {}, not https: emails go out without one-click unsubscribe \

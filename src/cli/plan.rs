@@ -30,7 +30,7 @@ fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let store = super::open_store(config).await?;
     let at = args.at.unwrap_or_else(crate::clock::now_utc);
-    let report = plan_due(config, &store, at, args.dry_run).await?;
+    let report = plan_due(&super::plan_config(config), &store, at, args.dry_run).await?;
     for (cadence, zone, slot, summary) in &report.slots {
         let tz: chrono_tz::Tz = zone.parse().unwrap_or(chrono_tz::UTC);
         println!(

@@ -66,7 +66,8 @@ pub async fn region_articles(
 /// Prints the rendered digest to stdout.
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let region = config
-        .known_region(&args.region)
+        .regions
+        .known(&args.region)
         .map_err(anyhow::Error::msg)?;
     let store = super::open_store(config).await?;
     let t = now();

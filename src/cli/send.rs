@@ -38,7 +38,8 @@ pub struct Args {
 /// Plans the edition, then delivers the queue with a progress bar.
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let region = config
-        .known_region(&args.region)
+        .regions
+        .known(&args.region)
         .map_err(anyhow::Error::msg)?;
     let store = super::open_store(config).await?;
     if let Some(to) = &args.to {
@@ -58,7 +59,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let composer = super::composer(config)?;
     let t = now();
     if args.dry_run || !args.yes {
-        let plan = manual_digest(config, &store, &region.slug, args.cadence, t, true).await?;
+        let plan = manual_digest(
+            &config.deliver.expiry,
+            &store,
+            &region.slug,
+            args.cadence,
+            t,
+            true,
+        )
+        .await?;
         if args.dry_run {
             for (email, n) in &plan.recipients {
                 println!("{email}  {n} article(s)");
@@ -95,13 +104,27 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let plan = manual_digest(config, &store, &region.slug, args.cadence, now(), false).await?;
+    let plan = manual_digest(
+        &config.deliver.expiry,
+        &store,
+        &region.slug,
+        args.cadence,
+        now(),
+        false,
+    )
+    .await?;
     println!(
         "queued {} digest(s) for {} ({} readers, {} articles placed)",
         plan.deliveries, region.slug, plan.deliveries, plan.articles
     );
-    let transport = Arc::new(Transport::from_config(config));
-    let deliverer = Deliverer::new(config, store.clone(), composer, transport.clone());
+    let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
+    let deliverer = Deliverer::new(
+        &config.deliver,
+        &config.smtp,
+        store.clone(),
+        composer,
+        transport.clone(),
+    );
     let (trigger, shutdown) = Shutdown::new();
     let ctrl_c = tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
@@ -163,7 +186,7 @@ async fn test_send(
             now: t,
         })
         .context("cannot compose the test email")?;
-    let transport = Transport::from_config(config);
+    let transport = Transport::from_config(&config.mail, &config.smtp);
     let result = transport_send(&transport, &composed).await;
     transport.close().await;
     match result {

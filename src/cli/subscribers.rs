@@ -150,7 +150,7 @@ fn reader(
             Some((slug, c)) => (slug, Some(c.parse::<Cadence>()?)),
             None => (entry, None),
         };
-        let region = config.known_region(slug)?;
+        let region = config.regions.known(slug)?;
         picked.push((region.slug.clone(), own.unwrap_or(cadence)));
     }
     let Some((first, _)) = picked.first() else {
@@ -158,7 +158,7 @@ fn reader(
     };
     let timezone: Timezone = match timezone.map(str::trim).filter(|t| !t.is_empty()) {
         Some(t) => t.parse()?,
-        None => config.region(first).expect("known region").timezone,
+        None => config.regions.get(first).expect("known region").timezone,
     };
     Ok(NewSubscriber {
         email,

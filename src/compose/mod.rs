@@ -18,7 +18,7 @@ use lettre::message::dkim::DkimConfig;
 use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{DkimSettings, MailConfig};
 use crate::domain::{Cadence, DeliveryKind, Email};
 use crate::store::DeliveryArticle;
 use crate::tokens::{Purpose, Signer};
@@ -179,8 +179,17 @@ pub struct Composer {
 }
 
 impl Composer {
-    /// Loads the templates under `dir` and checks each renders with sample data.
-    pub fn new(config: &Config, dir: &Path, signer: Signer) -> Result<Composer, ComposeError> {
+    /// Loads the templates under `dir` and checks each renders with sample data. Emails
+    /// come from `mail`'s sender, their links start with `public_url` (and a
+    /// confirmation link works for `confirm_link_lifetime`), and `dkim` signs them.
+    pub fn new(
+        mail: &MailConfig,
+        public_url: &url::Url,
+        confirm_link_lifetime: std::time::Duration,
+        dkim: Option<&DkimSettings>,
+        dir: &Path,
+        signer: Signer,
+    ) -> Result<Composer, ComposeError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_formatter(html_formatter);
@@ -193,18 +202,18 @@ impl Composer {
             env.add_template_owned(name.to_string(), source)
                 .map_err(|e| template_error(name, &e))?;
         }
-        let domain = config.mail.sending_domain().to_string();
+        let domain = mail.sending_domain().to_string();
         let composer = Composer {
             env,
-            from: config.mail.from.clone(),
-            list_id: ListId::new(&config.mail.list_name, &domain),
+            from: mail.from.clone(),
+            list_id: ListId::new(&mail.list_name, &domain),
             domain,
-            site_name: config.mail.list_name.clone(),
-            postal_address: config.mail.postal_address.clone(),
-            public_url: config.http.public_url.clone(),
+            site_name: mail.list_name.clone(),
+            postal_address: mail.postal_address.clone(),
+            public_url: public_url.clone(),
             signer,
-            dkim: config.dkim.as_ref().map(dkim_config).transpose()?,
-            confirm_lifetime_secs: config.signup.confirm_link_lifetime.as_secs() as i64,
+            dkim: dkim.map(dkim_config).transpose()?,
+            confirm_lifetime_secs: confirm_link_lifetime.as_secs() as i64,
             shared: shared::SharedDigests::new(),
         };
         composer.self_test()?;
@@ -501,7 +510,7 @@ const DKIM_HEADERS: [&str; 8] = [
 
 /// Reads a DKIM key: PKCS#1 RSA PEM (`BEGIN RSA PRIVATE KEY`), PKCS#8 Ed25519 PEM
 /// (`openssl genpkey -algorithm ed25519`), or a bare base64 Ed25519 seed.
-fn dkim_config(settings: &crate::config::DkimSettings) -> Result<DkimConfig, ComposeError> {
+fn dkim_config(settings: &DkimSettings) -> Result<DkimConfig, ComposeError> {
     use base64::Engine;
     use lettre::message::dkim::{
         DkimCanonicalization, DkimCanonicalizationType, DkimSigningAlgorithm, DkimSigningKey,
@@ -563,8 +572,24 @@ pub(crate) fn template_error(name: &str, error: &minijinja::Error) -> ComposeErr
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+    use crate::config::Config;
+
+    /// The composer `config` asks for, with the templates under `dir`.
+    pub(in crate::compose) fn composer_for(
+        config: &Config,
+        dir: &Path,
+    ) -> Result<Composer, ComposeError> {
+        Composer::new(
+            &config.mail,
+            &config.http.public_url,
+            config.signup.confirm_link_lifetime,
+            config.dkim.as_ref(),
+            dir,
+            Signer::new(b"k"),
+        )
+    }
 
     fn config() -> Config {
         Config::from_toml(
@@ -618,7 +643,7 @@ mod tests {
             std::iter::empty(),
         )
         .unwrap();
-        let composer = Composer::new(&config, &templates_dir(), Signer::new(b"k")).unwrap();
+        let composer = composer_for(&config, &templates_dir()).unwrap();
         assert!(!composer.one_click());
         let email = Email::parse("reader@example.org").unwrap();
         let articles = vec![article("town", "Story")];
@@ -659,7 +684,7 @@ mod tests {
 
     #[test]
     fn digest_has_headers_parts_and_escaped_feed_text() {
-        let composer = Composer::new(&config(), &templates_dir(), Signer::new(b"k")).unwrap();
+        let composer = composer_for(&config(), &templates_dir()).unwrap();
         let email = Email::parse("reader@example.org").unwrap();
         let articles = vec![
             article("state", "<script>alert('x')</script> Budget"),
@@ -726,7 +751,7 @@ mod tests {
     }
 
     fn signup_email(kind: DeliveryKind) -> (String, Parts) {
-        let composer = Composer::new(&config(), &templates_dir(), Signer::new(b"k")).unwrap();
+        let composer = composer_for(&config(), &templates_dir()).unwrap();
         let email = Email::parse("reader@example.org").unwrap();
         let regions = [
             crate::store::ReaderRegion {
@@ -832,7 +857,7 @@ mod tests {
             "{% for a in groups %}unclosed",
         )
         .unwrap();
-        let err = Composer::new(&config(), dir.path(), Signer::new(b"k"))
+        let err = composer_for(&config(), dir.path())
             .err()
             .unwrap()
             .to_string();
@@ -842,7 +867,7 @@ mod tests {
             "{{ no_such_variable }}",
         )
         .unwrap();
-        let err = Composer::new(&config(), dir.path(), Signer::new(b"k"))
+        let err = composer_for(&config(), dir.path())
             .err()
             .unwrap()
             .to_string();

@@ -496,7 +496,7 @@ mod tests {
             std::iter::empty(),
         )
         .unwrap();
-        Composer::new(&config, templates, Signer::new(b"k")).unwrap()
+        crate::compose::tests::composer_for(&config, templates).unwrap()
     }
 
     fn shipped_templates() -> PathBuf {

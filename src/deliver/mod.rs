@@ -37,7 +37,7 @@ use std::time::Duration;
 use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::compose::Composer;
-use crate::config::{Config, TransportKind};
+use crate::config::{DeliverConfig, SmtpConfig};
 use crate::domain::DeliveryState;
 use crate::shutdown::Shutdown;
 use crate::store::{LeaseOwner, Outcome, Store, StoreError};
@@ -54,8 +54,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
 
 /// How long the daemon's delivery may go without a completed round before `/readyz`
 /// says so: three SMTP timeouts (a round waits at most one for each reply).
-pub fn overdue_after(config: &Config) -> Duration {
-    3 * config.smtp.timeout.max(Duration::from_secs(10))
+pub fn overdue_after(smtp: &SmtpConfig) -> Duration {
+    3 * smtp.timeout.max(Duration::from_secs(10))
 }
 
 /// Running totals of what deliver did.
@@ -149,28 +149,28 @@ enum Mode {
 impl Deliverer {
     /// A worker over `store` that sends through `transport`.
     pub fn new(
-        config: &Config,
+        deliver: &DeliverConfig,
+        smtp: &SmtpConfig,
         store: Store,
         composer: Arc<Composer>,
         transport: Arc<Transport>,
     ) -> Deliverer {
+        let pacing = match *transport {
+            Transport::Smtp(_) => Pacing::new(smtp.rate_per_second, &smtp.domain_rates),
+            Transport::File(_) => Pacing::new(0.0, &Default::default()),
+        };
         Deliverer {
             store,
             composer,
             transport,
-            batch_size: config.deliver.batch_size,
-            lease: config.deliver.lease,
-            drain_timeout: config.deliver.drain_timeout,
+            batch_size: deliver.batch_size,
+            lease: deliver.lease,
+            drain_timeout: deliver.drain_timeout,
             backoff: Backoff {
-                base: config.deliver.retry_base,
-                max: config.deliver.retry_max,
+                base: deliver.retry_base,
+                max: deliver.retry_max,
             },
-            pacing: Arc::new(match config.mail.transport {
-                TransportKind::Smtp => {
-                    Pacing::new(config.smtp.rate_per_second, &config.smtp.domain_rates)
-                }
-                TransportKind::File => Pacing::new(0.0, &Default::default()),
-            }),
+            pacing: Arc::new(pacing),
             owner: LeaseOwner::random(),
         }
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use super::commit_gate::Hold;
 use super::smtp::{SendResult, SmtpPool};
 use crate::compose::Composed;
-use crate::config::{Config, TransportKind};
+use crate::config::{MailConfig, SmtpConfig, TransportKind};
 
 /// Where composed messages go.
 pub enum Transport {
@@ -18,10 +18,10 @@ pub enum Transport {
 
 impl Transport {
     /// The transport the configuration asks for.
-    pub fn from_config(config: &Config) -> Transport {
-        match config.mail.transport {
-            TransportKind::Smtp => Transport::Smtp(Box::new(SmtpPool::new(config.smtp.clone()))),
-            TransportKind::File => Transport::File(config.mail.outbox_dir.clone()),
+    pub fn from_config(mail: &MailConfig, smtp: &SmtpConfig) -> Transport {
+        match mail.transport {
+            TransportKind::Smtp => Transport::Smtp(Box::new(SmtpPool::new(smtp.clone()))),
+            TransportKind::File => Transport::File(mail.outbox_dir.clone()),
         }
     }
 

@@ -26,7 +26,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use crate::clock::now;
-use crate::config::{Config, FeedSource, IngestConfig};
+use crate::config::{FeedSource, IngestConfig, Region};
 use crate::domain::RegionSlug;
 use crate::shutdown::Shutdown;
 use crate::store::{FeedCounts, FeedPollState, Store, StoreError};
@@ -156,30 +156,41 @@ pub enum IngestError {
 
 /// Polls every feed of every region (or of one region) once and stores what is new.
 pub async fn ingest_all(
-    config: &Config,
+    ingest: &IngestConfig,
+    breaking_categories: &[String],
+    regions: &[Region],
     store: &Store,
     only: Option<&RegionSlug>,
 ) -> Result<Vec<FeedReport>, IngestError> {
-    let ingester = Ingester::new(config, store.clone())?;
-    Ok(ingester.poll(config, only, Which::All).await?)
+    let ingester = Ingester::new(ingest, breaking_categories, regions, store.clone())?;
+    Ok(ingester.poll(only, Which::All).await?)
 }
 
 /// The feed poller: one HTTP client, built once (building it reads the system's CA
 /// certificates, which can fail when descriptors run out), shared by every pass.
 pub struct Ingester {
     shared: Arc<Shared>,
+    /// The regions whose feeds it polls, in configuration order.
+    regions: Vec<Region>,
 }
 
 impl Ingester {
-    /// The poller for `config`'s feeds, storing into `store`.
-    pub fn new(config: &Config, store: Store) -> Result<Ingester, IngestError> {
+    /// The poller for `regions`' feeds, storing into `store`; articles in one of
+    /// `breaking_categories` (`alerts.categories`) are marked breaking.
+    pub fn new(
+        ingest: &IngestConfig,
+        breaking_categories: &[String],
+        regions: &[Region],
+        store: Store,
+    ) -> Result<Ingester, IngestError> {
         Ok(Ingester {
+            regions: regions.to_vec(),
             shared: Arc::new(Shared {
-                ingest: config.ingest.clone(),
-                breaking_categories: config.alerts.categories.clone(),
+                ingest: ingest.clone(),
+                breaking_categories: breaking_categories.to_vec(),
                 store,
-                fetcher: Fetcher::new(&config.ingest)?,
-                permits: Semaphore::new(config.ingest.concurrency),
+                fetcher: Fetcher::new(ingest)?,
+                permits: Semaphore::new(ingest.concurrency),
             }),
         })
     }
@@ -188,7 +199,6 @@ impl Ingester {
     /// come back in configuration order.
     pub async fn poll(
         &self,
-        config: &Config,
         only: Option<&RegionSlug>,
         which: Which,
     ) -> Result<Vec<FeedReport>, StoreError> {
@@ -197,7 +207,7 @@ impl Ingester {
         let mut tasks = JoinSet::new();
         let mut order = HashMap::new();
         let mut names = Vec::new();
-        for region in &config.regions {
+        for region in &self.regions {
             if only.is_some_and(|slug| slug != &region.slug) {
                 continue;
             }
@@ -239,37 +249,37 @@ impl Ingester {
     }
 }
 
-/// How often the daemon looks for due feeds: often enough to poll the soonest one
-/// about on time (each feed keeps its own interval and backoff).
-pub fn tick(config: &Config) -> Duration {
-    config
-        .regions
-        .iter()
-        .flat_map(|r| r.intervals.iter().copied())
-        .min()
-        .unwrap_or(config.ingest.interval)
-        .clamp(Duration::from_secs(1), Duration::from_secs(30))
+impl Ingester {
+    /// How often the daemon looks for due feeds: often enough to poll the soonest one
+    /// about on time (each feed keeps its own interval and backoff).
+    pub fn tick(&self) -> Duration {
+        self.regions
+            .iter()
+            .flat_map(|r| r.intervals.iter().copied())
+            .min()
+            .unwrap_or(self.shared.ingest.interval)
+            .clamp(Duration::from_secs(1), Duration::from_secs(30))
+    }
+
+    /// How long the daemon's ingest may go without a good pass before `/readyz` says
+    /// so: three ticks, or one tick and a feed's whole timeout if that is longer (a
+    /// pass waits for its slowest feed).
+    pub fn overdue_after(&self) -> Duration {
+        (3 * self.tick()).max(self.tick() + self.shared.ingest.timeout)
+    }
 }
 
-/// How long the daemon's ingest may go without a good pass before `/readyz` says so:
-/// three ticks, or one tick and a feed's whole timeout if that is longer (a pass waits
-/// for its slowest feed).
-pub fn overdue_after(config: &Config) -> Duration {
-    (3 * tick(config)).max(tick(config) + config.ingest.timeout)
-}
-
-/// The daemon's ingest stage: polls the feeds that are due every [`tick`] until
+/// The daemon's ingest stage: polls the feeds that are due every [`Ingester::tick`] until
 /// shutdown. A pass that cannot record its results ends this life of the stage with
 /// the error, for the supervisor to restart it; a failing feed is only reported.
 pub async fn run(
     ingester: Arc<Ingester>,
-    config: Arc<Config>,
     shutdown: Shutdown,
     beat: Beat,
 ) -> Result<(), StoreError> {
-    let tick = tick(&config);
+    let tick = ingester.tick();
     while !shutdown.is_triggered() {
-        for report in ingester.poll(&config, None, Which::Due).await? {
+        for report in ingester.poll(None, Which::Due).await? {
             match report.result {
                 Ok(PollOutcome::Stored(counts)) if counts.new + counts.updated > 0 => {
                     tracing::info!(

@@ -11,17 +11,28 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Duration, Utc};
 
-use crate::config::Config;
+use crate::config::{AlertsConfig, Expiry, ScheduleConfig};
 use crate::domain::{Cadence, DeliveryKind, RegionSlug};
 use crate::shutdown::Shutdown;
 use crate::store::{AlertPlan, PlanSummary, SlotPlan, Store, StoreError};
 use crate::supervise::Beat;
 
+/// What planning reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct PlanConfig {
+    /// When digests fall due (`[schedule]`).
+    pub schedule: ScheduleConfig,
+    /// Which articles become alerts, and when they may go out (`[alerts]`).
+    pub alerts: AlertsConfig,
+    /// How long each kind of email stays worth sending (`deliver.expiry_*`).
+    pub expiry: Expiry,
+}
+
 /// Queues a digest of `region` now for its confirmed `cadence` readers: each gets the
 /// region's articles of the last period they have not received yet. A manual send is
 /// its own edition, so running it again queues only what is new since.
 pub async fn manual_digest(
-    config: &Config,
+    expiry: &Expiry,
     store: &Store,
     region: &RegionSlug,
     cadence: Cadence,
@@ -33,7 +44,7 @@ pub async fn manual_digest(
         uuid::Uuid::new_v4().simple()
     );
     let since = now - cadence.period().num_seconds();
-    let expires_at = now + secs(config.expiry(DeliveryKind::Digest, Some(cadence)));
+    let expires_at = now + secs(expiry.of(DeliveryKind::Digest, Some(cadence)));
     store
         .plan_region_digest(&slot_key, region, cadence, since, now, expires_at, dry_run)
         .await
@@ -64,7 +75,7 @@ impl PlanReport {
 /// alerts for breaking articles. Slots older than `schedule.max_lateness` are skipped and
 /// recorded, never sent late. On a dry run nothing is written.
 pub async fn plan_due(
-    config: &Config,
+    config: &PlanConfig,
     store: &Store,
     at: DateTime<Utc>,
     dry_run: bool,
@@ -106,7 +117,7 @@ pub async fn plan_due(
             // latest: its window covers the others, and readers get one email, not a burst.
             report.folded += fresh.len().saturating_sub(1);
             if let Some((slot_key, slot)) = fresh.pop() {
-                let expires_at = now + secs(config.expiry(DeliveryKind::Digest, Some(cadence)));
+                let expires_at = now + secs(config.expiry.of(DeliveryKind::Digest, Some(cadence)));
                 let summary = store
                     .plan_slot_digest(
                         &SlotPlan {
@@ -137,8 +148,8 @@ pub async fn plan_due(
 /// How long the daemon's planner may go without a good pass before `/readyz` says so:
 /// three ticks, plus two minutes for a pass over a large site (a million readers take
 /// seconds to plan).
-pub fn overdue_after(config: &Config) -> std::time::Duration {
-    3 * config.schedule.tick + std::time::Duration::from_secs(120)
+pub fn overdue_after(schedule: &ScheduleConfig) -> std::time::Duration {
+    3 * schedule.tick + std::time::Duration::from_secs(120)
 }
 
 /// The daemon's planning stage: plans due slots and alerts every `schedule.tick` until
@@ -146,7 +157,7 @@ pub fn overdue_after(config: &Config) -> std::time::Duration {
 /// that fails ends this life of the stage with the error, for the supervisor to
 /// restart it.
 pub async fn run(
-    config: Arc<Config>,
+    config: Arc<PlanConfig>,
     store: Store,
     shutdown: Shutdown,
     beat: Beat,
@@ -169,7 +180,7 @@ pub async fn run(
 /// Queues alerts for breaking articles stored within `alerts.max_age`, held through each
 /// reader's quiet hours and expiring when the article is older than `max_age`.
 pub async fn plan_alerts(
-    config: &Config,
+    config: &PlanConfig,
     store: &Store,
     at: DateTime<Utc>,
     dry_run: bool,
@@ -181,8 +192,7 @@ pub async fn plan_alerts(
     let now = at.timestamp();
     let max_age = secs(config.alerts.max_age);
     for article in store.breaking_articles_since(now - max_age).await? {
-        let expires_at =
-            (article.ingested_at + max_age).min(now + secs(config.deliver.expiry_alert));
+        let expires_at = (article.ingested_at + max_age).min(now + secs(config.expiry.alert));
         for zone_name in store.alert_zones(article.id).await? {
             let zone = zone_name.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC);
             let release = release_after_quiet_hours(at, zone, config.alerts.quiet_hours);

@@ -19,8 +19,8 @@ const ZONES: [&str; 5] = [
     "Australia/Lord_Howe",
 ];
 
-fn config(extra: &str) -> Config {
-    Config::from_toml(
+fn config(extra: &str) -> PlanConfig {
+    let config = crate::config::Config::from_toml(
         Path::new("config/herald.toml"),
         &format!(
             r#"
@@ -48,7 +48,12 @@ fn config(extra: &str) -> Config {
         ),
         std::iter::empty(),
     )
-    .unwrap()
+    .unwrap();
+    PlanConfig {
+        schedule: config.schedule,
+        alerts: config.alerts,
+        expiry: config.deliver.expiry,
+    }
 }
 
 fn utc(s: &str) -> DateTime<Utc> {

@@ -207,13 +207,14 @@ fn validate(
 ) -> Result<(crate::domain::RegionSlug, FeedItem), String> {
     let region = state
         .config
-        .known_region(&request.region)
+        .regions
+        .known(&request.region)
         .map_err(|e| format!("region: {e}"))?
         .slug
         .clone();
     let link = url::Url::parse(request.url.trim())
         .map_err(|_| LinkRefusal::NotWeb)
-        .and_then(|url| check_link(&url, state.config.ingest.allow_private).map(|()| url))
+        .and_then(|url| check_link(&url, state.config.allow_private_links).map(|()| url))
         .map_err(|refusal| format!("url: \"{}\" cannot be mailed: {refusal}", request.url))?
         .to_string();
     let title = plain_title(&request.title);

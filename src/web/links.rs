@@ -174,7 +174,11 @@ pub async fn confirm(State(state): State<AppState>, request: Request) -> Respons
         &state.config.http.trusted_proxies,
     );
     let t = now();
-    let expires_at = t + state.config.expiry(DeliveryKind::Welcome, None).as_secs() as i64;
+    let expires_at = t + state
+        .config
+        .expiry
+        .of(DeliveryKind::Welcome, None)
+        .as_secs() as i64;
     let outcome = match state
         .store
         .confirm_subscriber(id, &client.ip_text(), t, expires_at)

@@ -27,12 +27,30 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
-use crate::config::Config;
+use crate::config::{AlertsConfig, Expiry, HttpConfig, MailConfig, Regions, SignupConfig};
 use crate::store::{Store, StoreError};
 use crate::supervise::Health;
 use crate::tokens::Signer;
 use pages::{Extra, html};
 use regions::ZoneGroup;
+
+/// What the web front reads from the configuration.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// The listener's timeouts, the public address, the trusted proxies.
+    pub http: HttpConfig,
+    /// Consent text and sign-up limits.
+    pub signup: SignupConfig,
+    /// The regions readers pick from and articles are pushed to.
+    pub regions: Regions,
+    /// The categories that make a pushed article breaking.
+    pub alerts: AlertsConfig,
+    /// Whether pushed articles may link to internal addresses (`ingest.allow_private`,
+    /// the rule feeds follow too).
+    pub allow_private_links: bool,
+    /// How long sign-up emails stay worth sending.
+    pub expiry: Expiry,
+}
 
 /// What handlers share.
 #[derive(Clone)]
@@ -42,7 +60,7 @@ pub struct AppState {
     /// Signs and verifies link tokens; keys the hashes behind rate limits and CSRF.
     pub signer: Arc<Signer>,
     /// The configuration (regions, sign-up limits, alert categories).
-    pub config: Arc<Config>,
+    pub config: Arc<WebConfig>,
     /// The page templates.
     pub pages: Arc<Pages>,
     /// The regions, for the pickers and the community search.
@@ -54,14 +72,15 @@ pub struct AppState {
 }
 
 impl AppState {
-    /// Builds the state, loading and checking the page templates (an error names the
-    /// broken template).
+    /// Builds the state, loading and checking the page templates named by `mail` (an
+    /// error names the broken template).
     pub fn new(
         store: Store,
         signer: Arc<Signer>,
-        config: Arc<Config>,
+        config: Arc<WebConfig>,
+        mail: &MailConfig,
     ) -> Result<AppState, PageError> {
-        let pages = Pages::load(&config)?;
+        let pages = Pages::load(mail)?;
         let regions = RegionIndex::new(&config.regions, config.signup.search_threshold);
         Ok(AppState {
             store,

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::regions::{Hidden, Picker, PickerRow, ZoneGroup};
 use crate::compose::{RegionChoice, html_formatter};
-use crate::config::Config;
+use crate::config::MailConfig;
 use crate::domain::Cadence;
 
 /// The page templates; each must exist and render. Names starting with `_` are
@@ -221,12 +221,12 @@ pub fn cadence_options() -> Vec<CadenceOption> {
 
 impl Pages {
     /// Loads `web/*.html.j2` from the templates folder and renders each with sample data.
-    pub fn load(config: &Config) -> Result<Pages, PageError> {
-        Pages::from_dir(config, &config.mail.templates_dir)
+    pub fn load(mail: &MailConfig) -> Result<Pages, PageError> {
+        Pages::from_dir(mail, &mail.templates_dir)
     }
 
     /// As [`Pages::load`], from another folder.
-    pub fn from_dir(config: &Config, dir: &Path) -> Result<Pages, PageError> {
+    pub fn from_dir(mail: &MailConfig, dir: &Path) -> Result<Pages, PageError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_formatter(html_formatter);
@@ -242,8 +242,8 @@ impl Pages {
         let pages = Pages {
             env,
             site: SiteView {
-                name: config.mail.list_name.clone(),
-                postal_address: config.mail.postal_address.clone(),
+                name: mail.list_name.clone(),
+                postal_address: mail.postal_address.clone(),
             },
         };
         pages.self_test()?;
@@ -490,8 +490,9 @@ pub fn nonce() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
 
-    fn config() -> Config {
+    fn config() -> MailConfig {
         Config::from_toml(
             Path::new("config/herald.toml"),
             r#"
@@ -505,6 +506,7 @@ mod tests {
             std::iter::empty(),
         )
         .unwrap()
+        .mail
     }
 
     fn templates_dir() -> PathBuf {

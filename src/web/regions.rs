@@ -414,6 +414,7 @@ mod tests {
         crate::config::Config::from_toml(Path::new("x.toml"), &toml, std::iter::empty())
             .unwrap()
             .regions
+            .to_vec()
     }
 
     #[test]

@@ -16,11 +16,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
+use super::WebConfig;
 use super::forms::{Client, Form, MAX_FORM_BYTES, csrf_ok, csrf_token, same_origin};
 use super::pages::{Choices, Extra, FormErrors, SignupPage, cadence_options, nonce};
 use super::regions::{Found, SEARCH_LIMIT};
 use crate::clock::now;
-use crate::config::Config;
 use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, Timezone};
 use crate::shutdown::Shutdown;
 use crate::store::{Consent, Queued, RateLimit, SignupMail, Store, WebSignup};
@@ -265,16 +265,16 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
 }
 
 /// How many sign-up emails an address may get, and the expiry of one queued now.
-fn signup_mail(config: &Config) -> SignupMail {
+fn signup_mail(config: &WebConfig) -> SignupMail {
     SignupMail {
         per_day: config.signup.emails_per_day,
-        expires_at: now() + config.expiry(DeliveryKind::Confirmation, None).as_secs() as i64,
+        expires_at: now() + config.expiry.of(DeliveryKind::Confirmation, None).as_secs() as i64,
     }
 }
 
 /// Does the queued sign-up `id`; on failure it stays queued for [`run_queued_signups`].
 /// Returns false on failure.
-async fn run_signup(store: &Store, config: &Config, id: i64) -> bool {
+async fn run_signup(store: &Store, config: &WebConfig, id: i64) -> bool {
     match store.run_queued_signup(id, signup_mail(config)).await {
         Ok(Some(outcome)) => {
             tracing::info!(?outcome, "web sign-up");
@@ -302,7 +302,7 @@ pub const SIGNUPS_OVERDUE_AFTER: std::time::Duration = std::time::Duration::from
 /// each pass that could read the queue is a good pass on `beat`.
 pub async fn run_queued_signups(
     store: Store,
-    config: Arc<Config>,
+    config: Arc<WebConfig>,
     shutdown: Shutdown,
     beat: crate::supervise::Beat,
 ) -> Result<(), crate::store::StoreError> {

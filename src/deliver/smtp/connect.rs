@@ -223,7 +223,7 @@ impl SmtpPool {
         if let (Some(user), Some(password)) = (&cfg.username, &cfg.password) {
             conn.auth(
                 &[Mechanism::Plain, Mechanism::Login],
-                &Credentials::new(user.clone(), password.clone()),
+                &Credentials::new(user.clone(), password.expose().to_string()),
             )
             .await
             .map_err(|e| format!("SMTP login to {server} as {user} failed: {e}"))?;
