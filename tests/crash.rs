@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::sink::{received, smtp_sink};
+use support::sink::{received_settled, smtp_sink};
 use support::{Site, TestCertificates, free_port};
 
 const CONNECTIONS: usize = 100;
@@ -203,7 +203,7 @@ fn crash_run(default_readers: usize, tls: bool) {
         .take(5)
         .collect();
     println!("herald errors: {errors:?}");
-    let copies = received(&sink);
+    let copies = received_settled(&sink, readers - removed.len(), Duration::from_secs(20));
     let mut missing = 0;
     for i in 0..readers {
         let email = format!("reader{i}@crash.example");

@@ -9,7 +9,7 @@ use std::io::Write as _;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::sink::{received, smtp_sink};
+use support::sink::{received_settled, smtp_sink};
 use support::{Site, free_port};
 
 const READERS: usize = 1_000;
@@ -74,7 +74,7 @@ fn finish(mut child: Child) -> Output {
 
 /// Every reader got exactly one copy.
 fn exactly_once(sink: &support::sink::Sink) {
-    let copies = received(sink);
+    let copies = received_settled(sink, READERS, Duration::from_secs(20));
     let missing = (0..READERS)
         .filter(|i| !copies.contains_key(&format!("reader{i}@blip.example")))
         .count();

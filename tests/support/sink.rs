@@ -78,6 +78,27 @@ pub fn received(sink: &Sink) -> HashMap<String, usize> {
             *counts.entry(rcpt).or_insert(0) += 1;
         }
     }
-    println!("{partial} partial transactions (client killed mid-DATA) not counted");
+    if partial > 0 {
+        println!("{partial} partial transactions (client killed mid-DATA) not counted");
+    }
     counts
+}
+
+/// Copies received per recipient once the sink has caught up: smtp-sink may write the
+/// last transactions of a run a moment after the client saw their replies. Waits until
+/// at least `expected` copies are in and the count has held still for half a second,
+/// or `within` has passed.
+pub fn received_settled(sink: &Sink, expected: usize, within: Duration) -> HashMap<String, usize> {
+    let start = Instant::now();
+    let mut last = received(sink);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = received(sink);
+        let total: usize = now.values().sum();
+        let settled = now == last && total >= expected;
+        if settled || start.elapsed() > within {
+            return now;
+        }
+        last = now;
+    }
 }
