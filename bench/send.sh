@@ -5,7 +5,7 @@
 #   ROUNDS=5 bench/send.sh …                     steps 2 and 3 five times over, in pairs
 #   BASELINE=/path/to/herald ROUNDS=5 bench/send.sh …
 #                                                each round also runs that other build of
-#                                                herald on the same seeded database
+#                                                herald on a database seeded the same way
 #   TLS=starttls|tls bench/send.sh …             over TLS: stunnel (Debian stunnel4, with
 #                                                TCP_NODELAY on both sides and a throwaway
 #                                                CA) terminates TLS in front of the same
@@ -178,15 +178,24 @@ PY
 "$HERALD" subscribers import "$WORK/readers.csv" --confirmed >/dev/null
 python3 -c "import sqlite3; sqlite3.connect('$WORK/herald.db').execute('PRAGMA wal_checkpoint(TRUNCATE)')"
 cp "$WORK/herald.db" "$WORK/seed.db"
+rm -f "$WORK"/herald.db*
 
 BASELINE=${BASELINE:-}
+# The baseline seeds its own copy: its schema may be older than this build's.
+if [ -n "$BASELINE" ]; then
+    "$BASELINE" ingest >/dev/null
+    "$BASELINE" subscribers import "$WORK/readers.csv" --confirmed >/dev/null
+    python3 -c "import sqlite3; sqlite3.connect('$WORK/herald.db').execute('PRAGMA wal_checkpoint(TRUNCATE)')"
+    cp "$WORK/herald.db" "$WORK/seed-base.db"
+fi
+
 BASE_RATES=() BASE_RATIOS=()
 # One `herald send` on a fresh copy of the seeded database; sets ELAPSED_RATE. The
 # copy and whatever an earlier run left to write back reach the disk first, so no run
 # pays for another's writes in its syncs.
 herald_send() {
     rm -f "$WORK"/herald.db*
-    cp "$WORK/seed.db" "$WORK/herald.db"
+    cp "$2" "$WORK/herald.db"
     sync
     local t0 t1
     t0=$(now)
@@ -195,14 +204,14 @@ herald_send() {
     ELAPSED_RATE=$(rate "$N" "$t0" "$t1")
 }
 run_herald() {
-    herald_send "$HERALD"
+    herald_send "$HERALD" "$WORK/seed.db"
     HERALD_RATES+=("$ELAPSED_RATE")
     RATIOS+=("$(python3 -c "print(f'{${HERALD_RATES[-1]} / ${SOURCE_RATES[-1]}:.2f}')")")
     RSS_MB+=("$(python3 -c "print(round($(cat "$WORK/rss") / 1024))")")
     SENT+=("$(python3 -c "import sqlite3; print(sqlite3.connect('$WORK/herald.db').execute(\"select count(*) from deliveries where state='sent'\").fetchone()[0])")")
 }
 run_baseline() {
-    herald_send "$BASELINE"
+    herald_send "$BASELINE" "$WORK/seed-base.db"
     BASE_RATES+=("$ELAPSED_RATE")
     BASE_RATIOS+=("$(python3 -c "print(f'{$ELAPSED_RATE / ${SOURCE_RATES[-1]}:.2f}')")")
 }
