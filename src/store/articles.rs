@@ -67,25 +67,6 @@ pub struct FeedPollState {
     pub consecutive_failures: i64,
 }
 
-/// One feed's polling history, for `herald status`.
-#[derive(Debug, Clone)]
-pub struct FeedStatus {
-    /// Region the feed belongs to.
-    pub region: String,
-    /// The feed as configured.
-    pub url: String,
-    /// Last poll, successful or not.
-    pub last_polled_at: Option<i64>,
-    /// Last successful poll.
-    pub last_success_at: Option<i64>,
-    /// The error of the last poll, if it failed.
-    pub last_error: Option<String>,
-    /// When the feed is next due.
-    pub next_poll_at: Option<i64>,
-    /// Polls in a row that failed.
-    pub consecutive_failures: i64,
-}
-
 /// What pushing an article through the API did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
@@ -96,17 +77,6 @@ pub enum PushOutcome {
     /// An article with the same link existed exactly as pushed.
     Unchanged(i64),
 }
-
-/// (region, url, last polled, last success, last error, next poll, failures).
-type FeedStatusRow = (
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    i64,
-);
 
 impl Store {
     /// The id of the feed row for (region, url), created on first use.
@@ -284,39 +254,6 @@ impl Store {
         Ok(())
     }
 
-    /// Every feed's last poll, for `herald status`.
-    pub async fn feed_statuses(&self) -> Result<Vec<FeedStatus>> {
-        let rows: Vec<FeedStatusRow> = sqlx::query_as(
-            "SELECT region_slug, url, last_polled_at, last_success_at, last_error,
-                    next_poll_at, consecutive_failures
-             FROM feeds ORDER BY region_slug, url",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    region,
-                    url,
-                    last_polled_at,
-                    last_success_at,
-                    last_error,
-                    next_poll_at,
-                    consecutive_failures,
-                )| FeedStatus {
-                    region,
-                    url,
-                    last_polled_at,
-                    last_success_at,
-                    last_error,
-                    next_poll_at,
-                    consecutive_failures,
-                },
-            )
-            .collect())
-    }
-
     /// Stores an article pushed through the admin API for `region`, keyed by its link
     /// (`item.guid` is not used): a new link is a new article, a known one is updated
     /// in place and added to the region, never duplicated.
@@ -411,16 +348,6 @@ impl Store {
         Ok(n)
     }
 
-    /// How many articles are stored, and how many of them are marked breaking.
-    pub async fn article_totals(&self) -> Result<(i64, i64)> {
-        let (total, breaking): (i64, Option<i64>) = sqlx::query_as(
-            "SELECT COUNT(*), SUM(CASE WHEN breaking = 1 THEN 1 ELSE 0 END) FROM articles",
-        )
-        .fetch_one(&self.pool)
-        .await?;
-        Ok((total, breaking.unwrap_or(0)))
-    }
-
     /// How many articles a region has.
     pub async fn region_article_count(&self, region: &RegionSlug) -> Result<i64> {
         let (n,): (i64,) =
@@ -429,6 +356,24 @@ impl Store {
                 .fetch_one(&self.pool)
                 .await?;
         Ok(n)
+    }
+
+    /// Marks an article as breaking news (its alerts are planned on the next pass).
+    pub async fn mark_breaking(&self, article_id: i64) -> Result<()> {
+        sqlx::query("UPDATE articles SET breaking = 1 WHERE id = $1")
+            .bind(article_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The id of the article with this link, if stored.
+    pub async fn article_id_by_link(&self, link: &str) -> Result<Option<i64>> {
+        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM articles WHERE link = $1")
+            .bind(link)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(id,)| id))
     }
 }
 

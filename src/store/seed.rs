@@ -1,5 +1,6 @@
 //! Synthetic data in bulk, for benchmarks and load tests: set-based, so seeding a
-//! million readers takes seconds rather than a million round trips.
+//! million readers takes seconds rather than a million round trips. Built only with the
+//! `bench-seed` feature, which `examples/plan_bench.rs` requires.
 
 use sqlx::AssertSqlSafe;
 

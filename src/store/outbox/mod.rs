@@ -1,0 +1,292 @@
+//! The outbox engine: claiming due rows under a lease, renewing and releasing leases,
+//! expiring rows past their kind's expiry and putting failed ones back in the queue.
+//! Its other two halves load what a claimed row needs (`load`) and write outcomes
+//! (`record`). Its writes go through the engine's connection (`engine_connection`).
+
+mod load;
+mod record;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
+use super::signup::ReaderRegion;
+use super::{Backend, EngineConnRef, EngineTransaction, Result, Store, on_engine, placeholders};
+use crate::domain::{Cadence, DeliveryKind, DeliveryState, SubscriberState};
+
+/// Who holds a claimed row: one value per running worker, chosen at random, so a
+/// worker renews, records and returns only rows it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseOwner(i64);
+
+impl LeaseOwner {
+    /// A fresh owner for a new worker.
+    pub fn random() -> LeaseOwner {
+        LeaseOwner(fastrand::i64(..))
+    }
+
+    /// The owner the store tests claim as.
+    #[cfg(test)]
+    pub(crate) const TEST: LeaseOwner = LeaseOwner(1);
+}
+
+/// A claim's lease: who holds the rows, and until when (Unix seconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    /// The worker holding the rows.
+    pub owner: LeaseOwner,
+    /// The rows are due again for anyone after this instant.
+    pub until: i64,
+}
+
+/// A claim to take: up to `limit` rows due at `now`, held under `lease`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Claim {
+    /// At most this many rows.
+    pub limit: usize,
+    /// Rows due at this instant (Unix seconds) are claimed.
+    pub now: i64,
+    /// Who holds them, and until when.
+    pub lease: Lease,
+}
+
+/// A row claimed by a worker, with what composing it needs.
+#[derive(Debug, Clone)]
+pub struct ClaimedDelivery {
+    /// Row id.
+    pub id: i64,
+    /// The reader's id.
+    pub subscriber_id: i64,
+    /// Confirmation, alert or digest.
+    pub kind: DeliveryKind,
+    /// Digest cadence, when a digest.
+    pub cadence: Option<Cadence>,
+    /// Planned when the row was made; reused on every retry.
+    pub message_id: String,
+    /// Attempts including this one.
+    pub attempts: i64,
+    /// After this, the row expires instead of being sent.
+    pub expires_at: i64,
+    /// The reader's address; `None` when the reader was erased meanwhile.
+    pub email: Option<String>,
+    /// The reader's state now (checked at send time, not only at plan time).
+    pub subscriber_state: Option<SubscriberState>,
+    /// The reader's zone name.
+    pub timezone: Option<String>,
+    /// Whether the address is on the suppression list.
+    pub suppressed: bool,
+    /// The articles to carry, ordered by region then newest first; shared by the
+    /// readers of one content group.
+    pub articles: Arc<[DeliveryArticle]>,
+    /// For sign-up emails only: the regions the reader follows, by name.
+    pub regions: Vec<ReaderRegion>,
+}
+
+/// One article placed in one email.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeliveryArticle {
+    /// Article id.
+    pub article_id: i64,
+    /// Region it is shown under.
+    pub region_slug: String,
+    /// Region display name.
+    pub region_name: String,
+    /// Title.
+    pub title: String,
+    /// Link.
+    pub link: String,
+    /// Summary.
+    pub summary: String,
+    /// Category.
+    pub category: String,
+    /// Publication time.
+    pub published_at: Option<i64>,
+}
+
+/// The result of one attempt, to be written back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Accepted by the server, with its reply.
+    Sent {
+        /// The server's reply (or the file written).
+        reply: String,
+    },
+    /// Temporary failure; try again at `retry_at`.
+    Deferred {
+        /// What went wrong.
+        error: String,
+        /// When to try again.
+        retry_at: i64,
+    },
+    /// Refused permanently.
+    Bounced {
+        /// The server's reply.
+        reply: String,
+        /// Whether the mailbox does not exist (5.1.x): the reader is suppressed too.
+        suppress: bool,
+    },
+    /// Cannot be sent and retrying will not help.
+    Failed {
+        /// Why.
+        error: String,
+    },
+    /// Too old to be worth sending.
+    Expired,
+    /// The reader left or was erased.
+    Cancelled {
+        /// Why.
+        reason: String,
+    },
+    /// The address is suppressed.
+    Suppressed,
+}
+
+impl Outcome {
+    /// The state this outcome puts the row in.
+    pub fn state(&self) -> DeliveryState {
+        match self {
+            Outcome::Sent { .. } => DeliveryState::Sent,
+            Outcome::Deferred { .. } => DeliveryState::Deferred,
+            Outcome::Bounced { .. } => DeliveryState::Bounced,
+            Outcome::Failed { .. } => DeliveryState::Failed,
+            Outcome::Expired => DeliveryState::Expired,
+            Outcome::Cancelled { .. } => DeliveryState::Cancelled,
+            Outcome::Suppressed => DeliveryState::Suppressed,
+        }
+    }
+}
+
+impl Store {
+    /// Marks waiting rows whose expiry has passed as `expired`. Returns how many.
+    pub async fn expire_overdue(&self, now: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET state = 'expired', lease_until = NULL, updated_at = $1
+             WHERE state IN ('queued', 'deferred') AND expires_at < $1",
+        )
+        .bind(now)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+
+    /// Claims up to `limit` due rows under `lease`, most urgent lane first. Rows whose
+    /// lease ran out (a crashed worker) are due again.
+    pub async fn claim_due_deliveries(
+        &self,
+        limit: usize,
+        now: i64,
+        lease: Lease,
+    ) -> Result<Vec<ClaimedDelivery>> {
+        let claim = Claim { limit, now, lease };
+        let mut writer = self.engine_writer().await?;
+        let ids = claim_ids(writer.conn(), self.backend, claim).await?;
+        drop(writer);
+        self.load_claimed(&ids).await
+    }
+
+    /// Extends the lease on those of `ids` that `lease.owner` still holds, and returns
+    /// them. A worker renews while it holds rows, so a slow server never lets a live
+    /// worker's lease lapse; only a dead worker's rows come back.
+    pub async fn renew_leases(&self, ids: &[i64], lease: Lease) -> Result<Vec<i64>> {
+        let mut renewed = Vec::with_capacity(ids.len());
+        let mut writer = self.engine_writer().await?;
+        for chunk in ids.chunks(500) {
+            let sql = format!(
+                "UPDATE deliveries SET lease_until = $1
+                 WHERE state = 'sending' AND lease_owner = $2 AND id IN ({})
+                 RETURNING id",
+                placeholders(3, chunk.len())
+            );
+            let rows: Vec<(i64,)> = on_engine!(writer.conn(), |c| {
+                let mut query = sqlx::query_as(AssertSqlSafe(sql))
+                    .bind(lease.until)
+                    .bind(lease.owner.0);
+                for id in chunk {
+                    query = query.bind(*id);
+                }
+                query.fetch_all(&mut *c).await
+            })?;
+            renewed.extend(rows.into_iter().map(|(id,)| id));
+        }
+        Ok(renewed)
+    }
+
+    /// Gives claimed rows back (shutdown before they were sent): due again at once,
+    /// with the attempt that never happened taken back.
+    pub async fn release_deliveries(&self, ids: &[i64], owner: LeaseOwner, now: i64) -> Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'queued' END,
+                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL,
+                 next_attempt_at = $1, updated_at = $1
+             WHERE state = 'sending' AND lease_owner = $2 AND id IN ({})",
+            placeholders(3, ids.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
+        for id in ids {
+            query = query.bind(*id);
+        }
+        query.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Puts `failed` and `expired` rows back in the queue with a fresh expiry. Returns how many.
+    pub async fn retry_failed(&self, now: i64, expires_at: i64) -> Result<u64> {
+        let n = sqlx::query(
+            "UPDATE deliveries SET state = 'queued', next_attempt_at = $1, expires_at = $2,
+                 lease_until = NULL, updated_at = $1
+             WHERE state IN ('failed', 'expired')",
+        )
+        .bind(now)
+        .bind(expires_at)
+        .execute(&self.pool)
+        .await?
+        .rows_affected();
+        Ok(n)
+    }
+}
+
+impl EngineTransaction {
+    /// Claims like [`Store::claim_due_deliveries`], inside the transaction: the ids
+    /// are the caller's once it commits (load them with [`Store::load_claimed`]).
+    pub async fn claim(&mut self, claim: Claim) -> Result<Vec<i64>> {
+        let backend = self.backend();
+        claim_ids(self.conn(), backend, claim).await
+    }
+}
+
+/// Claims `claim.limit` due rows in one statement on `conn`; returns their ids.
+async fn claim_ids(conn: EngineConnRef<'_>, backend: Backend, claim: Claim) -> Result<Vec<i64>> {
+    let skip_locked = backend.skip_locked_sql();
+    // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
+    // worker's rows) and waiting rows in lane order.
+    let sql = format!(
+        "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
+             attempts = attempts + 1, updated_at = $2
+         WHERE id IN (
+             SELECT id FROM (
+                 SELECT id FROM deliveries
+                 WHERE state = 'sending' AND lease_until < $2
+                 ORDER BY lease_until LIMIT $3 {skip_locked}) AS lapsed
+             UNION ALL
+             SELECT id FROM (
+                 SELECT id FROM deliveries
+                 WHERE state IN ('queued', 'deferred') AND next_attempt_at <= $2
+                 ORDER BY priority, next_attempt_at LIMIT $3 {skip_locked}) AS waiting
+             LIMIT $3)
+         RETURNING id"
+    );
+    let claimed: Vec<(i64,)> = on_engine!(conn, |c| sqlx::query_as(AssertSqlSafe(sql))
+        .bind(claim.lease.until)
+        .bind(claim.now)
+        .bind(claim.limit as i64)
+        .bind(claim.lease.owner.0)
+        .fetch_all(&mut *c)
+        .await)?;
+    Ok(claimed.into_iter().map(|(id,)| id).collect())
+}

@@ -1,0 +1,208 @@
+//! The read side: what `herald status` shows (the outbox by state, the articles, each
+//! feed's polls), and the ledger and slot lists audits and tests read.
+
+use super::{Result, Store, StoreError};
+use crate::domain::DeliveryState;
+
+/// The outbox at a glance, for `herald status` and `/metrics`.
+#[derive(Debug, Clone, Default)]
+pub struct QueueStatus {
+    /// Rows per state.
+    pub by_state: Vec<(DeliveryState, i64)>,
+    /// Creation time of the oldest row still waiting (queued or deferred).
+    pub oldest_waiting_since: Option<i64>,
+    /// The most recent error recorded on any row.
+    pub last_error: Option<(i64, String)>,
+}
+
+/// One feed's polling history, for `herald status`.
+#[derive(Debug, Clone)]
+pub struct FeedStatus {
+    /// Region the feed belongs to.
+    pub region: String,
+    /// The feed as configured.
+    pub url: String,
+    /// Last poll, successful or not.
+    pub last_polled_at: Option<i64>,
+    /// Last successful poll.
+    pub last_success_at: Option<i64>,
+    /// The error of the last poll, if it failed.
+    pub last_error: Option<String>,
+    /// When the feed is next due.
+    pub next_poll_at: Option<i64>,
+    /// Polls in a row that failed.
+    pub consecutive_failures: i64,
+}
+
+/// (region, url, last polled, last success, last error, next poll, failures).
+type FeedStatusRow = (
+    String,
+    String,
+    Option<i64>,
+    Option<i64>,
+    Option<String>,
+    Option<i64>,
+    i64,
+);
+
+impl Store {
+    /// How many rows are due now (queued or deferred and due, or with a lapsed lease).
+    pub async fn due_count(&self, now: i64) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(*) FROM deliveries
+             WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= $1)
+                OR (state = 'sending' AND lease_until < $1)",
+        )
+        .bind(now)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
+    /// Counts per state, oldest waiting row and the last error.
+    pub async fn queue_status(&self) -> Result<QueueStatus> {
+        let counts: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM deliveries GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let mut by_state = Vec::new();
+        for state in DeliveryState::ALL {
+            let n = counts
+                .iter()
+                .find(|(s, _)| s == state.as_str())
+                .map(|(_, n)| *n)
+                .unwrap_or(0);
+            by_state.push((state, n));
+        }
+        let (oldest,): (Option<i64>,) = sqlx::query_as(
+            "SELECT MIN(created_at) FROM deliveries WHERE state IN ('queued', 'deferred', 'sending')",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        let last_error: Option<(i64, String)> = sqlx::query_as(
+            "SELECT updated_at, last_error FROM deliveries WHERE last_error IS NOT NULL
+               AND state IN ('deferred', 'bounced', 'failed')
+             ORDER BY updated_at DESC, id DESC LIMIT 1",
+        )
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(QueueStatus {
+            by_state,
+            oldest_waiting_since: oldest,
+            last_error,
+        })
+    }
+
+    /// Counts per state for the rows of one edition.
+    pub async fn edition_counts(&self, edition_id: i64) -> Result<Vec<(DeliveryState, i64)>> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, COUNT(*) FROM deliveries WHERE edition_id = $1 GROUP BY state",
+        )
+        .bind(edition_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(s, n)| Ok((s.parse().map_err(StoreError::Corrupt)?, n)))
+            .collect()
+    }
+
+    /// Every row in id order: for tests and audits.
+    pub async fn delivery_ledger(&self) -> Result<Vec<LedgerRow>> {
+        let rows: Vec<RawLedgerRow> = sqlx::query_as(
+            "SELECT s.email, d.state, d.attempts, d.message_id, d.last_error
+             FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id ORDER BY d.id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(email, state, attempts, message_id, last_error)| {
+                Ok(LedgerRow {
+                    email,
+                    state: state.parse().map_err(StoreError::Corrupt)?,
+                    attempts,
+                    message_id,
+                    last_error,
+                })
+            })
+            .collect()
+    }
+
+    /// Every feed's last poll, for `herald status`.
+    pub async fn feed_statuses(&self) -> Result<Vec<FeedStatus>> {
+        let rows: Vec<FeedStatusRow> = sqlx::query_as(
+            "SELECT region_slug, url, last_polled_at, last_success_at, last_error,
+                    next_poll_at, consecutive_failures
+             FROM feeds ORDER BY region_slug, url",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(
+                    region,
+                    url,
+                    last_polled_at,
+                    last_success_at,
+                    last_error,
+                    next_poll_at,
+                    consecutive_failures,
+                )| FeedStatus {
+                    region,
+                    url,
+                    last_polled_at,
+                    last_success_at,
+                    last_error,
+                    next_poll_at,
+                    consecutive_failures,
+                },
+            )
+            .collect())
+    }
+
+    /// How many articles are stored, and how many of them are marked breaking.
+    pub async fn article_totals(&self) -> Result<(i64, i64)> {
+        let (total, breaking): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COUNT(*), SUM(CASE WHEN breaking = 1 THEN 1 ELSE 0 END) FROM articles",
+        )
+        .fetch_one(&self.pool)
+        .await?;
+        Ok((total, breaking.unwrap_or(0)))
+    }
+
+    /// How many stale slots were ever skipped (for `/metrics` and `status`).
+    pub async fn skipped_slot_count(&self) -> Result<i64> {
+        let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM skipped_slots")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n)
+    }
+
+    /// (reader, slot instant) of every scheduled digest row, for audits and tests.
+    pub async fn delivery_slots(&self) -> Result<Vec<(i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT d.subscriber_id, d.slot_at FROM deliveries d
+             JOIN editions e ON e.id = d.edition_id
+             WHERE d.kind = 'digest' AND e.timezone IS NOT NULL ORDER BY d.subscriber_id, d.slot_at",
+        )
+        .fetch_all(&self.pool)
+        .await?)
+    }
+}
+
+type RawLedgerRow = (Option<String>, String, i64, String, Option<String>);
+
+/// One delivery row as the ledger shows it.
+#[derive(Debug, Clone)]
+pub struct LedgerRow {
+    /// The reader's address (`None` once erased).
+    pub email: Option<String>,
+    /// Current state.
+    pub state: DeliveryState,
+    /// Attempts so far.
+    pub attempts: i64,
+    /// Stored Message-ID (32 hex digits).
+    pub message_id: String,
+    /// Last error, if any.
+    pub last_error: Option<String>,
+}
