@@ -1,7 +1,7 @@
 //! Benchmark: plan one daily slot for many confirmed readers.
 //!
 //! ```sh
-//! cargo build --release --example plan_bench
+//! cargo build --release --features bench-seed --example plan_bench
 //! target/release/examples/plan_bench seed sqlite:///tmp/plan-bench.db 1000000
 //! /usr/bin/time -v target/release/examples/plan_bench plan sqlite:///tmp/plan-bench.db
 //! ```

@@ -14,6 +14,7 @@ mod engine_connection;
 mod outbox;
 mod planning;
 mod rate_limits;
+#[cfg(feature = "bench-seed")]
 mod seed;
 mod signup;
 mod status;
