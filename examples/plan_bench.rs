@@ -19,8 +19,8 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use herald::domain::{Cadence, RegionSlug};
-use herald::store::{FeedItem, SlotPlan, Store, SuppressionKey};
+use herald::domain::{Cadence, FeedItem, RegionSlug};
+use herald::store::{SlotPlan, Store, SuppressionKey};
 
 const ZONES: [&str; 10] = [
     "America/Los_Angeles",

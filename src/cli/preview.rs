@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use crate::clock::now;
 use crate::compose::DigestRequest;
 use crate::config::Config;
-use crate::domain::{Cadence, Email, RegionSlug};
-use crate::store::{DeliveryArticle, Store, StoreError};
+use crate::domain::{Cadence, DeliveryArticle, Email, RegionSlug};
+use crate::store::{Store, StoreError};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]

@@ -10,10 +10,9 @@ use crate::clock::now;
 use crate::compose::DigestRequest;
 use crate::config::Config;
 use crate::deliver::{Deliverer, SendResult, Transport};
-use crate::domain::{Cadence, Email};
+use crate::domain::{Cadence, DeliveryArticle, Email};
 use crate::plan::manual_digest;
 use crate::shutdown::Shutdown;
-use crate::store::DeliveryArticle;
 
 /// Options for `herald send`.
 #[derive(Debug, clap::Args)]

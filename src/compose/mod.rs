@@ -19,8 +19,7 @@ use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::domain::{Cadence, DeliveryKind, Email};
-use crate::store::DeliveryArticle;
+use crate::domain::{Cadence, DeliveryArticle, DeliveryKind, Email};
 use crate::tokens::{Purpose, Signer};
 
 pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost, Subject};
@@ -233,7 +232,7 @@ impl Composer {
             articles: &articles,
             now: 0,
         })?;
-        let regions = [crate::store::ReaderRegion {
+        let regions = [crate::domain::ReaderRegion {
             slug: "sample".into(),
             name: "Sample <Town>".into(),
             cadence: Cadence::Daily,
@@ -729,12 +728,12 @@ mod tests {
         let composer = Composer::new(&config(), &templates_dir(), Signer::new(b"k")).unwrap();
         let email = Email::parse("reader@example.org").unwrap();
         let regions = [
-            crate::store::ReaderRegion {
+            crate::domain::ReaderRegion {
                 slug: "town".into(),
                 name: "Town <&> Country".into(),
                 cadence: Cadence::Daily,
             },
-            crate::store::ReaderRegion {
+            crate::domain::ReaderRegion {
                 slug: "state".into(),
                 name: "State".into(),
                 cadence: Cadence::Alert,

@@ -20,8 +20,7 @@ use lettre::{Address, Message};
 
 use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
 use super::{ListUnsubscribe, ListUnsubscribePost, Subject};
-use crate::domain::Cadence;
-use crate::store::DeliveryArticle;
+use crate::domain::{Cadence, DeliveryArticle};
 
 /// A group's email is rebuilt after this long, so its `Date:` stays near the send time.
 const TEMPLATE_LIFETIME_SECS: i64 = 60;

@@ -7,8 +7,7 @@
 use serde::Serialize;
 
 use super::{ComposeError, Composed, Composer};
-use crate::domain::{Cadence, DeliveryKind, Email};
-use crate::store::ReaderRegion;
+use crate::domain::{Cadence, DeliveryKind, Email, ReaderRegion};
 use crate::tokens::Purpose;
 
 /// What the sign-up templates are given. Field names are the template interface;

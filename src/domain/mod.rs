@@ -1,8 +1,10 @@
 //! Domain types: values that can only exist when they are valid, so nothing
 //! downstream has to check them again.
 
+mod article;
 mod email;
 
+pub use article::{DeliveryArticle, FeedItem};
 pub use email::{Email, EmailError};
 
 use std::fmt;
@@ -148,6 +150,17 @@ impl fmt::Display for Timezone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// One region a reader follows, as sign-up emails list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderRegion {
+    /// Slug.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// How often.
+    pub cadence: Cadence,
 }
 
 /// Where a reader stands: only `Confirmed` readers get digests.

@@ -7,9 +7,10 @@ use std::path::Path;
 use chrono::{DateTime, Duration, Timelike, Utc};
 
 use super::*;
+use crate::domain::FeedItem;
 use crate::domain::{Email, SubscriberState};
+use crate::store::NewSubscriber;
 use crate::store::testing::{send_all_due, stores};
-use crate::store::{FeedItem, NewSubscriber};
 
 const ZONES: [&str; 5] = [
     "America/Los_Angeles",

@@ -1,28 +1,7 @@
 //! Feeds and articles: what ingest writes and what planning reads.
 
 use super::{Result, Store};
-use crate::domain::RegionSlug;
-
-/// One parsed feed entry, ready to store.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FeedItem {
-    /// The feed's own id for the item (GUID, Atom id, JSON Feed id).
-    pub guid: String,
-    /// Absolute http(s) link: the key that joins the same story across feeds.
-    pub link: String,
-    /// Plain-text title.
-    pub title: String,
-    /// Plain-text summary, possibly empty.
-    pub summary: String,
-    /// First category, possibly empty.
-    pub category: String,
-    /// Publication time, when the feed gave a believable one; otherwise the article is
-    /// dated when it is first seen.
-    pub published_at: Option<i64>,
-    /// Breaking news: alert readers get it at once. Once stored as breaking, an article
-    /// stays breaking (its alerts may already be out), whatever later edits say.
-    pub breaking: bool,
-}
+use crate::domain::{FeedItem, RegionSlug};
 
 /// What one poll of one feed changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

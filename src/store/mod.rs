@@ -24,15 +24,15 @@ mod suppressions;
 pub(crate) mod testing;
 
 pub use api_tokens::ApiTokenRow;
-pub use articles::{ArticleRow, FeedCounts, FeedItem, FeedPollState, PushOutcome};
+pub use articles::{ArticleRow, FeedCounts, FeedPollState, PushOutcome};
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
-pub use outbox::{Claim, ClaimedDelivery, DeliveryArticle, Lease, LeaseOwner, Outcome};
+pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Outcome};
 pub use planning::{AlertPlan, BreakingArticle, PlanSummary, SlotPlan};
 pub use rate_limits::RateLimit;
 pub use signup::{
-    ConfirmOutcome, Consent, ConsentRecord, Queued, ReaderPreferences, ReaderRegion, SignupMail,
-    SignupOutcome, WebSignup,
+    ConfirmOutcome, Consent, ConsentRecord, Queued, ReaderPreferences, SignupMail, SignupOutcome,
+    WebSignup,
 };
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};

@@ -18,8 +18,9 @@ use serde_json::json;
 use super::AppState;
 use crate::api_token;
 use crate::clock::now;
+use crate::domain::FeedItem;
 use crate::ingest::{LinkRefusal, check_link, plain_summary, plain_title, plausible_date};
-use crate::store::{FeedItem, PushOutcome};
+use crate::store::PushOutcome;
 
 /// Largest request body the API reads: an article is a few kilobytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;

@@ -7,9 +7,8 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
-use super::{ClaimedDelivery, DeliveryArticle};
-use crate::domain::DeliveryKind;
-use crate::store::signup::ReaderRegion;
+use super::ClaimedDelivery;
+use crate::domain::{DeliveryArticle, DeliveryKind, ReaderRegion};
 use crate::store::{Result, Store, StoreError, placeholders};
 
 impl Store {

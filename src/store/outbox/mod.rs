@@ -12,9 +12,10 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
-use super::signup::ReaderRegion;
 use super::{Backend, EngineConnRef, EngineTransaction, Result, Store, on_engine, placeholders};
-use crate::domain::{Cadence, DeliveryKind, DeliveryState, SubscriberState};
+use crate::domain::{
+    Cadence, DeliveryArticle, DeliveryKind, DeliveryState, ReaderRegion, SubscriberState,
+};
 
 /// Who holds a claimed row: one value per running worker, chosen at random, so a
 /// worker renews, records and returns only rows it still holds.
@@ -82,27 +83,6 @@ pub struct ClaimedDelivery {
     pub articles: Arc<[DeliveryArticle]>,
     /// For sign-up emails only: the regions the reader follows, by name.
     pub regions: Vec<ReaderRegion>,
-}
-
-/// One article placed in one email.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DeliveryArticle {
-    /// Article id.
-    pub article_id: i64,
-    /// Region it is shown under.
-    pub region_slug: String,
-    /// Region display name.
-    pub region_name: String,
-    /// Title.
-    pub title: String,
-    /// Link.
-    pub link: String,
-    /// Summary.
-    pub summary: String,
-    /// Category.
-    pub category: String,
-    /// Publication time.
-    pub published_at: Option<i64>,
 }
 
 /// The result of one attempt, to be written back.

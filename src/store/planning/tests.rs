@@ -4,9 +4,10 @@
 use std::collections::HashMap;
 
 use super::*;
+use crate::domain::FeedItem;
 use crate::domain::{Email, RegionSlug};
+use crate::store::NewSubscriber;
 use crate::store::testing::{seed, send_all_due, stores, stores_migrated_to};
-use crate::store::{FeedItem, NewSubscriber};
 
 const DAY: i64 = 86_400;
 /// Monday 2026-11-30 07:00 UTC: the daily and the weekly slot fall on it.

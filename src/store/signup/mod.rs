@@ -97,17 +97,6 @@ pub struct ReaderPreferences {
     pub created_at: i64,
 }
 
-/// One region a reader follows, as sign-up emails list it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReaderRegion {
-    /// Slug.
-    pub slug: String,
-    /// Display name.
-    pub name: String,
-    /// How often.
-    pub cadence: Cadence,
-}
-
 /// The newest consent record of a reader, for `herald subscribers export`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsentRecord {
