@@ -17,8 +17,9 @@ use super::commit_gate::{Ack, Round};
 use super::leases::Holdings;
 use super::{DeliverError, DeliverStats};
 use crate::clock::now;
+use crate::domain::Outcome;
 use crate::shutdown::Shutdown;
-use crate::store::{Claim, EngineTransaction, LeaseOwner, Outcome, Store, StoreError};
+use crate::store::{Claim, EngineTransaction, LeaseOwner, Store, StoreError};
 
 /// How long the recorder waits for the outcomes of the messages its last commit let go
 /// before it commits what it has: a server that answers slowly holds up the others'

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::smtp::SendResult;
 use crate::clock::now;
-use crate::store::Outcome;
+use crate::domain::Outcome;
 
 /// Retry delays: `base · 2^(attempt-1)`, capped at `max`, with ±25 % jitter.
 #[derive(Debug, Clone, Copy)]

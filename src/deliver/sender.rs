@@ -21,9 +21,9 @@ use super::smtp::SendResult;
 use super::transport::Transport;
 use crate::clock::now;
 use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
-use crate::domain::{DeliveryKind, Email, SubscriberState};
+use crate::domain::{DeliveryKind, Email, Outcome, SubscriberState};
 use crate::shutdown::Shutdown;
-use crate::store::{ClaimedDelivery, Outcome};
+use crate::store::ClaimedDelivery;
 
 /// After a slot finds the server unreachable, the others defer without trying for this long.
 const DOWN_HOLD_SECS: i64 = 5;

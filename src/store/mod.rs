@@ -17,6 +17,7 @@ mod rate_limits;
 #[cfg(feature = "bench-seed")]
 mod seed;
 mod signup;
+mod states;
 mod status;
 mod subscribers;
 mod suppressions;
@@ -27,7 +28,7 @@ pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedPollState, PushOutcome};
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
-pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Outcome};
+pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner};
 pub use planning::{AlertPlan, BreakingArticle, PlanSummary, SlotPlan};
 pub use rate_limits::RateLimit;
 pub use signup::{

@@ -1,8 +1,10 @@
 //! The read side: what `herald status` shows (the outbox by state, the articles, each
 //! feed's polls), and the ledger and slot lists audits and tests read.
 
-use super::{Result, Store, StoreError};
-use crate::domain::DeliveryState;
+use sqlx::AssertSqlSafe;
+
+use super::{Result, Store, StoreError, states};
+use crate::domain::{DeliveryState, Transition};
 
 /// The outbox at a glance, for `herald status` and `/metrics`.
 #[derive(Debug, Clone, Default)]
@@ -48,11 +50,13 @@ type FeedStatusRow = (
 impl Store {
     /// How many rows are due now (queued or deferred and due, or with a lapsed lease).
     pub async fn due_count(&self, now: i64) -> Result<i64> {
-        let (n,): (i64,) = sqlx::query_as(
+        let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM deliveries
-             WHERE (state IN ('queued', 'deferred') AND next_attempt_at <= $1)
-                OR (state = 'sending' AND lease_until < $1)",
-        )
+             WHERE ({waiting} AND next_attempt_at <= $1)
+                OR ({leased} AND lease_until < $1)",
+            waiting = states::from(Transition::Claim),
+            leased = states::from(Transition::Reclaim),
+        )))
         .bind(now)
         .fetch_one(&self.pool)
         .await?;
@@ -74,16 +78,28 @@ impl Store {
                 .unwrap_or(0);
             by_state.push((state, n));
         }
-        let (oldest,): (Option<i64>,) = sqlx::query_as(
-            "SELECT MIN(created_at) FROM deliveries WHERE state IN ('queued', 'deferred', 'sending')",
-        )
+        let unfinished: Vec<DeliveryState> = DeliveryState::ALL
+            .into_iter()
+            .filter(|state| !state.is_final())
+            .collect();
+        let (oldest,): (Option<i64>,) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT MIN(created_at) FROM deliveries WHERE {}",
+            states::is_one_of(&unfinished)
+        )))
         .fetch_one(&self.pool)
         .await?;
-        let last_error: Option<(i64, String)> = sqlx::query_as(
+        // The errors of attempts, not the reasons rows were cancelled or suppressed.
+        let attempted = [
+            DeliveryState::Deferred,
+            DeliveryState::Bounced,
+            DeliveryState::Failed,
+        ];
+        let last_error: Option<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT updated_at, last_error FROM deliveries WHERE last_error IS NOT NULL
-               AND state IN ('deferred', 'bounced', 'failed')
+               AND {}
              ORDER BY updated_at DESC, id DESC LIMIT 1",
-        )
+            states::is_one_of(&attempted)
+        )))
         .fetch_optional(&self.pool)
         .await?;
         Ok(QueueStatus {

@@ -1,7 +1,9 @@
 //! Readers and what they follow.
 
-use super::{Result, Store, StoreError};
-use crate::domain::{Cadence, Email, RegionSlug, SubscriberState, Timezone};
+use sqlx::AssertSqlSafe;
+
+use super::{Result, Store, StoreError, states};
+use crate::domain::{Cadence, Email, RegionSlug, SubscriberState, Timezone, Transition};
 
 /// A reader to add, already validated.
 #[derive(Debug, Clone)]
@@ -112,15 +114,7 @@ impl Store {
         let Some((id,)) = found else {
             return Ok(false);
         };
-        sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled', last_error = 'reader removed', updated_at = $1,
-                 lease_until = NULL
-             WHERE subscriber_id = $2 AND state IN ('queued', 'deferred')",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        cancel_waiting(&mut tx, id, "reader removed", now).await?;
         sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -157,17 +151,32 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled', last_error = 'reader unsubscribed', updated_at = $1
-             WHERE subscriber_id = $2 AND state IN ('queued', 'deferred')",
-        )
-        .bind(now)
-        .bind(subscriber_id)
-        .execute(&mut *tx)
-        .await?;
+        cancel_waiting(&mut tx, subscriber_id, "reader unsubscribed", now).await?;
         tx.commit().await?;
         Ok(changed > 0)
     }
+}
+
+/// Cancels the mail still waiting for a reader who left, saying why.
+async fn cancel_waiting(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    subscriber_id: i64,
+    why: &str,
+    now: i64,
+) -> Result<()> {
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE deliveries SET state = {cancelled}, last_error = $1, updated_at = $2,
+             lease_until = NULL
+         WHERE subscriber_id = $3 AND {waiting}",
+        cancelled = states::target(Transition::Cancel),
+        waiting = states::from(Transition::Cancel),
+    )))
+    .bind(why)
+    .bind(now)
+    .bind(subscriber_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// One reader's insert, inside the caller's transaction.

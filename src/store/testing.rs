@@ -1,7 +1,7 @@
 //! Opens a fresh store on SQLite, or on PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set.
 
 use super::*;
-use crate::domain::{Cadence, Email, FeedItem, RegionSlug};
+use crate::domain::{Cadence, Email, FeedItem, Outcome, RegionSlug};
 
 /// The key test stores hash the suppression list with.
 pub(crate) const TEST_SUPPRESSION_KEY: &[u8] = b"test-suppression-key";

@@ -12,15 +12,18 @@ use std::sync::Arc;
 
 use sqlx::AssertSqlSafe;
 
-use super::{Backend, EngineConnRef, EngineTransaction, Result, Store, on_engine, placeholders};
+use super::{
+    Backend, EngineConnRef, EngineTransaction, Result, Store, on_engine, placeholders, states,
+};
 use crate::domain::{
     Cadence, DeliveryArticle, DeliveryKind, DeliveryState, ReaderRegion, SubscriberState,
+    Transition,
 };
 
 /// Who holds a claimed row: one value per running worker, chosen at random, so a
 /// worker renews, records and returns only rows it still holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct LeaseOwner(i64);
+pub struct LeaseOwner(pub(in crate::store) i64);
 
 impl LeaseOwner {
     /// A fresh owner for a new worker.
@@ -85,66 +88,15 @@ pub struct ClaimedDelivery {
     pub regions: Vec<ReaderRegion>,
 }
 
-/// The result of one attempt, to be written back.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
-    /// Accepted by the server, with its reply.
-    Sent {
-        /// The server's reply (or the file written).
-        reply: String,
-    },
-    /// Temporary failure; try again at `retry_at`.
-    Deferred {
-        /// What went wrong.
-        error: String,
-        /// When to try again.
-        retry_at: i64,
-    },
-    /// Refused permanently.
-    Bounced {
-        /// The server's reply.
-        reply: String,
-        /// Whether the mailbox does not exist (5.1.x): the reader is suppressed too.
-        suppress: bool,
-    },
-    /// Cannot be sent and retrying will not help.
-    Failed {
-        /// Why.
-        error: String,
-    },
-    /// Too old to be worth sending.
-    Expired,
-    /// The reader left or was erased.
-    Cancelled {
-        /// Why.
-        reason: String,
-    },
-    /// The address is suppressed.
-    Suppressed,
-}
-
-impl Outcome {
-    /// The state this outcome puts the row in.
-    pub fn state(&self) -> DeliveryState {
-        match self {
-            Outcome::Sent { .. } => DeliveryState::Sent,
-            Outcome::Deferred { .. } => DeliveryState::Deferred,
-            Outcome::Bounced { .. } => DeliveryState::Bounced,
-            Outcome::Failed { .. } => DeliveryState::Failed,
-            Outcome::Expired => DeliveryState::Expired,
-            Outcome::Cancelled { .. } => DeliveryState::Cancelled,
-            Outcome::Suppressed => DeliveryState::Suppressed,
-        }
-    }
-}
-
 impl Store {
     /// Marks waiting rows whose expiry has passed as `expired`. Returns how many.
     pub async fn expire_overdue(&self, now: i64) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE deliveries SET state = 'expired', lease_until = NULL, updated_at = $1
-             WHERE state IN ('queued', 'deferred') AND expires_at < $1",
-        )
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE deliveries SET state = {expired}, lease_until = NULL, updated_at = $1
+             WHERE {waiting} AND expires_at < $1",
+            expired = states::target(Transition::Expire),
+            waiting = states::from(Transition::Expire),
+        )))
         .bind(now)
         .execute(&self.pool)
         .await?
@@ -176,9 +128,10 @@ impl Store {
         for chunk in ids.chunks(500) {
             let sql = format!(
                 "UPDATE deliveries SET lease_until = $1
-                 WHERE state = 'sending' AND lease_owner = $2 AND id IN ({})
+                 WHERE {held} AND lease_owner = $2 AND id IN ({ids})
                  RETURNING id",
-                placeholders(3, chunk.len())
+                held = states::from(Transition::Renew),
+                ids = placeholders(3, chunk.len())
             );
             let rows: Vec<(i64,)> = on_engine!(writer.conn(), |c| {
                 let mut query = sqlx::query_as(AssertSqlSafe(sql))
@@ -201,11 +154,14 @@ impl Store {
             return Ok(());
         }
         let sql = format!(
-            "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN 'deferred' ELSE 'queued' END,
+            "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN {deferred} ELSE {queued} END,
                  attempts = attempts - 1, lease_until = NULL, lease_owner = NULL,
                  next_attempt_at = $1, updated_at = $1
-             WHERE state = 'sending' AND lease_owner = $2 AND id IN ({})",
-            placeholders(3, ids.len())
+             WHERE {held} AND lease_owner = $2 AND id IN ({ids})",
+            deferred = states::literal(DeliveryState::Deferred),
+            queued = states::literal(DeliveryState::Queued),
+            held = states::from(Transition::Release),
+            ids = placeholders(3, ids.len())
         );
         let mut query = sqlx::query(AssertSqlSafe(sql)).bind(now).bind(owner.0);
         for id in ids {
@@ -217,11 +173,13 @@ impl Store {
 
     /// Puts `failed` and `expired` rows back in the queue with a fresh expiry. Returns how many.
     pub async fn retry_failed(&self, now: i64, expires_at: i64) -> Result<u64> {
-        let n = sqlx::query(
-            "UPDATE deliveries SET state = 'queued', next_attempt_at = $1, expires_at = $2,
+        let n = sqlx::query(AssertSqlSafe(format!(
+            "UPDATE deliveries SET state = {queued}, next_attempt_at = $1, expires_at = $2,
                  lease_until = NULL, updated_at = $1
-             WHERE state IN ('failed', 'expired')",
-        )
+             WHERE {given_up}",
+            queued = states::target(Transition::RetryFailed),
+            given_up = states::from(Transition::RetryFailed),
+        )))
         .bind(now)
         .bind(expires_at)
         .execute(&self.pool)
@@ -245,21 +203,25 @@ async fn claim_ids(conn: EngineConnRef<'_>, backend: Backend, claim: Claim) -> R
     let skip_locked = backend.skip_locked_sql();
     // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
     // worker's rows) and waiting rows in lane order.
+    // Both kinds of claim leave rows `sending`.
     let sql = format!(
-        "UPDATE deliveries SET state = 'sending', lease_until = $1, lease_owner = $4,
+        "UPDATE deliveries SET state = {sending}, lease_until = $1, lease_owner = $4,
              attempts = attempts + 1, updated_at = $2
          WHERE id IN (
              SELECT id FROM (
                  SELECT id FROM deliveries
-                 WHERE state = 'sending' AND lease_until < $2
+                 WHERE {leased} AND lease_until < $2
                  ORDER BY lease_until LIMIT $3 {skip_locked}) AS lapsed
              UNION ALL
              SELECT id FROM (
                  SELECT id FROM deliveries
-                 WHERE state IN ('queued', 'deferred') AND next_attempt_at <= $2
+                 WHERE {waiting} AND next_attempt_at <= $2
                  ORDER BY priority, next_attempt_at LIMIT $3 {skip_locked}) AS waiting
              LIMIT $3)
-         RETURNING id"
+         RETURNING id",
+        sending = states::target(Transition::Claim),
+        leased = states::from(Transition::Reclaim),
+        waiting = states::from(Transition::Claim),
     );
     let claimed: Vec<(i64,)> = on_engine!(conn, |c| sqlx::query_as(AssertSqlSafe(sql))
         .bind(claim.lease.until)

@@ -3,9 +3,10 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::{LeaseOwner, Outcome};
+use super::LeaseOwner;
+use crate::domain::{Outcome, Transition};
 use crate::store::{
-    EngineConnRef, EngineTransaction, OnDurable, Result, Store, SuppressionKey, on_engine,
+    EngineConnRef, EngineTransaction, OnDurable, Result, Store, SuppressionKey, on_engine, states,
 };
 
 impl Store {
@@ -148,9 +149,10 @@ async fn record_chunk(
                  sent_at = v.column6,
                  lease_until = NULL, lease_owner = NULL, updated_at = $1
              FROM (VALUES {}) AS v
-             WHERE deliveries.id = v.column1 AND deliveries.state = 'sending'
+             WHERE deliveries.id = v.column1 AND deliveries.{held}
                  AND deliveries.lease_owner = $2",
-        rows.join(", ")
+        rows.join(", "),
+        held = states::from(Transition::Record),
     );
     let values: Vec<_> = chunk
         .iter()

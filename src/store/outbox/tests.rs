@@ -2,6 +2,7 @@
 //! transactions.
 
 use super::*;
+use crate::domain::{DeliveryState, Outcome};
 use crate::store::OnDurable;
 use crate::store::testing::{lease, seed_planned, stores};
 

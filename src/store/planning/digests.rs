@@ -4,8 +4,8 @@
 use sqlx::AssertSqlSafe;
 
 use super::Tx;
-use crate::domain::{Cadence, DeliveryKind, RegionSlug};
-use crate::store::{Backend, PlanSummary, Result, Store};
+use crate::domain::{Cadence, DeliveryKind, RegionSlug, Transition};
+use crate::store::{Backend, PlanSummary, Result, Store, states};
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
 const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
@@ -266,7 +266,7 @@ impl Store {
             "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state,
                  attempts, message_id, next_attempt_at, expires_at, created_at, updated_at,
                  slot_at, window_start, content_id, articles_through)
-             SELECT $1, p.subscriber_id, 'digest', $2, $3, 'queued', 0, {rand}, $4, $5, $4, $4,
+             SELECT $1, p.subscriber_id, 'digest', $2, $3, {queued}, 0, {rand}, $4, $5, $4, $4,
                     $6, p.window_start, pc.content_id, pc.articles_through
              FROM plan_readers p
              CROSS JOIN plan_groups g
@@ -274,6 +274,7 @@ impl Store {
              CROSS JOIN plan_contents pc
              WHERE g.window_start = p.window_start AND g.regions = p.regions
                AND pc.group_id = g.id AND pc.excluded = COALESCE(pp.excluded, '')",
+            queued = states::target(Transition::Plan),
             rand = self.random_hex_sql()
         )))
         .bind(batch.edition_id)

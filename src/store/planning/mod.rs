@@ -16,8 +16,8 @@ mod tests;
 
 use sqlx::AssertSqlSafe;
 
-use super::{Result, Store};
-use crate::domain::{Cadence, DeliveryKind};
+use super::{Result, Store, states};
+use crate::domain::{Cadence, DeliveryKind, Transition};
 use digests::DigestBatch;
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -313,12 +313,13 @@ impl Store {
             "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state,
                  attempts, message_id, next_attempt_at, expires_at, created_at, updated_at,
                  slot_at, window_start, content_id, articles_through)
-             SELECT $1, r.subscriber_id, 'alert', 'alert', $4, 'queued', 0, {rand}, $5, $6,
+             SELECT $1, r.subscriber_id, 'alert', 'alert', $4, {queued}, 0, {rand}, $5, $6,
                     $7, $7, $7, $7, c.id, $2
              FROM ({readers}) r
              JOIN contents c ON c.edition_id = $1 AND c.group_key = r.region_slug
              WHERE true
              ON CONFLICT (subscriber_id, edition_id) DO NOTHING",
+            queued = states::target(Transition::Plan),
             rand = self.random_hex_sql()
         )))
         .bind(edition_id)

@@ -7,7 +7,9 @@ mod tests;
 use std::collections::HashMap;
 
 use super::{RateLimit, Result, Store, StoreError, SuppressionKey};
-use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, SubscriberState, Timezone};
+use crate::domain::{
+    Cadence, DeliveryKind, Email, RegionSlug, SubscriberState, Timezone, Transition,
+};
 
 /// Where a sign-up came from and what the reader agreed to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -578,12 +580,13 @@ async fn queue_signup_email(
     sqlx::query(
         "INSERT INTO deliveries (edition_id, subscriber_id, kind, priority, state, attempts,
              message_id, next_attempt_at, expires_at, created_at, updated_at)
-         VALUES ($1, $2, $3, $4, 'queued', 0, $5, $6, $7, $6, $6)",
+         VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $7, $7)",
     )
     .bind(edition_id)
     .bind(subscriber_id)
     .bind(kind.as_str())
     .bind(kind.priority())
+    .bind(Transition::Plan.target().as_str())
     .bind(format!("{:032x}", uuid::Uuid::new_v4().as_u128()))
     .bind(now)
     .bind(expires_at)
