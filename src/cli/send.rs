@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::clock::now;
 use crate::compose::DigestRequest;
 use crate::config::Config;
 use crate::deliver::{Deliverer, SendResult, Transport};
-use crate::domain::{Cadence, DeliveryArticle, Email};
+use crate::domain::{Cadence, DeliveryArticle, Email, SubscriberId, Timestamp};
 use crate::plan::manual_digest;
 use crate::shutdown::Shutdown;
 
@@ -55,7 +54,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
 
     // A broken template must stop the send before anything is queued.
     let composer = super::composer(config)?;
-    let t = now();
+    let t = Timestamp::now();
     if args.dry_run || !args.yes {
         let plan = manual_digest(config, &store, &region.slug, args.cadence, t, true).await?;
         if args.dry_run {
@@ -94,7 +93,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         }
     }
 
-    let plan = manual_digest(config, &store, &region.slug, args.cadence, now(), false).await?;
+    let plan = manual_digest(
+        config,
+        &store,
+        &region.slug,
+        args.cadence,
+        Timestamp::now(),
+        false,
+    )
+    .await?;
     println!(
         "queued {} digest(s) for {} ({} readers, {} articles placed)",
         plan.deliveries, region.slug, plan.deliveries, plan.articles
@@ -143,7 +150,7 @@ async fn test_send(
     cadence: Cadence,
     email: &Email,
 ) -> anyhow::Result<ExitCode> {
-    let t = now();
+    let t = Timestamp::now();
     let articles: Vec<DeliveryArticle> =
         super::preview::region_articles(store, region, region_name, cadence, t).await?;
     if articles.is_empty() {
@@ -153,7 +160,7 @@ async fn test_send(
     let message_id = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
     let composed = composer
         .digest(&DigestRequest {
-            subscriber_id: 0,
+            subscriber_id: SubscriberId::new(0),
             email,
             timezone: chrono_tz::UTC,
             cadence: Some(cadence),

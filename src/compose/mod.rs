@@ -19,7 +19,9 @@ use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
 use crate::config::Config;
-use crate::domain::{Cadence, DeliveryArticle, DeliveryKind, Email};
+use crate::domain::{
+    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, SubscriberId, Timestamp,
+};
 use crate::tokens::{Purpose, Signer};
 
 pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost, Subject};
@@ -147,7 +149,7 @@ pub struct ArticleView {
 #[derive(Debug, Clone)]
 pub struct DigestRequest<'a> {
     /// The reader's id (for signed links).
-    pub subscriber_id: i64,
+    pub subscriber_id: SubscriberId,
     /// The reader's address.
     pub email: &'a Email,
     /// The reader's zone, for dates.
@@ -158,8 +160,8 @@ pub struct DigestRequest<'a> {
     pub message_id: &'a str,
     /// The articles, ordered by region.
     pub articles: &'a [DeliveryArticle],
-    /// Now, in Unix seconds (for the date line and link expiry).
-    pub now: i64,
+    /// Now (for the date line and link expiry).
+    pub now: Timestamp,
 }
 
 /// Renders and builds emails. Cheap to share between workers.
@@ -214,23 +216,23 @@ impl Composer {
     fn self_test(&self) -> Result<(), ComposeError> {
         let email = Email::parse("sample.reader@example.org").expect("valid sample address");
         let articles = vec![DeliveryArticle {
-            article_id: 1,
+            article_id: ArticleId::new(1),
             region_slug: "sample".into(),
             region_name: "Sample Town".into(),
             title: "Sample <story> & \"quotes\"".into(),
             link: "https://example.org/story".into(),
             summary: "A sample summary.".into(),
             category: "Community".into(),
-            published_at: Some(0),
+            published_at: Some(Timestamp::from_unix(0)),
         }];
         self.digest(&DigestRequest {
-            subscriber_id: 1,
+            subscriber_id: SubscriberId::new(1),
             email: &email,
             timezone: chrono_tz::UTC,
             cadence: Some(Cadence::Daily),
             message_id: "00000000000000000000000000000000",
             articles: &articles,
-            now: 0,
+            now: Timestamp::from_unix(0),
         })?;
         let regions = [crate::domain::ReaderRegion {
             slug: "sample".into(),
@@ -240,39 +242,50 @@ impl Composer {
         for kind in [DeliveryKind::Confirmation, DeliveryKind::Welcome] {
             self.signup_email(&SignupRequest {
                 kind,
-                subscriber_id: 1,
+                subscriber_id: SubscriberId::new(1),
                 email: &email,
                 regions: &regions,
                 timezone: "UTC",
                 message_id: "00000000000000000000000000000000",
-                now: 0,
+                now: Timestamp::from_unix(0),
             })?;
         }
         Ok(())
     }
 
     /// The one-click unsubscribe link for a reader.
-    pub fn unsubscribe_url(&self, subscriber_id: i64, now: i64) -> String {
+    pub fn unsubscribe_url(&self, subscriber_id: SubscriberId, now: Timestamp) -> String {
         self.link("unsubscribe", Purpose::Unsubscribe, subscriber_id, now)
     }
 
     /// The preferences link for a reader.
-    pub fn preferences_url(&self, subscriber_id: i64, now: i64) -> String {
+    pub fn preferences_url(&self, subscriber_id: SubscriberId, now: Timestamp) -> String {
         self.link("preferences", Purpose::Preferences, subscriber_id, now)
     }
 
-    fn link(&self, path: &str, purpose: Purpose, subscriber_id: i64, now: i64) -> String {
-        self.link_until(path, purpose, subscriber_id, now + LINK_LIFETIME_SECS)
+    fn link(
+        &self,
+        path: &str,
+        purpose: Purpose,
+        subscriber_id: SubscriberId,
+        now: Timestamp,
+    ) -> String {
+        self.link_until(
+            path,
+            purpose,
+            subscriber_id,
+            now.unix() + LINK_LIFETIME_SECS,
+        )
     }
 
     fn link_until(
         &self,
         path: &str,
         purpose: Purpose,
-        subscriber_id: i64,
+        subscriber_id: SubscriberId,
         expires_at: i64,
     ) -> String {
-        let token = self.signer.sign(purpose, subscriber_id, expires_at);
+        let token = self.signer.sign(purpose, subscriber_id.get(), expires_at);
         let mut url = self.public_url.clone();
         let base = url.path().trim_end_matches('/').to_string();
         url.set_path(&format!("{base}/{path}"));
@@ -295,7 +308,7 @@ impl Composer {
             }
             let published = article
                 .published_at
-                .and_then(|t| req.timezone.timestamp_opt(t, 0).single())
+                .and_then(|t| req.timezone.timestamp_opt(t.unix(), 0).single())
                 .map(|t| t.format("%-d %b %Y, %H:%M").to_string())
                 .unwrap_or_default();
             groups
@@ -349,7 +362,7 @@ impl Composer {
     /// The date line: the day of `now` in the reader's zone.
     fn edition_label(&self, req: &DigestRequest<'_>) -> String {
         req.timezone
-            .timestamp_opt(req.now, 0)
+            .timestamp_opt(req.now.unix(), 0)
             .single()
             .map(|t| t.format("%A, %-d %B %Y").to_string())
             .unwrap_or_default()
@@ -589,14 +602,14 @@ mod tests {
 
     fn article(region: &str, title: &str) -> DeliveryArticle {
         DeliveryArticle {
-            article_id: 1,
+            article_id: ArticleId::new(1),
             region_slug: region.into(),
             region_name: region.to_uppercase(),
             title: title.into(),
             link: "https://news.example.org/a?x=1&y=2".into(),
             summary: "Summary".into(),
             category: "Schools".into(),
-            published_at: Some(1_795_248_000),
+            published_at: Some(Timestamp::from_unix(1_795_248_000)),
         }
     }
 
@@ -622,13 +635,13 @@ mod tests {
         let email = Email::parse("reader@example.org").unwrap();
         let articles = vec![article("town", "Story")];
         let req = DigestRequest {
-            subscriber_id: 9,
+            subscriber_id: SubscriberId::new(9),
             email: &email,
             timezone: chrono_tz::UTC,
             cadence: Some(Cadence::Daily),
             message_id: "0123456789abcdef0123456789abcdef",
             articles: &articles,
-            now: 1_795_300_000,
+            now: Timestamp::from_unix(1_795_300_000),
         };
         // Three readers of one group: full render, then the group template, then a
         // splice of it; none may carry the header.
@@ -643,12 +656,12 @@ mod tests {
         let welcome = composer
             .signup_email(&SignupRequest {
                 kind: DeliveryKind::Welcome,
-                subscriber_id: 9,
+                subscriber_id: SubscriberId::new(9),
                 email: &email,
                 regions: &[],
                 timezone: "UTC",
                 message_id: "0123456789abcdef0123456789abcdef",
-                now: 1_795_300_000,
+                now: Timestamp::from_unix(1_795_300_000),
             })
             .unwrap();
         let welcome = String::from_utf8(welcome.bytes).unwrap();
@@ -666,13 +679,13 @@ mod tests {
         ];
         let composed = composer
             .digest(&DigestRequest {
-                subscriber_id: 9,
+                subscriber_id: SubscriberId::new(9),
                 email: &email,
                 timezone: chrono_tz::Europe::Berlin,
                 cadence: Some(Cadence::Daily),
                 message_id: "0123456789abcdef0123456789abcdef",
                 articles: &articles,
-                now: 1_795_248_000,
+                now: Timestamp::from_unix(1_795_248_000),
             })
             .unwrap();
         let text = String::from_utf8(composed.bytes.clone()).unwrap();
@@ -691,13 +704,13 @@ mod tests {
         let html_at = text.find("Content-Type: text/html").unwrap();
         assert!(plain_at < html_at, "text/plain must come first");
         let request_again = DigestRequest {
-            subscriber_id: 9,
+            subscriber_id: SubscriberId::new(9),
             email: &email,
             timezone: chrono_tz::Europe::Berlin,
             cadence: Some(Cadence::Daily),
             message_id: "0123456789abcdef0123456789abcdef",
             articles: &articles,
-            now: 1_795_248_000,
+            now: Timestamp::from_unix(1_795_248_000),
         };
         let (plain, html) = composer
             .render_digest(&composer.digest_context(&request_again))
@@ -741,12 +754,12 @@ mod tests {
         ];
         let req = SignupRequest {
             kind,
-            subscriber_id: 12,
+            subscriber_id: SubscriberId::new(12),
             email: &email,
             regions: &regions,
             timezone: "Europe/Berlin",
             message_id: "0123456789abcdef0123456789abcdef",
-            now: 1_795_248_000,
+            now: Timestamp::from_unix(1_795_248_000),
         };
         let composed = composer.signup_email(&req).unwrap();
         let parts = composer

@@ -7,7 +7,7 @@
 use serde::Serialize;
 
 use super::{ComposeError, Composed, Composer};
-use crate::domain::{Cadence, DeliveryKind, Email, ReaderRegion};
+use crate::domain::{Cadence, DeliveryKind, Email, ReaderRegion, SubscriberId, Timestamp};
 use crate::tokens::Purpose;
 
 /// What the sign-up templates are given. Field names are the template interface;
@@ -55,7 +55,7 @@ pub struct SignupRequest<'a> {
     /// Confirmation or welcome.
     pub kind: DeliveryKind,
     /// The reader's id (for signed links).
-    pub subscriber_id: i64,
+    pub subscriber_id: SubscriberId,
     /// The reader's address.
     pub email: &'a Email,
     /// What the reader follows.
@@ -64,8 +64,8 @@ pub struct SignupRequest<'a> {
     pub timezone: &'a str,
     /// Stored Message-ID (32 hex digits), reused on every retry.
     pub message_id: &'a str,
-    /// Now, in Unix seconds (for link expiry).
-    pub now: i64,
+    /// Now (for link expiry).
+    pub now: Timestamp,
 }
 
 /// How a cadence reads in a sign-up email.
@@ -93,7 +93,7 @@ impl Composer {
                 "confirm",
                 Purpose::Confirm,
                 req.subscriber_id,
-                req.now + self.confirm_lifetime_secs,
+                req.now.unix() + self.confirm_lifetime_secs,
             )
         };
         SignupContext {

@@ -21,7 +21,7 @@ use super::smtp::SendResult;
 use super::transport::Transport;
 use crate::clock::now;
 use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
-use crate::domain::{DeliveryKind, Email, Outcome, SubscriberState};
+use crate::domain::{DeliveryId, DeliveryKind, Email, Outcome, SubscriberState, Timestamp};
 use crate::shutdown::Shutdown;
 use crate::store::ClaimedDelivery;
 
@@ -283,9 +283,9 @@ impl Sender {
 
     /// Drops a job whose lease lapsed: the row is due again for whoever claims it, and
     /// recording anything for it now could undo another worker's result.
-    fn lapsed(&self, id: i64, claim: u64) {
+    fn lapsed(&self, id: DeliveryId, claim: u64) {
         tracing::warn!(
-            delivery = id,
+            delivery = id.get(),
             "lease lapsed before sending; leaving the row to its next claim"
         );
         self.holdings.forget(id, claim);
@@ -307,7 +307,7 @@ pub(super) enum Work {
 pub(super) fn prepare(
     composer: &Composer,
     delivery: &ClaimedDelivery,
-    now: i64,
+    now: Timestamp,
     work: Work,
 ) -> Result<Option<Composed>, Outcome> {
     if delivery.expires_at < now {

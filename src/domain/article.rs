@@ -1,6 +1,8 @@
 //! Articles as they travel: parsed from a feed on their way into the store, and placed
 //! in an email on their way out of it.
 
+use super::{ArticleId, Timestamp};
+
 /// One parsed feed entry, ready to store.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedItem {
@@ -26,7 +28,7 @@ pub struct FeedItem {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeliveryArticle {
     /// Article id.
-    pub article_id: i64,
+    pub article_id: ArticleId,
     /// Region it is shown under.
     pub region_slug: String,
     /// Region display name.
@@ -40,5 +42,5 @@ pub struct DeliveryArticle {
     /// Category.
     pub category: String,
     /// Publication time.
-    pub published_at: Option<i64>,
+    pub published_at: Option<Timestamp>,
 }

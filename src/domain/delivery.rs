@@ -6,6 +6,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+use super::Timestamp;
+
 /// Where one email stands in the outbox; [`Transition`] says how it moves.
 ///
 /// `queued → sending → sent | deferred | bounced | failed | expired | cancelled | suppressed`;
@@ -151,7 +153,7 @@ pub enum Outcome {
         /// What went wrong.
         error: String,
         /// When to try again.
-        retry_at: i64,
+        retry_at: Timestamp,
     },
     /// Refused permanently.
     Bounced {
@@ -319,7 +321,7 @@ mod tests {
             },
             Outcome::Deferred {
                 error: String::new(),
-                retry_at: 0,
+                retry_at: Timestamp::default(),
             },
             Outcome::Bounced {
                 reply: String::new(),

@@ -4,10 +4,14 @@
 mod article;
 mod delivery;
 mod email;
+mod ids;
+mod time;
 
 pub use article::{DeliveryArticle, FeedItem};
-pub use delivery::{DeliveryKind, DeliveryState, Outcome, Transition};
+pub use delivery::{DeliveryKind, DeliveryState, Outcome, Rule, Transition};
 pub use email::{Email, EmailError};
+pub use ids::{ArticleId, DeliveryId, EditionId, FeedId, SignupId, SubscriberId};
+pub use time::Timestamp;
 
 use std::fmt;
 use std::str::FromStr;
@@ -89,12 +93,13 @@ impl Cadence {
     }
 
     /// How far back a reader's first digest of this cadence reaches.
-    pub fn period(self) -> chrono::Duration {
-        match self {
-            Cadence::Alert => chrono::Duration::hours(6),
-            Cadence::Daily => chrono::Duration::hours(24),
-            Cadence::Weekly => chrono::Duration::days(7),
-        }
+    pub fn period(self) -> std::time::Duration {
+        const HOUR: u64 = 3_600;
+        std::time::Duration::from_secs(match self {
+            Cadence::Alert => 6 * HOUR,
+            Cadence::Daily => 24 * HOUR,
+            Cadence::Weekly => 7 * 24 * HOUR,
+        })
     }
 }
 

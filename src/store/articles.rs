@@ -1,7 +1,7 @@
 //! Feeds and articles: what ingest writes and what planning reads.
 
 use super::{Result, Store};
-use crate::domain::{FeedItem, RegionSlug};
+use crate::domain::{ArticleId, FeedId, FeedItem, RegionSlug, Timestamp};
 
 /// What one poll of one feed changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -18,7 +18,7 @@ pub struct FeedCounts {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ArticleRow {
     /// Row id.
-    pub id: i64,
+    pub id: ArticleId,
     /// Link.
     pub link: String,
     /// Title.
@@ -28,20 +28,20 @@ pub struct ArticleRow {
     /// Category.
     pub category: String,
     /// Publication time.
-    pub published_at: Option<i64>,
+    pub published_at: Option<Timestamp>,
 }
 
 /// What ingest needs to know about a feed before polling it.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct FeedPollState {
     /// Row id.
-    pub id: i64,
+    pub id: FeedId,
     /// The validator the server gave with the last full answer, for `If-None-Match`.
     pub etag: Option<String>,
     /// The date the server gave with the last full answer, for `If-Modified-Since`.
     pub last_modified: Option<String>,
     /// When the feed is next due; `None` until it has been polled once.
-    pub next_poll_at: Option<i64>,
+    pub next_poll_at: Option<Timestamp>,
     /// Polls in a row that failed; 0 after a success.
     pub consecutive_failures: i64,
 }
@@ -50,16 +50,16 @@ pub struct FeedPollState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PushOutcome {
     /// A new article with this id.
-    Created(i64),
+    Created(ArticleId),
     /// An article with the same link existed and its text or region changed.
-    Updated(i64),
+    Updated(ArticleId),
     /// An article with the same link existed exactly as pushed.
-    Unchanged(i64),
+    Unchanged(ArticleId),
 }
 
 impl Store {
     /// The id of the feed row for (region, url), created on first use.
-    pub async fn feed_id(&self, region: &RegionSlug, url: &str) -> Result<i64> {
+    pub async fn feed_id(&self, region: &RegionSlug, url: &str) -> Result<FeedId> {
         Ok(self.feed_poll_state(region, url).await?.id)
     }
 
@@ -73,27 +73,14 @@ impl Store {
         .bind(url)
         .execute(&self.pool)
         .await?;
-        let (id, etag, last_modified, next_poll_at, consecutive_failures): (
-            i64,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            i64,
-        ) = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT id, etag, last_modified, next_poll_at, consecutive_failures
              FROM feeds WHERE region_slug = $1 AND url = $2",
         )
         .bind(region.as_str())
         .bind(url)
         .fetch_one(&self.pool)
-        .await?;
-        Ok(FeedPollState {
-            id,
-            etag,
-            last_modified,
-            next_poll_at,
-            consecutive_failures,
-        })
+        .await?)
     }
 
     /// Stores a poll's items for a feed of `region` in one transaction, and marks the
@@ -104,15 +91,15 @@ impl Store {
     /// A changed title, summary or category updates the article in place.
     pub async fn record_feed_items(
         &self,
-        feed_id: i64,
+        feed_id: FeedId,
         region: &RegionSlug,
         items: &[FeedItem],
-        now: i64,
+        now: Timestamp,
     ) -> Result<FeedCounts> {
         let mut counts = FeedCounts::default();
         let mut tx = self.begin_write().await?;
         for item in items {
-            let by_guid: Option<(i64, String, String, String, i64)> = sqlx::query_as(
+            let by_guid: Option<(ArticleId, String, String, String, i64)> = sqlx::query_as(
                 "SELECT a.id, a.title, a.summary, a.category, a.breaking FROM article_sources s
                  JOIN articles a ON a.id = s.article_id
                  WHERE s.feed_id = $1 AND s.guid = $2",
@@ -135,7 +122,7 @@ impl Store {
                 }
                 continue;
             }
-            let by_link: Option<(i64, i64)> =
+            let by_link: Option<(ArticleId, i64)> =
                 sqlx::query_as("SELECT id, breaking FROM articles WHERE link = $1")
                     .bind(&item.link)
                     .fetch_optional(&mut *tx)
@@ -188,11 +175,11 @@ impl Store {
     /// refetch, never an article.
     pub async fn record_feed_polled(
         &self,
-        feed_id: i64,
+        feed_id: FeedId,
         etag: Option<&str>,
         last_modified: Option<&str>,
-        now: i64,
-        next_poll_at: i64,
+        now: Timestamp,
+        next_poll_at: Timestamp,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE feeds SET etag = $1, last_modified = $2, last_polled_at = $3,
@@ -214,10 +201,10 @@ impl Store {
     /// as they were.
     pub async fn record_feed_error(
         &self,
-        feed_id: i64,
+        feed_id: FeedId,
         error: &str,
-        now: i64,
-        next_poll_at: i64,
+        now: Timestamp,
+        next_poll_at: Timestamp,
     ) -> Result<()> {
         sqlx::query(
             "UPDATE feeds SET last_polled_at = $1, last_error = $2,
@@ -240,10 +227,10 @@ impl Store {
         &self,
         region: &RegionSlug,
         item: &FeedItem,
-        now: i64,
+        now: Timestamp,
     ) -> Result<PushOutcome> {
         let mut tx = self.begin_write().await?;
-        let existing: Option<(i64, String, String, String, i64)> = sqlx::query_as(
+        let existing: Option<(ArticleId, String, String, String, i64)> = sqlx::query_as(
             "SELECT id, title, summary, category, breaking FROM articles WHERE link = $1",
         )
         .bind(&item.link)
@@ -289,21 +276,22 @@ impl Store {
     pub async fn recent_articles(
         &self,
         region: &RegionSlug,
-        since: i64,
+        since: Timestamp,
         limit: i64,
     ) -> Result<Vec<ArticleRow>> {
-        let rows: Vec<(i64, String, String, String, String, Option<i64>)> = sqlx::query_as(
-            "SELECT a.id, a.link, a.title, a.summary, a.category, a.published_at
+        let rows: Vec<(ArticleId, String, String, String, String, Option<Timestamp>)> =
+            sqlx::query_as(
+                "SELECT a.id, a.link, a.title, a.summary, a.category, a.published_at
              FROM article_regions r JOIN articles a ON a.id = r.article_id
              WHERE r.region_slug = $1 AND r.added_at >= $2
              ORDER BY COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC
              LIMIT $3",
-        )
-        .bind(region.as_str())
-        .bind(since)
-        .bind(limit)
-        .fetch_all(&self.pool)
-        .await?;
+            )
+            .bind(region.as_str())
+            .bind(since)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
         Ok(rows
             .into_iter()
             .map(
@@ -338,7 +326,7 @@ impl Store {
     }
 
     /// Marks an article as breaking news (its alerts are planned on the next pass).
-    pub async fn mark_breaking(&self, article_id: i64) -> Result<()> {
+    pub async fn mark_breaking(&self, article_id: ArticleId) -> Result<()> {
         sqlx::query("UPDATE articles SET breaking = 1 WHERE id = $1")
             .bind(article_id)
             .execute(&self.pool)
@@ -347,8 +335,8 @@ impl Store {
     }
 
     /// The id of the article with this link, if stored.
-    pub async fn article_id_by_link(&self, link: &str) -> Result<Option<i64>> {
-        let row: Option<(i64,)> = sqlx::query_as("SELECT id FROM articles WHERE link = $1")
+    pub async fn article_id_by_link(&self, link: &str) -> Result<Option<ArticleId>> {
+        let row: Option<(ArticleId,)> = sqlx::query_as("SELECT id FROM articles WHERE link = $1")
             .bind(link)
             .fetch_optional(&self.pool)
             .await?;
@@ -361,8 +349,8 @@ type Tx<'a> = sqlx::Transaction<'a, sqlx::Any>;
 /// Inserts a new article; an article without a date is dated when first seen. Another
 /// feed polled at the same moment may insert the same link first (PostgreSQL runs the
 /// two transactions side by side): that article is then this one.
-async fn insert_article(tx: &mut Tx<'_>, item: &FeedItem, now: i64) -> Result<i64> {
-    let inserted: Option<(i64,)> = sqlx::query_as(
+async fn insert_article(tx: &mut Tx<'_>, item: &FeedItem, now: Timestamp) -> Result<ArticleId> {
+    let inserted: Option<(ArticleId,)> = sqlx::query_as(
         "INSERT INTO articles (link, title, summary, category, breaking, published_at, ingested_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $7)
          ON CONFLICT (link) DO NOTHING RETURNING id",
@@ -372,14 +360,14 @@ async fn insert_article(tx: &mut Tx<'_>, item: &FeedItem, now: i64) -> Result<i6
     .bind(&item.summary)
     .bind(&item.category)
     .bind(i64::from(item.breaking))
-    .bind(item.published_at.unwrap_or(now))
+    .bind(item.published_at.map(Timestamp::from_unix).unwrap_or(now))
     .bind(now)
     .fetch_optional(&mut **tx)
     .await?;
     if let Some((id,)) = inserted {
         return Ok(id);
     }
-    let (id,): (i64,) = sqlx::query_as("SELECT id FROM articles WHERE link = $1")
+    let (id,): (ArticleId,) = sqlx::query_as("SELECT id FROM articles WHERE link = $1")
         .bind(&item.link)
         .fetch_one(&mut **tx)
         .await?;
@@ -387,7 +375,12 @@ async fn insert_article(tx: &mut Tx<'_>, item: &FeedItem, now: i64) -> Result<i6
 }
 
 /// Rewrites an edited article's text. `breaking` only escalates: alerts may be out already.
-async fn update_article(tx: &mut Tx<'_>, id: i64, item: &FeedItem, now: i64) -> Result<()> {
+async fn update_article(
+    tx: &mut Tx<'_>,
+    id: ArticleId,
+    item: &FeedItem,
+    now: Timestamp,
+) -> Result<()> {
     sqlx::query(
         "UPDATE articles SET title = $1, summary = $2, category = $3, updated_at = $4,
              breaking = CASE WHEN $5 = 1 THEN 1 ELSE breaking END
@@ -407,9 +400,9 @@ async fn update_article(tx: &mut Tx<'_>, id: i64, item: &FeedItem, now: i64) -> 
 /// Files an article under a region; true if it was not there yet.
 async fn add_to_region(
     tx: &mut Tx<'_>,
-    article_id: i64,
+    article_id: ArticleId,
     region: &RegionSlug,
-    now: i64,
+    now: Timestamp,
 ) -> Result<bool> {
     let done = sqlx::query(
         "INSERT INTO article_regions (article_id, region_slug, added_at) VALUES ($1, $2, $3)
@@ -426,7 +419,7 @@ async fn add_to_region(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::stores;
+    use crate::store::testing::{at, stores};
 
     fn item(guid: &str, link: &str, title: &str) -> FeedItem {
         FeedItem {
@@ -462,8 +455,8 @@ mod tests {
             };
             let (state_items, town_items) = (items("s"), items("t"));
             let (a, b) = tokio::join!(
-                store.record_feed_items(state_feed, &state, &state_items, 100),
-                store.record_feed_items(town_feed, &town, &town_items, 100),
+                store.record_feed_items(state_feed, &state, &state_items, at(100)),
+                store.record_feed_items(town_feed, &town, &town_items, at(100)),
             );
             assert_eq!(a.unwrap().new, 200, "{backend:?}");
             assert_eq!(b.unwrap().new, 200, "{backend:?}");
@@ -491,7 +484,7 @@ mod tests {
                     state_feed,
                     &state,
                     &[shared.clone(), item("s-2", "https://news.example/b", "B")],
-                    100,
+                    at(100),
                 )
                 .await
                 .unwrap();
@@ -508,7 +501,7 @@ mod tests {
             // The same story under another GUID in the town feed is one article in two regions.
             let again = item("t-9", "https://news.example/shared", "Shared story");
             let counts = store
-                .record_feed_items(town_feed, &town, &[again], 110)
+                .record_feed_items(town_feed, &town, &[again], at(110))
                 .await
                 .unwrap();
             assert_eq!(counts.new, 1);
@@ -518,7 +511,7 @@ mod tests {
 
             // Polling again changes nothing; an edited title is an update, not a new article.
             let counts = store
-                .record_feed_items(state_feed, &state, std::slice::from_ref(&shared), 120)
+                .record_feed_items(state_feed, &state, std::slice::from_ref(&shared), at(120))
                 .await
                 .unwrap();
             assert_eq!(
@@ -532,7 +525,7 @@ mod tests {
             let mut edited = shared;
             edited.title = "Shared story (corrected)".into();
             let counts = store
-                .record_feed_items(state_feed, &state, &[edited], 130)
+                .record_feed_items(state_feed, &state, &[edited], at(130))
                 .await
                 .unwrap();
             assert_eq!(
@@ -544,7 +537,7 @@ mod tests {
                 }
             );
             assert_eq!(store.article_count().await.unwrap(), 2);
-            let recent = store.recent_articles(&state, 0, 10).await.unwrap();
+            let recent = store.recent_articles(&state, at(0), 10).await.unwrap();
             assert!(
                 recent.iter().any(|a| a.title == "Shared story (corrected)"),
                 "{backend:?}"
@@ -559,18 +552,18 @@ mod tests {
             let region: RegionSlug = "state".parse().unwrap();
             let feed = store.feed_id(&region, "file://missing.xml").await.unwrap();
             store
-                .record_feed_error(feed, "no such file", 50, 110)
+                .record_feed_error(feed, "no such file", at(50), at(110))
                 .await
                 .unwrap();
             store
-                .record_feed_error(feed, "no such file", 110, 230)
+                .record_feed_error(feed, "no such file", at(110), at(230))
                 .await
                 .unwrap();
             let status = store.feed_statuses().await.unwrap();
             assert_eq!(status.len(), 1);
             assert_eq!(status[0].last_error.as_deref(), Some("no such file"));
             assert_eq!(status[0].last_success_at, None);
-            assert_eq!(status[0].next_poll_at, Some(230));
+            assert_eq!(status[0].next_poll_at, Some(at(230)));
             assert_eq!(status[0].consecutive_failures, 2);
             assert_eq!(store.article_count().await.unwrap(), 0);
         }
@@ -585,7 +578,7 @@ mod tests {
             let fresh = store.feed_poll_state(&region, url).await.unwrap();
             assert_eq!(fresh.next_poll_at, None, "{backend:?}");
             store
-                .record_feed_error(fresh.id, "timed out", 10, 70)
+                .record_feed_error(fresh.id, "timed out", at(10), at(70))
                 .await
                 .unwrap();
             store
@@ -593,8 +586,8 @@ mod tests {
                     fresh.id,
                     Some("\"v1\""),
                     Some("Sat, 21 Nov 2026 08:00:00 GMT"),
-                    100,
-                    1000,
+                    at(100),
+                    at(1000),
                 )
                 .await
                 .unwrap();
@@ -605,14 +598,14 @@ mod tests {
                     id: fresh.id,
                     etag: Some("\"v1\"".into()),
                     last_modified: Some("Sat, 21 Nov 2026 08:00:00 GMT".into()),
-                    next_poll_at: Some(1000),
+                    next_poll_at: Some(at(1000)),
                     consecutive_failures: 0,
                 },
                 "{backend:?}"
             );
             let status = &store.feed_statuses().await.unwrap()[0];
             assert_eq!(status.last_error, None);
-            assert_eq!(status.last_success_at, Some(100));
+            assert_eq!(status.last_success_at, Some(at(100)));
         }
     }
 
@@ -626,7 +619,7 @@ mod tests {
             let mut loud = item("l", "https://news.example/l", "Bridge closed");
             loud.breaking = true;
             store
-                .record_feed_items(feed, &region, &[quiet.clone(), loud.clone()], 100)
+                .record_feed_items(feed, &region, &[quiet.clone(), loud.clone()], at(100))
                 .await
                 .unwrap();
             assert_eq!(
@@ -643,7 +636,7 @@ mod tests {
             quiet.breaking = true;
             quiet.category = "Breaking".into();
             let counts = store
-                .record_feed_items(feed, &region, &[quiet.clone()], 200)
+                .record_feed_items(feed, &region, &[quiet.clone()], at(200))
                 .await
                 .unwrap();
             assert_eq!(counts.updated, 1);
@@ -656,7 +649,7 @@ mod tests {
             loud.breaking = false;
             loud.title = "Bridge reopened".into();
             store
-                .record_feed_items(feed, &region, &[loud.clone()], 300)
+                .record_feed_items(feed, &region, &[loud.clone()], at(300))
                 .await
                 .unwrap();
             assert_eq!(
@@ -666,9 +659,9 @@ mod tests {
             assert_eq!(store.article_count().await.unwrap(), 2);
 
             // Undated items are dated when first seen.
-            let recent = store.recent_articles(&region, 0, 10).await.unwrap();
+            let recent = store.recent_articles(&region, at(0), 10).await.unwrap();
             assert!(
-                recent.iter().all(|a| a.published_at == Some(100)),
+                recent.iter().all(|a| a.published_at == Some(at(100))),
                 "{recent:?}"
             );
         }
@@ -682,22 +675,23 @@ mod tests {
             let town: RegionSlug = "town".parse().unwrap();
             let mut pushed = item("", "https://news.example/p", "Flood warning");
             pushed.breaking = true;
-            let PushOutcome::Created(id) = store.push_article(&town, &pushed, 100).await.unwrap()
+            let PushOutcome::Created(id) =
+                store.push_article(&town, &pushed, at(100)).await.unwrap()
             else {
                 panic!("first push creates ({backend:?})");
             };
             assert_eq!(
-                store.push_article(&town, &pushed, 110).await.unwrap(),
+                store.push_article(&town, &pushed, at(110)).await.unwrap(),
                 PushOutcome::Unchanged(id)
             );
             assert_eq!(
-                store.push_article(&state, &pushed, 120).await.unwrap(),
+                store.push_article(&state, &pushed, at(120)).await.unwrap(),
                 PushOutcome::Updated(id),
                 "a new region is a change"
             );
             pushed.summary = "Evacuations on River Road.".into();
             assert_eq!(
-                store.push_article(&town, &pushed, 130).await.unwrap(),
+                store.push_article(&town, &pushed, at(130)).await.unwrap(),
                 PushOutcome::Updated(id)
             );
             assert_eq!(store.article_count().await.unwrap(), 1);

@@ -17,6 +17,7 @@ mod rate_limits;
 #[cfg(feature = "bench-seed")]
 mod seed;
 mod signup;
+mod sql_types;
 mod states;
 mod status;
 mod subscribers;

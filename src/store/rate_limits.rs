@@ -2,6 +2,7 @@
 //! database so that every daemon behind one site sees the same hits.
 
 use super::{Result, Store};
+use crate::domain::Timestamp;
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -21,7 +22,8 @@ pub struct RateLimit {
 impl RateLimit {
     /// Seconds until the oldest hit leaves the window when the limit is reached, else
     /// `None`. Prunes the scope's hits that already left it.
-    pub(super) async fn retry_after(&self, tx: &mut Tx, now: i64) -> Result<Option<i64>> {
+    pub(super) async fn retry_after(&self, tx: &mut Tx, now: Timestamp) -> Result<Option<i64>> {
+        let now = now.unix();
         let cutoff = now - self.window_secs;
         sqlx::query("DELETE FROM rate_limit_hits WHERE scope = $1 AND at <= $2")
             .bind(self.scope)
@@ -41,7 +43,7 @@ impl RateLimit {
     }
 
     /// Counts one hit.
-    pub(super) async fn hit(&self, tx: &mut Tx, now: i64) -> Result<()> {
+    pub(super) async fn hit(&self, tx: &mut Tx, now: Timestamp) -> Result<()> {
         sqlx::query("INSERT INTO rate_limit_hits (scope, key_hash, at) VALUES ($1, $2, $3)")
             .bind(self.scope)
             .bind(&self.key_hash)
@@ -60,7 +62,7 @@ impl Store {
         &self,
         scope: &'static str,
         key_hash: &str,
-        now: i64,
+        now: Timestamp,
         window_secs: i64,
         limit: u32,
     ) -> Result<Option<i64>> {
@@ -83,7 +85,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::testing::stores;
+    use crate::store::testing::{at, stores};
 
     #[tokio::test]
     async fn rate_limits_slide() {
@@ -92,7 +94,7 @@ mod tests {
             for i in 0..5 {
                 assert_eq!(
                     store
-                        .hit_rate_limit("ip", "k1", 1_000 + i, 3_600, 5)
+                        .hit_rate_limit("ip", "k1", at(1_000 + i), 3_600, 5)
                         .await
                         .unwrap(),
                     None,
@@ -101,7 +103,7 @@ mod tests {
             }
             assert_eq!(
                 store
-                    .hit_rate_limit("ip", "k1", 1_010, 3_600, 5)
+                    .hit_rate_limit("ip", "k1", at(1_010), 3_600, 5)
                     .await
                     .unwrap(),
                 Some(3_590),
@@ -110,21 +112,21 @@ mod tests {
             // Other keys and scopes are counted apart.
             assert_eq!(
                 store
-                    .hit_rate_limit("ip", "k2", 1_010, 3_600, 5)
+                    .hit_rate_limit("ip", "k2", at(1_010), 3_600, 5)
                     .await
                     .unwrap(),
                 None
             );
             assert_eq!(
                 store
-                    .hit_rate_limit("address", "k1", 1_010, 3_600, 5)
+                    .hit_rate_limit("address", "k1", at(1_010), 3_600, 5)
                     .await
                     .unwrap(),
                 None
             );
             assert_eq!(
                 store
-                    .hit_rate_limit("ip", "k1", 4_601, 3_600, 5)
+                    .hit_rate_limit("ip", "k1", at(4_601), 3_600, 5)
                     .await
                     .unwrap(),
                 None,

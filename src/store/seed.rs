@@ -5,6 +5,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::{Backend, Result, Store};
+use crate::domain::Timestamp;
 
 impl Store {
     /// Adds `count` confirmed readers `reader{n}@{domain}`, spread round-robin over
@@ -16,7 +17,7 @@ impl Store {
         zones: &[&str],
         regions: &[String],
         cadence: &str,
-        now: i64,
+        now: Timestamp,
     ) -> Result<()> {
         let sequence = match self.backend {
             Backend::Sqlite => {

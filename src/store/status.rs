@@ -4,7 +4,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::{Result, Store, StoreError, states};
-use crate::domain::{DeliveryState, Transition};
+use crate::domain::{DeliveryState, EditionId, SubscriberId, Timestamp, Transition};
 
 /// The outbox at a glance, for `herald status` and `/metrics`.
 #[derive(Debug, Clone, Default)]
@@ -12,44 +12,34 @@ pub struct QueueStatus {
     /// Rows per state.
     pub by_state: Vec<(DeliveryState, i64)>,
     /// Creation time of the oldest row still waiting (queued or deferred).
-    pub oldest_waiting_since: Option<i64>,
+    pub oldest_waiting_since: Option<Timestamp>,
     /// The most recent error recorded on any row.
-    pub last_error: Option<(i64, String)>,
+    pub last_error: Option<(Timestamp, String)>,
 }
 
 /// One feed's polling history, for `herald status`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct FeedStatus {
     /// Region the feed belongs to.
+    #[sqlx(rename = "region_slug")]
     pub region: String,
     /// The feed as configured.
     pub url: String,
     /// Last poll, successful or not.
-    pub last_polled_at: Option<i64>,
+    pub last_polled_at: Option<Timestamp>,
     /// Last successful poll.
-    pub last_success_at: Option<i64>,
+    pub last_success_at: Option<Timestamp>,
     /// The error of the last poll, if it failed.
     pub last_error: Option<String>,
     /// When the feed is next due.
-    pub next_poll_at: Option<i64>,
+    pub next_poll_at: Option<Timestamp>,
     /// Polls in a row that failed.
     pub consecutive_failures: i64,
 }
 
-/// (region, url, last polled, last success, last error, next poll, failures).
-type FeedStatusRow = (
-    String,
-    String,
-    Option<i64>,
-    Option<i64>,
-    Option<String>,
-    Option<i64>,
-    i64,
-);
-
 impl Store {
     /// How many rows are due now (queued or deferred and due, or with a lapsed lease).
-    pub async fn due_count(&self, now: i64) -> Result<i64> {
+    pub async fn due_count(&self, now: Timestamp) -> Result<i64> {
         let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT COUNT(*) FROM deliveries
              WHERE ({waiting} AND next_attempt_at <= $1)
@@ -82,7 +72,7 @@ impl Store {
             .into_iter()
             .filter(|state| !state.is_final())
             .collect();
-        let (oldest,): (Option<i64>,) = sqlx::query_as(AssertSqlSafe(format!(
+        let (oldest,): (Option<Timestamp>,) = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT MIN(created_at) FROM deliveries WHERE {}",
             states::is_one_of(&unfinished)
         )))
@@ -94,7 +84,7 @@ impl Store {
             DeliveryState::Bounced,
             DeliveryState::Failed,
         ];
-        let last_error: Option<(i64, String)> = sqlx::query_as(AssertSqlSafe(format!(
+        let last_error: Option<(Timestamp, String)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT updated_at, last_error FROM deliveries WHERE last_error IS NOT NULL
                AND {}
              ORDER BY updated_at DESC, id DESC LIMIT 1",
@@ -110,7 +100,7 @@ impl Store {
     }
 
     /// Counts per state for the rows of one edition.
-    pub async fn edition_counts(&self, edition_id: i64) -> Result<Vec<(DeliveryState, i64)>> {
+    pub async fn edition_counts(&self, edition_id: EditionId) -> Result<Vec<(DeliveryState, i64)>> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
             "SELECT state, COUNT(*) FROM deliveries WHERE edition_id = $1 GROUP BY state",
         )
@@ -145,35 +135,13 @@ impl Store {
 
     /// Every feed's last poll, for `herald status`.
     pub async fn feed_statuses(&self) -> Result<Vec<FeedStatus>> {
-        let rows: Vec<FeedStatusRow> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT region_slug, url, last_polled_at, last_success_at, last_error,
                     next_poll_at, consecutive_failures
              FROM feeds ORDER BY region_slug, url",
         )
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(
-                    region,
-                    url,
-                    last_polled_at,
-                    last_success_at,
-                    last_error,
-                    next_poll_at,
-                    consecutive_failures,
-                )| FeedStatus {
-                    region,
-                    url,
-                    last_polled_at,
-                    last_success_at,
-                    last_error,
-                    next_poll_at,
-                    consecutive_failures,
-                },
-            )
-            .collect())
+        .await?)
     }
 
     /// How many articles are stored, and how many of them are marked breaking.
@@ -195,7 +163,7 @@ impl Store {
     }
 
     /// (reader, slot instant) of every scheduled digest row, for audits and tests.
-    pub async fn delivery_slots(&self) -> Result<Vec<(i64, i64)>> {
+    pub async fn delivery_slots(&self) -> Result<Vec<(SubscriberId, Timestamp)>> {
         Ok(sqlx::query_as(
             "SELECT d.subscriber_id, d.slot_at FROM deliveries d
              JOIN editions e ON e.id = d.edition_id

@@ -3,7 +3,9 @@
 use sqlx::AssertSqlSafe;
 
 use super::{Result, Store, StoreError, states};
-use crate::domain::{Cadence, Email, RegionSlug, SubscriberState, Timezone, Transition};
+use crate::domain::{
+    Cadence, Email, RegionSlug, SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
+};
 
 /// A reader to add, already validated.
 #[derive(Debug, Clone)]
@@ -33,7 +35,7 @@ pub enum AddOutcome {
 #[derive(Debug, Clone)]
 pub struct SubscriberRow {
     /// Row id.
-    pub id: i64,
+    pub id: SubscriberId,
     /// Address.
     pub email: String,
     /// State.
@@ -43,14 +45,14 @@ pub struct SubscriberRow {
     /// Regions and cadences, sorted by region.
     pub regions: Vec<(String, Cadence)>,
     /// When the row was made.
-    pub created_at: i64,
+    pub created_at: Timestamp,
     /// When the reader confirmed.
-    pub confirmed_at: Option<i64>,
+    pub confirmed_at: Option<Timestamp>,
 }
 
 impl Store {
     /// Adds a reader, or adds regions to an existing one; never changes state or cadences.
-    pub async fn add_subscriber(&self, new: &NewSubscriber, now: i64) -> Result<AddOutcome> {
+    pub async fn add_subscriber(&self, new: &NewSubscriber, now: Timestamp) -> Result<AddOutcome> {
         Ok(self.add_subscribers(std::slice::from_ref(new), now).await?[0])
     }
 
@@ -58,7 +60,7 @@ impl Store {
     pub async fn add_subscribers(
         &self,
         readers: &[NewSubscriber],
-        now: i64,
+        now: Timestamp,
     ) -> Result<Vec<AddOutcome>> {
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(readers.len());
@@ -71,17 +73,19 @@ impl Store {
 
     /// Every reader with their subscriptions, ordered by address.
     pub async fn list_subscribers(&self) -> Result<Vec<SubscriberRow>> {
-        let people: Vec<(i64, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+        let people: Vec<(SubscriberId, String, String, String, Timestamp, Option<Timestamp>)> =
+            sqlx::query_as(
             "SELECT id, email, state, timezone, created_at, confirmed_at FROM subscribers ORDER BY email",
         )
         .fetch_all(&self.pool)
         .await?;
-        let subs: Vec<(i64, String, String)> = sqlx::query_as(
+        let subs: Vec<(SubscriberId, String, String)> = sqlx::query_as(
             "SELECT subscriber_id, region_slug, cadence FROM subscriptions ORDER BY subscriber_id, region_slug",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut by_id: std::collections::HashMap<i64, Vec<(String, Cadence)>> = Default::default();
+        let mut by_id: std::collections::HashMap<SubscriberId, Vec<(String, Cadence)>> =
+            Default::default();
         for (id, region, cadence) in subs {
             let cadence = cadence.parse().map_err(StoreError::Corrupt)?;
             by_id.entry(id).or_default().push((region, cadence));
@@ -105,12 +109,13 @@ impl Store {
     /// Erases a reader: their row, subscriptions and consent records go, queued mail to them is cancelled,
     /// and a keyed hash stays on the suppression list so no old queue row can reach them.
     /// Returns false when the address was not on file.
-    pub async fn remove_subscriber(&self, email: &Email, now: i64) -> Result<bool> {
+    pub async fn remove_subscriber(&self, email: &Email, now: Timestamp) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
-            .bind(email.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let found: Option<(SubscriberId,)> =
+            sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
+                .bind(email.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some((id,)) = found else {
             return Ok(false);
         };
@@ -140,7 +145,7 @@ impl Store {
     }
 
     /// Marks a reader unsubscribed and cancels mail queued for them. Idempotent.
-    pub async fn unsubscribe(&self, subscriber_id: i64, now: i64) -> Result<bool> {
+    pub async fn unsubscribe(&self, subscriber_id: SubscriberId, now: Timestamp) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE subscribers SET state = 'unsubscribed', unsubscribed_at = $1, updated_at = $1
@@ -160,9 +165,9 @@ impl Store {
 /// Cancels the mail still waiting for a reader who left, saying why.
 async fn cancel_waiting(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
-    subscriber_id: i64,
+    subscriber_id: SubscriberId,
     why: &str,
-    now: i64,
+    now: Timestamp,
 ) -> Result<()> {
     sqlx::query(AssertSqlSafe(format!(
         "UPDATE deliveries SET state = {cancelled}, last_error = $1, updated_at = $2,
@@ -183,14 +188,14 @@ async fn cancel_waiting(
 async fn add_one(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     new: &NewSubscriber,
-    now: i64,
+    now: Timestamp,
 ) -> Result<AddOutcome> {
     let state = if new.confirmed {
         SubscriberState::Confirmed
     } else {
         SubscriberState::Pending
     };
-    let inserted: Option<(i64,)> = sqlx::query_as(
+    let inserted: Option<(SubscriberId,)> = sqlx::query_as(
         "INSERT INTO subscribers (email, state, timezone, created_at, confirmed_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $4)
          ON CONFLICT (email) DO NOTHING RETURNING id",
@@ -205,10 +210,11 @@ async fn add_one(
     let (id, fresh) = match inserted {
         Some((id,)) => (id, true),
         None => {
-            let (id,): (i64,) = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
-                .bind(new.email.as_str())
-                .fetch_one(&mut **tx)
-                .await?;
+            let (id,): (SubscriberId,) =
+                sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
+                    .bind(new.email.as_str())
+                    .fetch_one(&mut **tx)
+                    .await?;
             (id, false)
         }
     };
@@ -238,7 +244,7 @@ async fn add_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::stores;
+    use crate::store::testing::{at, stores};
 
     fn reader(email: &str, regions: &[&str], confirmed: bool) -> NewSubscriber {
         NewSubscriber {
@@ -258,16 +264,16 @@ mod tests {
             let store = &t.store;
             let a = reader("Ada@Example.org", &["town"], true);
             assert_eq!(
-                store.add_subscriber(&a, 1).await.unwrap(),
+                store.add_subscriber(&a, at(1)).await.unwrap(),
                 AddOutcome::Added
             );
             assert_eq!(
-                store.add_subscriber(&a, 2).await.unwrap(),
+                store.add_subscriber(&a, at(2)).await.unwrap(),
                 AddOutcome::Unchanged
             );
             let more = reader("ada@example.org", &["town", "state"], false);
             assert_eq!(
-                store.add_subscriber(&more, 3).await.unwrap(),
+                store.add_subscriber(&more, at(3)).await.unwrap(),
                 AddOutcome::AddedRegions(1)
             );
             let list = store.list_subscribers().await.unwrap();
@@ -288,9 +294,9 @@ mod tests {
         for (_backend, t) in stores().await {
             let store = &t.store;
             let a = reader("gone@example.org", &["town"], true);
-            store.add_subscriber(&a, 1).await.unwrap();
-            assert!(store.remove_subscriber(&a.email, 2).await.unwrap());
-            assert!(!store.remove_subscriber(&a.email, 3).await.unwrap());
+            store.add_subscriber(&a, at(1)).await.unwrap();
+            assert!(store.remove_subscriber(&a.email, at(2)).await.unwrap());
+            assert!(!store.remove_subscriber(&a.email, at(3)).await.unwrap());
             assert!(store.list_subscribers().await.unwrap().is_empty());
             let (n,): (i64,) =
                 sqlx::query_as("SELECT COUNT(*) FROM suppressions WHERE email_hash = $1")

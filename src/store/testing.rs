@@ -1,27 +1,32 @@
 //! Opens a fresh store on SQLite, or on PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set.
 
 use super::*;
-use crate::domain::{Cadence, Email, FeedItem, Outcome, RegionSlug};
+use crate::domain::{Cadence, DeliveryId, Email, FeedItem, Outcome, RegionSlug, Timestamp};
 
 /// The key test stores hash the suppression list with.
 pub(crate) const TEST_SUPPRESSION_KEY: &[u8] = b"test-suppression-key";
+
+/// The instant `secs` seconds after the epoch: the tests' clock starts at zero.
+pub(crate) fn at(secs: i64) -> Timestamp {
+    Timestamp::from_unix(secs)
+}
 
 /// A lease held by the test owner until `until`.
 pub(crate) fn lease(until: i64) -> Lease {
     Lease {
         owner: LeaseOwner::TEST,
-        until,
+        until: at(until),
     }
 }
 
 /// Claims up to `limit` rows due at `at` and records each one sent, as a delivery
 /// run against a server that accepts everything would; returns the claimed rows.
-pub(crate) async fn send_all_due(store: &Store, limit: usize, at: i64) -> Vec<ClaimedDelivery> {
+pub(crate) async fn send_all_due(store: &Store, limit: usize, now: i64) -> Vec<ClaimedDelivery> {
     let claimed = store
-        .claim_due_deliveries(limit, at, lease(at + 300))
+        .claim_due_deliveries(limit, at(now), lease(now + 300))
         .await
         .unwrap();
-    let sent: Vec<(i64, Outcome)> = claimed
+    let sent: Vec<(DeliveryId, Outcome)> = claimed
         .iter()
         .map(|d| {
             (
@@ -33,7 +38,7 @@ pub(crate) async fn send_all_due(store: &Store, limit: usize, at: i64) -> Vec<Cl
         })
         .collect();
     store
-        .record_outcomes(&sent, LeaseOwner::TEST, at)
+        .record_outcomes(&sent, LeaseOwner::TEST, at(now))
         .await
         .unwrap();
     claimed
@@ -43,7 +48,15 @@ pub(crate) async fn send_all_due(store: &Store, limit: usize, at: i64) -> Vec<Cl
 pub(crate) async fn seed_planned(store: &Store) {
     let town = seed(store).await;
     store
-        .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
+        .plan_region_digest(
+            "manual:1",
+            &town,
+            Cadence::Daily,
+            at(0),
+            at(2_000),
+            at(9_000),
+            false,
+        )
         .await
         .unwrap();
 }
@@ -65,7 +78,7 @@ pub(crate) async fn seed(store: &Store) -> RegionSlug {
         })
         .collect();
     store
-        .record_feed_items(feed, &town, &items, 1_000)
+        .record_feed_items(feed, &town, &items, at(1_000))
         .await
         .unwrap();
     for (email, confirmed) in [
@@ -81,7 +94,7 @@ pub(crate) async fn seed(store: &Store) -> RegionSlug {
                     timezone: "UTC".parse().unwrap(),
                     confirmed,
                 },
-                1_000,
+                at(1_000),
             )
             .await
             .unwrap();

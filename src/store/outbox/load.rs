@@ -8,12 +8,14 @@ use std::sync::Arc;
 use sqlx::AssertSqlSafe;
 
 use super::ClaimedDelivery;
-use crate::domain::{DeliveryArticle, DeliveryKind, ReaderRegion};
+use crate::domain::{
+    ArticleId, DeliveryArticle, DeliveryId, DeliveryKind, ReaderRegion, SubscriberId, Timestamp,
+};
 use crate::store::{Result, Store, StoreError, placeholders};
 
 impl Store {
     /// Loads claimed rows with their reader and articles, in id order.
-    pub async fn load_claimed(&self, ids: &[i64]) -> Result<Vec<ClaimedDelivery>> {
+    pub async fn load_claimed(&self, ids: &[DeliveryId]) -> Result<Vec<ClaimedDelivery>> {
         if ids.is_empty() {
             return Ok(Vec::new());
         }
@@ -27,13 +29,13 @@ impl Store {
         let mut query = sqlx::query_as::<
             _,
             (
-                i64,
-                i64,
+                DeliveryId,
+                SubscriberId,
                 String,
                 Option<String>,
                 String,
                 i64,
-                i64,
+                Timestamp,
                 Option<String>,
                 Option<String>,
                 Option<String>,
@@ -67,14 +69,14 @@ impl Store {
                 _,
                 (
                     i64,
-                    i64,
+                    ArticleId,
                     String,
                     String,
                     String,
                     String,
                     String,
                     String,
-                    Option<i64>,
+                    Option<Timestamp>,
                 ),
             >(AssertSqlSafe(sql));
             for id in &contents {
@@ -139,7 +141,7 @@ impl Store {
 
         // Sign-up emails list what the reader chose instead of carrying articles.
         let is_signup = |kind: &str| kind.parse().is_ok_and(DeliveryKind::is_signup);
-        let signup_readers: Vec<i64> = rows
+        let signup_readers: Vec<SubscriberId> = rows
             .iter()
             .filter(|r| is_signup(&r.2))
             .map(|r| r.1)
@@ -200,9 +202,9 @@ impl Store {
     /// The regions of each reader, with display names, for sign-up emails.
     pub(super) async fn reader_regions(
         &self,
-        subscriber_ids: &[i64],
-    ) -> Result<HashMap<i64, Vec<ReaderRegion>>> {
-        let mut out: HashMap<i64, Vec<ReaderRegion>> = HashMap::new();
+        subscriber_ids: &[SubscriberId],
+    ) -> Result<HashMap<SubscriberId, Vec<ReaderRegion>>> {
+        let mut out: HashMap<SubscriberId, Vec<ReaderRegion>> = HashMap::new();
         if subscriber_ids.is_empty() {
             return Ok(out);
         }
@@ -213,7 +215,8 @@ impl Store {
              ORDER BY sub.subscriber_id, COALESCE(r.name, sub.region_slug)",
             placeholders(1, subscriber_ids.len())
         );
-        let mut query = sqlx::query_as::<_, (i64, String, String, String)>(AssertSqlSafe(sql));
+        let mut query =
+            sqlx::query_as::<_, (SubscriberId, String, String, String)>(AssertSqlSafe(sql));
         for id in subscriber_ids {
             query = query.bind(*id);
         }

@@ -16,8 +16,8 @@ use super::{
     Backend, EngineConnRef, EngineTransaction, Result, Store, on_engine, placeholders, states,
 };
 use crate::domain::{
-    Cadence, DeliveryArticle, DeliveryKind, DeliveryState, ReaderRegion, SubscriberState,
-    Transition,
+    Cadence, DeliveryArticle, DeliveryId, DeliveryKind, DeliveryState, ReaderRegion, SubscriberId,
+    SubscriberState, Timestamp, Transition,
 };
 
 /// Who holds a claimed row: one value per running worker, chosen at random, so a
@@ -36,13 +36,13 @@ impl LeaseOwner {
     pub(crate) const TEST: LeaseOwner = LeaseOwner(1);
 }
 
-/// A claim's lease: who holds the rows, and until when (Unix seconds).
+/// A claim's lease: who holds the rows, and until when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Lease {
     /// The worker holding the rows.
     pub owner: LeaseOwner,
     /// The rows are due again for anyone after this instant.
-    pub until: i64,
+    pub until: Timestamp,
 }
 
 /// A claim to take: up to `limit` rows due at `now`, held under `lease`.
@@ -50,8 +50,8 @@ pub struct Lease {
 pub struct Claim {
     /// At most this many rows.
     pub limit: usize,
-    /// Rows due at this instant (Unix seconds) are claimed.
-    pub now: i64,
+    /// Rows due at this instant are claimed.
+    pub now: Timestamp,
     /// Who holds them, and until when.
     pub lease: Lease,
 }
@@ -60,9 +60,9 @@ pub struct Claim {
 #[derive(Debug, Clone)]
 pub struct ClaimedDelivery {
     /// Row id.
-    pub id: i64,
+    pub id: DeliveryId,
     /// The reader's id.
-    pub subscriber_id: i64,
+    pub subscriber_id: SubscriberId,
     /// Confirmation, alert or digest.
     pub kind: DeliveryKind,
     /// Digest cadence, when a digest.
@@ -72,7 +72,7 @@ pub struct ClaimedDelivery {
     /// Attempts including this one.
     pub attempts: i64,
     /// After this, the row expires instead of being sent.
-    pub expires_at: i64,
+    pub expires_at: Timestamp,
     /// The reader's address; `None` when the reader was erased meanwhile.
     pub email: Option<String>,
     /// The reader's state now (checked at send time, not only at plan time).
@@ -90,7 +90,7 @@ pub struct ClaimedDelivery {
 
 impl Store {
     /// Marks waiting rows whose expiry has passed as `expired`. Returns how many.
-    pub async fn expire_overdue(&self, now: i64) -> Result<u64> {
+    pub async fn expire_overdue(&self, now: Timestamp) -> Result<u64> {
         let n = sqlx::query(AssertSqlSafe(format!(
             "UPDATE deliveries SET state = {expired}, lease_until = NULL, updated_at = $1
              WHERE {waiting} AND expires_at < $1",
@@ -109,7 +109,7 @@ impl Store {
     pub async fn claim_due_deliveries(
         &self,
         limit: usize,
-        now: i64,
+        now: Timestamp,
         lease: Lease,
     ) -> Result<Vec<ClaimedDelivery>> {
         let claim = Claim { limit, now, lease };
@@ -122,7 +122,7 @@ impl Store {
     /// Extends the lease on those of `ids` that `lease.owner` still holds, and returns
     /// them. A worker renews while it holds rows, so a slow server never lets a live
     /// worker's lease lapse; only a dead worker's rows come back.
-    pub async fn renew_leases(&self, ids: &[i64], lease: Lease) -> Result<Vec<i64>> {
+    pub async fn renew_leases(&self, ids: &[DeliveryId], lease: Lease) -> Result<Vec<DeliveryId>> {
         let mut renewed = Vec::with_capacity(ids.len());
         let mut writer = self.engine_writer().await?;
         for chunk in ids.chunks(500) {
@@ -133,7 +133,7 @@ impl Store {
                 held = states::from(Transition::Renew),
                 ids = placeholders(3, chunk.len())
             );
-            let rows: Vec<(i64,)> = on_engine!(writer.conn(), |c| {
+            let rows: Vec<(DeliveryId,)> = on_engine!(writer.conn(), |c| {
                 let mut query = sqlx::query_as(AssertSqlSafe(sql))
                     .bind(lease.until)
                     .bind(lease.owner.0);
@@ -149,7 +149,12 @@ impl Store {
 
     /// Gives claimed rows back (shutdown before they were sent): due again at once,
     /// with the attempt that never happened taken back.
-    pub async fn release_deliveries(&self, ids: &[i64], owner: LeaseOwner, now: i64) -> Result<()> {
+    pub async fn release_deliveries(
+        &self,
+        ids: &[DeliveryId],
+        owner: LeaseOwner,
+        now: Timestamp,
+    ) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
         }
@@ -172,7 +177,7 @@ impl Store {
     }
 
     /// Puts `failed` and `expired` rows back in the queue with a fresh expiry. Returns how many.
-    pub async fn retry_failed(&self, now: i64, expires_at: i64) -> Result<u64> {
+    pub async fn retry_failed(&self, now: Timestamp, expires_at: Timestamp) -> Result<u64> {
         let n = sqlx::query(AssertSqlSafe(format!(
             "UPDATE deliveries SET state = {queued}, next_attempt_at = $1, expires_at = $2,
                  lease_until = NULL, updated_at = $1
@@ -192,14 +197,18 @@ impl Store {
 impl EngineTransaction {
     /// Claims like [`Store::claim_due_deliveries`], inside the transaction: the ids
     /// are the caller's once it commits (load them with [`Store::load_claimed`]).
-    pub async fn claim(&mut self, claim: Claim) -> Result<Vec<i64>> {
+    pub async fn claim(&mut self, claim: Claim) -> Result<Vec<DeliveryId>> {
         let backend = self.backend();
         claim_ids(self.conn(), backend, claim).await
     }
 }
 
 /// Claims `claim.limit` due rows in one statement on `conn`; returns their ids.
-async fn claim_ids(conn: EngineConnRef<'_>, backend: Backend, claim: Claim) -> Result<Vec<i64>> {
+async fn claim_ids(
+    conn: EngineConnRef<'_>,
+    backend: Backend,
+    claim: Claim,
+) -> Result<Vec<DeliveryId>> {
     let skip_locked = backend.skip_locked_sql();
     // Two index walks that each stop after `limit` rows: lapsed leases (a crashed
     // worker's rows) and waiting rows in lane order.
@@ -223,7 +232,7 @@ async fn claim_ids(conn: EngineConnRef<'_>, backend: Backend, claim: Claim) -> R
         leased = states::from(Transition::Reclaim),
         waiting = states::from(Transition::Claim),
     );
-    let claimed: Vec<(i64,)> = on_engine!(conn, |c| sqlx::query_as(AssertSqlSafe(sql))
+    let claimed: Vec<(DeliveryId,)> = on_engine!(conn, |c| sqlx::query_as(AssertSqlSafe(sql))
         .bind(claim.lease.until)
         .bind(claim.now)
         .bind(claim.limit as i64)

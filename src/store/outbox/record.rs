@@ -4,7 +4,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::LeaseOwner;
-use crate::domain::{Outcome, Transition};
+use crate::domain::{DeliveryId, Outcome, Timestamp, Transition};
 use crate::store::{
     EngineConnRef, EngineTransaction, OnDurable, Result, Store, SuppressionKey, on_engine, states,
 };
@@ -15,9 +15,9 @@ impl Store {
     /// result.
     pub async fn record_outcomes(
         &self,
-        outcomes: &[(i64, Outcome)],
+        outcomes: &[(DeliveryId, Outcome)],
         owner: LeaseOwner,
-        now: i64,
+        now: Timestamp,
     ) -> Result<()> {
         self.record_outcomes_then(outcomes, owner, now, OnDurable::nothing())
             .await
@@ -27,9 +27,9 @@ impl Store {
     /// durable (see [`OnDurable`]; with nothing to record, at once).
     pub async fn record_outcomes_then(
         &self,
-        outcomes: &[(i64, Outcome)],
+        outcomes: &[(DeliveryId, Outcome)],
         owner: LeaseOwner,
-        now: i64,
+        now: Timestamp,
         then: OnDurable,
     ) -> Result<()> {
         if outcomes.is_empty() {
@@ -57,9 +57,9 @@ impl EngineTransaction {
     /// Writes outcomes like [`Store::record_outcomes`], inside the transaction.
     pub async fn record_outcomes(
         &mut self,
-        outcomes: &[(i64, Outcome)],
+        outcomes: &[(DeliveryId, Outcome)],
         owner: LeaseOwner,
-        now: i64,
+        now: Timestamp,
     ) -> Result<()> {
         for chunk in outcomes.chunks(OUTCOMES_PER_STATEMENT) {
             record_chunk(self.conn(), chunk, owner, now).await?;
@@ -82,9 +82,9 @@ impl EngineTransaction {
 async fn suppress_reader(
     mut conn: EngineConnRef<'_>,
     key: &SuppressionKey,
-    id: i64,
+    id: DeliveryId,
     reply: &str,
-    now: i64,
+    now: Timestamp,
 ) -> Result<()> {
     let owner: Option<(String,)> = on_engine!(&mut conn, |c| {
         sqlx::query_as(
@@ -123,9 +123,9 @@ const OUTCOMES_PER_STATEMENT: usize = 200;
 /// Writes a chunk of outcomes with one `UPDATE … FROM (VALUES …)`.
 async fn record_chunk(
     conn: EngineConnRef<'_>,
-    chunk: &[(i64, Outcome)],
+    chunk: &[(DeliveryId, Outcome)],
     owner: LeaseOwner,
-    now: i64,
+    now: Timestamp,
 ) -> Result<()> {
     let rows: Vec<String> = (0..chunk.len())
         .map(|i| {

@@ -2,9 +2,9 @@
 //! transactions.
 
 use super::*;
-use crate::domain::{DeliveryState, Outcome};
+use crate::domain::{DeliveryId, DeliveryState, Outcome};
 use crate::store::OnDurable;
-use crate::store::testing::{lease, seed_planned, stores};
+use crate::store::testing::{at, lease, seed_planned, stores};
 
 #[tokio::test]
 async fn claims_lease_and_record_outcomes() {
@@ -12,7 +12,7 @@ async fn claims_lease_and_record_outcomes() {
         let store = &t.store;
         seed_planned(store).await;
         let claimed = store
-            .claim_due_deliveries(10, 2_000, lease(2_300))
+            .claim_due_deliveries(10, at(2_000), lease(2_300))
             .await
             .unwrap();
         assert_eq!(claimed.len(), 2, "{backend:?}");
@@ -23,14 +23,14 @@ async fn claims_lease_and_record_outcomes() {
         // Leased rows are not claimed twice while the lease holds...
         assert!(
             store
-                .claim_due_deliveries(10, 2_100, lease(2_400))
+                .claim_due_deliveries(10, at(2_100), lease(2_400))
                 .await
                 .unwrap()
                 .is_empty()
         );
         // ...and come back after it lapses (a crashed worker), keeping their Message-ID.
         let again = store
-            .claim_due_deliveries(10, 2_301, lease(2_600))
+            .claim_due_deliveries(10, at(2_301), lease(2_600))
             .await
             .unwrap();
         assert_eq!(again.len(), 2);
@@ -50,12 +50,12 @@ async fn claims_lease_and_record_outcomes() {
                         again[1].id,
                         Outcome::Deferred {
                             error: "421 busy".into(),
-                            retry_at: 3_000,
+                            retry_at: at(3_000),
                         },
                     ),
                 ],
                 LeaseOwner::TEST,
-                2_400,
+                at(2_400),
             )
             .await
             .unwrap();
@@ -67,14 +67,14 @@ async fn claims_lease_and_record_outcomes() {
         // Deferred rows wait for their retry time, then expire after their expiry.
         assert!(
             store
-                .claim_due_deliveries(10, 2_500, lease(2_800))
+                .claim_due_deliveries(10, at(2_500), lease(2_800))
                 .await
                 .unwrap()
                 .is_empty()
         );
-        assert_eq!(store.expire_overdue(10_000).await.unwrap(), 1);
-        assert_eq!(store.retry_failed(10_000, 20_000).await.unwrap(), 1);
-        assert_eq!(store.due_count(10_000).await.unwrap(), 1);
+        assert_eq!(store.expire_overdue(at(10_000)).await.unwrap(), 1);
+        assert_eq!(store.retry_failed(at(10_000), at(20_000)).await.unwrap(), 1);
+        assert_eq!(store.due_count(at(10_000)).await.unwrap(), 1);
     }
 }
 
@@ -98,12 +98,12 @@ async fn a_claim_commits_with_outcomes_or_not_at_all() {
         let store = &t.store;
         seed_planned(store).await;
         let first = store
-            .claim_due_deliveries(1, 2_000, lease(2_300))
+            .claim_due_deliveries(1, at(2_000), lease(2_300))
             .await
             .unwrap();
         let claim = Claim {
             limit: 10,
-            now: 2_000,
+            now: at(2_000),
             lease: lease(2_300),
         };
         // A transaction dropped before its commit leaves nothing behind: the row it
@@ -116,11 +116,11 @@ async fn a_claim_commits_with_outcomes_or_not_at_all() {
                 reply: "250 ok".into(),
             },
         )];
-        tx.record_outcomes(&sent, LeaseOwner::TEST, 2_001)
+        tx.record_outcomes(&sent, LeaseOwner::TEST, at(2_001))
             .await
             .unwrap();
         drop(tx);
-        assert_eq!(store.due_count(2_000).await.unwrap(), 1, "{backend:?}");
+        assert_eq!(store.due_count(at(2_000)).await.unwrap(), 1, "{backend:?}");
         assert_eq!(
             states(store).await,
             [(DeliveryState::Queued, 1), (DeliveryState::Sending, 1)],
@@ -130,7 +130,7 @@ async fn a_claim_commits_with_outcomes_or_not_at_all() {
         // Committed, the claim and the outcome land together.
         let mut tx = store.begin_engine_transaction().await.unwrap();
         let ids = tx.claim(claim).await.unwrap();
-        tx.record_outcomes(&sent, LeaseOwner::TEST, 2_001)
+        tx.record_outcomes(&sent, LeaseOwner::TEST, at(2_001))
             .await
             .unwrap();
         tx.commit().await.unwrap();
@@ -144,7 +144,7 @@ async fn a_claim_commits_with_outcomes_or_not_at_all() {
             [(DeliveryState::Sending, 1), (DeliveryState::Sent, 1)],
             "{backend:?}"
         );
-        assert_eq!(store.due_count(2_000).await.unwrap(), 0);
+        assert_eq!(store.due_count(at(2_000)).await.unwrap(), 0);
     }
 }
 
@@ -154,19 +154,19 @@ async fn a_closed_store_refuses_the_engines_writes() {
         let store = &t.store;
         seed_planned(store).await;
         let claimed = store
-            .claim_due_deliveries(2, 2_000, lease(2_100))
+            .claim_due_deliveries(2, at(2_000), lease(2_100))
             .await
             .unwrap();
         assert_eq!(claimed.len(), 2, "{backend:?}");
         store.close().await;
         let outcomes = [(claimed[0].id, Outcome::Expired)];
         let refused = store
-            .record_outcomes(&outcomes, LeaseOwner::TEST, 2_001)
+            .record_outcomes(&outcomes, LeaseOwner::TEST, at(2_001))
             .await;
         assert!(refused.is_err(), "{backend:?}: wrote after close");
         assert!(
             store
-                .claim_due_deliveries(2, 2_000, lease(2_100))
+                .claim_due_deliveries(2, at(2_000), lease(2_100))
                 .await
                 .is_err(),
             "{backend:?}: claimed after close"
@@ -181,7 +181,7 @@ async fn work_armed_for_an_outcome_commit_runs_once_it_is_durable_and_never_on_f
         let store = &t.store;
         seed_planned(store).await;
         let claimed = store
-            .claim_due_deliveries(2, 2_000, lease(2_100))
+            .claim_due_deliveries(2, at(2_000), lease(2_100))
             .await
             .unwrap();
         let runs = Arc::new(AtomicUsize::new(0));
@@ -200,7 +200,7 @@ async fn work_armed_for_an_outcome_commit_runs_once_it_is_durable_and_never_on_f
             },
         )];
         store
-            .record_outcomes_then(&sent, LeaseOwner::TEST, 2_001, then(&runs))
+            .record_outcomes_then(&sent, LeaseOwner::TEST, at(2_001), then(&runs))
             .await
             .unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 1, "{backend:?}");
@@ -220,7 +220,7 @@ async fn work_armed_for_an_outcome_commit_runs_once_it_is_durable_and_never_on_f
                 reply: "250 ok".into(),
             },
         )];
-        tx.record_outcomes(&sent, LeaseOwner::TEST, 2_002)
+        tx.record_outcomes(&sent, LeaseOwner::TEST, at(2_002))
             .await
             .unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 1, "{backend:?}");
@@ -228,7 +228,7 @@ async fn work_armed_for_an_outcome_commit_runs_once_it_is_durable_and_never_on_f
         assert_eq!(runs.load(Ordering::SeqCst), 2, "{backend:?}");
         // Nothing to record: at once.
         store
-            .record_outcomes_then(&[], LeaseOwner::TEST, 2_003, then(&runs))
+            .record_outcomes_then(&[], LeaseOwner::TEST, at(2_003), then(&runs))
             .await
             .unwrap();
         assert_eq!(runs.load(Ordering::SeqCst), 3, "{backend:?}");
@@ -236,7 +236,7 @@ async fn work_armed_for_an_outcome_commit_runs_once_it_is_durable_and_never_on_f
         store.close().await;
         let expired = [(claimed[0].id, Outcome::Expired)];
         let failed = store
-            .record_outcomes_then(&expired, LeaseOwner::TEST, 2_004, then(&runs))
+            .record_outcomes_then(&expired, LeaseOwner::TEST, at(2_004), then(&runs))
             .await;
         assert!(failed.is_err(), "{backend:?}");
         assert_eq!(runs.load(Ordering::SeqCst), 3, "{backend:?}");
@@ -252,18 +252,21 @@ async fn only_the_lease_owner_renews_records_and_releases() {
         let second = LeaseOwner::random();
         let held = |owner, until| Lease { owner, until };
         let claimed = store
-            .claim_due_deliveries(10, 2_000, held(first, 2_003))
+            .claim_due_deliveries(10, at(2_000), held(first, at(2_003)))
             .await
             .unwrap();
-        let ids: Vec<i64> = claimed.iter().map(|d| d.id).collect();
+        let ids: Vec<DeliveryId> = claimed.iter().map(|d| d.id).collect();
         assert_eq!(ids.len(), 2, "{backend:?}");
         // The owner extends its lease, so the rows are not due when it would have lapsed.
-        let mut renewed = store.renew_leases(&ids, held(first, 2_010)).await.unwrap();
+        let mut renewed = store
+            .renew_leases(&ids, held(first, at(2_010)))
+            .await
+            .unwrap();
         renewed.sort_unstable();
         assert_eq!(renewed, ids);
         assert!(
             store
-                .claim_due_deliveries(10, 2_005, held(second, 2_020))
+                .claim_due_deliveries(10, at(2_005), held(second, at(2_020)))
                 .await
                 .unwrap()
                 .is_empty(),
@@ -272,32 +275,32 @@ async fn only_the_lease_owner_renews_records_and_releases() {
         // Another worker renews nothing, and once the lease lapses it takes the rows.
         assert!(
             store
-                .renew_leases(&ids, held(second, 2_010))
+                .renew_leases(&ids, held(second, at(2_010)))
                 .await
                 .unwrap()
                 .is_empty()
         );
         let taken = store
-            .claim_due_deliveries(10, 2_011, held(second, 2_020))
+            .claim_due_deliveries(10, at(2_011), held(second, at(2_020)))
             .await
             .unwrap();
         assert_eq!(taken.len(), 2);
         // The first worker's late outcome, renewal and release change nothing.
         let deferred = Outcome::Deferred {
             error: "421 late".into(),
-            retry_at: 3_000,
+            retry_at: at(3_000),
         };
         store
-            .record_outcomes(&[(ids[0], deferred)], first, 2_012)
+            .record_outcomes(&[(ids[0], deferred)], first, at(2_012))
             .await
             .unwrap();
         store
-            .release_deliveries(&ids[1..], first, 2_012)
+            .release_deliveries(&ids[1..], first, at(2_012))
             .await
             .unwrap();
         assert!(
             store
-                .renew_leases(&ids, held(first, 2_030))
+                .renew_leases(&ids, held(first, at(2_030)))
                 .await
                 .unwrap()
                 .is_empty()
@@ -312,7 +315,7 @@ async fn only_the_lease_owner_renews_records_and_releases() {
             reply: "250 ok".into(),
         };
         store
-            .record_outcomes(&[(ids[0], sent)], second, 2_013)
+            .record_outcomes(&[(ids[0], sent)], second, at(2_013))
             .await
             .unwrap();
         let ledger = store.delivery_ledger().await.unwrap();
@@ -328,8 +331,8 @@ async fn checkpoints_keep_the_engines_wal_from_growing() {
         };
         let store = &t.store;
         seed_planned(store).await;
-        let ids: Vec<i64> = store
-            .claim_due_deliveries(10, 2_000, lease(2_010))
+        let ids: Vec<DeliveryId> = store
+            .claim_due_deliveries(10, at(2_000), lease(2_010))
             .await
             .unwrap()
             .iter()
@@ -365,7 +368,7 @@ async fn send_time_checks_see_unsubscribes_and_suppressions() {
         let store = &t.store;
         seed_planned(store).await;
         let claimed = store
-            .claim_due_deliveries(10, 2_000, lease(2_300))
+            .claim_due_deliveries(10, at(2_000), lease(2_300))
             .await
             .unwrap();
         store
@@ -378,7 +381,7 @@ async fn send_time_checks_see_unsubscribes_and_suppressions() {
                     },
                 )],
                 LeaseOwner::TEST,
-                2_100,
+                at(2_100),
             )
             .await
             .unwrap();
@@ -386,16 +389,16 @@ async fn send_time_checks_see_unsubscribes_and_suppressions() {
         assert_eq!(list[0].state, SubscriberState::Suppressed);
         // Releasing the other row puts it back; its reader unsubscribes before the send.
         store
-            .release_deliveries(&[claimed[1].id], LeaseOwner::TEST, 2_100)
+            .release_deliveries(&[claimed[1].id], LeaseOwner::TEST, at(2_100))
             .await
             .unwrap();
         store
-            .unsubscribe(claimed[1].subscriber_id, 2_150)
+            .unsubscribe(claimed[1].subscriber_id, at(2_150))
             .await
             .unwrap();
         assert!(
             store
-                .claim_due_deliveries(10, 2_200, lease(2_500))
+                .claim_due_deliveries(10, at(2_200), lease(2_500))
                 .await
                 .unwrap()
                 .is_empty()

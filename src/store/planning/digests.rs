@@ -4,7 +4,7 @@
 use sqlx::AssertSqlSafe;
 
 use super::Tx;
-use crate::domain::{Cadence, DeliveryKind, RegionSlug, Transition};
+use crate::domain::{Cadence, DeliveryKind, EditionId, RegionSlug, Timestamp, Transition};
 use crate::store::{Backend, PlanSummary, Result, Store, states};
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
@@ -14,18 +14,18 @@ const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
 #[derive(Debug, Clone)]
 pub(super) struct DigestBatch<'a> {
     /// The edition (new in this transaction).
-    pub edition_id: i64,
+    pub edition_id: EditionId,
     /// The readers' cadence: whose subscriptions count.
     pub cadence: Cadence,
     /// A manual send carries one region (its window includes its start); a scheduled
     /// slot carries every region the reader follows at the cadence.
     pub region: Option<&'a RegionSlug>,
     /// The instant the digests belong to (the next window starts there).
-    pub slot_at: i64,
+    pub slot_at: Timestamp,
     /// Now: articles up to now count, rows become due now.
-    pub now: i64,
+    pub now: Timestamp,
     /// When the digests stop being worth sending.
-    pub expires_at: i64,
+    pub expires_at: Timestamp,
 }
 
 impl Store {
@@ -298,7 +298,7 @@ impl Store {
                 .await?;
         }
         Ok(PlanSummary {
-            edition_id: batch.edition_id,
+            edition_id: Some(batch.edition_id),
             deliveries,
             articles: articles as u64,
             content_rows: contents,
@@ -335,7 +335,7 @@ impl Store {
     pub(super) async fn finish_plan(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
-        edition_id: i64,
+        edition_id: EditionId,
         dry_run: bool,
     ) -> Result<Vec<(String, i64)>> {
         if !dry_run {

@@ -2,7 +2,7 @@
 //! same machinery as scheduled slots.
 
 use super::digests::DigestBatch;
-use crate::domain::{Cadence, RegionSlug};
+use crate::domain::{Cadence, EditionId, RegionSlug, Timestamp};
 use crate::store::{PlanSummary, Result, Store};
 
 impl Store {
@@ -18,13 +18,13 @@ impl Store {
         slot_key: &str,
         region: &RegionSlug,
         cadence: Cadence,
-        since: i64,
-        now: i64,
-        expires_at: i64,
+        since: Timestamp,
+        now: Timestamp,
+        expires_at: Timestamp,
         dry_run: bool,
     ) -> Result<PlanSummary> {
         let mut tx = self.begin_plan().await?;
-        let created: Option<(i64,)> = sqlx::query_as(
+        let created: Option<(EditionId,)> = sqlx::query_as(
             "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at, slot_at)
              VALUES ($1, 'digest', $2, $3, $4, $4) ON CONFLICT (slot_key) DO NOTHING RETURNING id",
         )
@@ -35,14 +35,14 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?;
         let Some((edition_id,)) = created else {
-            let (edition_id,): (i64,) =
+            let (edition_id,): (EditionId,) =
                 sqlx::query_as("SELECT id FROM editions WHERE slot_key = $1")
                     .bind(slot_key)
                     .fetch_one(&mut *tx)
                     .await?;
             tx.rollback().await?;
             return Ok(PlanSummary {
-                edition_id,
+                edition_id: Some(edition_id),
                 ..PlanSummary::default()
             });
         };

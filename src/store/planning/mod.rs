@@ -17,7 +17,9 @@ mod tests;
 use sqlx::AssertSqlSafe;
 
 use super::{Result, Store, states};
-use crate::domain::{Cadence, DeliveryKind, Transition};
+use std::time::Duration;
+
+use crate::domain::{ArticleId, Cadence, DeliveryKind, EditionId, Timestamp, Transition};
 use digests::DigestBatch;
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -43,36 +45,37 @@ pub struct SlotPlan<'a> {
     pub cadence: Cadence,
     /// IANA zone of the readers this slot is for.
     pub zone: &'a str,
-    /// The slot's instant (Unix seconds).
-    pub slot_at: i64,
-    /// A reader's first digest reaches back this far (seconds).
-    pub period: i64,
-    /// Now (Unix seconds): rows become due now, articles up to now count.
-    pub now: i64,
+    /// The slot's instant.
+    pub slot_at: Timestamp,
+    /// A reader's first digest reaches back this far.
+    pub period: Duration,
+    /// Now: rows become due now, articles up to now count.
+    pub now: Timestamp,
     /// When the digests stop being worth sending.
-    pub expires_at: i64,
+    pub expires_at: Timestamp,
 }
 
 /// One breaking article's alerts for the readers of one zone.
 #[derive(Debug, Clone)]
 pub struct AlertPlan<'a> {
     /// The article.
-    pub article_id: i64,
+    pub article_id: ArticleId,
     /// IANA zone of the readers.
     pub zone: &'a str,
     /// When the alert may go out (end of quiet hours, or now).
-    pub release_at: i64,
+    pub release_at: Timestamp,
     /// When it stops being worth sending.
-    pub expires_at: i64,
+    pub expires_at: Timestamp,
     /// Now.
-    pub now: i64,
+    pub now: Timestamp,
 }
 
 /// What planning one edition produced.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct PlanSummary {
-    /// The edition row (new, or the existing one for this slot).
-    pub edition_id: i64,
+    /// The edition row: new, or the existing one of a manual send's key; `None` when a
+    /// scheduled slot turned out to be planned already.
+    pub edition_id: Option<EditionId>,
     /// Emails queued.
     pub deliveries: u64,
     /// Articles across those emails (each email's count, summed).
@@ -87,15 +90,15 @@ pub struct PlanSummary {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BreakingArticle {
     /// Article id.
-    pub id: i64,
+    pub id: ArticleId,
     /// When herald first stored it.
-    pub ingested_at: i64,
+    pub ingested_at: Timestamp,
 }
 
 impl Store {
     /// The last instant the scheduler planned up to, if it ever ran.
-    pub async fn planner_last_run(&self) -> Result<Option<i64>> {
-        let row: Option<(i64,)> =
+    pub async fn planner_last_run(&self) -> Result<Option<Timestamp>> {
+        let row: Option<(Timestamp,)> =
             sqlx::query_as("SELECT value FROM planner_state WHERE name = 'last_run'")
                 .fetch_optional(&self.pool)
                 .await?;
@@ -103,7 +106,7 @@ impl Store {
     }
 
     /// Moves the scheduler's mark forward to `at` (never backward).
-    pub async fn set_planner_last_run(&self, at: i64) -> Result<()> {
+    pub async fn set_planner_last_run(&self, at: Timestamp) -> Result<()> {
         sqlx::query(
             "INSERT INTO planner_state (name, value) VALUES ('last_run', $1)
              ON CONFLICT (name) DO UPDATE SET value = CASE
@@ -143,7 +146,7 @@ impl Store {
     }
 
     /// Notes a stale slot as skipped; returns false if it was already noted.
-    pub async fn record_skipped_slot(&self, slot_key: &str, now: i64) -> Result<bool> {
+    pub async fn record_skipped_slot(&self, slot_key: &str, now: Timestamp) -> Result<bool> {
         let n = sqlx::query(
             "INSERT INTO skipped_slots (slot_key, skipped_at) VALUES ($1, $2)
              ON CONFLICT (slot_key) DO NOTHING",
@@ -167,7 +170,7 @@ impl Store {
         dry_run: bool,
     ) -> Result<PlanSummary> {
         let mut tx = self.begin_plan().await?;
-        let created: Option<(i64,)> = sqlx::query_as(
+        let created: Option<(EditionId,)> = sqlx::query_as(
             "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at, timezone)
              VALUES ($1, 'digest', $2, $3, $4, $5) ON CONFLICT (slot_key) DO NOTHING RETURNING id",
         )
@@ -231,8 +234,8 @@ impl Store {
     }
 
     /// Breaking articles stored since `since`, oldest first.
-    pub async fn breaking_articles_since(&self, since: i64) -> Result<Vec<BreakingArticle>> {
-        let rows: Vec<(i64, i64)> = sqlx::query_as(
+    pub async fn breaking_articles_since(&self, since: Timestamp) -> Result<Vec<BreakingArticle>> {
+        let rows: Vec<(ArticleId, Timestamp)> = sqlx::query_as(
             "SELECT id, ingested_at FROM articles WHERE breaking = 1 AND ingested_at >= $1
              ORDER BY ingested_at, id",
         )
@@ -246,7 +249,7 @@ impl Store {
     }
 
     /// Zones of confirmed alert readers in any region of the article who have not had it.
-    pub async fn alert_zones(&self, article_id: i64) -> Result<Vec<String>> {
+    pub async fn alert_zones(&self, article_id: ArticleId) -> Result<Vec<String>> {
         let rows: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT DISTINCT s.timezone FROM subscribers s
              JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.cadence = 'alert'
@@ -276,10 +279,11 @@ impl Store {
         .bind(plan.now)
         .execute(&mut *tx)
         .await?;
-        let (edition_id,): (i64,) = sqlx::query_as("SELECT id FROM editions WHERE slot_key = $1")
-            .bind(&slot_key)
-            .fetch_one(&mut *tx)
-            .await?;
+        let (edition_id,): (EditionId,) =
+            sqlx::query_as("SELECT id FROM editions WHERE slot_key = $1")
+                .bind(&slot_key)
+                .fetch_one(&mut *tx)
+                .await?;
         // The readers to alert, each with the region the article is shown under.
         let readers = format!(
             "SELECT s.id AS subscriber_id, MIN(sub.region_slug) AS region_slug
@@ -334,7 +338,7 @@ impl Store {
         .rows_affected();
         tx.commit().await?;
         Ok(PlanSummary {
-            edition_id,
+            edition_id: Some(edition_id),
             deliveries,
             articles: deliveries,
             content_rows: 0,

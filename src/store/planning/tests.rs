@@ -5,15 +5,15 @@ use std::collections::HashMap;
 
 use super::*;
 use crate::domain::FeedItem;
-use crate::domain::{Email, RegionSlug};
+use crate::domain::{ArticleId, Email, RegionSlug, SubscriberId};
 use crate::store::NewSubscriber;
-use crate::store::testing::{seed, send_all_due, stores, stores_migrated_to};
+use crate::store::testing::{at, seed, send_all_due, stores, stores_migrated_to};
 
 const DAY: i64 = 86_400;
 /// Monday 2026-11-30 07:00 UTC: the daily and the weekly slot fall on it.
 const MONDAY: i64 = 1_796_022_000;
 
-async fn reader(store: &Store, email: &str, subs: &[(&str, Cadence)]) -> i64 {
+async fn reader(store: &Store, email: &str, subs: &[(&str, Cadence)]) -> SubscriberId {
     store
         .add_subscriber(
             &NewSubscriber {
@@ -22,7 +22,7 @@ async fn reader(store: &Store, email: &str, subs: &[(&str, Cadence)]) -> i64 {
                 timezone: "UTC".parse().unwrap(),
                 confirmed: true,
             },
-            0,
+            at(0),
         )
         .await
         .unwrap();
@@ -32,7 +32,7 @@ async fn reader(store: &Store, email: &str, subs: &[(&str, Cadence)]) -> i64 {
 
 /// Stores the story `key` in `region` at `at` (the same link in several regions is one
 /// article); returns its id.
-async fn story(store: &Store, region: &str, key: &str, at: i64) -> i64 {
+async fn story(store: &Store, region: &str, key: &str, when: i64) -> ArticleId {
     let slug: RegionSlug = region.parse().unwrap();
     let feed = store
         .feed_id(&slug, &format!("file://{region}.xml"))
@@ -49,10 +49,10 @@ async fn story(store: &Store, region: &str, key: &str, at: i64) -> i64 {
                 title: format!("Story {key}"),
                 summary: String::new(),
                 category: String::new(),
-                published_at: Some(at),
+                published_at: Some(when),
                 breaking: false,
             }],
-            at,
+            at(when),
         )
         .await
         .unwrap();
@@ -67,10 +67,10 @@ async fn plan_slot(store: &Store, cadence: Cadence, slot_at: i64, now: i64) -> P
                 slot_key: &key,
                 cadence,
                 zone: "UTC",
-                slot_at,
-                period: cadence.period().num_seconds(),
-                now,
-                expires_at: now + DAY,
+                slot_at: at(slot_at),
+                period: cadence.period(),
+                now: at(now),
+                expires_at: at(now + DAY),
             },
             false,
         )
@@ -79,9 +79,9 @@ async fn plan_slot(store: &Store, cadence: Cadence, slot_at: i64, now: i64) -> P
 }
 
 /// Sends everything due at `at`; returns each reader's articles, in email order.
-async fn deliver(store: &Store, at: i64) -> HashMap<i64, Vec<Vec<i64>>> {
-    let claimed = send_all_due(store, 1_000, at).await;
-    let mut out: HashMap<i64, Vec<Vec<i64>>> = HashMap::new();
+async fn deliver(store: &Store, when: i64) -> HashMap<SubscriberId, Vec<Vec<ArticleId>>> {
+    let claimed = send_all_due(store, 1_000, when).await;
+    let mut out: HashMap<SubscriberId, Vec<Vec<ArticleId>>> = HashMap::new();
     for d in claimed {
         out.entry(d.subscriber_id)
             .or_default()
@@ -152,9 +152,9 @@ async fn an_article_sent_in_a_digest_is_not_sent_again_as_an_alert() {
             .plan_alert(&AlertPlan {
                 article_id: article,
                 zone: "UTC",
-                release_at: MONDAY + 700,
-                expires_at: MONDAY + DAY,
-                now: MONDAY + 700,
+                release_at: at(MONDAY + 700),
+                expires_at: at(MONDAY + DAY),
+                now: at(MONDAY + 700),
             })
             .await
             .unwrap();
@@ -270,7 +270,15 @@ async fn planning_is_set_based_and_never_repeats_an_article() {
         let store = &t.store;
         let town = seed(store).await;
         let plan = store
-            .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_000, 9_000, false)
+            .plan_region_digest(
+                "manual:1",
+                &town,
+                Cadence::Daily,
+                at(0),
+                at(2_000),
+                at(9_000),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(
@@ -280,15 +288,31 @@ async fn planning_is_set_based_and_never_repeats_an_article() {
         assert_eq!(plan.articles, 6);
         // The same slot again, and a new slot: nothing new for anyone.
         let again = store
-            .plan_region_digest("manual:1", &town, Cadence::Daily, 0, 2_001, 9_000, false)
+            .plan_region_digest(
+                "manual:1",
+                &town,
+                Cadence::Daily,
+                at(0),
+                at(2_001),
+                at(9_000),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(again.deliveries, 0);
         let other = store
-            .plan_region_digest("manual:2", &town, Cadence::Daily, 0, 2_002, 9_000, false)
+            .plan_region_digest(
+                "manual:2",
+                &town,
+                Cadence::Daily,
+                at(0),
+                at(2_002),
+                at(9_000),
+                false,
+            )
             .await
             .unwrap();
         assert_eq!(other.deliveries, 0, "{backend:?}");
-        assert_eq!(store.due_count(2_003).await.unwrap(), 2);
+        assert_eq!(store.due_count(at(2_003)).await.unwrap(), 2);
     }
 }

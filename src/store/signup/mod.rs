@@ -5,10 +5,13 @@
 mod tests;
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use super::{RateLimit, Result, Store, StoreError, SuppressionKey};
+
 use crate::domain::{
-    Cadence, DeliveryKind, Email, RegionSlug, SubscriberState, Timezone, Transition,
+    Cadence, DeliveryKind, EditionId, Email, RegionSlug, SignupId, SubscriberId, SubscriberState,
+    Timestamp, Timezone, Transition,
 };
 
 /// Where a sign-up came from and what the reader agreed to.
@@ -41,14 +44,14 @@ pub struct SignupMail {
     /// Sign-up emails (confirmations and welcomes) per address in any 24 hours.
     pub per_day: u32,
     /// Expiry of the row queued now.
-    pub expires_at: i64,
+    pub expires_at: Timestamp,
 }
 
 /// What queueing a web sign-up did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Queued {
     /// Stored under this id, and counted against the limits.
-    Stored(i64),
+    Stored(SignupId),
     /// Refused by the limit of `scope`: nothing stored or counted.
     Limited {
         /// The limit reached.
@@ -96,14 +99,14 @@ pub struct ReaderPreferences {
     /// Regions followed, with cadences, sorted by region.
     pub regions: Vec<(RegionSlug, Cadence)>,
     /// When the row was made (a link issued before it was meant for someone else).
-    pub created_at: i64,
+    pub created_at: Timestamp,
 }
 
 /// The newest consent record of a reader, for `herald subscribers export`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ConsentRecord {
     /// When the form was submitted.
-    pub given_at: i64,
+    pub given_at: Timestamp,
     /// From where.
     pub ip: String,
     /// With which browser.
@@ -111,7 +114,7 @@ pub struct ConsentRecord {
     /// Which consent text the reader saw.
     pub text_version: String,
     /// When the confirmation link was used.
-    pub confirmed_at: Option<i64>,
+    pub confirmed_at: Option<Timestamp>,
     /// From where it was used.
     pub confirmed_ip: Option<String>,
 }
@@ -130,7 +133,7 @@ impl Store {
     pub async fn queue_web_signup(
         &self,
         signup: &WebSignup,
-        now: i64,
+        now: Timestamp,
         limits: &[RateLimit],
     ) -> Result<Queued> {
         let mut tx = self.begin_write().await?;
@@ -151,7 +154,7 @@ impl Store {
             .iter()
             .map(|(slug, cadence)| format!("{slug}:{cadence}"))
             .collect();
-        let (id,): (i64,) = sqlx::query_as(
+        let (id,): (SignupId,) = sqlx::query_as(
             "INSERT INTO signup_requests (email, regions, timezone, consent_ip,
                  consent_user_agent, consent_version, received_at)
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
@@ -174,7 +177,7 @@ impl Store {
     /// with several daemons. `None` when it is gone (another worker did it).
     pub async fn run_queued_signup(
         &self,
-        id: i64,
+        id: SignupId,
         mail: SignupMail,
     ) -> Result<Option<SignupOutcome>> {
         let mut tx = self.begin_write().await?;
@@ -218,8 +221,8 @@ impl Store {
     }
 
     /// The ids of queued sign-ups, oldest first: those a crash or an error left behind.
-    pub async fn queued_signups(&self, limit: i64) -> Result<Vec<i64>> {
-        let rows: Vec<(i64,)> =
+    pub async fn queued_signups(&self, limit: i64) -> Result<Vec<SignupId>> {
+        let rows: Vec<(SignupId,)> =
             sqlx::query_as("SELECT id FROM signup_requests ORDER BY id LIMIT $1")
                 .bind(limit)
                 .fetch_all(&self.pool)
@@ -236,7 +239,7 @@ impl Store {
     pub async fn record_web_signup(
         &self,
         signup: &WebSignup,
-        now: i64,
+        now: Timestamp,
         mail: SignupMail,
     ) -> Result<SignupOutcome> {
         let mut tx = self.begin_write().await?;
@@ -249,10 +252,10 @@ impl Store {
     /// the confirming request's IP, and queues their welcome email.
     pub async fn confirm_subscriber(
         &self,
-        subscriber_id: i64,
+        subscriber_id: SubscriberId,
         ip: &str,
-        now: i64,
-        welcome_expires_at: i64,
+        now: Timestamp,
+        welcome_expires_at: Timestamp,
     ) -> Result<ConfirmOutcome> {
         let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
@@ -309,9 +312,9 @@ impl Store {
     /// A reader's address, state, zone and regions, or `None` when erased.
     pub async fn reader_preferences(
         &self,
-        subscriber_id: i64,
+        subscriber_id: SubscriberId,
     ) -> Result<Option<ReaderPreferences>> {
-        let row: Option<(String, String, String, i64)> = sqlx::query_as(
+        let row: Option<(String, String, String, Timestamp)> = sqlx::query_as(
             "SELECT email, state, timezone, created_at FROM subscribers WHERE id = $1",
         )
         .bind(subscriber_id)
@@ -348,10 +351,10 @@ impl Store {
     /// changes nothing) when the reader is not confirmed.
     pub async fn update_preferences(
         &self,
-        subscriber_id: i64,
+        subscriber_id: SubscriberId,
         regions: &[(RegionSlug, Cadence)],
         timezone: Timezone,
-        now: i64,
+        now: Timestamp,
     ) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
@@ -373,8 +376,8 @@ impl Store {
     }
 
     /// The newest consent record of every reader who signed up on the web, by reader id.
-    pub async fn consent_records(&self) -> Result<HashMap<i64, ConsentRecord>> {
-        let rows: Vec<ConsentRow> = sqlx::query_as(
+    pub async fn consent_records(&self) -> Result<HashMap<SubscriberId, ConsentRecord>> {
+        let rows: Vec<ReaderConsent> = sqlx::query_as(
             "SELECT c.subscriber_id, c.given_at, c.ip, c.user_agent, c.text_version,
                     c.confirmed_at, c.confirmed_ip
              FROM consents c
@@ -384,38 +387,22 @@ impl Store {
         .await?;
         Ok(rows
             .into_iter()
-            .map(
-                |(id, given_at, ip, user_agent, text_version, confirmed_at, confirmed_ip)| {
-                    (
-                        id,
-                        ConsentRecord {
-                            given_at,
-                            ip,
-                            user_agent,
-                            text_version,
-                            confirmed_at,
-                            confirmed_ip,
-                        },
-                    )
-                },
-            )
+            .map(|row| (row.subscriber_id, row.record))
             .collect())
     }
 }
 
-type ConsentRow = (
-    i64,
-    i64,
-    String,
-    String,
-    String,
-    Option<i64>,
-    Option<String>,
-);
+/// A consent record with whose it is.
+#[derive(sqlx::FromRow)]
+struct ReaderConsent {
+    subscriber_id: SubscriberId,
+    #[sqlx(flatten)]
+    record: ConsentRecord,
+}
 
 /// A queued sign-up as stored: address, regions, zone, consent IP, user agent, consent
 /// version, when the form was sent.
-type SignupRequestRow = (String, String, String, String, String, String, i64);
+type SignupRequestRow = (String, String, String, String, String, String, Timestamp);
 
 /// The work of one sign-up, which depends on the address's state (see
 /// [`Store::record_web_signup`]), inside the caller's transaction.
@@ -423,7 +410,7 @@ async fn record_signup(
     tx: &mut Tx,
     suppression: &SuppressionKey,
     signup: &WebSignup,
-    now: i64,
+    now: Timestamp,
     mail: SignupMail,
 ) -> Result<SignupOutcome> {
     let suppressed: Option<(String,)> =
@@ -434,7 +421,7 @@ async fn record_signup(
     if suppressed.is_some() {
         return Ok(SignupOutcome::Suppressed);
     }
-    let existing: Option<(i64, String)> =
+    let existing: Option<(SubscriberId, String)> =
         sqlx::query_as("SELECT id, state FROM subscribers WHERE email = $1")
             .bind(signup.email.as_str())
             .fetch_optional(&mut **tx)
@@ -442,7 +429,7 @@ async fn record_signup(
     let (id, state) = match existing {
         Some((id, state)) => (id, state.parse().map_err(StoreError::Corrupt)?),
         None => {
-            let (id,): (i64,) = sqlx::query_as(
+            let (id,): (SubscriberId,) = sqlx::query_as(
                 "INSERT INTO subscribers (email, state, timezone, created_at, updated_at)
                  VALUES ($1, 'pending', $2, $3, $3) RETURNING id",
             )
@@ -488,7 +475,7 @@ async fn record_signup(
          WHERE subscriber_id = $1 AND kind IN ('confirmation', 'welcome') AND created_at > $2",
     )
     .bind(id)
-    .bind(now - 86_400)
+    .bind(now - Duration::from_secs(86_400))
     .fetch_one(&mut **tx)
     .await?;
     if sent_today >= i64::from(mail.per_day) {
@@ -505,9 +492,9 @@ async fn record_signup(
 /// at the same cadence (the digest window counts from it).
 async fn replace_subscriptions(
     tx: &mut Tx,
-    subscriber_id: i64,
+    subscriber_id: SubscriberId,
     regions: &[(RegionSlug, Cadence)],
-    now: i64,
+    now: Timestamp,
 ) -> Result<()> {
     let current: Vec<(String, String)> =
         sqlx::query_as("SELECT region_slug, cadence FROM subscriptions WHERE subscriber_id = $1")
@@ -563,13 +550,13 @@ async fn replace_subscriptions(
 /// edition, and a reader may get several of these).
 async fn queue_signup_email(
     tx: &mut Tx,
-    subscriber_id: i64,
+    subscriber_id: SubscriberId,
     kind: DeliveryKind,
-    now: i64,
-    expires_at: i64,
+    now: Timestamp,
+    expires_at: Timestamp,
 ) -> Result<()> {
     let key = uuid::Uuid::new_v4().simple().to_string();
-    let (edition_id,): (i64,) = sqlx::query_as(
+    let (edition_id,): (EditionId,) = sqlx::query_as(
         "INSERT INTO editions (slot_key, kind, planned_at) VALUES ($1, $2, $3) RETURNING id",
     )
     .bind(format!("{}:{key}", kind.as_str()))

@@ -3,7 +3,7 @@
 use super::*;
 use crate::domain::DeliveryState;
 use crate::store::NewSubscriber;
-use crate::store::testing::{lease, stores};
+use crate::store::testing::{at, lease, stores};
 
 const DAY: i64 = 86_400;
 
@@ -26,7 +26,7 @@ fn signup(email: &str, regions: &[(&str, Cadence)]) -> WebSignup {
 fn mail(now: i64) -> SignupMail {
     SignupMail {
         per_day: 3,
-        expires_at: now + DAY,
+        expires_at: at(now + DAY),
     }
 }
 
@@ -50,7 +50,10 @@ async fn signup_confirm_and_the_daily_email_limit() {
         let ada = signup("Ada@Example.org", &[("town", Cadence::Daily)]);
         let t0 = 1_000_000;
         assert_eq!(
-            store.record_web_signup(&ada, t0, mail(t0)).await.unwrap(),
+            store
+                .record_web_signup(&ada, at(t0), mail(t0))
+                .await
+                .unwrap(),
             SignupOutcome::ConfirmationQueued
         );
         assert_eq!(
@@ -62,7 +65,7 @@ async fn signup_confirm_and_the_daily_email_limit() {
         for i in 1..3 {
             assert_eq!(
                 store
-                    .record_web_signup(&again, t0 + i, mail(t0))
+                    .record_web_signup(&again, at(t0 + i), mail(t0))
                     .await
                     .unwrap(),
                 SignupOutcome::ConfirmationQueued
@@ -71,7 +74,7 @@ async fn signup_confirm_and_the_daily_email_limit() {
         // ...but no more than three a day.
         assert_eq!(
             store
-                .record_web_signup(&again, t0 + 10, mail(t0))
+                .record_web_signup(&again, at(t0 + 10), mail(t0))
                 .await
                 .unwrap(),
             SignupOutcome::EmailLimitReached,
@@ -89,25 +92,25 @@ async fn signup_confirm_and_the_daily_email_limit() {
         // Confirming queues a welcome; the link used twice does nothing more.
         assert_eq!(
             store
-                .confirm_subscriber(id, "198.51.100.7", t0 + 20, t0 + DAY)
+                .confirm_subscriber(id, "198.51.100.7", at(t0 + 20), at(t0 + DAY))
                 .await
                 .unwrap(),
             ConfirmOutcome::Confirmed
         );
         assert_eq!(
             store
-                .confirm_subscriber(id, "198.51.100.7", t0 + 30, t0 + DAY)
+                .confirm_subscriber(id, "198.51.100.7", at(t0 + 30), at(t0 + DAY))
                 .await
                 .unwrap(),
             ConfirmOutcome::AlreadyConfirmed
         );
         assert_eq!(kinds(store).await.last().unwrap(), "welcome");
         let consent = store.consent_records().await.unwrap().remove(&id).unwrap();
-        assert_eq!(consent.given_at, t0 + 10, "the newest consent is shown");
+        assert_eq!(consent.given_at, at(t0 + 10), "the newest consent is shown");
         assert_eq!(consent.ip, "203.0.113.9");
         assert_eq!(consent.user_agent, "TestBrowser/1.0");
         assert_eq!(consent.text_version, "v1");
-        assert_eq!(consent.confirmed_at, Some(t0 + 20));
+        assert_eq!(consent.confirmed_at, Some(at(t0 + 20)));
         assert_eq!(consent.confirmed_ip.as_deref(), Some("198.51.100.7"));
 
         // A confirmed address signing up again changes nothing; a day later its
@@ -115,14 +118,14 @@ async fn signup_confirm_and_the_daily_email_limit() {
         let other = signup("ada@example.org", &[("town", Cadence::Alert)]);
         assert_eq!(
             store
-                .record_web_signup(&other, t0 + 40, mail(t0))
+                .record_web_signup(&other, at(t0 + 40), mail(t0))
                 .await
                 .unwrap(),
             SignupOutcome::EmailLimitReached
         );
         assert_eq!(
             store
-                .record_web_signup(&other, t0 + 2 * DAY, mail(t0))
+                .record_web_signup(&other, at(t0 + 2 * DAY), mail(t0))
                 .await
                 .unwrap(),
             SignupOutcome::WelcomeQueued
@@ -136,10 +139,10 @@ async fn signup_confirm_and_the_daily_email_limit() {
         );
 
         // Unsubscribed, then back through the form: pending again, confirmation again.
-        store.unsubscribe(id, t0 + 3 * DAY).await.unwrap();
+        store.unsubscribe(id, at(t0 + 3 * DAY)).await.unwrap();
         assert_eq!(
             store
-                .record_web_signup(&other, t0 + 3 * DAY + 1, mail(t0 + 3 * DAY))
+                .record_web_signup(&other, at(t0 + 3 * DAY + 1), mail(t0 + 3 * DAY))
                 .await
                 .unwrap(),
             SignupOutcome::ConfirmationQueued
@@ -151,7 +154,10 @@ async fn signup_confirm_and_the_daily_email_limit() {
 
         // Erased: the suppression entry keeps the form from reaching the address.
         let email = Email::parse("ada@example.org").unwrap();
-        store.remove_subscriber(&email, t0 + 4 * DAY).await.unwrap();
+        store
+            .remove_subscriber(&email, at(t0 + 4 * DAY))
+            .await
+            .unwrap();
         assert!(store.consent_records().await.unwrap().is_empty());
         let (n,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM consents")
             .fetch_one(&store.pool)
@@ -160,7 +166,7 @@ async fn signup_confirm_and_the_daily_email_limit() {
         assert_eq!(n, 0, "removal erases the consent records");
         assert_eq!(
             store
-                .record_web_signup(&other, t0 + 5 * DAY, mail(t0 + 5 * DAY))
+                .record_web_signup(&other, at(t0 + 5 * DAY), mail(t0 + 5 * DAY))
                 .await
                 .unwrap(),
             SignupOutcome::Suppressed
@@ -182,7 +188,10 @@ async fn queued_sign_ups_are_counted_at_once_and_done_once() {
             }]
         };
         let ada = signup("ada@example.org", &[("town", Cadence::Weekly)]);
-        let Queued::Stored(id) = store.queue_web_signup(&ada, 100, &limits(2)).await.unwrap()
+        let Queued::Stored(id) = store
+            .queue_web_signup(&ada, at(100), &limits(2))
+            .await
+            .unwrap()
         else {
             panic!("{backend:?}: the first sign-up is within the limit");
         };
@@ -198,26 +207,32 @@ async fn queued_sign_ups_are_counted_at_once_and_done_once() {
         assert!(store.queued_signups(10).await.unwrap().is_empty());
         let reader = &store.list_subscribers().await.unwrap()[0];
         assert_eq!(reader.state, SubscriberState::Pending);
-        assert_eq!(reader.created_at, 100);
+        assert_eq!(reader.created_at, at(100));
         assert_eq!(reader.regions, [("town".to_string(), Cadence::Weekly)]);
         let consent = store.consent_records().await.unwrap()[&reader.id].clone();
-        assert_eq!(consent.given_at, 100);
+        assert_eq!(consent.given_at, at(100));
         assert_eq!(consent.user_agent, "TestBrowser/1.0");
         assert_eq!(kinds(store).await, ["confirmation"]);
 
         // Past the limit nothing is stored, and the refusal is not counted.
         let bo = signup("bo@example.org", &[("town", Cadence::Daily)]);
         assert!(matches!(
-            store.queue_web_signup(&bo, 101, &limits(2)).await.unwrap(),
+            store
+                .queue_web_signup(&bo, at(101), &limits(2))
+                .await
+                .unwrap(),
             Queued::Stored(_)
         ));
-        for at in [102, 103] {
+        for when in [102, 103] {
             assert_eq!(
-                store.queue_web_signup(&bo, at, &limits(2)).await.unwrap(),
+                store
+                    .queue_web_signup(&bo, at(when), &limits(2))
+                    .await
+                    .unwrap(),
                 Queued::Limited {
                     scope: "signup-ip",
                     // The hit at 100 leaves the window at 3,700.
-                    retry_after: 3_700 - at,
+                    retry_after: 3_700 - when,
                 }
             );
         }
@@ -241,9 +256,12 @@ async fn sign_up_emails_reach_pending_readers_with_their_regions() {
             "ada@example.org",
             &[("town", Cadence::Daily), ("state", Cadence::Alert)],
         );
-        store.record_web_signup(&ada, 100, mail(100)).await.unwrap();
+        store
+            .record_web_signup(&ada, at(100), mail(100))
+            .await
+            .unwrap();
         let claimed = store
-            .claim_due_deliveries(10, 100, lease(400))
+            .claim_due_deliveries(10, at(100), lease(400))
             .await
             .unwrap();
         assert_eq!(claimed.len(), 1, "{backend:?}");
@@ -282,11 +300,11 @@ async fn preferences_change_regions_cadences_and_zone_of_confirmed_readers_only(
             confirmed,
         };
         store
-            .add_subscriber(&reader("a@example.org", true), 1)
+            .add_subscriber(&reader("a@example.org", true), at(1))
             .await
             .unwrap();
         store
-            .add_subscriber(&reader("p@example.org", false), 1)
+            .add_subscriber(&reader("p@example.org", false), at(1))
             .await
             .unwrap();
         let list = store.list_subscribers().await.unwrap();
@@ -296,14 +314,30 @@ async fn preferences_change_regions_cadences_and_zone_of_confirmed_readers_only(
             ("village".parse().unwrap(), Cadence::Alert),
         ];
         let zone: Timezone = "Asia/Kolkata".parse().unwrap();
-        assert!(store.update_preferences(a, &wanted, zone, 5).await.unwrap());
-        assert!(!store.update_preferences(p, &wanted, zone, 5).await.unwrap());
+        assert!(
+            store
+                .update_preferences(a, &wanted, zone, at(5))
+                .await
+                .unwrap()
+        );
+        assert!(
+            !store
+                .update_preferences(p, &wanted, zone, at(5))
+                .await
+                .unwrap()
+        );
         let prefs = store.reader_preferences(a).await.unwrap().unwrap();
         assert_eq!(prefs.timezone, "Asia/Kolkata");
         assert_eq!(prefs.regions, wanted);
         let pending = store.reader_preferences(p).await.unwrap().unwrap();
         assert_eq!(pending.regions.len(), 2, "a pending reader is unchanged");
-        assert_eq!(store.reader_preferences(999).await.unwrap(), None);
+        assert_eq!(
+            store
+                .reader_preferences(SubscriberId::new(999))
+                .await
+                .unwrap(),
+            None
+        );
     }
 }
 
@@ -312,12 +346,15 @@ async fn unsubscribed_readers_get_no_sign_up_mail_at_send_time() {
     for (_backend, t) in stores().await {
         let store = &t.store;
         let ada = signup("ada@example.org", &[("town", Cadence::Daily)]);
-        store.record_web_signup(&ada, 100, mail(100)).await.unwrap();
+        store
+            .record_web_signup(&ada, at(100), mail(100))
+            .await
+            .unwrap();
         let id = store.list_subscribers().await.unwrap()[0].id;
-        store.unsubscribe(id, 101).await.unwrap();
+        store.unsubscribe(id, at(101)).await.unwrap();
         assert!(
             store
-                .claim_due_deliveries(10, 102, lease(400))
+                .claim_due_deliveries(10, at(102), lease(400))
                 .await
                 .unwrap()
                 .is_empty()

@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::domain::{Cadence, Email, Outcome};
-use crate::store::testing::{lease, seed, stores, stores_migrated_to};
+use crate::domain::{Cadence, DeliveryId, Email, Outcome, SubscriberId};
+use crate::store::testing::{at, lease, seed, stores, stores_migrated_to};
 use crate::store::{Backend, LeaseOwner, NewSubscriber, Store};
 
 /// The instant the statements run at: every fixture row is due, its lease has lapsed
@@ -14,8 +14,8 @@ use crate::store::{Backend, LeaseOwner, NewSubscriber, Store};
 const NOW: i64 = 10_000;
 
 /// Each row's state, by id.
-async fn states_by_id(store: &Store) -> BTreeMap<i64, DeliveryState> {
-    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, state FROM deliveries")
+async fn states_by_id(store: &Store) -> BTreeMap<DeliveryId, DeliveryState> {
+    let rows: Vec<(DeliveryId, String)> = sqlx::query_as("SELECT id, state FROM deliveries")
         .fetch_all(&store.pool)
         .await
         .unwrap();
@@ -26,7 +26,10 @@ async fn states_by_id(store: &Store) -> BTreeMap<i64, DeliveryState> {
 
 /// Replaces the outbox with one row of `reader` in each state, every one due, held
 /// by the test owner under a lapsed lease and past its expiry; returns their states.
-async fn one_row_per_state(store: &Store, reader: i64) -> BTreeMap<i64, DeliveryState> {
+async fn one_row_per_state(
+    store: &Store,
+    reader: SubscriberId,
+) -> BTreeMap<DeliveryId, DeliveryState> {
     sqlx::query("DELETE FROM deliveries")
         .execute(&store.pool)
         .await
@@ -66,7 +69,7 @@ async fn moved_only_by(
     backend: Backend,
     statement: &str,
     transitions: &[Transition],
-    before: &BTreeMap<i64, DeliveryState>,
+    before: &BTreeMap<DeliveryId, DeliveryState>,
 ) {
     let after = states_by_id(store).await;
     for (id, was) in before {
@@ -95,7 +98,8 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
         let store = &t.store;
         let town = seed(store).await;
         let reader = store.list_subscribers().await.unwrap()[0].id;
-        let ids = |rows: &BTreeMap<i64, DeliveryState>| rows.keys().copied().collect::<Vec<_>>();
+        let ids =
+            |rows: &BTreeMap<DeliveryId, DeliveryState>| rows.keys().copied().collect::<Vec<_>>();
 
         // Plan: a manual send, a sign-up and a confirmation make rows; none moves one.
         let before = one_row_per_state(store, reader).await;
@@ -104,9 +108,9 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
                 "manual:t",
                 &town,
                 Cadence::Daily,
-                0,
-                NOW,
-                NOW + 9_000,
+                at(0),
+                at(NOW),
+                at(NOW + 9_000),
                 false,
             )
             .await
@@ -118,20 +122,20 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
             timezone: "UTC".parse().unwrap(),
             confirmed: false,
         };
-        store.add_subscriber(&newcomer, NOW).await.unwrap();
+        store.add_subscriber(&newcomer, at(NOW)).await.unwrap();
         let pending = store.list_subscribers().await.unwrap();
         let pending = pending
             .iter()
             .find(|r| r.email == "new@example.org")
             .unwrap();
         store
-            .confirm_subscriber(pending.id, "203.0.113.9", NOW, NOW + 9_000)
+            .confirm_subscriber(pending.id, "203.0.113.9", at(NOW), at(NOW + 9_000))
             .await
             .unwrap();
         moved_only_by(store, backend, "planning", &[Transition::Plan], &before).await;
 
         let before = one_row_per_state(store, reader).await;
-        store.expire_overdue(NOW).await.unwrap();
+        store.expire_overdue(at(NOW)).await.unwrap();
         moved_only_by(
             store,
             backend,
@@ -143,7 +147,7 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
 
         let before = one_row_per_state(store, reader).await;
         let claimed = store
-            .claim_due_deliveries(100, NOW, lease(NOW + 300))
+            .claim_due_deliveries(100, at(NOW), lease(NOW + 300))
             .await
             .unwrap();
         assert_eq!(
@@ -175,7 +179,7 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
             },
             Outcome::Deferred {
                 error: "421 busy".into(),
-                retry_at: NOW + 60,
+                retry_at: at(NOW + 60),
             },
             Outcome::Bounced {
                 reply: "550 5.1.1 no such user".into(),
@@ -191,12 +195,12 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
             Outcome::Suppressed,
         ] {
             let before = one_row_per_state(store, reader).await;
-            let outcomes: Vec<(i64, Outcome)> = ids(&before)
+            let outcomes: Vec<(DeliveryId, Outcome)> = ids(&before)
                 .into_iter()
                 .map(|id| (id, outcome.clone()))
                 .collect();
             store
-                .record_outcomes(&outcomes, LeaseOwner::TEST, NOW)
+                .record_outcomes(&outcomes, LeaseOwner::TEST, at(NOW))
                 .await
                 .unwrap();
             let statement = format!("record_outcomes ({})", outcome.state());
@@ -205,7 +209,7 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
 
         let before = one_row_per_state(store, reader).await;
         store
-            .release_deliveries(&ids(&before), LeaseOwner::TEST, NOW)
+            .release_deliveries(&ids(&before), LeaseOwner::TEST, at(NOW))
             .await
             .unwrap();
         moved_only_by(
@@ -218,12 +222,15 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
         .await;
 
         let before = one_row_per_state(store, reader).await;
-        assert_eq!(store.retry_failed(NOW, NOW + 9_000).await.unwrap(), 2);
+        assert_eq!(
+            store.retry_failed(at(NOW), at(NOW + 9_000)).await.unwrap(),
+            2
+        );
         let retry = [Transition::RetryFailed];
         moved_only_by(store, backend, "retry_failed", &retry, &before).await;
 
         let before = one_row_per_state(store, reader).await;
-        store.unsubscribe(reader, NOW).await.unwrap();
+        store.unsubscribe(reader, at(NOW)).await.unwrap();
         moved_only_by(
             store,
             backend,
@@ -235,7 +242,7 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
 
         let before = one_row_per_state(store, reader).await;
         let email = Email::parse(&store.list_subscribers().await.unwrap()[0].email).unwrap();
-        assert!(store.remove_subscriber(&email, NOW).await.unwrap());
+        assert!(store.remove_subscriber(&email, at(NOW)).await.unwrap());
         moved_only_by(
             store,
             backend,
@@ -248,7 +255,7 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
 }
 
 /// Sets row `id`'s state to `state` behind herald's back.
-async fn write_state(store: &Store, id: i64, state: &str) -> Result<(), sqlx::Error> {
+async fn write_state(store: &Store, id: DeliveryId, state: &str) -> Result<(), sqlx::Error> {
     sqlx::query("UPDATE deliveries SET state = $1 WHERE id = $2")
         .bind(state)
         .bind(id)
@@ -320,7 +327,7 @@ async fn the_state_check_arrives_on_a_ledger_that_has_rows() {
         let rows = kept(store).await;
         let indexes = sqlite_indexes_if(store, backend).await;
         // Before the migration nothing stopped a stray state.
-        let id = rows[0].0;
+        let id = DeliveryId::new(rows[0].0);
         write_state(store, id, "lost").await.unwrap();
         write_state(store, id, &rows[0].4).await.unwrap();
 
@@ -338,7 +345,7 @@ async fn the_state_check_arrives_on_a_ledger_that_has_rows() {
         assert!(write_state(store, id, "lost").await.is_err(), "{backend:?}");
         // The engine works on the rebuilt table: the waiting rows and the lapsed lease.
         let claimed = store
-            .claim_due_deliveries(100, NOW, lease(NOW + 300))
+            .claim_due_deliveries(100, at(NOW), lease(NOW + 300))
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3, "{backend:?}");
