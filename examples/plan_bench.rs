@@ -131,7 +131,7 @@ async fn main() -> anyhow::Result<()> {
                         &SlotPlan {
                             slot_key: &key,
                             cadence: Cadence::Daily,
-                            zone,
+                            zone: zone.parse().map_err(anyhow::Error::msg)?,
                             slot_at: slot.into(),
                             period: DAY,
                             now,

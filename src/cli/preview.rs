@@ -53,7 +53,7 @@ pub async fn region_articles(
         .into_iter()
         .map(|a| DeliveryArticle {
             article_id: a.id,
-            region_slug: region.to_string(),
+            region_slug: region.clone(),
             region_name: region_name.to_string(),
             title: a.title,
             link: a.link,
@@ -84,7 +84,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let request = DigestRequest {
         subscriber_id: SubscriberId::new(0),
         email: &email,
-        timezone: region.timezone.tz(),
+        timezone: region.timezone,
         cadence: Some(args.cadence),
         message_id: "00000000000000000000000000000000",
         articles: &articles,

@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use crate::compose::DigestRequest;
 use crate::config::Config;
 use crate::deliver::{Deliverer, SendResult, Transport};
-use crate::domain::{Cadence, DeliveryArticle, Email, SubscriberId, Timestamp};
+use crate::domain::{Cadence, DeliveryArticle, Email, SubscriberId, Timestamp, Timezone};
 use crate::plan::manual_digest;
 use crate::shutdown::Shutdown;
 
@@ -162,7 +162,7 @@ async fn test_send(
         .digest(&DigestRequest {
             subscriber_id: SubscriberId::new(0),
             email,
-            timezone: chrono_tz::UTC,
+            timezone: Timezone::UTC,
             cadence: Some(cadence),
             message_id: &message_id,
             articles: &articles,

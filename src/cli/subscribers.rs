@@ -313,7 +313,7 @@ async fn export(store: &Store) -> anyhow::Result<()> {
             .iter()
             .map(|(r, c)| {
                 if *c == cadence {
-                    r.clone()
+                    r.to_string()
                 } else {
                     format!("{r}:{c}")
                 }
@@ -323,7 +323,7 @@ async fn export(store: &Store) -> anyhow::Result<()> {
             row.email.as_str(),
             &regions.join(";"),
             cadence.as_str(),
-            &row.timezone,
+            row.timezone.name(),
             row.state.as_str(),
             &format_time(Some(row.created_at)),
             &time(row.confirmed_at),

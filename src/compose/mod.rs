@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::domain::{
-    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, SubscriberId, Timestamp,
+    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, SubscriberId, Timestamp, Timezone,
 };
 use crate::tokens::{Purpose, Signer};
 
@@ -153,7 +153,7 @@ pub struct DigestRequest<'a> {
     /// The reader's address.
     pub email: &'a Email,
     /// The reader's zone, for dates.
-    pub timezone: chrono_tz::Tz,
+    pub timezone: Timezone,
     /// The digest's cadence, if scheduled; `None` for manual sends.
     pub cadence: Option<Cadence>,
     /// Stored Message-ID (32 hex digits), reused on every retry.
@@ -217,7 +217,7 @@ impl Composer {
         let email = Email::parse("sample.reader@example.org").expect("valid sample address");
         let articles = vec![DeliveryArticle {
             article_id: ArticleId::new(1),
-            region_slug: "sample".into(),
+            region_slug: "sample".parse().expect("a valid sample slug"),
             region_name: "Sample Town".into(),
             title: "Sample <story> & \"quotes\"".into(),
             link: "https://example.org/story".into(),
@@ -228,14 +228,14 @@ impl Composer {
         self.digest(&DigestRequest {
             subscriber_id: SubscriberId::new(1),
             email: &email,
-            timezone: chrono_tz::UTC,
+            timezone: Timezone::UTC,
             cadence: Some(Cadence::Daily),
             message_id: "00000000000000000000000000000000",
             articles: &articles,
             now: Timestamp::from_unix(0),
         })?;
         let regions = [crate::domain::ReaderRegion {
-            slug: "sample".into(),
+            slug: "sample".parse().expect("a valid sample slug"),
             name: "Sample <Town>".into(),
             cadence: Cadence::Daily,
         }];
@@ -245,7 +245,7 @@ impl Composer {
                 subscriber_id: SubscriberId::new(1),
                 email: &email,
                 regions: &regions,
-                timezone: "UTC",
+                timezone: Timezone::UTC,
                 message_id: "00000000000000000000000000000000",
                 now: Timestamp::from_unix(0),
             })?;
@@ -300,7 +300,7 @@ impl Composer {
             if groups.last().map(|g| g.region.slug.as_str()) != Some(article.region_slug.as_str()) {
                 groups.push(RegionGroup {
                     region: RegionRef {
-                        slug: article.region_slug.clone(),
+                        slug: article.region_slug.to_string(),
                         name: article.region_name.clone(),
                     },
                     articles: Vec::new(),
@@ -308,7 +308,7 @@ impl Composer {
             }
             let published = article
                 .published_at
-                .and_then(|t| req.timezone.timestamp_opt(t.unix(), 0).single())
+                .and_then(|t| req.timezone.tz().timestamp_opt(t.unix(), 0).single())
                 .map(|t| t.format("%-d %b %Y, %H:%M").to_string())
                 .unwrap_or_default();
             groups
@@ -362,6 +362,7 @@ impl Composer {
     /// The date line: the day of `now` in the reader's zone.
     fn edition_label(&self, req: &DigestRequest<'_>) -> String {
         req.timezone
+            .tz()
             .timestamp_opt(req.now.unix(), 0)
             .single()
             .map(|t| t.format("%A, %-d %B %Y").to_string())
@@ -603,7 +604,7 @@ mod tests {
     fn article(region: &str, title: &str) -> DeliveryArticle {
         DeliveryArticle {
             article_id: ArticleId::new(1),
-            region_slug: region.into(),
+            region_slug: region.parse().unwrap(),
             region_name: region.to_uppercase(),
             title: title.into(),
             link: "https://news.example.org/a?x=1&y=2".into(),
@@ -637,7 +638,7 @@ mod tests {
         let req = DigestRequest {
             subscriber_id: SubscriberId::new(9),
             email: &email,
-            timezone: chrono_tz::UTC,
+            timezone: Timezone::UTC,
             cadence: Some(Cadence::Daily),
             message_id: "0123456789abcdef0123456789abcdef",
             articles: &articles,
@@ -659,7 +660,7 @@ mod tests {
                 subscriber_id: SubscriberId::new(9),
                 email: &email,
                 regions: &[],
-                timezone: "UTC",
+                timezone: Timezone::UTC,
                 message_id: "0123456789abcdef0123456789abcdef",
                 now: Timestamp::from_unix(1_795_300_000),
             })
@@ -681,7 +682,7 @@ mod tests {
             .digest(&DigestRequest {
                 subscriber_id: SubscriberId::new(9),
                 email: &email,
-                timezone: chrono_tz::Europe::Berlin,
+                timezone: "Europe/Berlin".parse().unwrap(),
                 cadence: Some(Cadence::Daily),
                 message_id: "0123456789abcdef0123456789abcdef",
                 articles: &articles,
@@ -706,7 +707,7 @@ mod tests {
         let request_again = DigestRequest {
             subscriber_id: SubscriberId::new(9),
             email: &email,
-            timezone: chrono_tz::Europe::Berlin,
+            timezone: "Europe/Berlin".parse().unwrap(),
             cadence: Some(Cadence::Daily),
             message_id: "0123456789abcdef0123456789abcdef",
             articles: &articles,
@@ -742,12 +743,12 @@ mod tests {
         let email = Email::parse("reader@example.org").unwrap();
         let regions = [
             crate::domain::ReaderRegion {
-                slug: "town".into(),
+                slug: "town".parse().unwrap(),
                 name: "Town <&> Country".into(),
                 cadence: Cadence::Daily,
             },
             crate::domain::ReaderRegion {
-                slug: "state".into(),
+                slug: "state".parse().unwrap(),
                 name: "State".into(),
                 cadence: Cadence::Alert,
             },
@@ -757,7 +758,7 @@ mod tests {
             subscriber_id: SubscriberId::new(12),
             email: &email,
             regions: &regions,
-            timezone: "Europe/Berlin",
+            timezone: "Europe/Berlin".parse().unwrap(),
             message_id: "0123456789abcdef0123456789abcdef",
             now: Timestamp::from_unix(1_795_248_000),
         };

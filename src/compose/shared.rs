@@ -20,7 +20,7 @@ use lettre::{Address, Message};
 
 use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
 use super::{ListUnsubscribe, ListUnsubscribePost, Subject};
-use crate::domain::{ArticleId, Cadence, DeliveryArticle, Timestamp};
+use crate::domain::{ArticleId, Cadence, DeliveryArticle, Timestamp, Timezone};
 
 /// A group's email is rebuilt after this long, so its `Date:` stays near the send time.
 const TEMPLATE_LIFETIME_SECS: i64 = 60;
@@ -82,7 +82,7 @@ struct GroupTemplate {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     articles: Vec<ArticleId>,
-    zone: chrono_tz::Tz,
+    zone: Timezone,
     cadence: Option<Cadence>,
     edition_label: String,
 }
@@ -509,7 +509,7 @@ mod tests {
         (1..=6)
             .map(|i| DeliveryArticle {
                 article_id: ArticleId::new(i),
-                region_slug: "town".into(),
+                region_slug: "town".parse().unwrap(),
                 region_name: "Town".into(),
                 title: format!("Story {i}: the council's “long” meeting & <vote>"),
                 link: format!("https://news.example.org/story/{i}?a=1&b=2"),
@@ -529,7 +529,7 @@ mod tests {
         DigestRequest {
             subscriber_id: SubscriberId::new(id),
             email,
-            timezone: chrono_tz::Asia::Kolkata,
+            timezone: "Asia/Kolkata".parse().unwrap(),
             cadence: Some(Cadence::Daily),
             message_id,
             articles,

@@ -7,7 +7,9 @@
 use serde::Serialize;
 
 use super::{ComposeError, Composed, Composer};
-use crate::domain::{Cadence, DeliveryKind, Email, ReaderRegion, SubscriberId, Timestamp};
+use crate::domain::{
+    Cadence, DeliveryKind, Email, ReaderRegion, SubscriberId, Timestamp, Timezone,
+};
 use crate::tokens::Purpose;
 
 /// What the sign-up templates are given. Field names are the template interface;
@@ -60,8 +62,8 @@ pub struct SignupRequest<'a> {
     pub email: &'a Email,
     /// What the reader follows.
     pub regions: &'a [ReaderRegion],
-    /// The reader's zone name.
-    pub timezone: &'a str,
+    /// The reader's zone.
+    pub timezone: Timezone,
     /// Stored Message-ID (32 hex digits), reused on every retry.
     pub message_id: &'a str,
     /// Now (for link expiry).

@@ -1,7 +1,7 @@
 //! Articles as they travel: parsed from a feed on their way into the store, and placed
 //! in an email on their way out of it.
 
-use super::{ArticleId, Timestamp};
+use super::{ArticleId, RegionSlug, Timestamp};
 
 /// One parsed feed entry, ready to store.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,7 +30,7 @@ pub struct DeliveryArticle {
     /// Article id.
     pub article_id: ArticleId,
     /// Region it is shown under.
-    pub region_slug: String,
+    pub region_slug: RegionSlug,
     /// Region display name.
     pub region_name: String,
     /// Title.

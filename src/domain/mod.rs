@@ -63,7 +63,7 @@ impl From<RegionSlug> for String {
 
 impl fmt::Display for RegionSlug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -128,6 +128,9 @@ impl fmt::Display for Cadence {
 pub struct Timezone(chrono_tz::Tz);
 
 impl Timezone {
+    /// Coordinated Universal Time.
+    pub const UTC: Timezone = Timezone(chrono_tz::UTC);
+
     /// The underlying zone for date arithmetic.
     pub fn tz(self) -> chrono_tz::Tz {
         self.0
@@ -155,7 +158,13 @@ impl FromStr for Timezone {
 
 impl fmt::Display for Timezone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
+    }
+}
+
+impl PartialEq<&str> for Timezone {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
     }
 }
 
@@ -163,7 +172,7 @@ impl fmt::Display for Timezone {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReaderRegion {
     /// Slug.
-    pub slug: String,
+    pub slug: RegionSlug,
     /// Display name.
     pub name: String,
     /// How often.

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::config::Config;
-use crate::domain::{ArticleId, Cadence, DeliveryKind, RegionSlug, Timestamp};
+use crate::domain::{ArticleId, Cadence, DeliveryKind, RegionSlug, Timestamp, Timezone};
 use crate::shutdown::Shutdown;
 use crate::store::{AlertPlan, PlanSummary, SlotPlan, Store, StoreError};
 use crate::supervise::Beat;
@@ -43,11 +43,11 @@ pub async fn manual_digest(
 #[derive(Debug, Clone, Default)]
 pub struct PlanReport {
     /// Digest slots planned: (cadence, zone, slot instant, summary).
-    pub slots: Vec<(Cadence, String, DateTime<Utc>, PlanSummary)>,
+    pub slots: Vec<(Cadence, Timezone, DateTime<Utc>, PlanSummary)>,
     /// Stale slots skipped: (cadence, zone, slot instant).
-    pub skipped: Vec<(Cadence, String, DateTime<Utc>)>,
+    pub skipped: Vec<(Cadence, Timezone, DateTime<Utc>)>,
     /// Alerts queued: (article id, zone, release instant, summary).
-    pub alerts: Vec<(ArticleId, String, DateTime<Utc>, PlanSummary)>,
+    pub alerts: Vec<(ArticleId, Timezone, DateTime<Utc>, PlanSummary)>,
     /// Fresh missed slots folded into a later slot of the same zone and cadence.
     pub folded: usize,
 }
@@ -82,22 +82,18 @@ pub async fn plan_due(
             Cadence::Weekly => &config.schedule.weekly,
             _ => &config.schedule.daily,
         };
-        for zone_name in store.cadence_zones(cadence).await? {
-            let Ok(zone) = zone_name.parse::<chrono_tz::Tz>() else {
-                tracing::warn!(zone = %zone_name, "reader with an unknown time zone; skipped");
-                continue;
-            };
+        for zone in store.cadence_zones(cadence).await? {
             let mut fresh = Vec::new();
-            for slot in due_slots(cron, zone, since, at) {
-                let slot_key = format!("{cadence}:{zone_name}:{}", slot.timestamp());
+            for slot in due_slots(cron, zone.tz(), since, at) {
+                let slot_key = format!("{cadence}:{zone}:{}", slot.timestamp());
                 if at - slot > max_lateness {
                     if !dry_run && store.record_skipped_slot(&slot_key, now).await? {
                         tracing::warn!(
-                            %cadence, zone = %zone_name, slot = %slot,
+                            %cadence, %zone, slot = %slot,
                             "skipped a stale slot older than schedule.max_lateness"
                         );
                     }
-                    report.skipped.push((cadence, zone_name.clone(), slot));
+                    report.skipped.push((cadence, zone, slot));
                 } else {
                     fresh.push((slot_key, slot));
                 }
@@ -112,7 +108,7 @@ pub async fn plan_due(
                         &SlotPlan {
                             slot_key: &slot_key,
                             cadence,
-                            zone: &zone_name,
+                            zone,
                             slot_at: Timestamp::from(slot),
                             period: cadence.period(),
                             now,
@@ -121,9 +117,7 @@ pub async fn plan_due(
                         dry_run,
                     )
                     .await?;
-                report
-                    .slots
-                    .push((cadence, zone_name.clone(), slot, summary));
+                report.slots.push((cadence, zone, slot, summary));
             }
         }
     }
@@ -173,7 +167,7 @@ pub async fn plan_alerts(
     store: &Store,
     at: DateTime<Utc>,
     dry_run: bool,
-) -> Result<Vec<(ArticleId, String, DateTime<Utc>, PlanSummary)>, StoreError> {
+) -> Result<Vec<(ArticleId, Timezone, DateTime<Utc>, PlanSummary)>, StoreError> {
     let mut out = Vec::new();
     if dry_run {
         return Ok(out);
@@ -182,20 +176,19 @@ pub async fn plan_alerts(
     let max_age = config.alerts.max_age;
     for article in store.breaking_articles_since(now - max_age).await? {
         let expires_at = (article.ingested_at + max_age).min(now + config.deliver.expiry_alert);
-        for zone_name in store.alert_zones(article.id).await? {
-            let zone = zone_name.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC);
-            let release = release_after_quiet_hours(at, zone, config.alerts.quiet_hours);
+        for zone in store.alert_zones(article.id).await? {
+            let release = release_after_quiet_hours(at, zone.tz(), config.alerts.quiet_hours);
             let summary = store
                 .plan_alert(&AlertPlan {
                     article_id: article.id,
-                    zone: &zone_name,
+                    zone,
                     release_at: Timestamp::from(release),
                     expires_at,
                     now,
                 })
                 .await?;
             if summary.deliveries > 0 {
-                out.push((article.id, zone_name, release, summary));
+                out.push((article.id, zone, release, summary));
             }
         }
     }

@@ -29,7 +29,7 @@ pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedPollState, PushOutcome};
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
-pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner};
+pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Recipient};
 pub use planning::{AlertPlan, BreakingArticle, PlanSummary, SlotPlan};
 pub use rate_limits::RateLimit;
 pub use signup::{
@@ -67,9 +67,54 @@ pub enum StoreError {
     /// A statement failed.
     #[error("database error: {0}")]
     Sql(#[from] sqlx::Error),
-    /// A row held a value herald does not understand (edited by hand?).
-    #[error("unexpected value in the database: {0}")]
-    Corrupt(String),
+    /// A row holds a value herald cannot read (edited by hand?).
+    #[error(
+        "{table} row {row} holds a {column} herald cannot read: {reason}; correct or delete the row"
+    )]
+    Corrupt {
+        /// The table.
+        table: &'static str,
+        /// The row's id (or key).
+        row: String,
+        /// The column.
+        column: &'static str,
+        /// What is wrong with the value.
+        reason: String,
+    },
+}
+
+impl StoreError {
+    /// The value of `column` in `table`'s row `row` does not decode, for `reason`.
+    pub(crate) fn corrupt(
+        table: &'static str,
+        row: impl std::fmt::Display,
+        column: &'static str,
+        reason: impl std::fmt::Display,
+    ) -> StoreError {
+        StoreError::Corrupt {
+            table,
+            row: row.to_string(),
+            column,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// Decodes `value`, the `column` of `table`'s row `row`, once at the edge of the store: a
+/// value that does not decode is a [`StoreError::Corrupt`] naming the row.
+fn decode<T>(
+    table: &'static str,
+    row: impl std::fmt::Display,
+    column: &'static str,
+    value: &str,
+) -> Result<T>
+where
+    T: FromStr,
+    T::Err: std::fmt::Display,
+{
+    value
+        .parse()
+        .map_err(|reason| StoreError::corrupt(table, row, column, reason))
 }
 
 /// Shorthand for store results.

@@ -3,8 +3,11 @@
 
 use sqlx::AssertSqlSafe;
 
-use super::{Result, Store, StoreError, states};
-use crate::domain::{DeliveryState, EditionId, SubscriberId, Timestamp, Transition};
+use super::{Result, Store, decode, states};
+use crate::domain::{
+    DeliveryId, DeliveryState, EditionId, Email, FeedId, RegionSlug, SubscriberId, Timestamp,
+    Transition,
+};
 
 /// The outbox at a glance, for `herald status` and `/metrics`.
 #[derive(Debug, Clone, Default)]
@@ -18,11 +21,10 @@ pub struct QueueStatus {
 }
 
 /// One feed's polling history, for `herald status`.
-#[derive(Debug, Clone, sqlx::FromRow)]
+#[derive(Debug, Clone)]
 pub struct FeedStatus {
     /// Region the feed belongs to.
-    #[sqlx(rename = "region_slug")]
-    pub region: String,
+    pub region: RegionSlug,
     /// The feed as configured.
     pub url: String,
     /// Last poll, successful or not.
@@ -35,6 +37,19 @@ pub struct FeedStatus {
     pub next_poll_at: Option<Timestamp>,
     /// Polls in a row that failed.
     pub consecutive_failures: i64,
+}
+
+/// A feed's row as stored, before decoding.
+#[derive(sqlx::FromRow)]
+struct StoredFeedStatus {
+    id: FeedId,
+    region_slug: String,
+    url: String,
+    last_polled_at: Option<Timestamp>,
+    last_success_at: Option<Timestamp>,
+    last_error: Option<String>,
+    next_poll_at: Option<Timestamp>,
+    consecutive_failures: i64,
 }
 
 impl Store {
@@ -108,26 +123,35 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(s, n)| Ok((s.parse().map_err(StoreError::Corrupt)?, n)))
+            .map(|(state, n)| {
+                let row = format!("of edition {edition_id}");
+                Ok((decode("deliveries", row, "state", &state)?, n))
+            })
             .collect()
     }
 
     /// Every row in id order: for tests and audits.
     pub async fn delivery_ledger(&self) -> Result<Vec<LedgerRow>> {
-        let rows: Vec<RawLedgerRow> = sqlx::query_as(
-            "SELECT s.email, d.state, d.attempts, d.message_id, d.last_error
+        let rows: Vec<StoredLedgerRow> = sqlx::query_as(
+            "SELECT d.id, d.subscriber_id, s.email, d.state, d.attempts, d.message_id,
+                    d.last_error
              FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id ORDER BY d.id",
         )
         .fetch_all(&self.pool)
         .await?;
         rows.into_iter()
-            .map(|(email, state, attempts, message_id, last_error)| {
+            .map(|row| {
+                let email = row
+                    .email
+                    .as_deref()
+                    .map(|e| decode("subscribers", row.subscriber_id, "email", e))
+                    .transpose()?;
                 Ok(LedgerRow {
                     email,
-                    state: state.parse().map_err(StoreError::Corrupt)?,
-                    attempts,
-                    message_id,
-                    last_error,
+                    state: decode("deliveries", row.id, "state", &row.state)?,
+                    attempts: row.attempts,
+                    message_id: row.message_id,
+                    last_error: row.last_error,
                 })
             })
             .collect()
@@ -135,13 +159,26 @@ impl Store {
 
     /// Every feed's last poll, for `herald status`.
     pub async fn feed_statuses(&self) -> Result<Vec<FeedStatus>> {
-        Ok(sqlx::query_as(
-            "SELECT region_slug, url, last_polled_at, last_success_at, last_error,
+        let rows: Vec<StoredFeedStatus> = sqlx::query_as(
+            "SELECT id, region_slug, url, last_polled_at, last_success_at, last_error,
                     next_poll_at, consecutive_failures
              FROM feeds ORDER BY region_slug, url",
         )
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        rows.into_iter()
+            .map(|row| {
+                Ok(FeedStatus {
+                    region: decode("feeds", row.id, "region_slug", &row.region_slug)?,
+                    url: row.url,
+                    last_polled_at: row.last_polled_at,
+                    last_success_at: row.last_success_at,
+                    last_error: row.last_error,
+                    next_poll_at: row.next_poll_at,
+                    consecutive_failures: row.consecutive_failures,
+                })
+            })
+            .collect()
     }
 
     /// How many articles are stored, and how many of them are marked breaking.
@@ -174,13 +211,23 @@ impl Store {
     }
 }
 
-type RawLedgerRow = (Option<String>, String, i64, String, Option<String>);
+/// A ledger row as stored, before decoding.
+#[derive(sqlx::FromRow)]
+struct StoredLedgerRow {
+    id: DeliveryId,
+    subscriber_id: SubscriberId,
+    email: Option<String>,
+    state: String,
+    attempts: i64,
+    message_id: String,
+    last_error: Option<String>,
+}
 
 /// One delivery row as the ledger shows it.
 #[derive(Debug, Clone)]
 pub struct LedgerRow {
     /// The reader's address (`None` once erased).
-    pub email: Option<String>,
+    pub email: Option<Email>,
     /// Current state.
     pub state: DeliveryState,
     /// Attempts so far.

@@ -1,8 +1,10 @@
 //! Readers and what they follow.
 
+use std::collections::HashMap;
+
 use sqlx::AssertSqlSafe;
 
-use super::{Result, Store, StoreError, states};
+use super::{Result, Store, decode, states};
 use crate::domain::{
     Cadence, Email, RegionSlug, SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
 };
@@ -37,13 +39,13 @@ pub struct SubscriberRow {
     /// Row id.
     pub id: SubscriberId,
     /// Address.
-    pub email: String,
+    pub email: Email,
     /// State.
     pub state: SubscriberState,
-    /// Zone name.
-    pub timezone: String,
+    /// Zone.
+    pub timezone: Timezone,
     /// Regions and cadences, sorted by region.
-    pub regions: Vec<(String, Cadence)>,
+    pub regions: Vec<(RegionSlug, Cadence)>,
     /// When the row was made.
     pub created_at: Timestamp,
     /// When the reader confirmed.
@@ -73,8 +75,7 @@ impl Store {
 
     /// Every reader with their subscriptions, ordered by address.
     pub async fn list_subscribers(&self) -> Result<Vec<SubscriberRow>> {
-        let people: Vec<(SubscriberId, String, String, String, Timestamp, Option<Timestamp>)> =
-            sqlx::query_as(
+        let people: Vec<StoredSubscriber> = sqlx::query_as(
             "SELECT id, email, state, timezone, created_at, confirmed_at FROM subscribers ORDER BY email",
         )
         .fetch_all(&self.pool)
@@ -84,23 +85,25 @@ impl Store {
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut by_id: std::collections::HashMap<SubscriberId, Vec<(String, Cadence)>> =
-            Default::default();
-        for (id, region, cadence) in subs {
-            let cadence = cadence.parse().map_err(StoreError::Corrupt)?;
-            by_id.entry(id).or_default().push((region, cadence));
+        let mut by_id: HashMap<SubscriberId, Vec<(RegionSlug, Cadence)>> = HashMap::new();
+        for (id, region, cadence) in &subs {
+            by_id
+                .entry(*id)
+                .or_default()
+                .push(subscription(*id, region, cadence)?);
         }
         people
             .into_iter()
-            .map(|(id, email, state, timezone, created_at, confirmed_at)| {
+            .map(|row| {
+                let id = row.id;
                 Ok(SubscriberRow {
                     id,
-                    email,
-                    state: state.parse().map_err(StoreError::Corrupt)?,
-                    timezone,
+                    email: decode("subscribers", id, "email", &row.email)?,
+                    state: decode("subscribers", id, "state", &row.state)?,
+                    timezone: decode("subscribers", id, "timezone", &row.timezone)?,
                     regions: by_id.remove(&id).unwrap_or_default(),
-                    created_at,
-                    confirmed_at,
+                    created_at: row.created_at,
+                    confirmed_at: row.confirmed_at,
                 })
             })
             .collect()
@@ -160,6 +163,30 @@ impl Store {
         tx.commit().await?;
         Ok(changed > 0)
     }
+}
+
+/// A reader as stored, before decoding.
+#[derive(sqlx::FromRow)]
+struct StoredSubscriber {
+    id: SubscriberId,
+    email: String,
+    state: String,
+    timezone: String,
+    created_at: Timestamp,
+    confirmed_at: Option<Timestamp>,
+}
+
+/// One subscription of reader `subscriber`, decoded.
+pub(super) fn subscription(
+    subscriber: SubscriberId,
+    region: &str,
+    cadence: &str,
+) -> Result<(RegionSlug, Cadence)> {
+    let row = format!("({subscriber}, {region})");
+    Ok((
+        decode("subscriptions", &row, "region_slug", region)?,
+        decode("subscriptions", &row, "cadence", cadence)?,
+    ))
 }
 
 /// Cancels the mail still waiting for a reader who left, saying why.

@@ -316,14 +316,14 @@ pub async fn preferences_page(State(state): State<AppState>, request: Request) -
         Shown {
             chosen: picked.chosen,
             cadences: picked.cadences,
-            timezone: reader.timezone.clone(),
+            timezone: reader.timezone.to_string(),
             query: form.get("q").into(),
         }
     } else {
         Shown {
             chosen: reader.regions.clone(),
             cadences: HashMap::new(),
-            timezone: reader.timezone.clone(),
+            timezone: reader.timezone.to_string(),
             query: String::new(),
         }
     };
@@ -332,7 +332,7 @@ pub async fn preferences_page(State(state): State<AppState>, request: Request) -
         request.headers(),
         StatusCode::OK,
         &token,
-        &reader.email,
+        reader.email.as_str(),
         shown,
         FormErrors::default(),
         false,
@@ -372,7 +372,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
         chosen,
         cadences,
         timezone: if given_zone.is_empty() {
-            reader.timezone.clone()
+            reader.timezone.to_string()
         } else {
             given_zone.clone()
         },
@@ -395,7 +395,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
             headers,
             StatusCode::FORBIDDEN,
             &token,
-            &reader.email,
+            reader.email.as_str(),
             shown,
             errors,
             false,
@@ -430,7 +430,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
             headers,
             StatusCode::UNPROCESSABLE_ENTITY,
             &token,
-            &reader.email,
+            reader.email.as_str(),
             shown,
             errors,
             false,
@@ -451,7 +451,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
         headers,
         StatusCode::OK,
         &token,
-        &reader.email,
+        reader.email.as_str(),
         shown,
         FormErrors::default(),
         true,

@@ -16,8 +16,8 @@ use super::{
     Backend, EngineConnRef, EngineTransaction, Result, Store, on_engine, placeholders, states,
 };
 use crate::domain::{
-    Cadence, DeliveryArticle, DeliveryId, DeliveryKind, DeliveryState, ReaderRegion, SubscriberId,
-    SubscriberState, Timestamp, Transition,
+    Cadence, DeliveryArticle, DeliveryId, DeliveryKind, DeliveryState, Email, ReaderRegion,
+    SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
 };
 
 /// Who holds a claimed row: one value per running worker, chosen at random, so a
@@ -73,12 +73,8 @@ pub struct ClaimedDelivery {
     pub attempts: i64,
     /// After this, the row expires instead of being sent.
     pub expires_at: Timestamp,
-    /// The reader's address; `None` when the reader was erased meanwhile.
-    pub email: Option<String>,
-    /// The reader's state now (checked at send time, not only at plan time).
-    pub subscriber_state: Option<SubscriberState>,
-    /// The reader's zone name.
-    pub timezone: Option<String>,
+    /// Who it goes to, as they are now (checked at send time, not only at plan time).
+    pub recipient: Recipient,
     /// Whether the address is on the suppression list.
     pub suppressed: bool,
     /// The articles to carry, ordered by region then newest first; shared by the
@@ -86,6 +82,36 @@ pub struct ClaimedDelivery {
     pub articles: Arc<[DeliveryArticle]>,
     /// For sign-up emails only: the regions the reader follows, by name.
     pub regions: Vec<ReaderRegion>,
+}
+
+impl ClaimedDelivery {
+    /// The reader's address, when they are on file and it could be read.
+    pub fn email(&self) -> Option<&Email> {
+        match &self.recipient {
+            Recipient::Reader { email, .. } => Some(email),
+            Recipient::Erased | Recipient::Unreadable(_) => None,
+        }
+    }
+}
+
+/// Who a claimed row goes to, as the store found them when loading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recipient {
+    /// The reader, on file.
+    Reader {
+        /// Their address.
+        email: Email,
+        /// Where they stand now.
+        state: SubscriberState,
+        /// Their zone, for the dates in the email.
+        timezone: Timezone,
+    },
+    /// Erased since the row was planned.
+    Erased,
+    /// On file with a value herald cannot read (the sentence says which): this row fails
+    /// on its own, where an error for the whole claim would bring it back with every
+    /// claim and hold up the rows claimed with it.
+    Unreadable(String),
 }
 
 impl Store {

@@ -3,8 +3,8 @@
 
 use super::*;
 use crate::domain::{DeliveryId, DeliveryState, Outcome};
-use crate::store::OnDurable;
 use crate::store::testing::{at, lease, seed_planned, stores};
+use crate::store::{OnDurable, Recipient};
 
 #[tokio::test]
 async fn claims_lease_and_record_outcomes() {
@@ -407,5 +407,53 @@ async fn send_time_checks_see_unsubscribes_and_suppressions() {
         assert_eq!(ledger[0].state, DeliveryState::Bounced);
         assert_eq!(ledger[1].state, DeliveryState::Cancelled);
         assert_eq!(ledger[1].attempts, 0, "a released claim is not an attempt");
+    }
+}
+
+#[tokio::test]
+async fn a_reader_stored_with_an_unreadable_zone_is_an_error_naming_the_row() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        seed_planned(store).await;
+        let readers = store.list_subscribers().await.unwrap();
+        let (broken, intact) = (readers[0].id, readers[1].id);
+        sqlx::query("UPDATE subscribers SET timezone = 'Mars/Olympus' WHERE id = $1")
+            .bind(broken)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let named = |error: &str| {
+            error.contains(&format!("subscribers row {broken} "))
+                && error.contains("timezone")
+                && error.contains("Mars/Olympus")
+        };
+        // Claimed, only that reader's row is unreadable: the other is sent as ever.
+        let claimed = store
+            .claim_due_deliveries(10, at(2_000), lease(2_300))
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 2, "{backend:?}");
+        for row in &claimed {
+            match &row.recipient {
+                Recipient::Unreadable(error) => {
+                    assert_eq!(row.subscriber_id, broken);
+                    assert!(named(error), "{backend:?}: {error}");
+                }
+                Recipient::Reader { timezone, .. } => {
+                    assert_eq!(row.subscriber_id, intact);
+                    assert_eq!(*timezone, "UTC");
+                }
+                Recipient::Erased => panic!("{backend:?}: nobody was erased"),
+            }
+        }
+        // Listing readers and planning by zone say which row to correct.
+        let listed = store.list_subscribers().await.unwrap_err().to_string();
+        assert!(named(&listed), "{backend:?}: {listed}");
+        let zones = store
+            .cadence_zones(Cadence::Daily)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(named(&zones), "{backend:?}: {zones}");
     }
 }

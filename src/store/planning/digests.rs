@@ -4,8 +4,10 @@
 use sqlx::AssertSqlSafe;
 
 use super::Tx;
-use crate::domain::{Cadence, DeliveryKind, EditionId, RegionSlug, Timestamp, Transition};
-use crate::store::{Backend, PlanSummary, Result, Store, states};
+use crate::domain::{
+    Cadence, DeliveryKind, EditionId, Email, RegionSlug, SubscriberId, Timestamp, Transition,
+};
+use crate::store::{Backend, PlanSummary, Result, Store, decode, states};
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
 const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
@@ -337,22 +339,26 @@ impl Store {
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         edition_id: EditionId,
         dry_run: bool,
-    ) -> Result<Vec<(String, i64)>> {
+    ) -> Result<Vec<(Email, i64)>> {
         if !dry_run {
             tx.commit().await?;
             return Ok(Vec::new());
         }
-        let recipients = sqlx::query_as(
-            "SELECT s.email, COUNT(*) FROM deliveries d
+        let rows: Vec<(SubscriberId, String, i64)> = sqlx::query_as(
+            "SELECT s.id, s.email, COUNT(*) FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id
              JOIN content_articles ca ON ca.content_id = d.content_id
-             WHERE d.edition_id = $1 GROUP BY s.email ORDER BY s.email",
+             WHERE d.edition_id = $1 GROUP BY s.id, s.email ORDER BY s.email",
         )
         .bind(edition_id)
         .fetch_all(&mut *tx)
         .await?;
         tx.rollback().await?;
-        Ok(recipients)
+        rows.into_iter()
+            .map(|(id, email, articles)| {
+                Ok((decode("subscribers", id, "email", &email)?, articles))
+            })
+            .collect()
     }
 
     /// Begins a planning transaction: a write transaction that no other planner runs

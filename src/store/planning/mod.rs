@@ -16,10 +16,13 @@ mod tests;
 
 use sqlx::AssertSqlSafe;
 
-use super::{Result, Store, states};
+use super::{Result, Store, StoreError, states};
 use std::time::Duration;
 
-use crate::domain::{ArticleId, Cadence, DeliveryKind, EditionId, Timestamp, Transition};
+use crate::domain::{
+    ArticleId, Cadence, DeliveryKind, EditionId, Email, SubscriberId, Timestamp, Timezone,
+    Transition,
+};
 use digests::DigestBatch;
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -43,8 +46,8 @@ pub struct SlotPlan<'a> {
     pub slot_key: &'a str,
     /// Daily or weekly.
     pub cadence: Cadence,
-    /// IANA zone of the readers this slot is for.
-    pub zone: &'a str,
+    /// The zone of the readers this slot is for.
+    pub zone: Timezone,
     /// The slot's instant.
     pub slot_at: Timestamp,
     /// A reader's first digest reaches back this far.
@@ -57,11 +60,11 @@ pub struct SlotPlan<'a> {
 
 /// One breaking article's alerts for the readers of one zone.
 #[derive(Debug, Clone)]
-pub struct AlertPlan<'a> {
+pub struct AlertPlan {
     /// The article.
     pub article_id: ArticleId,
-    /// IANA zone of the readers.
-    pub zone: &'a str,
+    /// The zone of the readers.
+    pub zone: Timezone,
     /// When the alert may go out (end of quiet hours, or now).
     pub release_at: Timestamp,
     /// When it stops being worth sending.
@@ -83,7 +86,7 @@ pub struct PlanSummary {
     /// Rows written to store those emails' contents: one per article per content group.
     pub content_rows: u64,
     /// On a dry run: each recipient with the number of articles they would get.
-    pub recipients: Vec<(String, i64)>,
+    pub recipients: Vec<(Email, i64)>,
 }
 
 /// A breaking article waiting for alerts.
@@ -120,7 +123,7 @@ impl Store {
     }
 
     /// Zones that have confirmed readers at `cadence`.
-    pub async fn cadence_zones(&self, cadence: Cadence) -> Result<Vec<String>> {
+    pub async fn cadence_zones(&self, cadence: Cadence) -> Result<Vec<Timezone>> {
         let rows: Vec<(String,)> = sqlx::query_as(
             "SELECT DISTINCT s.timezone FROM subscribers s
              WHERE s.state = 'confirmed' AND EXISTS (
@@ -130,7 +133,29 @@ impl Store {
         .bind(cadence.as_str())
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(z,)| z).collect())
+        self.decode_zones(rows).await
+    }
+
+    /// Zone names read with `DISTINCT`, decoded; one that does not decode is an error
+    /// naming a reader who has it (looked up only then, so planning reads no more).
+    async fn decode_zones(&self, names: Vec<(String,)>) -> Result<Vec<Timezone>> {
+        let mut zones = Vec::with_capacity(names.len());
+        for (name,) in names {
+            match name.parse() {
+                Ok(zone) => zones.push(zone),
+                Err(reason) => {
+                    let (row,): (Option<SubscriberId>,) =
+                        sqlx::query_as("SELECT MIN(id) FROM subscribers WHERE timezone = $1")
+                            .bind(&name)
+                            .fetch_one(&self.pool)
+                            .await?;
+                    let row =
+                        row.map_or_else(|| format!("with zone {name:?}"), |id| id.to_string());
+                    return Err(StoreError::corrupt("subscribers", row, "timezone", reason));
+                }
+            }
+        }
+        Ok(zones)
     }
 
     /// Whether a slot was already planned (or skipped).
@@ -178,7 +203,7 @@ impl Store {
         .bind(plan.cadence.as_str())
         .bind(plan.now)
         .bind(plan.slot_at)
-        .bind(plan.zone)
+        .bind(plan.zone.name())
         .fetch_optional(&mut *tx)
         .await?;
         let Some((edition_id,)) = created else {
@@ -210,7 +235,7 @@ impl Store {
         )
         .bind(plan.cadence.as_str())
         .bind(plan.slot_at - plan.period)
-        .bind(plan.zone)
+        .bind(plan.zone.name())
         .execute(&mut *tx)
         .await?;
         let summary = self
@@ -249,7 +274,7 @@ impl Store {
     }
 
     /// Zones of confirmed alert readers in any region of the article who have not had it.
-    pub async fn alert_zones(&self, article_id: ArticleId) -> Result<Vec<String>> {
+    pub async fn alert_zones(&self, article_id: ArticleId) -> Result<Vec<Timezone>> {
         let rows: Vec<(String,)> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT DISTINCT s.timezone FROM subscribers s
              JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.cadence = 'alert'
@@ -261,14 +286,14 @@ impl Store {
         .bind(article_id)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.into_iter().map(|(z,)| z).collect())
+        self.decode_zones(rows).await
     }
 
     /// Queues one article's alert for the confirmed alert readers of one zone who follow
     /// one of its regions and have not had it (as an alert or in a digest). The alert's
     /// content is stored once per region it is shown under (the first of the reader's
     /// alert regions that carries it), shared by the article's alerts in every zone.
-    pub async fn plan_alert(&self, plan: &AlertPlan<'_>) -> Result<PlanSummary> {
+    pub async fn plan_alert(&self, plan: &AlertPlan) -> Result<PlanSummary> {
         let mut tx = self.begin_plan().await?;
         let slot_key = format!("alert:{}", plan.article_id);
         sqlx::query(
@@ -301,7 +326,7 @@ impl Store {
         )))
         .bind(edition_id)
         .bind(plan.article_id)
-        .bind(plan.zone)
+        .bind(plan.zone.name())
         .execute(&mut *tx)
         .await?;
         sqlx::query(
@@ -328,7 +353,7 @@ impl Store {
         )))
         .bind(edition_id)
         .bind(plan.article_id)
-        .bind(plan.zone)
+        .bind(plan.zone.name())
         .bind(DeliveryKind::Alert.priority())
         .bind(plan.release_at)
         .bind(plan.expires_at)

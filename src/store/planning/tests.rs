@@ -66,7 +66,7 @@ async fn plan_slot(store: &Store, cadence: Cadence, slot_at: i64, now: i64) -> P
             &SlotPlan {
                 slot_key: &key,
                 cadence,
-                zone: "UTC",
+                zone: Timezone::UTC,
                 slot_at: at(slot_at),
                 period: cadence.period(),
                 now: at(now),
@@ -151,7 +151,7 @@ async fn an_article_sent_in_a_digest_is_not_sent_again_as_an_alert() {
         let alert = store
             .plan_alert(&AlertPlan {
                 article_id: article,
-                zone: "UTC",
+                zone: Timezone::UTC,
                 release_at: at(MONDAY + 700),
                 expires_at: at(MONDAY + DAY),
                 now: at(MONDAY + 700),

@@ -7,7 +7,8 @@ mod tests;
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::{RateLimit, Result, Store, StoreError, SuppressionKey};
+use super::subscribers::subscription;
+use super::{RateLimit, Result, Store, StoreError, SuppressionKey, decode};
 
 use crate::domain::{
     Cadence, DeliveryKind, EditionId, Email, RegionSlug, SignupId, SubscriberId, SubscriberState,
@@ -91,11 +92,11 @@ pub enum ConfirmOutcome {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReaderPreferences {
     /// Address.
-    pub email: String,
+    pub email: Email,
     /// State.
     pub state: SubscriberState,
-    /// Zone name.
-    pub timezone: String,
+    /// Zone.
+    pub timezone: Timezone,
     /// Regions followed, with cadences, sorted by region.
     pub regions: Vec<(RegionSlug, Cadence)>,
     /// When the row was made (a link issued before it was meant for someone else).
@@ -198,17 +199,24 @@ impl Store {
             .split(',')
             .filter(|r| !r.is_empty())
             .map(|entry| {
-                let (slug, cadence) = entry
-                    .split_once(':')
-                    .ok_or_else(|| format!("signup_requests.regions: {entry:?}"))?;
-                Ok((slug.parse()?, cadence.parse()?))
+                let (slug, cadence) = entry.split_once(':').ok_or_else(|| {
+                    StoreError::corrupt(
+                        "signup_requests",
+                        id,
+                        "regions",
+                        format!("{entry:?} is not slug:cadence"),
+                    )
+                })?;
+                Ok((
+                    decode("signup_requests", id, "regions", slug)?,
+                    decode("signup_requests", id, "regions", cadence)?,
+                ))
             })
-            .collect::<std::result::Result<Vec<_>, String>>()
-            .map_err(StoreError::Corrupt)?;
+            .collect::<Result<Vec<_>>>()?;
         let signup = WebSignup {
-            email: Email::parse(&email).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            email: decode("signup_requests", id, "email", &email)?,
             regions,
-            timezone: timezone.parse().map_err(StoreError::Corrupt)?,
+            timezone: decode("signup_requests", id, "timezone", &timezone)?,
             consent: Consent {
                 ip,
                 user_agent,
@@ -330,18 +338,14 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         let regions = subs
-            .into_iter()
-            .map(|(slug, cadence)| {
-                Ok((
-                    slug.parse().map_err(StoreError::Corrupt)?,
-                    cadence.parse().map_err(StoreError::Corrupt)?,
-                ))
-            })
+            .iter()
+            .map(|(slug, cadence)| subscription(subscriber_id, slug, cadence))
             .collect::<Result<Vec<_>>>()?;
+        let row = subscriber_id;
         Ok(Some(ReaderPreferences {
-            email,
-            state: state.parse().map_err(StoreError::Corrupt)?,
-            timezone,
+            email: decode("subscribers", row, "email", &email)?,
+            state: decode("subscribers", row, "state", &state)?,
+            timezone: decode("subscribers", row, "timezone", &timezone)?,
             regions,
             created_at,
         }))
@@ -427,7 +431,7 @@ async fn record_signup(
             .fetch_optional(&mut **tx)
             .await?;
     let (id, state) = match existing {
-        Some((id, state)) => (id, state.parse().map_err(StoreError::Corrupt)?),
+        Some((id, state)) => (id, decode("subscribers", id, "state", &state)?),
         None => {
             let (id,): (SubscriberId,) = sqlx::query_as(
                 "INSERT INTO subscribers (email, state, timezone, created_at, updated_at)

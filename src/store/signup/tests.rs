@@ -2,8 +2,8 @@
 
 use super::*;
 use crate::domain::DeliveryState;
-use crate::store::NewSubscriber;
 use crate::store::testing::{at, lease, stores};
+use crate::store::{NewSubscriber, Recipient};
 
 const DAY: i64 = 86_400;
 
@@ -208,7 +208,7 @@ async fn queued_sign_ups_are_counted_at_once_and_done_once() {
         let reader = &store.list_subscribers().await.unwrap()[0];
         assert_eq!(reader.state, SubscriberState::Pending);
         assert_eq!(reader.created_at, at(100));
-        assert_eq!(reader.regions, [("town".to_string(), Cadence::Weekly)]);
+        assert_eq!(reader.regions, [("town".parse().unwrap(), Cadence::Weekly)]);
         let consent = store.consent_records().await.unwrap()[&reader.id].clone();
         assert_eq!(consent.given_at, at(100));
         assert_eq!(consent.user_agent, "TestBrowser/1.0");
@@ -267,7 +267,10 @@ async fn sign_up_emails_reach_pending_readers_with_their_regions() {
         assert_eq!(claimed.len(), 1, "{backend:?}");
         let row = &claimed[0];
         assert_eq!(row.kind, DeliveryKind::Confirmation);
-        assert_eq!(row.subscriber_state, Some(SubscriberState::Pending));
+        let Recipient::Reader { state, .. } = &row.recipient else {
+            panic!("{backend:?}: the reader is on file");
+        };
+        assert_eq!(*state, SubscriberState::Pending);
         assert_eq!(row.message_id.len(), 32);
         let names: Vec<(&str, Cadence)> = row
             .regions
