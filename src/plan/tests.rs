@@ -1,5 +1,7 @@
 //! Planner tests with an injected clock: no sleeping, every instant given explicitly.
-//! They run on SQLite, and on PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set.
+//! They run on SQLite, and on PostgreSQL when `HERALD_TEST_POSTGRES_URL` is set. One
+//! file over 700 lines because every case shares the one schedule configuration and
+//! the reader, article and delivery helpers above, and each reads as one scenario.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
