@@ -72,7 +72,7 @@ fn an_http_public_url_gets_no_one_click_header() {
     for _ in 0..3 {
         let message = String::from_utf8(composer.digest(&req).unwrap().bytes).unwrap();
         assert!(
-            message.contains("List-Unsubscribe: <http://news.example.org/unsubscribe?token=9."),
+            message.contains("List-Unsubscribe: <http://news.example.org/unsubscribe?token="),
             "{message}"
         );
         assert!(!message.contains("List-Unsubscribe-Post"), "{message}");
