@@ -5,8 +5,12 @@
 //! delivery engine's statements (`outbox`) and its own connection (`engine_connection`),
 //! planning (`planning`, manual sends included), the read side (`status`), and the
 //! writes of ingest (`articles`), sign-up (`signup`, `rate_limits`), readers
-//! (`subscribers`, `suppressions`) and the admin API (`api_tokens`). Times are integer
-//! Unix seconds.
+//! (`subscribers`, `suppressions`) and the admin API (`api_tokens`).
+//!
+//! Times are stored as integer Unix seconds and ids as integers (`sql_types` maps the
+//! domain's types onto them). Rows are decoded into domain types here, once: a value
+//! that does not decode is a [`StoreError::Corrupt`] naming its row. Statements that
+//! change a delivery's state take their states from the transition table (`states`).
 
 mod api_tokens;
 mod articles;
