@@ -1,7 +1,7 @@
 //! Benchmark: plan one daily slot for many confirmed readers.
 //!
 //! ```sh
-//! cargo build --release --example plan_bench
+//! cargo build --release --features bench-seed --example plan_bench
 //! target/release/examples/plan_bench seed sqlite:///tmp/plan-bench.db 1000000
 //! /usr/bin/time -v target/release/examples/plan_bench plan sqlite:///tmp/plan-bench.db
 //! ```
@@ -19,8 +19,8 @@
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
-use herald::domain::{Cadence, RegionSlug};
-use herald::store::{FeedItem, SlotPlan, Store, SuppressionKey};
+use herald::domain::{Cadence, FeedItem, RegionSlug, Timestamp};
+use herald::store::{SlotPlan, Store, SuppressionKey};
 
 const ZONES: [&str; 10] = [
     "America/Los_Angeles",
@@ -71,6 +71,7 @@ async fn main() -> anyhow::Result<()> {
     let day = "2026-11-28";
     // Articles arrive the evening before: inside every zone's first-digest window.
     let articles_at = slot_for("Pacific/Auckland", day).timestamp() - 3 * 3600;
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
     match mode {
         "seed" => {
             let readers: u64 = args
@@ -97,7 +98,7 @@ async fn main() -> anyhow::Result<()> {
                     })
                     .collect();
                 store
-                    .record_feed_items(feed, &slug, &items, articles_at)
+                    .record_feed_items(feed, &slug, &items, Timestamp::from_unix(articles_at))
                     .await?;
             }
             store
@@ -107,7 +108,7 @@ async fn main() -> anyhow::Result<()> {
                     &ZONES,
                     &regions,
                     "daily",
-                    articles_at - 86_400,
+                    Timestamp::from_unix(articles_at) - DAY,
                 )
                 .await?;
             store.refresh_statistics().await?;
@@ -123,18 +124,18 @@ async fn main() -> anyhow::Result<()> {
             let mut content_rows = 0;
             for zone in ZONES {
                 let slot = slot_for(zone, day);
-                let now = slot.timestamp() + 30;
+                let now = Timestamp::from_unix(slot.timestamp() + 30);
                 let key = format!("daily:{zone}:{}", slot.timestamp());
                 let summary = store
                     .plan_slot_digest(
                         &SlotPlan {
                             slot_key: &key,
                             cadence: Cadence::Daily,
-                            zone,
-                            slot_at: slot.timestamp(),
-                            period: 86_400,
+                            zone: zone.parse().map_err(anyhow::Error::msg)?,
+                            slot_at: slot.into(),
+                            period: DAY,
                             now,
-                            expires_at: now + 86_400,
+                            expires_at: now + DAY,
                         },
                         false,
                     )

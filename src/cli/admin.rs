@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use super::format_time;
 use crate::api_token;
-use crate::clock::now;
 use crate::config::Config;
+use crate::domain::Timestamp;
 
 /// Subcommands of `herald admin`.
 #[derive(Debug, clap::Subcommand)]
@@ -41,7 +41,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> 
             let name = api_token::check_name(&name)?;
             let token = api_token::generate()?;
             if store
-                .create_api_token(name, &api_token::hash(&token), now())
+                .create_api_token(name, &api_token::hash(&token), Timestamp::now())
                 .await?
             {
                 // The token alone on stdout, so `TOKEN=$(herald admin token create cms)` works.

@@ -2,9 +2,8 @@
 
 use std::process::ExitCode;
 
-use crate::clock::now;
 use crate::config::Config;
-use crate::domain::DeliveryKind;
+use crate::domain::{DeliveryKind, Timestamp};
 
 /// Subcommands of `herald deliveries`.
 #[derive(Debug, clap::Subcommand)]
@@ -24,12 +23,8 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> 
         anyhow::bail!("say which rows to retry: `herald deliveries retry --failed`");
     }
     let store = super::open_store(config).await?;
-    let t = now();
-    let expiry = config
-        .deliver
-        .expiry
-        .of(DeliveryKind::Digest, None)
-        .as_secs() as i64;
+    let t = Timestamp::now();
+    let expiry = config.deliver.expiry.of(DeliveryKind::Digest, None);
     let n = store.retry_failed(t, t + expiry).await?;
     println!(
         "requeued {n} failed or expired deliveries; `herald deliver --until-empty` sends them"

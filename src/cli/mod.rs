@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 
 use crate::compose::Composer;
 use crate::config::{Config, Secret};
+use crate::domain::Timestamp;
 use crate::plan::PlanConfig;
 use crate::store::{Store, SuppressionKey};
 use crate::tokens::Signer;
@@ -206,9 +207,8 @@ pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
     Ok(Arc::new(composer))
 }
 
-/// Formats Unix seconds as a UTC timestamp for tables.
-pub fn format_time(t: Option<i64>) -> String {
-    t.and_then(|t| chrono::DateTime::from_timestamp(t, 0))
-        .map(|t| t.format("%Y-%m-%d %H:%M:%SZ").to_string())
+/// Formats an instant in UTC for tables; `never` for none.
+pub fn format_time(t: Option<Timestamp>) -> String {
+    t.map(|t| t.to_utc().format("%Y-%m-%d %H:%M:%SZ").to_string())
         .unwrap_or_else(|| "never".into())
 }

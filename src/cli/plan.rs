@@ -32,10 +32,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let at = args.at.unwrap_or_else(crate::clock::now_utc);
     let report = plan_due(&super::plan_config(config), &store, at, args.dry_run).await?;
     for (cadence, zone, slot, summary) in &report.slots {
-        let tz: chrono_tz::Tz = zone.parse().unwrap_or(chrono_tz::UTC);
         println!(
             "{cadence:<7} {zone:<22} {}  {} digest(s), {} article(s)",
-            slot.with_timezone(&tz).format("%Y-%m-%d %H:%M %Z"),
+            slot.with_timezone(&zone.tz()).format("%Y-%m-%d %H:%M %Z"),
             summary.deliveries,
             summary.articles
         );

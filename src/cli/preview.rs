@@ -2,11 +2,10 @@
 
 use std::process::ExitCode;
 
-use crate::clock::now;
 use crate::compose::DigestRequest;
 use crate::config::Config;
-use crate::domain::{Cadence, Email, RegionSlug};
-use crate::store::{DeliveryArticle, Store, StoreError};
+use crate::domain::{Cadence, DeliveryArticle, Email, RegionSlug, SubscriberId, Timestamp};
+use crate::store::{Store, StoreError};
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -40,19 +39,21 @@ pub async fn region_articles(
     region: &RegionSlug,
     region_name: &str,
     cadence: Cadence,
-    now: i64,
+    now: Timestamp,
 ) -> Result<Vec<DeliveryArticle>, StoreError> {
     let mut rows = store
-        .recent_articles(region, now - cadence.period().num_seconds(), 50)
+        .recent_articles(region, now - cadence.period(), 50)
         .await?;
     if rows.is_empty() {
-        rows = store.recent_articles(region, 0, 20).await?;
+        rows = store
+            .recent_articles(region, Timestamp::from_unix(0), 20)
+            .await?;
     }
     Ok(rows
         .into_iter()
         .map(|a| DeliveryArticle {
             article_id: a.id,
-            region_slug: region.to_string(),
+            region_slug: region.clone(),
             region_name: region_name.to_string(),
             title: a.title,
             link: a.link,
@@ -70,7 +71,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .known(&args.region)
         .map_err(anyhow::Error::msg)?;
     let store = super::open_store(config).await?;
-    let t = now();
+    let t = Timestamp::now();
     let articles = region_articles(&store, &region.slug, &region.name, args.cadence, t).await?;
     store.close().await;
     if articles.is_empty() {
@@ -82,9 +83,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let composer = super::composer(config)?;
     let email = Email::parse("preview@example.invalid").expect("valid preview address");
     let request = DigestRequest {
-        subscriber_id: 0,
+        subscriber_id: SubscriberId::new(0),
         email: &email,
-        timezone: region.timezone.tz(),
+        timezone: region.timezone,
         cadence: Some(args.cadence),
         message_id: "00000000000000000000000000000000",
         articles: &articles,

@@ -6,14 +6,12 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 
-use crate::clock::now;
 use crate::compose::DigestRequest;
 use crate::config::Config;
 use crate::deliver::{Deliverer, SendResult, Transport};
-use crate::domain::{Cadence, Email};
+use crate::domain::{Cadence, DeliveryArticle, Email, SubscriberId, Timestamp, Timezone};
 use crate::plan::manual_digest;
 use crate::shutdown::Shutdown;
-use crate::store::DeliveryArticle;
 
 /// Options for `herald send`.
 #[derive(Debug, clap::Args)]
@@ -57,7 +55,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
 
     // A broken template must stop the send before anything is queued.
     let composer = super::composer(config)?;
-    let t = now();
+    let t = Timestamp::now();
     if args.dry_run || !args.yes {
         let plan = manual_digest(
             &config.deliver.expiry,
@@ -109,7 +107,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         &store,
         &region.slug,
         args.cadence,
-        now(),
+        Timestamp::now(),
         false,
     )
     .await?;
@@ -167,7 +165,7 @@ async fn test_send(
     cadence: Cadence,
     email: &Email,
 ) -> anyhow::Result<ExitCode> {
-    let t = now();
+    let t = Timestamp::now();
     let articles: Vec<DeliveryArticle> =
         super::preview::region_articles(store, region, region_name, cadence, t).await?;
     if articles.is_empty() {
@@ -177,9 +175,9 @@ async fn test_send(
     let message_id = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
     let composed = composer
         .digest(&DigestRequest {
-            subscriber_id: 0,
+            subscriber_id: SubscriberId::new(0),
             email,
-            timezone: chrono_tz::UTC,
+            timezone: Timezone::UTC,
             cadence: Some(cadence),
             message_id: &message_id,
             articles: &articles,

@@ -3,8 +3,8 @@
 use std::process::ExitCode;
 
 use super::format_time;
-use crate::clock::now;
 use crate::config::Config;
+use crate::domain::Timestamp;
 
 /// Prints counts by state, the oldest waiting row, the last error, and each feed's last
 /// success, last error and next poll.
@@ -19,7 +19,7 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
         Some(t) => println!(
             "oldest waiting: {} ({}s ago)",
             format_time(Some(t)),
-            now() - t
+            Timestamp::now().seconds_since(t)
         ),
         None => println!("oldest waiting: none"),
     }

@@ -7,9 +7,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use super::format_time;
-use crate::clock::now;
 use crate::config::Config;
-use crate::domain::{Cadence, Email, RegionSlug, Timezone};
+use crate::domain::{Cadence, Email, RegionSlug, Timestamp, Timezone};
 use crate::store::{AddOutcome, NewSubscriber, Store};
 
 /// Subcommands of `herald subscribers`.
@@ -71,7 +70,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> 
                 confirmed,
             )
             .map_err(anyhow::Error::msg)?;
-            match store.add_subscriber(&new, now()).await? {
+            match store.add_subscriber(&new, Timestamp::now()).await? {
                 AddOutcome::Added => println!(
                     "added {} ({})",
                     new.email,
@@ -111,7 +110,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> 
         }
         Command::Remove { email } => {
             let email = Email::parse(&email)?;
-            if store.remove_subscriber(&email, now()).await? {
+            if store.remove_subscriber(&email, Timestamp::now()).await? {
                 println!("removed {email}; their data is erased and the address is suppressed");
                 ExitCode::SUCCESS
             } else {
@@ -245,11 +244,11 @@ async fn import(
         }
         // Commit in chunks: one forced flush per thousand readers, not per reader.
         if pending.len() >= 1_000 {
-            tally(store.add_subscribers(&pending, now()).await?);
+            tally(store.add_subscribers(&pending, Timestamp::now()).await?);
             pending.clear();
         }
     }
-    tally(store.add_subscribers(&pending, now()).await?);
+    tally(store.add_subscribers(&pending, Timestamp::now()).await?);
     println!(
         "imported: {added} added, {updated} updated, {unchanged} unchanged, {rejected} rejected"
     );
@@ -301,7 +300,7 @@ async fn export(store: &Store) -> anyhow::Result<()> {
     ])?;
     // Readers an admin added have no consent record: those columns stay empty.
     let consents = store.consent_records().await?;
-    let time = |t: Option<i64>| t.map(|t| format_time(Some(t))).unwrap_or_default();
+    let time = |t: Option<Timestamp>| t.map(|t| format_time(Some(t))).unwrap_or_default();
     for row in store.list_subscribers().await? {
         let consent = consents.get(&row.id);
         let cadence = row
@@ -314,7 +313,7 @@ async fn export(store: &Store) -> anyhow::Result<()> {
             .iter()
             .map(|(r, c)| {
                 if *c == cadence {
-                    r.clone()
+                    r.to_string()
                 } else {
                     format!("{r}:{c}")
                 }
@@ -324,7 +323,7 @@ async fn export(store: &Store) -> anyhow::Result<()> {
             row.email.as_str(),
             &regions.join(";"),
             cadence.as_str(),
-            &row.timezone,
+            row.timezone.name(),
             row.state.as_str(),
             &format_time(Some(row.created_at)),
             &time(row.confirmed_at),

@@ -19,8 +19,9 @@ use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
 use crate::config::{DkimSettings, MailConfig};
-use crate::domain::{Cadence, DeliveryKind, Email};
-use crate::store::DeliveryArticle;
+use crate::domain::{
+    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, SubscriberId, Timestamp, Timezone,
+};
 use crate::tokens::{Purpose, Signer};
 
 pub use headers::{ListId, ListUnsubscribe, ListUnsubscribePost, Subject};
@@ -148,19 +149,19 @@ pub struct ArticleView {
 #[derive(Debug, Clone)]
 pub struct DigestRequest<'a> {
     /// The reader's id (for signed links).
-    pub subscriber_id: i64,
+    pub subscriber_id: SubscriberId,
     /// The reader's address.
     pub email: &'a Email,
     /// The reader's zone, for dates.
-    pub timezone: chrono_tz::Tz,
+    pub timezone: Timezone,
     /// The digest's cadence, if scheduled; `None` for manual sends.
     pub cadence: Option<Cadence>,
     /// Stored Message-ID (32 hex digits), reused on every retry.
     pub message_id: &'a str,
     /// The articles, ordered by region.
     pub articles: &'a [DeliveryArticle],
-    /// Now, in Unix seconds (for the date line and link expiry).
-    pub now: i64,
+    /// Now (for the date line and link expiry).
+    pub now: Timestamp,
 }
 
 /// Renders and builds emails. Cheap to share between workers.
@@ -179,8 +180,8 @@ pub struct Composer {
 }
 
 impl Composer {
-    /// Loads the templates under `dir` and checks each renders with sample data. Emails
-    /// come from `mail`'s sender, their links start with `public_url` (and a
+    /// Loads the templates under `dir` and checks each renders with sample data.
+    /// Emails come from `mail`'s sender, their links start with `public_url` (and a
     /// confirmation link works for `confirm_link_lifetime`), and `dkim` signs them.
     pub fn new(
         mail: &MailConfig,
@@ -224,65 +225,76 @@ impl Composer {
     fn self_test(&self) -> Result<(), ComposeError> {
         let email = Email::parse("sample.reader@example.org").expect("valid sample address");
         let articles = vec![DeliveryArticle {
-            article_id: 1,
-            region_slug: "sample".into(),
+            article_id: ArticleId::new(1),
+            region_slug: "sample".parse().expect("a valid sample slug"),
             region_name: "Sample Town".into(),
             title: "Sample <story> & \"quotes\"".into(),
             link: "https://example.org/story".into(),
             summary: "A sample summary.".into(),
             category: "Community".into(),
-            published_at: Some(0),
+            published_at: Some(Timestamp::from_unix(0)),
         }];
         self.digest(&DigestRequest {
-            subscriber_id: 1,
+            subscriber_id: SubscriberId::new(1),
             email: &email,
-            timezone: chrono_tz::UTC,
+            timezone: Timezone::UTC,
             cadence: Some(Cadence::Daily),
             message_id: "00000000000000000000000000000000",
             articles: &articles,
-            now: 0,
+            now: Timestamp::from_unix(0),
         })?;
-        let regions = [crate::store::ReaderRegion {
-            slug: "sample".into(),
+        let regions = [crate::domain::ReaderRegion {
+            slug: "sample".parse().expect("a valid sample slug"),
             name: "Sample <Town>".into(),
             cadence: Cadence::Daily,
         }];
         for kind in [DeliveryKind::Confirmation, DeliveryKind::Welcome] {
             self.signup_email(&SignupRequest {
                 kind,
-                subscriber_id: 1,
+                subscriber_id: SubscriberId::new(1),
                 email: &email,
                 regions: &regions,
-                timezone: "UTC",
+                timezone: Timezone::UTC,
                 message_id: "00000000000000000000000000000000",
-                now: 0,
+                now: Timestamp::from_unix(0),
             })?;
         }
         Ok(())
     }
 
     /// The one-click unsubscribe link for a reader.
-    pub fn unsubscribe_url(&self, subscriber_id: i64, now: i64) -> String {
+    pub fn unsubscribe_url(&self, subscriber_id: SubscriberId, now: Timestamp) -> String {
         self.link("unsubscribe", Purpose::Unsubscribe, subscriber_id, now)
     }
 
     /// The preferences link for a reader.
-    pub fn preferences_url(&self, subscriber_id: i64, now: i64) -> String {
+    pub fn preferences_url(&self, subscriber_id: SubscriberId, now: Timestamp) -> String {
         self.link("preferences", Purpose::Preferences, subscriber_id, now)
     }
 
-    fn link(&self, path: &str, purpose: Purpose, subscriber_id: i64, now: i64) -> String {
-        self.link_until(path, purpose, subscriber_id, now + LINK_LIFETIME_SECS)
+    fn link(
+        &self,
+        path: &str,
+        purpose: Purpose,
+        subscriber_id: SubscriberId,
+        now: Timestamp,
+    ) -> String {
+        self.link_until(
+            path,
+            purpose,
+            subscriber_id,
+            now.unix() + LINK_LIFETIME_SECS,
+        )
     }
 
     fn link_until(
         &self,
         path: &str,
         purpose: Purpose,
-        subscriber_id: i64,
+        subscriber_id: SubscriberId,
         expires_at: i64,
     ) -> String {
-        let token = self.signer.sign(purpose, subscriber_id, expires_at);
+        let token = self.signer.sign(purpose, subscriber_id.get(), expires_at);
         let mut url = self.public_url.clone();
         let base = url.path().trim_end_matches('/').to_string();
         url.set_path(&format!("{base}/{path}"));
@@ -297,7 +309,7 @@ impl Composer {
             if groups.last().map(|g| g.region.slug.as_str()) != Some(article.region_slug.as_str()) {
                 groups.push(RegionGroup {
                     region: RegionRef {
-                        slug: article.region_slug.clone(),
+                        slug: article.region_slug.to_string(),
                         name: article.region_name.clone(),
                     },
                     articles: Vec::new(),
@@ -305,7 +317,7 @@ impl Composer {
             }
             let published = article
                 .published_at
-                .and_then(|t| req.timezone.timestamp_opt(t, 0).single())
+                .and_then(|t| req.timezone.tz().timestamp_opt(t.unix(), 0).single())
                 .map(|t| t.format("%-d %b %Y, %H:%M").to_string())
                 .unwrap_or_default();
             groups
@@ -359,7 +371,8 @@ impl Composer {
     /// The date line: the day of `now` in the reader's zone.
     fn edition_label(&self, req: &DigestRequest<'_>) -> String {
         req.timezone
-            .timestamp_opt(req.now, 0)
+            .tz()
+            .timestamp_opt(req.now.unix(), 0)
             .single()
             .map(|t| t.format("%A, %-d %B %Y").to_string())
             .unwrap_or_default()
@@ -572,305 +585,4 @@ pub(crate) fn template_error(name: &str, error: &minijinja::Error) -> ComposeErr
 }
 
 #[cfg(test)]
-pub(super) mod tests {
-    use super::*;
-    use crate::config::Config;
-
-    /// The composer `config` asks for, with the templates under `dir`.
-    pub(in crate::compose) fn composer_for(
-        config: &Config,
-        dir: &Path,
-    ) -> Result<Composer, ComposeError> {
-        Composer::new(
-            &config.mail,
-            &config.http.public_url,
-            config.signup.confirm_link_lifetime,
-            config.dkim.as_ref(),
-            dir,
-            Signer::new(b"k"),
-        )
-    }
-
-    fn config() -> Config {
-        Config::from_toml(
-            Path::new("config/herald.toml"),
-            r#"
-            [http]
-            public_url = "https://news.example.org"
-            [mail]
-            from = "Demo News <news@demo.example>"
-            postal_address = "1 Main St, Riverton"
-            [[regions]]
-            slug = "town"
-            name = "Town"
-            "#,
-            std::iter::empty(),
-        )
-        .unwrap()
-    }
-
-    fn templates_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates")
-    }
-
-    fn article(region: &str, title: &str) -> DeliveryArticle {
-        DeliveryArticle {
-            article_id: 1,
-            region_slug: region.into(),
-            region_name: region.to_uppercase(),
-            title: title.into(),
-            link: "https://news.example.org/a?x=1&y=2".into(),
-            summary: "Summary".into(),
-            category: "Schools".into(),
-            published_at: Some(1_795_248_000),
-        }
-    }
-
-    #[test]
-    fn an_http_public_url_gets_no_one_click_header() {
-        let config = Config::from_toml(
-            Path::new("config/herald.toml"),
-            r#"
-            [http]
-            public_url = "http://news.example.org"
-            [mail]
-            from = "Demo News <news@demo.example>"
-            postal_address = "1 Main St, Riverton"
-            [[regions]]
-            slug = "town"
-            name = "Town"
-            "#,
-            std::iter::empty(),
-        )
-        .unwrap();
-        let composer = composer_for(&config, &templates_dir()).unwrap();
-        assert!(!composer.one_click());
-        let email = Email::parse("reader@example.org").unwrap();
-        let articles = vec![article("town", "Story")];
-        let req = DigestRequest {
-            subscriber_id: 9,
-            email: &email,
-            timezone: chrono_tz::UTC,
-            cadence: Some(Cadence::Daily),
-            message_id: "0123456789abcdef0123456789abcdef",
-            articles: &articles,
-            now: 1_795_300_000,
-        };
-        // Three readers of one group: full render, then the group template, then a
-        // splice of it; none may carry the header.
-        for _ in 0..3 {
-            let message = String::from_utf8(composer.digest(&req).unwrap().bytes).unwrap();
-            assert!(
-                message.contains("List-Unsubscribe: <http://news.example.org/unsubscribe?token="),
-                "{message}"
-            );
-            assert!(!message.contains("List-Unsubscribe-Post"), "{message}");
-        }
-        let welcome = composer
-            .signup_email(&SignupRequest {
-                kind: DeliveryKind::Welcome,
-                subscriber_id: 9,
-                email: &email,
-                regions: &[],
-                timezone: "UTC",
-                message_id: "0123456789abcdef0123456789abcdef",
-                now: 1_795_300_000,
-            })
-            .unwrap();
-        let welcome = String::from_utf8(welcome.bytes).unwrap();
-        assert!(welcome.contains("List-Unsubscribe: <http://"), "{welcome}");
-        assert!(!welcome.contains("List-Unsubscribe-Post"), "{welcome}");
-    }
-
-    #[test]
-    fn digest_has_headers_parts_and_escaped_feed_text() {
-        let composer = composer_for(&config(), &templates_dir()).unwrap();
-        let email = Email::parse("reader@example.org").unwrap();
-        let articles = vec![
-            article("state", "<script>alert('x')</script> Budget"),
-            article("town", "Fair"),
-        ];
-        let composed = composer
-            .digest(&DigestRequest {
-                subscriber_id: 9,
-                email: &email,
-                timezone: chrono_tz::Europe::Berlin,
-                cadence: Some(Cadence::Daily),
-                message_id: "0123456789abcdef0123456789abcdef",
-                articles: &articles,
-                now: 1_795_248_000,
-            })
-            .unwrap();
-        let text = String::from_utf8(composed.bytes.clone()).unwrap();
-        assert!(
-            text.contains("Message-ID: <01234567-89ab-cdef-0123-456789abcdef@demo.example>"),
-            "{text}"
-        );
-        let unsubscribe = link_token(Purpose::Unsubscribe, 9);
-        assert!(text.contains(&format!(
-            "List-Unsubscribe: <https://news.example.org/unsubscribe?token={unsubscribe}>"
-        )));
-        assert!(text.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
-        assert!(text.contains("List-Id: "));
-        assert!(text.contains("multipart/alternative"));
-        let plain_at = text.find("Content-Type: text/plain").unwrap();
-        let html_at = text.find("Content-Type: text/html").unwrap();
-        assert!(plain_at < html_at, "text/plain must come first");
-        let request_again = DigestRequest {
-            subscriber_id: 9,
-            email: &email,
-            timezone: chrono_tz::Europe::Berlin,
-            cadence: Some(Cadence::Daily),
-            message_id: "0123456789abcdef0123456789abcdef",
-            articles: &articles,
-            now: 1_795_248_000,
-        };
-        let (plain, html) = composer
-            .render_digest(&composer.digest_context(&request_again))
-            .unwrap();
-        assert!(
-            !html.contains("<script>"),
-            "feed markup must not reach the HTML part"
-        );
-        assert!(
-            html.contains("&lt;script&gt;"),
-            "the title is shown, escaped"
-        );
-        assert!(
-            plain.contains("<script>alert"),
-            "text/plain carries the title as text"
-        );
-        assert!(html.contains("1 Main St") && plain.contains("1 Main St"));
-        assert!(html.contains("nsubscribe") && plain.contains("/unsubscribe?token="));
-        assert_eq!(composed.envelope.to()[0].to_string(), "reader@example.org");
-    }
-
-    /// The token of reader `id`'s links in the emails these tests compose (at 1_795_248_000).
-    fn link_token(purpose: Purpose, id: i64) -> String {
-        Signer::new(b"k").sign(purpose, id, 1_795_248_000 + LINK_LIFETIME_SECS)
-    }
-
-    fn signup_email(kind: DeliveryKind) -> (String, Parts) {
-        let composer = composer_for(&config(), &templates_dir()).unwrap();
-        let email = Email::parse("reader@example.org").unwrap();
-        let regions = [
-            crate::store::ReaderRegion {
-                slug: "town".into(),
-                name: "Town <&> Country".into(),
-                cadence: Cadence::Daily,
-            },
-            crate::store::ReaderRegion {
-                slug: "state".into(),
-                name: "State".into(),
-                cadence: Cadence::Alert,
-            },
-        ];
-        let req = SignupRequest {
-            kind,
-            subscriber_id: 12,
-            email: &email,
-            regions: &regions,
-            timezone: "Europe/Berlin",
-            message_id: "0123456789abcdef0123456789abcdef",
-            now: 1_795_248_000,
-        };
-        let composed = composer.signup_email(&req).unwrap();
-        let parts = composer
-            .render_signup(kind, &composer.signup_context(&req))
-            .unwrap();
-        (String::from_utf8(composed.bytes).unwrap(), parts)
-    }
-
-    type Parts = (String, String);
-
-    #[test]
-    fn confirmation_carries_a_signed_confirm_link_and_no_list_headers() {
-        let (message, (plain, html)) = signup_email(DeliveryKind::Confirmation);
-        assert!(
-            message.contains("Subject: Confirm your subscription to Demo News"),
-            "{message}"
-        );
-        assert!(!message.contains("List-Unsubscribe"), "not list mail yet");
-        let signer = Signer::new(b"k");
-        let token = plain
-            .split("https://news.example.org/confirm?token=")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-            .unwrap();
-        assert_eq!(
-            signer.verify(Purpose::Confirm, token, 1_795_248_000 + 6 * 86_400),
-            Ok(12)
-        );
-        assert!(
-            signer
-                .verify(Purpose::Confirm, token, 1_795_248_000 + 8 * 86_400)
-                .is_err(),
-            "the confirmation link lasts signup.confirm_link_lifetime (7 days)"
-        );
-        assert!(
-            plain.contains("- Town <&> Country: Daily digest"),
-            "{plain}"
-        );
-        assert!(plain.contains("- State: Breaking news alerts"));
-        assert!(
-            html.contains("Town &lt;&amp;&gt; Country"),
-            "region names are escaped"
-        );
-        assert!(html.contains(&format!("/confirm?token={token}")));
-        for part in [&plain, &html] {
-            assert!(part.contains("1 Main St"));
-            assert!(part.contains("ignore this email"));
-        }
-    }
-
-    #[test]
-    fn welcome_is_list_mail_with_preferences_and_unsubscribe_links() {
-        let (message, (plain, html)) = signup_email(DeliveryKind::Welcome);
-        assert!(message.contains("Subject: You are subscribed to Demo News"));
-        let unsubscribe = link_token(Purpose::Unsubscribe, 12);
-        assert!(message.contains(&format!(
-            "List-Unsubscribe: <https://news.example.org/unsubscribe?token={unsubscribe}>"
-        )));
-        assert!(message.contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click"));
-        for part in [&plain, &html] {
-            let preferences = link_token(Purpose::Preferences, 12);
-            assert!(
-                part.contains(&format!("/preferences?token={preferences}")),
-                "{part}"
-            );
-            assert!(part.contains(&format!("/unsubscribe?token={unsubscribe}")));
-            assert!(part.contains("Europe/Berlin"));
-            assert!(part.contains("1 Main St"));
-        }
-    }
-
-    #[test]
-    fn a_broken_template_is_an_error_at_load() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::create_dir_all(dir.path().join("email")).unwrap();
-        for name in TEMPLATES {
-            std::fs::copy(templates_dir().join(name), dir.path().join(name)).unwrap();
-        }
-        std::fs::write(dir.path().join("email/digest.txt.j2"), "ok {{ site_name }}").unwrap();
-        std::fs::write(
-            dir.path().join("email/digest.html.j2"),
-            "{% for a in groups %}unclosed",
-        )
-        .unwrap();
-        let err = composer_for(&config(), dir.path())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("email/digest.html.j2"), "{err}");
-        std::fs::write(
-            dir.path().join("email/digest.html.j2"),
-            "{{ no_such_variable }}",
-        )
-        .unwrap();
-        let err = composer_for(&config(), dir.path())
-            .err()
-            .unwrap()
-            .to_string();
-        assert!(err.contains("undefined"), "{err}");
-    }
-}
+pub(super) mod tests;

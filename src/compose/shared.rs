@@ -20,8 +20,7 @@ use lettre::{Address, Message};
 
 use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
 use super::{ListUnsubscribe, ListUnsubscribePost, Subject};
-use crate::domain::Cadence;
-use crate::store::DeliveryArticle;
+use crate::domain::{ArticleId, Cadence, DeliveryArticle, Timestamp, Timezone};
 
 /// A group's email is rebuilt after this long, so its `Date:` stays near the send time.
 const TEMPLATE_LIFETIME_SECS: i64 = 60;
@@ -74,7 +73,7 @@ struct GroupTemplate {
     /// The articles it was rendered from, compared in full on every use: an article
     /// edited since gets a new template.
     articles: Vec<DeliveryArticle>,
-    built_at: i64,
+    built_at: Timestamp,
     subject: String,
     pieces: Vec<Piece>,
 }
@@ -82,8 +81,8 @@ struct GroupTemplate {
 /// Which readers share one email body.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
-    articles: Vec<i64>,
-    zone: chrono_tz::Tz,
+    articles: Vec<ArticleId>,
+    zone: Timezone,
     cadence: Option<Cadence>,
     edition_label: String,
 }
@@ -101,7 +100,7 @@ enum Entry {
 /// The group templates of one composer.
 pub(super) struct SharedDigests {
     markers: HashMap<Field, String>,
-    groups: Mutex<HashMap<GroupKey, (i64, Entry)>>,
+    groups: Mutex<HashMap<GroupKey, (Timestamp, Entry)>>,
 }
 
 impl SharedDigests {
@@ -161,7 +160,9 @@ impl Composer {
                 Some((_, Entry::Seen | Entry::Ready(_))) => None,
                 None => {
                     if groups.len() >= MAX_TEMPLATES {
-                        groups.retain(|_, (at, _)| req.now - *at < TEMPLATE_LIFETIME_SECS);
+                        groups.retain(|_, (at, _)| {
+                            req.now.seconds_since(*at) < TEMPLATE_LIFETIME_SECS
+                        });
                         if groups.len() >= MAX_TEMPLATES {
                             groups.clear();
                         }
@@ -417,7 +418,8 @@ enum Marked<'a> {
 /// Whether a template still fits a request: young enough for its `Date:`, and built
 /// from the same article text (an edit since gives the group a new template).
 fn current(template: &GroupTemplate, req: &DigestRequest<'_>) -> bool {
-    req.now - template.built_at < TEMPLATE_LIFETIME_SECS && template.articles == req.articles
+    req.now.seconds_since(template.built_at) < TEMPLATE_LIFETIME_SECS
+        && template.articles == req.articles
 }
 
 /// Joins neighbouring byte pieces, so personalising is one copy per run of shared bytes.
@@ -477,7 +479,7 @@ mod tests {
     use super::*;
     use crate::compose::LINK_LIFETIME_SECS;
     use crate::config::Config;
-    use crate::domain::Email;
+    use crate::domain::{Email, SubscriberId};
     use crate::tokens::{Purpose, Signer};
 
     fn composer(templates: &Path) -> Composer {
@@ -506,14 +508,14 @@ mod tests {
     fn articles() -> Vec<DeliveryArticle> {
         (1..=6)
             .map(|i| DeliveryArticle {
-                article_id: i,
-                region_slug: "town".into(),
+                article_id: ArticleId::new(i),
+                region_slug: "town".parse().unwrap(),
                 region_name: "Town".into(),
                 title: format!("Story {i}: the council's “long” meeting & <vote>"),
                 link: format!("https://news.example.org/story/{i}?a=1&b=2"),
                 summary: "Résumé of a meeting that ran long. ".repeat(12),
                 category: "Civic".into(),
-                published_at: Some(1_795_248_000 - i * 3_600),
+                published_at: Some(Timestamp::from_unix(1_795_248_000 - i * 3_600)),
             })
             .collect()
     }
@@ -525,13 +527,13 @@ mod tests {
         articles: &'a [DeliveryArticle],
     ) -> DigestRequest<'a> {
         DigestRequest {
-            subscriber_id: id,
+            subscriber_id: SubscriberId::new(id),
             email,
-            timezone: chrono_tz::Asia::Kolkata,
+            timezone: "Asia/Kolkata".parse().unwrap(),
             cadence: Some(Cadence::Daily),
             message_id,
             articles,
-            now: 1_795_248_000,
+            now: Timestamp::from_unix(1_795_248_000),
         }
     }
 

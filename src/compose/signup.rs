@@ -7,8 +7,9 @@
 use serde::Serialize;
 
 use super::{ComposeError, Composed, Composer};
-use crate::domain::{Cadence, DeliveryKind, Email};
-use crate::store::ReaderRegion;
+use crate::domain::{
+    Cadence, DeliveryKind, Email, ReaderRegion, SubscriberId, Timestamp, Timezone,
+};
 use crate::tokens::Purpose;
 
 /// What the sign-up templates are given. Field names are the template interface;
@@ -56,17 +57,17 @@ pub struct SignupRequest<'a> {
     /// Confirmation or welcome.
     pub kind: DeliveryKind,
     /// The reader's id (for signed links).
-    pub subscriber_id: i64,
+    pub subscriber_id: SubscriberId,
     /// The reader's address.
     pub email: &'a Email,
     /// What the reader follows.
     pub regions: &'a [ReaderRegion],
-    /// The reader's zone name.
-    pub timezone: &'a str,
+    /// The reader's zone.
+    pub timezone: Timezone,
     /// Stored Message-ID (32 hex digits), reused on every retry.
     pub message_id: &'a str,
-    /// Now, in Unix seconds (for link expiry).
-    pub now: i64,
+    /// Now (for link expiry).
+    pub now: Timestamp,
 }
 
 /// How a cadence reads in a sign-up email.
@@ -94,7 +95,7 @@ impl Composer {
                 "confirm",
                 Purpose::Confirm,
                 req.subscriber_id,
-                req.now + self.confirm_lifetime_secs,
+                req.now.unix() + self.confirm_lifetime_secs,
             )
         };
         SignupContext {

@@ -10,7 +10,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use super::Mode;
 use super::leases::Holdings;
 use super::recorder::RecorderHandle;
-use crate::clock::now;
+use crate::domain::Timestamp;
 use crate::shutdown::Shutdown;
 use crate::store::{Claim, ClaimedDelivery, Lease, LeaseOwner, Store, StoreError};
 
@@ -23,7 +23,7 @@ pub(super) struct Job {
     /// Held while the row is claimed but not yet sent: bounds how long claims wait.
     pub(super) permit: OwnedSemaphorePermit,
     /// When the row was claimed (the digest's date line and link expiry use it).
-    pub(super) claimed_at: i64,
+    pub(super) claimed_at: Timestamp,
     /// Which of this worker's claims of the row the job belongs to.
     pub(super) claim: u64,
     /// The row, as loaded at claim time.
@@ -75,10 +75,10 @@ impl Feeder {
                 _ = shutdown.triggered() => return Ok(()),
             }
             let room = outstanding.available_permits().min(self.batch_size);
-            let start = now();
+            let start = Timestamp::now();
             let lease = Lease {
                 owner: self.owner,
-                until: start + self.lease.as_secs().max(1) as i64,
+                until: start + self.lease.max(Duration::from_secs(1)),
             };
             // Expiry sweeps the waiting rows: once every few seconds is plenty.
             let sweep = last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
@@ -133,7 +133,7 @@ impl Feeder {
                 let Ok(permit) = outstanding.clone().acquire_owned().await else {
                     return Ok(());
                 };
-                let span = tracing::debug_span!("delivery", id = delivery.id);
+                let span = tracing::debug_span!("delivery", id = delivery.id.get());
                 span.in_scope(|| tracing::debug!(kind = ?delivery.kind, attempts = delivery.attempts, "claimed"));
                 let job = Job {
                     permit,

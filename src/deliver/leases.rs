@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use crate::clock::now;
+use crate::domain::{DeliveryId, Timestamp};
 use crate::store::{Lease, LeaseOwner, Store};
 
 /// The rows this worker holds, each with the number of its latest claim and how long
@@ -17,14 +17,14 @@ use crate::store::{Lease, LeaseOwner, Store};
 /// next instead of going out twice.
 pub(super) struct Holdings {
     owner: LeaseOwner,
-    rows: std::sync::Mutex<std::collections::HashMap<i64, Held>>,
+    rows: std::sync::Mutex<std::collections::HashMap<DeliveryId, Held>>,
     claims: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Clone, Copy)]
 struct Held {
     claim: u64,
-    valid_until: i64,
+    valid_until: Timestamp,
 }
 
 impl Holdings {
@@ -36,40 +36,40 @@ impl Holdings {
         }
     }
 
-    fn rows(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<i64, Held>> {
+    fn rows(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<DeliveryId, Held>> {
         self.rows
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Records a new claim of `id`; any older claim of the same row is void.
-    pub(super) fn hold(&self, id: i64, valid_until: i64) -> u64 {
+    pub(super) fn hold(&self, id: DeliveryId, valid_until: Timestamp) -> u64 {
         let claim = self.claims.fetch_add(1, Ordering::Relaxed);
         self.rows().insert(id, Held { claim, valid_until });
         claim
     }
 
     /// Whether this claim of `id` still holds its lease now.
-    pub(super) fn holds(&self, id: i64, claim: u64) -> bool {
+    pub(super) fn holds(&self, id: DeliveryId, claim: u64) -> bool {
         self.rows()
             .get(&id)
-            .is_some_and(|held| held.claim == claim && held.valid_until >= now())
+            .is_some_and(|held| held.claim == claim && held.valid_until >= Timestamp::now())
     }
 
     /// Whether this worker holds any claim of `id`.
-    pub(super) fn is_held(&self, id: i64) -> bool {
+    pub(super) fn is_held(&self, id: DeliveryId) -> bool {
         self.rows().contains_key(&id)
     }
 
     /// Forgets this claim of `id` (its outcome is committed, or it was given up).
-    pub(super) fn forget(&self, id: i64, claim: u64) {
+    pub(super) fn forget(&self, id: DeliveryId, claim: u64) {
         let mut rows = self.rows();
         if rows.get(&id).is_some_and(|held| held.claim == claim) {
             rows.remove(&id);
         }
     }
 
-    fn snapshot(&self) -> Vec<(i64, u64)> {
+    fn snapshot(&self) -> Vec<(DeliveryId, u64)> {
         self.rows().iter().map(|(id, h)| (*id, h.claim)).collect()
     }
 
@@ -80,19 +80,23 @@ impl Holdings {
         if held.is_empty() {
             return;
         }
-        let until = now() + lease.as_secs().max(1) as i64;
-        let ids: Vec<i64> = held.iter().map(|(id, _)| *id).collect();
+        let until = Timestamp::now() + lease.max(Duration::from_secs(1));
+        let ids: Vec<DeliveryId> = held.iter().map(|(id, _)| *id).collect();
         let lease = Lease {
             owner: self.owner,
             until,
         };
         match store.renew_leases(&ids, lease).await {
             Ok(renewed) => {
-                let renewed: std::collections::HashSet<i64> = renewed.into_iter().collect();
+                let renewed: std::collections::HashSet<DeliveryId> = renewed.into_iter().collect();
                 let mut rows = self.rows();
                 for (id, claim) in held {
                     if let Some(h) = rows.get_mut(&id).filter(|h| h.claim == claim) {
-                        h.valid_until = if renewed.contains(&id) { until } else { 0 };
+                        h.valid_until = if renewed.contains(&id) {
+                            until
+                        } else {
+                            Timestamp::from_unix(0)
+                        };
                     }
                 }
             }

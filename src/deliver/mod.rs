@@ -38,9 +38,9 @@ use tokio::sync::{Mutex, Semaphore, mpsc};
 
 use crate::compose::Composer;
 use crate::config::{DeliverConfig, SmtpConfig};
-use crate::domain::DeliveryState;
+use crate::domain::{DeliveryState, Outcome};
 use crate::shutdown::Shutdown;
-use crate::store::{LeaseOwner, Outcome, Store, StoreError};
+use crate::store::{LeaseOwner, Store, StoreError};
 use crate::supervise::Beat;
 use feeder::{Feeder, Job};
 use leases::Holdings;

@@ -16,9 +16,9 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use super::commit_gate::{Ack, Round};
 use super::leases::Holdings;
 use super::{DeliverError, DeliverStats};
-use crate::clock::now;
+use crate::domain::{DeliveryId, Outcome, Timestamp};
 use crate::shutdown::Shutdown;
-use crate::store::{Claim, EngineTransaction, LeaseOwner, Outcome, Store, StoreError};
+use crate::store::{Claim, EngineTransaction, LeaseOwner, Store, StoreError};
 
 /// How long the recorder waits for the outcomes of the messages its last commit let go
 /// before it commits what it has: a server that answers slowly holds up the others'
@@ -38,7 +38,7 @@ const RETRY_AT_MOST: Duration = Duration::from_secs(5);
 /// One row's outcome under one claim of it.
 pub(super) struct Done {
     /// The delivery row.
-    pub(super) id: i64,
+    pub(super) id: DeliveryId,
     /// Which of this worker's claims of the row it was.
     pub(super) claim: u64,
     /// What happened.
@@ -55,7 +55,12 @@ pub(super) struct Done {
 
 impl Done {
     /// The outcome of a row that was never sent (it must not be, or it could not be).
-    pub(super) fn unsendable(id: i64, claim: u64, outcome: Outcome, span: &tracing::Span) -> Done {
+    pub(super) fn unsendable(
+        id: DeliveryId,
+        claim: u64,
+        outcome: Outcome,
+        span: &tracing::Span,
+    ) -> Done {
         Done {
             id,
             claim,
@@ -76,12 +81,12 @@ enum Event {
     /// A row's outcome.
     Done(Done),
     /// A claimed row given back unsent (shutdown).
-    Unsent { id: i64, claim: u64 },
+    Unsent { id: DeliveryId, claim: u64 },
     /// The feeder's claim, to commit with the next outcomes; the ids go back on
     /// `reply` once committed.
     Claim {
         claim: Claim,
-        reply: oneshot::Sender<Result<Vec<i64>, StoreError>>,
+        reply: oneshot::Sender<Result<Vec<DeliveryId>, StoreError>>,
     },
 }
 
@@ -109,13 +114,13 @@ impl RecorderHandle {
     }
 
     /// Gives a claimed row back unsent; it is released when the recorder stops.
-    pub(super) fn unsent(&self, id: i64, claim: u64) {
+    pub(super) fn unsent(&self, id: DeliveryId, claim: u64) {
         let _ = self.events.send(Event::Unsent { id, claim });
     }
 
     /// Has the recorder take `claim` with its next outcome commit; returns the ids of
     /// the rows claimed, once committed.
-    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<i64>, StoreError> {
+    pub(super) async fn claim(&self, claim: Claim) -> Result<Vec<DeliveryId>, StoreError> {
         let (reply, answer) = oneshot::channel();
         // The recorder runs until every handle, this one included, is gone: it always
         // answers.
@@ -127,9 +132,9 @@ impl RecorderHandle {
 /// What one commit writes.
 #[derive(Default)]
 struct Batch {
-    outcomes: Vec<(i64, Outcome)>,
+    outcomes: Vec<(DeliveryId, Outcome)>,
     /// Which claim of each row the outcomes belong to: forgotten once committed.
-    claims: Vec<(i64, u64)>,
+    claims: Vec<(DeliveryId, u64)>,
     /// The rows' claim permits: freed once committed.
     permits: Vec<OwnedSemaphorePermit>,
     /// The holds this commit opens.
@@ -139,7 +144,7 @@ struct Batch {
 }
 
 /// A claim begun in its own transaction on the engine's connection, still to commit.
-type ClaimTask = tokio::task::JoinHandle<Result<(EngineTransaction, Vec<i64>), StoreError>>;
+type ClaimTask = tokio::task::JoinHandle<Result<(EngineTransaction, Vec<DeliveryId>), StoreError>>;
 
 /// The recorder of one pipeline.
 pub(super) struct Recorder {
@@ -153,7 +158,7 @@ pub(super) struct Recorder {
     /// Rows of claims whose commit failed without saying whether it happened (the
     /// connection dropped during COMMIT): given back once the database answers, unless
     /// this worker holds them, so they do not wait out a lease nobody sends under.
-    orphans: Vec<i64>,
+    orphans: Vec<DeliveryId>,
 }
 
 impl Recorder {
@@ -186,7 +191,7 @@ impl Recorder {
         mut self,
         progress: &mut (dyn FnMut(&DeliverStats) + Send),
     ) -> Result<DeliverStats, DeliverError> {
-        let mut unsent: Vec<(i64, u64)> = Vec::new();
+        let mut unsent: Vec<(DeliveryId, u64)> = Vec::new();
         let mut last_progress = std::time::Instant::now();
         // Senders the last commit let go: their outcomes are due within a round trip.
         let mut released = 0;
@@ -260,8 +265,11 @@ impl Recorder {
         }
         if !unsent.is_empty() {
             self.stats.released += unsent.len() as u64;
-            let ids: Vec<i64> = unsent.iter().map(|(id, _)| *id).collect();
-            let released = self.store.release_deliveries(&ids, self.owner, now()).await;
+            let ids: Vec<DeliveryId> = unsent.iter().map(|(id, _)| *id).collect();
+            let released = self
+                .store
+                .release_deliveries(&ids, self.owner, Timestamp::now())
+                .await;
             for (id, claim) in unsent {
                 self.holdings.forget(id, claim);
             }
@@ -276,7 +284,12 @@ impl Recorder {
     async fn commit(&mut self, batch: &Batch) -> bool {
         let recorded = self
             .store
-            .record_outcomes_then(&batch.outcomes, self.owner, now(), batch.round.on_durable())
+            .record_outcomes_then(
+                &batch.outcomes,
+                self.owner,
+                Timestamp::now(),
+                batch.round.on_durable(),
+            )
             .await;
         self.note(recorded)
     }
@@ -289,14 +302,14 @@ impl Recorder {
         &mut self,
         task: ClaimTask,
         batch: &Batch,
-    ) -> (Result<Vec<i64>, StoreError>, bool) {
+    ) -> (Result<Vec<DeliveryId>, StoreError>, bool) {
         let begun = match task.await {
             Ok(begun) => begun,
             Err(join) => std::panic::resume_unwind(join.into_panic()),
         };
         let recorded = async {
             let (mut tx, ids) = begun?;
-            tx.record_outcomes(&batch.outcomes, self.owner, now())
+            tx.record_outcomes(&batch.outcomes, self.owner, Timestamp::now())
                 .await?;
             tx.commit_then(batch.round.on_durable()).await?;
             Ok(ids)
@@ -335,17 +348,21 @@ impl Recorder {
 
     /// Gives back the rows of claims whose commit may have happened unseen, except those
     /// claimed again in the round just written or held by this worker.
-    async fn release_orphans(&mut self, claimed_now: &[i64]) {
+    async fn release_orphans(&mut self, claimed_now: &[DeliveryId]) {
         if self.orphans.is_empty() {
             return;
         }
-        let ids: Vec<i64> = self
+        let ids: Vec<DeliveryId> = self
             .orphans
             .iter()
             .copied()
             .filter(|id| !claimed_now.contains(id) && !self.holdings.is_held(*id))
             .collect();
-        match self.store.release_deliveries(&ids, self.owner, now()).await {
+        match self
+            .store
+            .release_deliveries(&ids, self.owner, Timestamp::now())
+            .await
+        {
             Ok(()) => self.orphans.clear(),
             Err(error) => {
                 tracing::warn!(%error, "cannot give back rows of a claim whose commit failed; trying again")

@@ -6,8 +6,7 @@
 use std::time::Duration;
 
 use super::smtp::SendResult;
-use crate::clock::now;
-use crate::store::Outcome;
+use crate::domain::{Outcome, Timestamp};
 
 /// Retry delays: `base · 2^(attempt-1)`, capped at `max`, with ±25 % jitter.
 #[derive(Debug, Clone, Copy)]
@@ -17,12 +16,18 @@ pub(super) struct Backoff {
 }
 
 impl Backoff {
-    pub(super) fn retry(self, error: String, attempts: i64, expires_at: i64) -> Outcome {
-        self.retry_from(now(), error, attempts, expires_at)
+    pub(super) fn retry(self, error: String, attempts: i64, expires_at: Timestamp) -> Outcome {
+        self.retry_from(Timestamp::now(), error, attempts, expires_at)
     }
 
     /// The deferral of a message that failed at `now` on its `attempts`-th try.
-    fn retry_from(self, now: i64, error: String, attempts: i64, expires_at: i64) -> Outcome {
+    fn retry_from(
+        self,
+        now: Timestamp,
+        error: String,
+        attempts: i64,
+        expires_at: Timestamp,
+    ) -> Outcome {
         let exponent = (attempts.max(1) - 1).min(20) as i32;
         let delay = (self.base.as_secs_f64() * 2f64.powi(exponent)).min(self.max.as_secs_f64());
         let jittered = (delay * (0.75 + fastrand::f64() * 0.5)).ceil() as i64;
@@ -32,7 +37,7 @@ impl Backoff {
             jittered.max(1)
         };
         // Never past the expiry: the row then expires on the next pass.
-        let retry_at = (now + delay).min(expires_at + 1);
+        let retry_at = Timestamp::from_unix((now.unix() + delay).min(expires_at.unix() + 1));
         Outcome::Deferred { error, retry_at }
     }
 }
@@ -44,7 +49,7 @@ pub(super) fn outcome_of(
     result: SendResult,
     backoff: Backoff,
     attempts: i64,
-    expires_at: i64,
+    expires_at: Timestamp,
 ) -> Outcome {
     match result {
         SendResult::Accepted(reply) => Outcome::Sent { reply },
@@ -69,20 +74,22 @@ mod tests {
             base: Duration::from_secs(60),
             max: Duration::from_secs(3600),
         };
-        let t = 1_800_000_000;
-        let delay =
-            |attempts, expires_at| match backoff.retry_from(t, "x".into(), attempts, expires_at) {
-                Outcome::Deferred { retry_at, .. } => retry_at - t,
+        let t = Timestamp::from_unix(1_800_000_000);
+        let delay = |attempts, expires_in: i64| {
+            let expires_at = Timestamp::from_unix(t.unix() + expires_in);
+            match backoff.retry_from(t, "x".into(), attempts, expires_at) {
+                Outcome::Deferred { retry_at, .. } => retry_at.seconds_since(t),
                 other => panic!("{other:?}"),
-            };
+            }
+        };
         // 60 s × 2^(attempt - 1), with ±25 % jitter, rounded up.
-        assert!((45..=75).contains(&delay(1, t + 100_000)));
-        assert!((360..=600).contains(&delay(4, t + 100_000)));
+        assert!((45..=75).contains(&delay(1, 100_000)));
+        assert!((360..=600).contains(&delay(4, 100_000)));
         assert!(
-            (2700..=4500).contains(&delay(12, t + 100_000)),
+            (2700..=4500).contains(&delay(12, 100_000)),
             "capped at retry_max"
         );
-        assert_eq!(delay(3, t + 10), 11, "never past the expiry");
+        assert_eq!(delay(3, 10), 11, "never past the expiry");
     }
 
     #[test]
@@ -91,7 +98,7 @@ mod tests {
             base: Duration::from_secs(60),
             max: Duration::from_secs(3600),
         };
-        let far = now() + 100_000;
+        let far = Timestamp::now() + Duration::from_secs(100_000);
         let sent = outcome_of(SendResult::Accepted("250 ok".into()), backoff, 1, far);
         assert!(matches!(sent, Outcome::Sent { reply } if reply == "250 ok"));
         let bounced = SendResult::Permanent {

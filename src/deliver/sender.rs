@@ -21,9 +21,9 @@ use super::smtp::SendResult;
 use super::transport::Transport;
 use crate::clock::now;
 use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
-use crate::domain::{DeliveryKind, Email, SubscriberState};
+use crate::domain::{DeliveryId, DeliveryKind, Outcome, SubscriberState, Timestamp};
 use crate::shutdown::Shutdown;
-use crate::store::{ClaimedDelivery, Outcome};
+use crate::store::{ClaimedDelivery, Recipient};
 
 /// After a slot finds the server unreachable, the others defer without trying for this long.
 const DOWN_HOLD_SECS: i64 = 5;
@@ -217,11 +217,9 @@ impl Sender {
         }
         let domain = job
             .delivery
-            .email
-            .as_deref()
-            .and_then(|e| e.rsplit('@').next())
-            .unwrap_or_default()
-            .to_string();
+            .email()
+            .map(|e| e.domain().to_string())
+            .unwrap_or_default();
         // Splicing into a group's template takes microseconds and runs here; rendering
         // and encoding in full are CPU work for the blocking pool, so the recorder and
         // the feeder are never starved (a starved recorder widens the window in which
@@ -283,9 +281,9 @@ impl Sender {
 
     /// Drops a job whose lease lapsed: the row is due again for whoever claims it, and
     /// recording anything for it now could undo another worker's result.
-    fn lapsed(&self, id: i64, claim: u64) {
+    fn lapsed(&self, id: DeliveryId, claim: u64) {
         tracing::warn!(
-            delivery = id,
+            delivery = id.get(),
             "lease lapsed before sending; leaving the row to its next claim"
         );
         self.holdings.forget(id, claim);
@@ -307,29 +305,39 @@ pub(super) enum Work {
 pub(super) fn prepare(
     composer: &Composer,
     delivery: &ClaimedDelivery,
-    now: i64,
+    now: Timestamp,
     work: Work,
 ) -> Result<Option<Composed>, Outcome> {
     if delivery.expires_at < now {
         return Err(Outcome::Expired);
     }
-    let Some(address) = delivery.email.as_deref() else {
-        return Err(Outcome::Cancelled {
-            reason: "reader removed".into(),
-        });
+    let (email, state, timezone) = match &delivery.recipient {
+        Recipient::Erased => {
+            return Err(Outcome::Cancelled {
+                reason: "reader removed".into(),
+            });
+        }
+        _ if delivery.suppressed => return Err(Outcome::Suppressed),
+        Recipient::Unreadable(error) => {
+            return Err(Outcome::Failed {
+                error: error.clone(),
+            });
+        }
+        Recipient::Reader {
+            email,
+            state,
+            timezone,
+        } => (email, *state, *timezone),
     };
-    if delivery.suppressed {
-        return Err(Outcome::Suppressed);
-    }
-    match delivery.subscriber_state {
-        Some(SubscriberState::Confirmed) => {}
-        Some(SubscriberState::Suppressed) => return Err(Outcome::Suppressed),
-        Some(SubscriberState::Unsubscribed) => {
+    match state {
+        SubscriberState::Confirmed => {}
+        SubscriberState::Suppressed => return Err(Outcome::Suppressed),
+        SubscriberState::Unsubscribed => {
             return Err(Outcome::Cancelled {
                 reason: "reader unsubscribed".into(),
             });
         }
-        Some(SubscriberState::Pending) | None => {
+        SubscriberState::Pending => {
             if delivery.kind != DeliveryKind::Confirmation {
                 return Err(Outcome::Cancelled {
                     reason: "reader is not confirmed".into(),
@@ -337,9 +345,6 @@ pub(super) fn prepare(
             }
         }
     }
-    let email = Email::parse(address).map_err(|e| Outcome::Failed {
-        error: e.to_string(),
-    })?;
     match delivery.kind {
         // Sign-up emails carry links, not articles.
         DeliveryKind::Confirmation | DeliveryKind::Welcome => {
@@ -350,9 +355,9 @@ pub(super) fn prepare(
                 .signup_email(&SignupRequest {
                     kind: delivery.kind,
                     subscriber_id: delivery.subscriber_id,
-                    email: &email,
+                    email,
                     regions: &delivery.regions,
-                    timezone: delivery.timezone.as_deref().unwrap_or("UTC"),
+                    timezone,
                     message_id: &delivery.message_id,
                     now,
                 })
@@ -368,14 +373,9 @@ pub(super) fn prepare(
             reason: "nothing left to send".into(),
         });
     }
-    let timezone = delivery
-        .timezone
-        .as_deref()
-        .and_then(|t| t.parse::<chrono_tz::Tz>().ok())
-        .unwrap_or(chrono_tz::UTC);
     let request = DigestRequest {
         subscriber_id: delivery.subscriber_id,
-        email: &email,
+        email,
         timezone,
         cadence: delivery.cadence,
         message_id: &delivery.message_id,

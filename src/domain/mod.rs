@@ -1,9 +1,17 @@
 //! Domain types: values that can only exist when they are valid, so nothing
 //! downstream has to check them again.
 
+mod article;
+mod delivery;
 mod email;
+mod ids;
+mod time;
 
+pub use article::{DeliveryArticle, FeedItem};
+pub use delivery::{DeliveryKind, DeliveryState, Outcome, Rule, Transition};
 pub use email::{Email, EmailError};
+pub use ids::{ArticleId, DeliveryId, EditionId, FeedId, SignupId, SubscriberId};
+pub use time::Timestamp;
 
 use std::fmt;
 use std::str::FromStr;
@@ -55,7 +63,7 @@ impl From<RegionSlug> for String {
 
 impl fmt::Display for RegionSlug {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.pad(&self.0)
     }
 }
 
@@ -85,12 +93,13 @@ impl Cadence {
     }
 
     /// How far back a reader's first digest of this cadence reaches.
-    pub fn period(self) -> chrono::Duration {
-        match self {
-            Cadence::Alert => chrono::Duration::hours(6),
-            Cadence::Daily => chrono::Duration::hours(24),
-            Cadence::Weekly => chrono::Duration::days(7),
-        }
+    pub fn period(self) -> std::time::Duration {
+        const HOUR: u64 = 3_600;
+        std::time::Duration::from_secs(match self {
+            Cadence::Alert => 6 * HOUR,
+            Cadence::Daily => 24 * HOUR,
+            Cadence::Weekly => 7 * 24 * HOUR,
+        })
     }
 }
 
@@ -119,6 +128,9 @@ impl fmt::Display for Cadence {
 pub struct Timezone(chrono_tz::Tz);
 
 impl Timezone {
+    /// Coordinated Universal Time.
+    pub const UTC: Timezone = Timezone(chrono_tz::UTC);
+
     /// The underlying zone for date arithmetic.
     pub fn tz(self) -> chrono_tz::Tz {
         self.0
@@ -146,8 +158,25 @@ impl FromStr for Timezone {
 
 impl fmt::Display for Timezone {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
+        f.pad(self.name())
     }
+}
+
+impl PartialEq<&str> for Timezone {
+    fn eq(&self, other: &&str) -> bool {
+        self.name() == *other
+    }
+}
+
+/// One region a reader follows, as sign-up emails list it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReaderRegion {
+    /// Slug.
+    pub slug: RegionSlug,
+    /// Display name.
+    pub name: String,
+    /// How often.
+    pub cadence: Cadence,
 }
 
 /// Where a reader stands: only `Confirmed` readers get digests.
@@ -194,138 +223,6 @@ impl fmt::Display for SubscriberState {
     }
 }
 
-/// The life of one email in the outbox.
-///
-/// `queued → sending → sent | deferred | bounced | failed | expired | cancelled | suppressed`;
-/// `deferred` goes back to `sending` when its retry time comes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DeliveryState {
-    /// Waiting for a worker.
-    Queued,
-    /// Claimed by a worker under a lease.
-    Sending,
-    /// Accepted by the server (250 after DATA) or written to the outbox directory.
-    Sent,
-    /// A temporary failure; retried at `next_attempt_at`.
-    Deferred,
-    /// Refused permanently by the server (5xx).
-    Bounced,
-    /// Could not be built or sent for a reason retrying will not fix.
-    Failed,
-    /// Still undelivered when its kind's expiry passed.
-    Expired,
-    /// The reader left before it went out.
-    Cancelled,
-    /// The address is on the suppression list.
-    Suppressed,
-}
-
-impl DeliveryState {
-    /// Every state, in the order `herald status` shows them.
-    pub const ALL: [DeliveryState; 9] = [
-        DeliveryState::Queued,
-        DeliveryState::Sending,
-        DeliveryState::Sent,
-        DeliveryState::Deferred,
-        DeliveryState::Bounced,
-        DeliveryState::Failed,
-        DeliveryState::Expired,
-        DeliveryState::Cancelled,
-        DeliveryState::Suppressed,
-    ];
-
-    /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryState::Queued => "queued",
-            DeliveryState::Sending => "sending",
-            DeliveryState::Sent => "sent",
-            DeliveryState::Deferred => "deferred",
-            DeliveryState::Bounced => "bounced",
-            DeliveryState::Failed => "failed",
-            DeliveryState::Expired => "expired",
-            DeliveryState::Cancelled => "cancelled",
-            DeliveryState::Suppressed => "suppressed",
-        }
-    }
-
-    /// Whether the row will never change again on its own.
-    pub fn is_final(self) -> bool {
-        !matches!(
-            self,
-            DeliveryState::Queued | DeliveryState::Sending | DeliveryState::Deferred
-        )
-    }
-}
-
-impl FromStr for DeliveryState {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        DeliveryState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == s)
-            .ok_or_else(|| format!("unknown delivery state \"{s}\""))
-    }
-}
-
-impl fmt::Display for DeliveryState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// What an email is, which decides its priority lane and how long it stays worth sending.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum DeliveryKind {
-    /// A double opt-in confirmation.
-    Confirmation,
-    /// "You are subscribed": after confirming, or when a confirmed reader signs up again.
-    Welcome,
-    /// A breaking-news alert.
-    Alert,
-    /// A daily, weekly or manual digest.
-    Digest,
-}
-
-impl DeliveryKind {
-    /// The name stored in the database.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeliveryKind::Confirmation => "confirmation",
-            DeliveryKind::Welcome => "welcome",
-            DeliveryKind::Alert => "alert",
-            DeliveryKind::Digest => "digest",
-        }
-    }
-
-    /// Whether this is a sign-up email (links, no articles) rather than news.
-    pub fn is_signup(self) -> bool {
-        matches!(self, DeliveryKind::Confirmation | DeliveryKind::Welcome)
-    }
-
-    /// Lower runs first: sign-up emails and alerts are never starved by digests.
-    pub fn priority(self) -> i64 {
-        match self {
-            DeliveryKind::Confirmation | DeliveryKind::Welcome => 0,
-            DeliveryKind::Alert => 1,
-            DeliveryKind::Digest => 2,
-        }
-    }
-}
-
-impl FromStr for DeliveryKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "confirmation" => Ok(DeliveryKind::Confirmation),
-            "welcome" => Ok(DeliveryKind::Welcome),
-            "alert" => Ok(DeliveryKind::Alert),
-            "digest" => Ok(DeliveryKind::Digest),
-            other => Err(format!("unknown delivery kind \"{other}\"")),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -345,15 +242,6 @@ mod tests {
         }
         let err = "hourly".parse::<Cadence>().unwrap_err();
         assert!(err.contains("alert, daily or weekly"), "{err}");
-    }
-
-    #[test]
-    fn delivery_states_round_trip() {
-        for state in DeliveryState::ALL {
-            assert_eq!(state.as_str().parse::<DeliveryState>().unwrap(), state);
-        }
-        assert!(DeliveryState::Sent.is_final());
-        assert!(!DeliveryState::Deferred.is_final());
     }
 
     #[test]

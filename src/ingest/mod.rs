@@ -25,9 +25,8 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::clock::now;
 use crate::config::{FeedSource, IngestConfig, Region};
-use crate::domain::RegionSlug;
+use crate::domain::{RegionSlug, Timestamp};
 use crate::shutdown::Shutdown;
 use crate::store::{FeedCounts, FeedPollState, Store, StoreError};
 use crate::supervise::Beat;
@@ -130,8 +129,8 @@ pub struct FeedReport {
     pub feed: String,
     /// What happened, or why the feed failed.
     pub result: Result<PollOutcome, FeedError>,
-    /// When the feed is next due (Unix seconds).
-    pub next_poll_at: i64,
+    /// When the feed is next due.
+    pub next_poll_at: Timestamp,
 }
 
 /// Which feeds a run polls.
@@ -202,7 +201,7 @@ impl Ingester {
         only: Option<&RegionSlug>,
         which: Which,
     ) -> Result<Vec<FeedReport>, StoreError> {
-        let started = now();
+        let started = Timestamp::now();
         let store = &self.shared.store;
         let mut tasks = JoinSet::new();
         let mut order = HashMap::new();
@@ -324,12 +323,12 @@ async fn poll_one(shared: Arc<Shared>, job: Job) -> Result<FeedReport, StoreErro
         .acquire()
         .await
         .expect("the semaphore is never closed");
-    let polled_at = now();
+    let polled_at = Timestamp::now();
     let result = poll(&shared, &job, polled_at).await;
     let store = &shared.store;
     let (result, next_poll_at) = match result {
         Ok((outcome, validators)) => {
-            let next = polled_at + secs(job.interval);
+            let next = polled_at + job.interval;
             store
                 .record_feed_polled(
                     job.state.id,
@@ -348,7 +347,7 @@ async fn poll_one(shared: Arc<Shared>, job: Job) -> Result<FeedReport, StoreErro
                 shared.ingest.max_backoff,
                 error.retry_after(),
             );
-            let next = polled_at + secs(wait);
+            let next = polled_at + wait;
             store
                 .record_feed_error(job.state.id, &error.to_string(), polled_at, next)
                 .await?;
@@ -366,7 +365,7 @@ async fn poll_one(shared: Arc<Shared>, job: Job) -> Result<FeedReport, StoreErro
 async fn poll(
     shared: &Shared,
     job: &Job,
-    now: i64,
+    now: Timestamp,
 ) -> Result<(PollOutcome, Validators), FeedError> {
     let (bytes, charset, base, validators) = match &job.source {
         FeedSource::File(path) => (
@@ -398,7 +397,7 @@ async fn poll(
         charset,
         breaking_categories: shared.breaking_categories.clone(),
         max_items: shared.ingest.max_items,
-        now,
+        now: now.unix(),
         keep_internal_links: shared.ingest.allow_private,
     };
     // Parsing is CPU work on untrusted bytes: off the async workers, and a panic in
@@ -452,10 +451,6 @@ pub fn backoff(
         Some(asked) => delay.max(asked.min(ceiling)),
         None => delay,
     }
-}
-
-fn secs(d: Duration) -> i64 {
-    i64::try_from(d.as_secs()).unwrap_or(i64::MAX / 2)
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use std::sync::LazyLock;
 use chrono::{DateTime, Utc};
 
 use super::links::check_link;
-use crate::store::FeedItem;
+use crate::domain::FeedItem;
 
 /// Longest summary kept, in characters.
 const SUMMARY_CHARS: usize = 480;

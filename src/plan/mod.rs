@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::config::{AlertsConfig, Expiry, ScheduleConfig};
-use crate::domain::{Cadence, DeliveryKind, RegionSlug};
+use crate::domain::{ArticleId, Cadence, DeliveryKind, RegionSlug, Timestamp, Timezone};
 use crate::shutdown::Shutdown;
 use crate::store::{AlertPlan, PlanSummary, SlotPlan, Store, StoreError};
 use crate::supervise::Beat;
@@ -36,15 +36,15 @@ pub async fn manual_digest(
     store: &Store,
     region: &RegionSlug,
     cadence: Cadence,
-    now: i64,
+    now: Timestamp,
     dry_run: bool,
 ) -> Result<PlanSummary, StoreError> {
     let slot_key = format!(
         "manual:{region}:{cadence}:{}",
         uuid::Uuid::new_v4().simple()
     );
-    let since = now - cadence.period().num_seconds();
-    let expires_at = now + secs(expiry.of(DeliveryKind::Digest, Some(cadence)));
+    let since = now - cadence.period();
+    let expires_at = now + expiry.of(DeliveryKind::Digest, Some(cadence));
     store
         .plan_region_digest(&slot_key, region, cadence, since, now, expires_at, dry_run)
         .await
@@ -54,11 +54,11 @@ pub async fn manual_digest(
 #[derive(Debug, Clone, Default)]
 pub struct PlanReport {
     /// Digest slots planned: (cadence, zone, slot instant, summary).
-    pub slots: Vec<(Cadence, String, DateTime<Utc>, PlanSummary)>,
+    pub slots: Vec<(Cadence, Timezone, DateTime<Utc>, PlanSummary)>,
     /// Stale slots skipped: (cadence, zone, slot instant).
-    pub skipped: Vec<(Cadence, String, DateTime<Utc>)>,
+    pub skipped: Vec<(Cadence, Timezone, DateTime<Utc>)>,
     /// Alerts queued: (article id, zone, release instant, summary).
-    pub alerts: Vec<(i64, String, DateTime<Utc>, PlanSummary)>,
+    pub alerts: Vec<(ArticleId, Timezone, DateTime<Utc>, PlanSummary)>,
     /// Fresh missed slots folded into a later slot of the same zone and cadence.
     pub folded: usize,
 }
@@ -83,9 +83,9 @@ pub async fn plan_due(
     let mut report = PlanReport::default();
     let max_lateness =
         Duration::from_std(config.schedule.max_lateness).unwrap_or(Duration::hours(6));
-    let now = at.timestamp();
+    let now = Timestamp::from(at);
     let since = match store.planner_last_run().await? {
-        Some(last) => DateTime::from_timestamp(last, 0).unwrap_or(at),
+        Some(last) => last.to_utc(),
         None => at - max_lateness,
     };
     for cadence in [Cadence::Daily, Cadence::Weekly] {
@@ -93,22 +93,18 @@ pub async fn plan_due(
             Cadence::Weekly => &config.schedule.weekly,
             _ => &config.schedule.daily,
         };
-        for zone_name in store.cadence_zones(cadence).await? {
-            let Ok(zone) = zone_name.parse::<chrono_tz::Tz>() else {
-                tracing::warn!(zone = %zone_name, "reader with an unknown time zone; skipped");
-                continue;
-            };
+        for zone in store.cadence_zones(cadence).await? {
             let mut fresh = Vec::new();
-            for slot in due_slots(cron, zone, since, at) {
-                let slot_key = format!("{cadence}:{zone_name}:{}", slot.timestamp());
+            for slot in due_slots(cron, zone.tz(), since, at) {
+                let slot_key = format!("{cadence}:{zone}:{}", slot.timestamp());
                 if at - slot > max_lateness {
                     if !dry_run && store.record_skipped_slot(&slot_key, now).await? {
                         tracing::warn!(
-                            %cadence, zone = %zone_name, slot = %slot,
+                            %cadence, %zone, slot = %slot,
                             "skipped a stale slot older than schedule.max_lateness"
                         );
                     }
-                    report.skipped.push((cadence, zone_name.clone(), slot));
+                    report.skipped.push((cadence, zone, slot));
                 } else {
                     fresh.push((slot_key, slot));
                 }
@@ -117,24 +113,22 @@ pub async fn plan_due(
             // latest: its window covers the others, and readers get one email, not a burst.
             report.folded += fresh.len().saturating_sub(1);
             if let Some((slot_key, slot)) = fresh.pop() {
-                let expires_at = now + secs(config.expiry.of(DeliveryKind::Digest, Some(cadence)));
+                let expires_at = now + config.expiry.of(DeliveryKind::Digest, Some(cadence));
                 let summary = store
                     .plan_slot_digest(
                         &SlotPlan {
                             slot_key: &slot_key,
                             cadence,
-                            zone: &zone_name,
-                            slot_at: slot.timestamp(),
-                            period: cadence.period().num_seconds(),
+                            zone,
+                            slot_at: Timestamp::from(slot),
+                            period: cadence.period(),
                             now,
                             expires_at,
                         },
                         dry_run,
                     )
                     .await?;
-                report
-                    .slots
-                    .push((cadence, zone_name.clone(), slot, summary));
+                report.slots.push((cadence, zone, slot, summary));
             }
         }
     }
@@ -184,37 +178,32 @@ pub async fn plan_alerts(
     store: &Store,
     at: DateTime<Utc>,
     dry_run: bool,
-) -> Result<Vec<(i64, String, DateTime<Utc>, PlanSummary)>, StoreError> {
+) -> Result<Vec<(ArticleId, Timezone, DateTime<Utc>, PlanSummary)>, StoreError> {
     let mut out = Vec::new();
     if dry_run {
         return Ok(out);
     }
-    let now = at.timestamp();
-    let max_age = secs(config.alerts.max_age);
+    let now = Timestamp::from(at);
+    let max_age = config.alerts.max_age;
     for article in store.breaking_articles_since(now - max_age).await? {
-        let expires_at = (article.ingested_at + max_age).min(now + secs(config.expiry.alert));
-        for zone_name in store.alert_zones(article.id).await? {
-            let zone = zone_name.parse::<chrono_tz::Tz>().unwrap_or(chrono_tz::UTC);
-            let release = release_after_quiet_hours(at, zone, config.alerts.quiet_hours);
+        let expires_at = (article.ingested_at + max_age).min(now + config.expiry.alert);
+        for zone in store.alert_zones(article.id).await? {
+            let release = release_after_quiet_hours(at, zone.tz(), config.alerts.quiet_hours);
             let summary = store
                 .plan_alert(&AlertPlan {
                     article_id: article.id,
-                    zone: &zone_name,
-                    release_at: release.timestamp(),
+                    zone,
+                    release_at: Timestamp::from(release),
                     expires_at,
                     now,
                 })
                 .await?;
             if summary.deliveries > 0 {
-                out.push((article.id, zone_name, release, summary));
+                out.push((article.id, zone, release, summary));
             }
         }
     }
     Ok(out)
-}
-
-fn secs(d: std::time::Duration) -> i64 {
-    d.as_secs() as i64
 }
 
 #[cfg(test)]

@@ -1,21 +1,27 @@
 //! Bearer tokens for the admin API: only their SHA-256 is stored.
 
 use super::{Result, Store};
+use crate::domain::Timestamp;
 
 /// A token as `herald admin token list` shows it (the token itself is never stored).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct ApiTokenRow {
     /// The name given at creation (who or what uses it).
     pub name: String,
     /// When it was created.
-    pub created_at: i64,
+    pub created_at: Timestamp,
     /// When it last opened an API call, if ever.
-    pub last_used_at: Option<i64>,
+    pub last_used_at: Option<Timestamp>,
 }
 
 impl Store {
     /// Records a new token's hash under `name`; false if the name is taken.
-    pub async fn create_api_token(&self, name: &str, token_hash: &str, now: i64) -> Result<bool> {
+    pub async fn create_api_token(
+        &self,
+        name: &str,
+        token_hash: &str,
+        now: Timestamp,
+    ) -> Result<bool> {
         let done = sqlx::query(
             "INSERT INTO api_tokens (name, token_hash, created_at) VALUES ($1, $2, $3)
              ON CONFLICT (name) DO NOTHING",
@@ -30,19 +36,11 @@ impl Store {
 
     /// Every token, oldest first.
     pub async fn api_tokens(&self) -> Result<Vec<ApiTokenRow>> {
-        let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        Ok(sqlx::query_as(
             "SELECT name, created_at, last_used_at FROM api_tokens ORDER BY created_at, name",
         )
         .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(name, created_at, last_used_at)| ApiTokenRow {
-                name,
-                created_at,
-                last_used_at,
-            })
-            .collect())
+        .await?)
     }
 
     /// Deletes the token called `name`; false if there is none.
@@ -55,7 +53,7 @@ impl Store {
     }
 
     /// The name of the token with this hash, noting that it was used at `now`.
-    pub async fn use_api_token(&self, token_hash: &str, now: i64) -> Result<Option<String>> {
+    pub async fn use_api_token(&self, token_hash: &str, now: Timestamp) -> Result<Option<String>> {
         let row: Option<(String,)> = sqlx::query_as(
             "UPDATE api_tokens SET last_used_at = $1 WHERE token_hash = $2 RETURNING name",
         )
@@ -69,31 +67,40 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use crate::store::testing::stores;
+    use crate::store::testing::{at, stores};
 
     #[tokio::test]
     async fn tokens_are_found_by_hash_and_revoked_by_name() {
         for (backend, t) in stores().await {
             let store = &t.store;
-            assert!(store.create_api_token("cms", "aa11", 10).await.unwrap());
+            assert!(store.create_api_token("cms", "aa11", at(10)).await.unwrap());
             assert!(
-                !store.create_api_token("cms", "bb22", 11).await.unwrap(),
+                !store.create_api_token("cms", "bb22", at(11)).await.unwrap(),
                 "names are unique ({backend:?})"
             );
-            assert!(store.create_api_token("backup", "cc33", 12).await.unwrap());
+            assert!(
+                store
+                    .create_api_token("backup", "cc33", at(12))
+                    .await
+                    .unwrap()
+            );
             assert_eq!(
-                store.use_api_token("aa11", 20).await.unwrap().as_deref(),
+                store
+                    .use_api_token("aa11", at(20))
+                    .await
+                    .unwrap()
+                    .as_deref(),
                 Some("cms")
             );
-            assert_eq!(store.use_api_token("zz99", 20).await.unwrap(), None);
+            assert_eq!(store.use_api_token("zz99", at(20)).await.unwrap(), None);
             let list = store.api_tokens().await.unwrap();
             assert_eq!(list.len(), 2);
             assert_eq!(list[0].name, "cms");
-            assert_eq!(list[0].last_used_at, Some(20));
+            assert_eq!(list[0].last_used_at, Some(at(20)));
             assert_eq!(list[1].last_used_at, None);
             assert!(store.revoke_api_token("cms").await.unwrap());
             assert!(!store.revoke_api_token("cms").await.unwrap());
-            assert_eq!(store.use_api_token("aa11", 30).await.unwrap(), None);
+            assert_eq!(store.use_api_token("aa11", at(30)).await.unwrap(), None);
         }
     }
 }

@@ -52,8 +52,8 @@ impl Store {
             .fetch_one(&mut copy)
             .await?;
         if check != "ok" {
-            return Err(StoreError::Corrupt(format!(
-                "the backup at {} failed its integrity check: {check}",
+            return Err(StoreError::Backup(format!(
+                "the backup at {} failed its integrity check ({check}); keep the database and try again",
                 path.display()
             )));
         }

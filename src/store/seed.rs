@@ -1,9 +1,11 @@
 //! Synthetic data in bulk, for benchmarks and load tests: set-based, so seeding a
-//! million readers takes seconds rather than a million round trips.
+//! million readers takes seconds rather than a million round trips. Built only with the
+//! `bench-seed` feature, which `examples/plan_bench.rs` requires.
 
 use sqlx::AssertSqlSafe;
 
 use super::{Backend, Result, Store};
+use crate::domain::Timestamp;
 
 impl Store {
     /// Adds `count` confirmed readers `reader{n}@{domain}`, spread round-robin over
@@ -15,7 +17,7 @@ impl Store {
         zones: &[&str],
         regions: &[String],
         cadence: &str,
-        now: i64,
+        now: Timestamp,
     ) -> Result<()> {
         let sequence = match self.backend {
             Backend::Sqlite => {

@@ -1,7 +1,13 @@
 //! Readers and what they follow.
 
-use super::{Result, Store, StoreError};
-use crate::domain::{Cadence, Email, RegionSlug, SubscriberState, Timezone};
+use std::collections::HashMap;
+
+use sqlx::AssertSqlSafe;
+
+use super::{Result, Store, decode, states};
+use crate::domain::{
+    Cadence, Email, RegionSlug, SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
+};
 
 /// A reader to add, already validated.
 #[derive(Debug, Clone)]
@@ -31,24 +37,24 @@ pub enum AddOutcome {
 #[derive(Debug, Clone)]
 pub struct SubscriberRow {
     /// Row id.
-    pub id: i64,
+    pub id: SubscriberId,
     /// Address.
-    pub email: String,
+    pub email: Email,
     /// State.
     pub state: SubscriberState,
-    /// Zone name.
-    pub timezone: String,
+    /// Zone.
+    pub timezone: Timezone,
     /// Regions and cadences, sorted by region.
-    pub regions: Vec<(String, Cadence)>,
+    pub regions: Vec<(RegionSlug, Cadence)>,
     /// When the row was made.
-    pub created_at: i64,
+    pub created_at: Timestamp,
     /// When the reader confirmed.
-    pub confirmed_at: Option<i64>,
+    pub confirmed_at: Option<Timestamp>,
 }
 
 impl Store {
     /// Adds a reader, or adds regions to an existing one; never changes state or cadences.
-    pub async fn add_subscriber(&self, new: &NewSubscriber, now: i64) -> Result<AddOutcome> {
+    pub async fn add_subscriber(&self, new: &NewSubscriber, now: Timestamp) -> Result<AddOutcome> {
         Ok(self.add_subscribers(std::slice::from_ref(new), now).await?[0])
     }
 
@@ -56,7 +62,7 @@ impl Store {
     pub async fn add_subscribers(
         &self,
         readers: &[NewSubscriber],
-        now: i64,
+        now: Timestamp,
     ) -> Result<Vec<AddOutcome>> {
         let mut tx = self.begin_write().await?;
         let mut outcomes = Vec::with_capacity(readers.len());
@@ -69,32 +75,35 @@ impl Store {
 
     /// Every reader with their subscriptions, ordered by address.
     pub async fn list_subscribers(&self) -> Result<Vec<SubscriberRow>> {
-        let people: Vec<(i64, String, String, String, i64, Option<i64>)> = sqlx::query_as(
+        let people: Vec<StoredSubscriber> = sqlx::query_as(
             "SELECT id, email, state, timezone, created_at, confirmed_at FROM subscribers ORDER BY email",
         )
         .fetch_all(&self.pool)
         .await?;
-        let subs: Vec<(i64, String, String)> = sqlx::query_as(
+        let subs: Vec<(SubscriberId, String, String)> = sqlx::query_as(
             "SELECT subscriber_id, region_slug, cadence FROM subscriptions ORDER BY subscriber_id, region_slug",
         )
         .fetch_all(&self.pool)
         .await?;
-        let mut by_id: std::collections::HashMap<i64, Vec<(String, Cadence)>> = Default::default();
-        for (id, region, cadence) in subs {
-            let cadence = cadence.parse().map_err(StoreError::Corrupt)?;
-            by_id.entry(id).or_default().push((region, cadence));
+        let mut by_id: HashMap<SubscriberId, Vec<(RegionSlug, Cadence)>> = HashMap::new();
+        for (id, region, cadence) in &subs {
+            by_id
+                .entry(*id)
+                .or_default()
+                .push(subscription(*id, region, cadence)?);
         }
         people
             .into_iter()
-            .map(|(id, email, state, timezone, created_at, confirmed_at)| {
+            .map(|row| {
+                let id = row.id;
                 Ok(SubscriberRow {
                     id,
-                    email,
-                    state: state.parse().map_err(StoreError::Corrupt)?,
-                    timezone,
+                    email: decode("subscribers", id, "email", &row.email)?,
+                    state: decode("subscribers", id, "state", &row.state)?,
+                    timezone: decode("subscribers", id, "timezone", &row.timezone)?,
                     regions: by_id.remove(&id).unwrap_or_default(),
-                    created_at,
-                    confirmed_at,
+                    created_at: row.created_at,
+                    confirmed_at: row.confirmed_at,
                 })
             })
             .collect()
@@ -103,24 +112,17 @@ impl Store {
     /// Erases a reader: their row, subscriptions and consent records go, queued mail to them is cancelled,
     /// and a keyed hash stays on the suppression list so no old queue row can reach them.
     /// Returns false when the address was not on file.
-    pub async fn remove_subscriber(&self, email: &Email, now: i64) -> Result<bool> {
+    pub async fn remove_subscriber(&self, email: &Email, now: Timestamp) -> Result<bool> {
         let mut tx = self.begin_write().await?;
-        let found: Option<(i64,)> = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
-            .bind(email.as_str())
-            .fetch_optional(&mut *tx)
-            .await?;
+        let found: Option<(SubscriberId,)> =
+            sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
+                .bind(email.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
         let Some((id,)) = found else {
             return Ok(false);
         };
-        sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled', last_error = 'reader removed', updated_at = $1,
-                 lease_until = NULL
-             WHERE subscriber_id = $2 AND state IN ('queued', 'deferred')",
-        )
-        .bind(now)
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
+        cancel_waiting(&mut tx, id, "reader removed", now).await?;
         sqlx::query("DELETE FROM subscriptions WHERE subscriber_id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -146,7 +148,7 @@ impl Store {
     }
 
     /// Marks a reader unsubscribed and cancels mail queued for them. Idempotent.
-    pub async fn unsubscribe(&self, subscriber_id: i64, now: i64) -> Result<bool> {
+    pub async fn unsubscribe(&self, subscriber_id: SubscriberId, now: Timestamp) -> Result<bool> {
         let mut tx = self.begin_write().await?;
         let changed = sqlx::query(
             "UPDATE subscribers SET state = 'unsubscribed', unsubscribed_at = $1, updated_at = $1
@@ -157,31 +159,70 @@ impl Store {
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(
-            "UPDATE deliveries SET state = 'cancelled', last_error = 'reader unsubscribed', updated_at = $1
-             WHERE subscriber_id = $2 AND state IN ('queued', 'deferred')",
-        )
-        .bind(now)
-        .bind(subscriber_id)
-        .execute(&mut *tx)
-        .await?;
+        cancel_waiting(&mut tx, subscriber_id, "reader unsubscribed", now).await?;
         tx.commit().await?;
         Ok(changed > 0)
     }
+}
+
+/// A reader as stored, before decoding.
+#[derive(sqlx::FromRow)]
+struct StoredSubscriber {
+    id: SubscriberId,
+    email: String,
+    state: String,
+    timezone: String,
+    created_at: Timestamp,
+    confirmed_at: Option<Timestamp>,
+}
+
+/// One subscription of reader `subscriber`, decoded.
+pub(super) fn subscription(
+    subscriber: SubscriberId,
+    region: &str,
+    cadence: &str,
+) -> Result<(RegionSlug, Cadence)> {
+    let row = format!("({subscriber}, {region})");
+    Ok((
+        decode("subscriptions", &row, "region_slug", region)?,
+        decode("subscriptions", &row, "cadence", cadence)?,
+    ))
+}
+
+/// Cancels the mail still waiting for a reader who left, saying why.
+async fn cancel_waiting(
+    tx: &mut sqlx::Transaction<'static, sqlx::Any>,
+    subscriber_id: SubscriberId,
+    why: &str,
+    now: Timestamp,
+) -> Result<()> {
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE deliveries SET state = {cancelled}, last_error = $1, updated_at = $2,
+             lease_until = NULL
+         WHERE subscriber_id = $3 AND {waiting}",
+        cancelled = states::target(Transition::Cancel),
+        waiting = states::from(Transition::Cancel),
+    )))
+    .bind(why)
+    .bind(now)
+    .bind(subscriber_id)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// One reader's insert, inside the caller's transaction.
 async fn add_one(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     new: &NewSubscriber,
-    now: i64,
+    now: Timestamp,
 ) -> Result<AddOutcome> {
     let state = if new.confirmed {
         SubscriberState::Confirmed
     } else {
         SubscriberState::Pending
     };
-    let inserted: Option<(i64,)> = sqlx::query_as(
+    let inserted: Option<(SubscriberId,)> = sqlx::query_as(
         "INSERT INTO subscribers (email, state, timezone, created_at, confirmed_at, updated_at)
          VALUES ($1, $2, $3, $4, $5, $4)
          ON CONFLICT (email) DO NOTHING RETURNING id",
@@ -196,10 +237,11 @@ async fn add_one(
     let (id, fresh) = match inserted {
         Some((id,)) => (id, true),
         None => {
-            let (id,): (i64,) = sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
-                .bind(new.email.as_str())
-                .fetch_one(&mut **tx)
-                .await?;
+            let (id,): (SubscriberId,) =
+                sqlx::query_as("SELECT id FROM subscribers WHERE email = $1")
+                    .bind(new.email.as_str())
+                    .fetch_one(&mut **tx)
+                    .await?;
             (id, false)
         }
     };
@@ -229,7 +271,7 @@ async fn add_one(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::testing::stores;
+    use crate::store::testing::{at, stores};
 
     fn reader(email: &str, regions: &[&str], confirmed: bool) -> NewSubscriber {
         NewSubscriber {
@@ -249,16 +291,16 @@ mod tests {
             let store = &t.store;
             let a = reader("Ada@Example.org", &["town"], true);
             assert_eq!(
-                store.add_subscriber(&a, 1).await.unwrap(),
+                store.add_subscriber(&a, at(1)).await.unwrap(),
                 AddOutcome::Added
             );
             assert_eq!(
-                store.add_subscriber(&a, 2).await.unwrap(),
+                store.add_subscriber(&a, at(2)).await.unwrap(),
                 AddOutcome::Unchanged
             );
             let more = reader("ada@example.org", &["town", "state"], false);
             assert_eq!(
-                store.add_subscriber(&more, 3).await.unwrap(),
+                store.add_subscriber(&more, at(3)).await.unwrap(),
                 AddOutcome::AddedRegions(1)
             );
             let list = store.list_subscribers().await.unwrap();
@@ -279,9 +321,9 @@ mod tests {
         for (_backend, t) in stores().await {
             let store = &t.store;
             let a = reader("gone@example.org", &["town"], true);
-            store.add_subscriber(&a, 1).await.unwrap();
-            assert!(store.remove_subscriber(&a.email, 2).await.unwrap());
-            assert!(!store.remove_subscriber(&a.email, 3).await.unwrap());
+            store.add_subscriber(&a, at(1)).await.unwrap();
+            assert!(store.remove_subscriber(&a.email, at(2)).await.unwrap());
+            assert!(!store.remove_subscriber(&a.email, at(3)).await.unwrap());
             assert!(store.list_subscribers().await.unwrap().is_empty());
             let (n,): (i64,) =
                 sqlx::query_as("SELECT COUNT(*) FROM suppressions WHERE email_hash = $1")

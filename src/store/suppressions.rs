@@ -110,7 +110,7 @@ impl Store {
 mod tests {
     use super::*;
     use crate::domain::{Cadence, Email};
-    use crate::store::testing::{TEST_SUPPRESSION_KEY, lease, stores, stores_migrated_to};
+    use crate::store::testing::{TEST_SUPPRESSION_KEY, at, lease, stores, stores_migrated_to};
     use crate::store::{Consent, NewSubscriber, SignupMail, SignupOutcome, WebSignup};
 
     fn sha256_hex(text: &str) -> String {
@@ -147,8 +147,8 @@ mod tests {
                 timezone: "UTC".parse().unwrap(),
                 confirmed: true,
             };
-            store.add_subscriber(&reader, 1).await.unwrap();
-            assert!(store.remove_subscriber(&email, 2).await.unwrap());
+            store.add_subscriber(&reader, at(1)).await.unwrap();
+            assert!(store.remove_subscriber(&email, at(2)).await.unwrap());
             let rows = stored(store).await;
             assert_eq!(rows.len(), 1, "{backend:?}");
             assert_ne!(rows[0].0, sha256_hex("gone@example.org"));
@@ -166,10 +166,10 @@ mod tests {
             };
             let mail = SignupMail {
                 per_day: 3,
-                expires_at: 100,
+                expires_at: at(100),
             };
             assert_eq!(
-                store.record_web_signup(&signup, 3, mail).await.unwrap(),
+                store.record_web_signup(&signup, at(3), mail).await.unwrap(),
                 SignupOutcome::Suppressed
             );
         }
@@ -218,10 +218,10 @@ mod tests {
             };
             let mail = SignupMail {
                 per_day: 3,
-                expires_at: 100,
+                expires_at: at(100),
             };
             assert_eq!(
-                store.record_web_signup(&signup, 3, mail).await.unwrap(),
+                store.record_web_signup(&signup, at(3), mail).await.unwrap(),
                 SignupOutcome::Suppressed
             );
             // An admin adds the bounced address back: the send-time check still holds
@@ -232,10 +232,16 @@ mod tests {
                 timezone: "UTC".parse().unwrap(),
                 confirmed: false,
             };
-            store.add_subscriber(&reader, 4).await.unwrap();
+            store.add_subscriber(&reader, at(4)).await.unwrap();
             let id = store.list_subscribers().await.unwrap()[0].id;
-            store.confirm_subscriber(id, "ip", 5, 500).await.unwrap();
-            let claimed = store.claim_due_deliveries(10, 6, lease(300)).await.unwrap();
+            store
+                .confirm_subscriber(id, "ip", at(5), at(500))
+                .await
+                .unwrap();
+            let claimed = store
+                .claim_due_deliveries(10, at(6), lease(300))
+                .await
+                .unwrap();
             assert_eq!(claimed.len(), 1);
             assert!(claimed[0].suppressed, "{backend:?}");
         }

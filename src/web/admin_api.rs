@@ -17,9 +17,9 @@ use serde_json::json;
 
 use super::AppState;
 use crate::api_token;
-use crate::clock::now;
+use crate::domain::{FeedItem, Timestamp};
 use crate::ingest::{LinkRefusal, check_link, plain_summary, plain_title, plausible_date};
-use crate::store::{FeedItem, PushOutcome};
+use crate::store::PushOutcome;
 
 /// Largest request body the API reads: an article is a few kilobytes.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -73,7 +73,7 @@ async fn require_token(
     };
     match state
         .store
-        .use_api_token(&api_token::hash(token), now())
+        .use_api_token(&api_token::hash(token), Timestamp::now())
         .await
     {
         Ok(Some(name)) => {
@@ -162,8 +162,8 @@ async fn push_article(
             );
         }
     };
-    let t = now();
-    let item = match validate(&state, request, t) {
+    let t = Timestamp::now();
+    let item = match validate(&state, request, t.unix()) {
         Ok(item) => item,
         Err(message) => return error(StatusCode::UNPROCESSABLE_ENTITY, message),
     };
@@ -176,11 +176,11 @@ async fn push_article(
                 PushOutcome::Updated(id) => (StatusCode::OK, id, "updated"),
                 PushOutcome::Unchanged(id) => (StatusCode::OK, id, "unchanged"),
             };
-            tracing::info!(%token, %region, id, outcome = word, breaking = item.breaking, "article pushed");
+            tracing::info!(%token, %region, id = id.get(), outcome = word, breaking = item.breaking, "article pushed");
             (
                 status,
                 Json(json!({
-                    "id": id,
+                    "id": id.get(),
                     "status": word,
                     "region": region.as_str(),
                     "url": item.link,

@@ -20,7 +20,9 @@ use super::pages::{
 use super::regions::Hidden;
 use crate::clock::now;
 use crate::compose::{LINK_LIFETIME_SECS, RegionChoice, cadence_label};
-use crate::domain::{Cadence, DeliveryKind, RegionSlug, SubscriberState, Timezone};
+use crate::domain::{
+    Cadence, DeliveryKind, RegionSlug, SubscriberId, SubscriberState, Timestamp, Timezone,
+};
 use crate::store::{ConfirmOutcome, ReaderPreferences};
 use crate::tokens::Purpose;
 
@@ -29,7 +31,7 @@ const CLOCK_SLACK_SECS: i64 = 300;
 
 /// A verified link: who it names, the token itself, and when it was issued.
 struct Link {
-    id: i64,
+    id: SubscriberId,
     token: String,
     issued_at: i64,
 }
@@ -49,7 +51,7 @@ fn verified(state: &AppState, request_query: &str, purpose: Purpose) -> Option<L
         Purpose::Preferences | Purpose::Unsubscribe => LINK_LIFETIME_SECS,
     };
     Some(Link {
-        id,
+        id: SubscriberId::new(id),
         token,
         issued_at: expires_at - lifetime,
     })
@@ -66,10 +68,10 @@ fn action(path: &str, token: &str) -> String {
     url
 }
 
-fn preferences_url(state: &AppState, subscriber_id: i64) -> String {
+fn preferences_url(state: &AppState, subscriber_id: SubscriberId) -> String {
     let token = state.signer.sign(
         Purpose::Preferences,
-        subscriber_id,
+        subscriber_id.get(),
         now() + LINK_LIFETIME_SECS,
     );
     action("/preferences", &token)
@@ -99,7 +101,7 @@ async fn reader(state: &AppState, link: &Link) -> Result<Option<ReaderPreference
         .reader_preferences(link.id)
         .await
         .map_err(|error| super::try_again(state, &error))?;
-    Ok(reader.filter(|r| link.issued_at >= r.created_at - CLOCK_SLACK_SECS))
+    Ok(reader.filter(|r| link.issued_at >= r.created_at.unix() - CLOCK_SLACK_SECS))
 }
 
 /// `GET /confirm?token=`: what the reader is confirming, and the button.
@@ -173,12 +175,8 @@ pub async fn confirm(State(state): State<AppState>, request: Request) -> Respons
         request.headers(),
         &state.config.http.trusted_proxies,
     );
-    let t = now();
-    let expires_at = t + state
-        .config
-        .expiry
-        .of(DeliveryKind::Welcome, None)
-        .as_secs() as i64;
+    let t = Timestamp::now();
+    let expires_at = t + state.config.expiry.of(DeliveryKind::Welcome, None);
     let outcome = match state
         .store
         .confirm_subscriber(id, &client.ip_text(), t, expires_at)
@@ -318,14 +316,14 @@ pub async fn preferences_page(State(state): State<AppState>, request: Request) -
         Shown {
             chosen: picked.chosen,
             cadences: picked.cadences,
-            timezone: reader.timezone.clone(),
+            timezone: reader.timezone.to_string(),
             query: form.get("q").into(),
         }
     } else {
         Shown {
             chosen: reader.regions.clone(),
             cadences: HashMap::new(),
-            timezone: reader.timezone.clone(),
+            timezone: reader.timezone.to_string(),
             query: String::new(),
         }
     };
@@ -334,7 +332,7 @@ pub async fn preferences_page(State(state): State<AppState>, request: Request) -
         request.headers(),
         StatusCode::OK,
         &token,
-        &reader.email,
+        reader.email.as_str(),
         shown,
         FormErrors::default(),
         false,
@@ -374,7 +372,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
         chosen,
         cadences,
         timezone: if given_zone.is_empty() {
-            reader.timezone.clone()
+            reader.timezone.to_string()
         } else {
             given_zone.clone()
         },
@@ -397,14 +395,14 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
             headers,
             StatusCode::FORBIDDEN,
             &token,
-            &reader.email,
+            reader.email.as_str(),
             shown,
             errors,
             false,
         );
     }
     if form.get("intent") == "leave" {
-        return match state.store.unsubscribe(id, now()).await {
+        return match state.store.unsubscribe(id, Timestamp::now()).await {
             Ok(_) => super::unsubscribed(&state),
             Err(error) => super::try_again(&state, &error),
         };
@@ -432,7 +430,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
             headers,
             StatusCode::UNPROCESSABLE_ENTITY,
             &token,
-            &reader.email,
+            reader.email.as_str(),
             shown,
             errors,
             false,
@@ -440,7 +438,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
     };
     match state
         .store
-        .update_preferences(id, &shown.chosen, timezone, now())
+        .update_preferences(id, &shown.chosen, timezone, Timestamp::now())
         .await
     {
         Ok(true) => {}
@@ -453,7 +451,7 @@ pub async fn preferences(State(state): State<AppState>, request: Request) -> Res
         headers,
         StatusCode::OK,
         &token,
-        &reader.email,
+        reader.email.as_str(),
         shown,
         FormErrors::default(),
         true,
@@ -510,7 +508,7 @@ pub async fn unsubscribe(State(state): State<AppState>, request: Request) -> Res
     }
     // The body (`List-Unsubscribe=One-Click`) says nothing the token does not; it is
     // not read, so a provider that sends another body is not refused.
-    match state.store.unsubscribe(id, now()).await {
+    match state.store.unsubscribe(id, Timestamp::now()).await {
         Ok(_) => super::unsubscribed(&state),
         Err(error) => super::try_again(&state, &error),
     }

@@ -20,8 +20,7 @@ use super::WebConfig;
 use super::forms::{Client, Form, MAX_FORM_BYTES, csrf_ok, csrf_token, same_origin};
 use super::pages::{Choices, Extra, FormErrors, SignupPage, cadence_options, nonce};
 use super::regions::{Found, SEARCH_LIMIT};
-use crate::clock::now;
-use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, Timezone};
+use crate::domain::{Cadence, DeliveryKind, Email, RegionSlug, SignupId, Timestamp, Timezone};
 use crate::shutdown::Shutdown;
 use crate::store::{Consent, Queued, RateLimit, SignupMail, Store, WebSignup};
 
@@ -216,7 +215,7 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
     };
 
     let limits = &state.config.signup;
-    let t = now();
+    let t = Timestamp::now();
     let ip_key = state.signer.fingerprint("signup-ip", &client.ip_bucket());
     let signup = WebSignup {
         email,
@@ -268,13 +267,13 @@ pub async fn subscribe(State(state): State<AppState>, request: Request) -> Respo
 fn signup_mail(config: &WebConfig) -> SignupMail {
     SignupMail {
         per_day: config.signup.emails_per_day,
-        expires_at: now() + config.expiry.of(DeliveryKind::Confirmation, None).as_secs() as i64,
+        expires_at: Timestamp::now() + config.expiry.of(DeliveryKind::Confirmation, None),
     }
 }
 
 /// Does the queued sign-up `id`; on failure it stays queued for [`run_queued_signups`].
 /// Returns false on failure.
-async fn run_signup(store: &Store, config: &WebConfig, id: i64) -> bool {
+async fn run_signup(store: &Store, config: &WebConfig, id: SignupId) -> bool {
     match store.run_queued_signup(id, signup_mail(config)).await {
         Ok(Some(outcome)) => {
             tracing::info!(?outcome, "web sign-up");

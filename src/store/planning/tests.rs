@@ -1,0 +1,318 @@
+//! The cases where a reader could get an article twice without the content groups'
+//! exclusions, rows planned before content groups existed, and manual sends.
+
+use std::collections::HashMap;
+
+use super::*;
+use crate::domain::FeedItem;
+use crate::domain::{ArticleId, Email, RegionSlug, SubscriberId};
+use crate::store::NewSubscriber;
+use crate::store::testing::{at, seed, send_all_due, stores, stores_migrated_to};
+
+const DAY: i64 = 86_400;
+/// Monday 2026-11-30 07:00 UTC: the daily and the weekly slot fall on it.
+const MONDAY: i64 = 1_796_022_000;
+
+async fn reader(store: &Store, email: &str, subs: &[(&str, Cadence)]) -> SubscriberId {
+    store
+        .add_subscriber(
+            &NewSubscriber {
+                email: Email::parse(email).unwrap(),
+                regions: subs.iter().map(|(r, c)| (r.parse().unwrap(), *c)).collect(),
+                timezone: "UTC".parse().unwrap(),
+                confirmed: true,
+            },
+            at(0),
+        )
+        .await
+        .unwrap();
+    let list = store.list_subscribers().await.unwrap();
+    list.iter().find(|r| r.email == email).unwrap().id
+}
+
+/// Stores the story `key` in `region` at `at` (the same link in several regions is one
+/// article); returns its id.
+async fn story(store: &Store, region: &str, key: &str, when: i64) -> ArticleId {
+    let slug: RegionSlug = region.parse().unwrap();
+    let feed = store
+        .feed_id(&slug, &format!("file://{region}.xml"))
+        .await
+        .unwrap();
+    let link = format!("https://news.test.example/{key}");
+    store
+        .record_feed_items(
+            feed,
+            &slug,
+            &[FeedItem {
+                guid: format!("{region}-{key}"),
+                link: link.clone(),
+                title: format!("Story {key}"),
+                summary: String::new(),
+                category: String::new(),
+                published_at: Some(when),
+                breaking: false,
+            }],
+            at(when),
+        )
+        .await
+        .unwrap();
+    store.article_id_by_link(&link).await.unwrap().unwrap()
+}
+
+async fn plan_slot(store: &Store, cadence: Cadence, slot_at: i64, now: i64) -> PlanSummary {
+    let key = format!("{cadence}:UTC:{slot_at}");
+    store
+        .plan_slot_digest(
+            &SlotPlan {
+                slot_key: &key,
+                cadence,
+                zone: Timezone::UTC,
+                slot_at: at(slot_at),
+                period: cadence.period(),
+                now: at(now),
+                expires_at: at(now + DAY),
+            },
+            false,
+        )
+        .await
+        .unwrap()
+}
+
+/// Sends everything due at `at`; returns each reader's articles, in email order.
+async fn deliver(store: &Store, when: i64) -> HashMap<SubscriberId, Vec<Vec<ArticleId>>> {
+    let claimed = send_all_due(store, 1_000, when).await;
+    let mut out: HashMap<SubscriberId, Vec<Vec<ArticleId>>> = HashMap::new();
+    for d in claimed {
+        out.entry(d.subscriber_id)
+            .or_default()
+            .push(d.articles.iter().map(|a| a.article_id).collect());
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_article_in_regions_followed_at_two_cadences_reaches_a_reader_once() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let both = reader(
+            store,
+            "both@example.org",
+            &[("north", Cadence::Daily), ("south", Cadence::Weekly)],
+        )
+        .await;
+        let weekly = reader(store, "weekly@example.org", &[("south", Cadence::Weekly)]).await;
+        let shared = story(store, "north", "shared", MONDAY - 3_600).await;
+        assert_eq!(
+            story(store, "south", "shared", MONDAY - 3_000).await,
+            shared
+        );
+        let only_south = story(store, "south", "south", MONDAY - 2_000).await;
+
+        let daily = plan_slot(store, Cadence::Daily, MONDAY, MONDAY + 30).await;
+        assert_eq!(
+            (daily.deliveries, daily.content_rows),
+            (1, 1),
+            "{backend:?}"
+        );
+        let week = plan_slot(store, Cadence::Weekly, MONDAY, MONDAY + 40).await;
+        // Both weekly readers follow the same region from the same start, but one had
+        // the shared story in the daily digest: two contents, three rows in all.
+        assert_eq!(week.deliveries, 2, "{backend:?}");
+        assert_eq!(week.articles, 3);
+        assert_eq!(week.content_rows, 3);
+
+        let got = deliver(store, MONDAY + 60).await;
+        let mut mine = got[&both].clone();
+        mine.sort();
+        assert_eq!(mine, vec![vec![shared], vec![only_south]], "{backend:?}");
+        // Newest first within the region.
+        assert_eq!(got[&weekly], vec![vec![only_south, shared]], "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_article_sent_in_a_digest_is_not_sent_again_as_an_alert() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let id = reader(
+            store,
+            "d@example.org",
+            &[("north", Cadence::Daily), ("south", Cadence::Alert)],
+        )
+        .await;
+        let alert_only = reader(store, "a@example.org", &[("south", Cadence::Alert)]).await;
+        let article = story(store, "north", "x", MONDAY - 3_600).await;
+        plan_slot(store, Cadence::Daily, MONDAY, MONDAY + 30).await;
+        assert_eq!(deliver(store, MONDAY + 60).await[&id], vec![vec![article]]);
+        // The story reaches the south region later and turns out to be breaking.
+        story(store, "south", "x", MONDAY + 600).await;
+        store.mark_breaking(article).await.unwrap();
+        assert_eq!(store.alert_zones(article).await.unwrap(), ["UTC"]);
+        let alert = store
+            .plan_alert(&AlertPlan {
+                article_id: article,
+                zone: Timezone::UTC,
+                release_at: at(MONDAY + 700),
+                expires_at: at(MONDAY + DAY),
+                now: at(MONDAY + 700),
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            alert.deliveries, 1,
+            "{backend:?}: only the reader who lacks it"
+        );
+        let got = deliver(store, MONDAY + 800).await;
+        assert_eq!(got.keys().copied().collect::<Vec<_>>(), [alert_only]);
+        assert!(store.alert_zones(article).await.unwrap().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn an_article_stored_after_the_slot_is_not_repeated_the_next_day() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let first = reader(store, "one@example.org", &[("north", Cadence::Daily)]).await;
+        let second = reader(store, "two@example.org", &[("north", Cadence::Daily)]).await;
+        let before = story(store, "north", "before", MONDAY - 600).await;
+        // Stored between the slot and the late plan: in today's digest, and inside
+        // tomorrow's window too (it starts at today's slot).
+        let late = story(store, "north", "late", MONDAY + 600).await;
+        let today = plan_slot(store, Cadence::Daily, MONDAY, MONDAY + 1_200).await;
+        assert_eq!(
+            (today.deliveries, today.content_rows),
+            (2, 2),
+            "{backend:?}"
+        );
+        deliver(store, MONDAY + 1_300).await;
+        let next = story(store, "north", "next", MONDAY + 7_200).await;
+        let tomorrow = plan_slot(store, Cadence::Daily, MONDAY + DAY, MONDAY + DAY + 30).await;
+        // Both readers had the late story: they share one content without it.
+        assert_eq!(tomorrow.deliveries, 2, "{backend:?}");
+        assert_eq!(tomorrow.content_rows, 1, "{backend:?}");
+        let got = deliver(store, MONDAY + DAY + 60).await;
+        assert_eq!(got[&first], vec![vec![next]], "{backend:?}");
+        assert_eq!(got[&second], vec![vec![next]], "{backend:?}");
+        let _ = (before, late);
+    }
+}
+
+#[tokio::test]
+async fn rows_planned_before_content_groups_keep_their_articles() {
+    for (backend, t) in stores_migrated_to(6).await {
+        let store = &t.store;
+        let id = reader(
+            store,
+            "old@example.org",
+            &[("north", Cadence::Daily), ("south", Cadence::Weekly)],
+        )
+        .await;
+        let older = story(store, "north", "older", MONDAY - 7_200).await;
+        let newer = story(store, "north", "newer", MONDAY - 3_600).await;
+        // A digest queued the old way: one placement row per (reader, article).
+        let (edition,): (i64,) = sqlx::query_as(
+            "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at, timezone)
+             VALUES ('daily:UTC:old', 'digest', 'daily', $1, $1, 'UTC') RETURNING id",
+        )
+        .bind(MONDAY)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        let (delivery,): (i64,) = sqlx::query_as(
+            "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority,
+                 state, attempts, message_id, next_attempt_at, expires_at, created_at,
+                 updated_at, slot_at, window_start)
+             VALUES ($1, $2, 'digest', 'daily', 2, 'queued', 0, 'f00d', $3, $4, $3, $3, $3, 0)
+             RETURNING id",
+        )
+        .bind(edition)
+        .bind(id)
+        .bind(MONDAY)
+        .bind(MONDAY + DAY)
+        .fetch_one(&store.pool)
+        .await
+        .unwrap();
+        for article in [older, newer] {
+            sqlx::query(
+                "INSERT INTO delivery_articles (delivery_id, subscriber_id, article_id,
+                     region_slug) VALUES ($1, $2, $3, 'north')",
+            )
+            .bind(delivery)
+            .bind(id)
+            .bind(article)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        store.migrate().await.unwrap();
+
+        assert_eq!(
+            deliver(store, MONDAY + 60).await[&id],
+            vec![vec![newer, older]],
+            "{backend:?}: the queued row still carries its articles"
+        );
+        // The older story reaches a region the reader follows weekly: already had.
+        story(store, "south", "older", MONDAY + 600).await;
+        let fresh = story(store, "south", "fresh", MONDAY + 700).await;
+        let week = plan_slot(store, Cadence::Weekly, MONDAY + 7 * DAY, MONDAY + 7 * DAY).await;
+        assert_eq!(week.deliveries, 1, "{backend:?}");
+        assert_eq!(
+            deliver(store, MONDAY + 7 * DAY + 60).await[&id],
+            vec![vec![fresh]],
+            "{backend:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn planning_is_set_based_and_never_repeats_an_article() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let town = seed(store).await;
+        let plan = store
+            .plan_region_digest(
+                "manual:1",
+                &town,
+                Cadence::Daily,
+                at(0),
+                at(2_000),
+                at(9_000),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            plan.deliveries, 2,
+            "pending readers get nothing ({backend:?})"
+        );
+        assert_eq!(plan.articles, 6);
+        // The same slot again, and a new slot: nothing new for anyone.
+        let again = store
+            .plan_region_digest(
+                "manual:1",
+                &town,
+                Cadence::Daily,
+                at(0),
+                at(2_001),
+                at(9_000),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(again.deliveries, 0);
+        let other = store
+            .plan_region_digest(
+                "manual:2",
+                &town,
+                Cadence::Daily,
+                at(0),
+                at(2_002),
+                at(9_000),
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(other.deliveries, 0, "{backend:?}");
+        assert_eq!(store.due_count(at(2_003)).await.unwrap(), 2);
+    }
+}
