@@ -82,27 +82,25 @@ impl Feeder {
             };
             // Expiry sweeps the waiting rows: once every few seconds is plenty.
             let sweep = last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
-            let claimed = async {
+            let ids = async {
                 if sweep {
                     let expired = self.store.expire_overdue(start).await?;
                     self.recorder.expired(expired);
                 }
-                let ids = self
-                    .recorder
+                self.recorder
                     .claim(Claim {
                         limit: room,
                         now: start,
                         lease,
                     })
-                    .await?;
-                self.store.load_claimed(&ids).await
+                    .await
             }
             .await;
-            let claimed = match claimed {
-                Ok(claimed) => {
+            let ids = match ids {
+                Ok(ids) => {
                     failing_since = None;
                     wait = Duration::from_millis(100);
-                    claimed
+                    ids
                 }
                 Err(error) => {
                     let since = *failing_since.get_or_insert_with(std::time::Instant::now);
@@ -114,6 +112,11 @@ impl Feeder {
                     wait = (wait * 2).min(Duration::from_secs(5));
                     continue;
                 }
+            };
+            // The rows are claimed, under this worker's lease: they must be loaded and
+            // sent (or given back), never dropped, or they would wait out the lease.
+            let Some(claimed) = self.load(&ids, shutdown, mode).await? else {
+                return Ok(());
             };
             if sweep {
                 last_sweep = Some(std::time::Instant::now());
@@ -150,6 +153,40 @@ impl Feeder {
             if mode == Mode::Once {
                 return Ok(());
             }
+        }
+    }
+
+    /// Loads the claimed rows `ids`, trying again with backoff while the database does
+    /// not answer. `None` at shutdown, and `Err` once a one-off run has tried for
+    /// [`GIVE_UP_AFTER`]; either way the rows are given back first where the database
+    /// allows (they come back after their lease otherwise).
+    async fn load(
+        &self,
+        ids: &[crate::domain::DeliveryId],
+        shutdown: &Shutdown,
+        mode: Mode,
+    ) -> Result<Option<Vec<ClaimedDelivery>>, StoreError> {
+        let since = std::time::Instant::now();
+        let mut wait = Duration::from_millis(100);
+        loop {
+            let error = match self.store.load_claimed(ids).await {
+                Ok(rows) => return Ok(Some(rows)),
+                Err(error) => error,
+            };
+            let give_up = mode != Mode::Forever && since.elapsed() >= GIVE_UP_AFTER;
+            if shutdown.is_triggered() || give_up {
+                if let Err(release) = self
+                    .store
+                    .release_deliveries(ids, self.owner, Timestamp::now())
+                    .await
+                {
+                    tracing::warn!(error = %release, "cannot give back claimed rows; they return when their lease runs out");
+                }
+                return if give_up { Err(error) } else { Ok(None) };
+            }
+            tracing::error!(%error, rows = ids.len(), retry_in = ?wait, "cannot load claimed deliveries; trying again");
+            shutdown.sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
     }
 }
