@@ -168,7 +168,12 @@ fn postgresql_backends_terminated_mid_send_lose_nothing_and_send_nothing_twice()
                  SELECT COALESCE(SUM(n), 0) FROM killed"
             ),
         );
-        terminated += killed.lines().last().unwrap_or("0").parse::<u32>().unwrap_or(0);
+        terminated += killed
+            .lines()
+            .last()
+            .unwrap_or("0")
+            .parse::<u32>()
+            .unwrap_or(0);
         std::thread::sleep(Duration::from_millis(1_000));
     }
     let output = finish(child);

@@ -316,3 +316,23 @@ async fn planning_is_set_based_and_never_repeats_an_article() {
         assert_eq!(store.due_count(at(2_003)).await.unwrap(), 2);
     }
 }
+
+#[tokio::test]
+async fn a_reader_whose_stored_zone_cannot_be_read_is_left_out_not_everyone() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        reader(store, "good@example.org", &[("town", Cadence::Daily)]).await;
+        let bad = reader(store, "bad@example.org", &[("town", Cadence::Daily)]).await;
+        sqlx::query("UPDATE subscribers SET timezone = 'Mars/Olympus' WHERE id = $1")
+            .bind(bad)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        let zones = store.cadence_zones(Cadence::Daily).await.unwrap();
+        assert_eq!(
+            zones,
+            vec!["UTC".parse::<Timezone>().unwrap()],
+            "{backend:?}: the readable zone is still planned"
+        );
+    }
+}
