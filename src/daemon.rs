@@ -39,9 +39,9 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         "open-file limit"
     );
 
-    let store = crate::cli::open_store(&config).await?;
-    let composer = crate::cli::composer(&config)?;
-    let signer = Arc::new(crate::cli::signer(&config)?);
+    let store = crate::startup::open_store(&config).await?;
+    let composer = crate::startup::composer(&config)?;
+    let signer = Arc::new(crate::startup::signer(&config)?);
     let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
     let ingester = Arc::new(Ingester::new(
         &config.ingest,
@@ -55,7 +55,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         AppState::new(
             store.clone(),
             signer,
-            Arc::new(crate::cli::web_config(&config)),
+            Arc::new(crate::startup::web_config(&config)),
             &config.mail,
         )
         .with_context(|| {
@@ -93,7 +93,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         move |beat| crate::ingest::run(ingester.clone(), shutdown.clone(), beat)
     });
     let plan = supervisor.spawn("plan", crate::plan::overdue_after(&config.schedule), {
-        let planning = Arc::new(crate::cli::plan_config(&config));
+        let planning = Arc::new(crate::startup::plan_config(&config));
         let (store, shutdown) = (store.clone(), shutdown.clone());
         move |beat| crate::plan::run(planning.clone(), store.clone(), shutdown.clone(), beat)
     });
@@ -113,7 +113,7 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     });
     // Sign-ups the form stored that a crash or an error left undone.
     let signups = supervisor.spawn("signups", crate::web::SIGNUPS_OVERDUE_AFTER, {
-        let web = Arc::new(crate::cli::web_config(&config));
+        let web = Arc::new(crate::startup::web_config(&config));
         let (store, shutdown) = (store.clone(), shutdown.clone());
         move |beat| run_queued_signups(store.clone(), web.clone(), shutdown.clone(), beat)
     });

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod ingest;
 pub mod plan;
 pub mod shutdown;
+pub mod startup;
 pub mod store;
 pub mod supervise;
 pub mod tokens;

@@ -35,7 +35,7 @@ pub enum TokenCommand {
 /// Runs the subcommand.
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
     let Command::Token(command) = command;
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let code = match command {
         TokenCommand::Create { name } => {
             let name = api_token::check_name(&name)?;

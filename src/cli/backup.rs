@@ -19,7 +19,7 @@ pub struct Args {
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     let path = std::path::absolute(&args.path)
         .with_context(|| format!("cannot use {} as a path", args.path.display()))?;
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let copied = store.backup_to(&path).await;
     store.close().await;
     let summary = copied?;

@@ -17,8 +17,8 @@ pub struct Args {
 
 /// Delivers due rows and prints what happened to them.
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(config).await?;
-    let composer = super::composer(config)?;
+    let store = crate::startup::open_store(config).await?;
+    let composer = crate::startup::composer(config)?;
     let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
     let deliverer = Deliverer::new(
         &config.deliver,

@@ -22,7 +22,7 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> 
     if !failed {
         anyhow::bail!("say which rows to retry: `herald deliveries retry --failed`");
     }
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let t = Timestamp::now();
     let expiry = config.deliver.expiry.of(DeliveryKind::Digest, None);
     let n = store.retry_failed(t, t + expiry).await?;

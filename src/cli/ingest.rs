@@ -26,7 +26,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         ),
         None => None,
     };
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let reports = ingest_all(
         &config.ingest,
         &config.alerts.categories,

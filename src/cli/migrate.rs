@@ -10,7 +10,7 @@ pub struct Args {}
 
 /// Applies every pending migration.
 pub async fn run(config: &Config, _args: Args) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     store.close().await;
     println!("database schema is up to date ({:?})", store.backend());
     Ok(ExitCode::SUCCESS)

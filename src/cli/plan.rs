@@ -28,9 +28,15 @@ fn parse_instant(text: &str) -> Result<DateTime<Utc>, String> {
 
 /// Plans and prints one line per slot, skipped slot and alert.
 pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let at = args.at.unwrap_or_else(crate::clock::now_utc);
-    let report = plan_due(&super::plan_config(config), &store, at, args.dry_run).await?;
+    let report = plan_due(
+        &crate::startup::plan_config(config),
+        &store,
+        at,
+        args.dry_run,
+    )
+    .await?;
     for (cadence, zone, slot, summary) in &report.slots {
         println!(
             "{cadence:<7} {zone:<22} {}  {} digest(s), {} article(s)",

@@ -70,7 +70,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .regions
         .known(&args.region)
         .map_err(anyhow::Error::msg)?;
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let t = Timestamp::now();
     let articles = region_articles(&store, &region.slug, &region.name, args.cadence, t).await?;
     store.close().await;
@@ -80,7 +80,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
             region.slug
         );
     }
-    let composer = super::composer(config)?;
+    let composer = crate::startup::composer(config)?;
     let email = Email::parse("preview@example.invalid").expect("valid preview address");
     let request = DigestRequest {
         subscriber_id: SubscriberId::new(0),

@@ -39,7 +39,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .regions
         .known(&args.region)
         .map_err(anyhow::Error::msg)?;
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     if let Some(to) = &args.to {
         let email = Email::parse(to)?;
         return test_send(
@@ -54,7 +54,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     }
 
     // A broken template must stop the send before anything is queued.
-    let composer = super::composer(config)?;
+    let composer = crate::startup::composer(config)?;
     let t = Timestamp::now();
     if args.dry_run || !args.yes {
         let plan = manual_digest(
@@ -171,7 +171,7 @@ async fn test_send(
     if articles.is_empty() {
         anyhow::bail!("region {region} has no articles yet; run `herald ingest` first");
     }
-    let composer = super::composer(config)?;
+    let composer = crate::startup::composer(config)?;
     let message_id = format!("{:032x}", uuid::Uuid::new_v4().as_u128());
     let composed = composer
         .digest(&DigestRequest {

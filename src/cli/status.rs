@@ -9,7 +9,7 @@ use crate::domain::Timestamp;
 /// Prints counts by state, the oldest waiting row, the last error, and each feed's last
 /// success, last error and next poll.
 pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let queue = store.queue_status().await?;
     println!("deliveries:");
     for (state, n) in &queue.by_state {

@@ -52,7 +52,7 @@ pub enum Command {
 
 /// Runs the subcommand.
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
-    let store = super::open_store(config).await?;
+    let store = crate::startup::open_store(config).await?;
     let code = match command {
         Command::Add {
             email,

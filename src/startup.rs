@@ -1,0 +1,80 @@
+//! Building herald from its configuration, the same for `herald daemon` and every
+//! command: the store (opened, migrated, regions synced), the link signer, the composer
+//! (templates loaded and checked), and the sections each stage reads.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+
+use crate::compose::Composer;
+use crate::config::{Config, Secret};
+use crate::plan::PlanConfig;
+use crate::store::{Store, SuppressionKey};
+use crate::tokens::Signer;
+use crate::web::WebConfig;
+
+/// Opens the database, applies migrations and syncs regions: every command starts here.
+pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
+    let suppression = SuppressionKey::new(&signer(config)?.derive_key("suppression"));
+    let store = Store::connect(
+        &config.database.url,
+        config.database.max_connections,
+        suppression,
+    )
+    .await?;
+    store.migrate().await?;
+    store.sync_regions(&config.regions).await?;
+    Ok(store)
+}
+
+/// The sections planning reads.
+pub fn plan_config(config: &Config) -> PlanConfig {
+    PlanConfig {
+        schedule: config.schedule.clone(),
+        alerts: config.alerts.clone(),
+        expiry: config.deliver.expiry.clone(),
+    }
+}
+
+/// The sections the web front reads.
+pub fn web_config(config: &Config) -> WebConfig {
+    WebConfig {
+        http: config.http.clone(),
+        signup: config.signup.clone(),
+        regions: config.regions.clone(),
+        alerts: config.alerts.clone(),
+        allow_private_links: config.ingest.allow_private,
+        expiry: config.deliver.expiry.clone(),
+    }
+}
+
+/// The token signer from config, or from the generated key file.
+pub fn signer(config: &Config) -> anyhow::Result<Signer> {
+    Ok(Signer::from_config(
+        config.security.secret.as_ref().map(Secret::expose),
+        &config.security.secret_file,
+    )?)
+}
+
+/// Loads and checks the email templates.
+pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
+    let dir = config.mail.templates_dir.clone();
+    let composer = Composer::new(
+        &config.mail,
+        &config.http.public_url,
+        config.signup.confirm_link_lifetime,
+        config.dkim.as_ref(),
+        &dir,
+        signer(config)?,
+    )
+    .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
+    if !composer.one_click() {
+        tracing::warn!(
+            "http.public_url is {}, not https: emails go out without one-click unsubscribe \
+             (RFC 8058 allows it only for https links) and readers' links travel unencrypted; \
+             set http.public_url to the https address readers use",
+            config.http.public_url
+        );
+    }
+    Ok(Arc::new(composer))
+}
