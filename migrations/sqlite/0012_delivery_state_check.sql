@@ -2,7 +2,10 @@
 -- writes it. SQLite adds a CHECK to a column only by rebuilding the table: the new one
 -- is the old one column for column, in the same order, plus the CHECK; every row keeps
 -- its id; then every index is made again as migrations 0001-0009 left it. No table
--- refers to deliveries, so dropping the old one touches no other row.
+-- refers to deliveries, so dropping the old one touches no other row. The CHECK is a
+-- chain of equalities, not `state IN (…)`: SQLite evaluates a constant IN list of more
+-- than two values through a temporary b-tree built for each row written, which made
+-- every claim and outcome update several times slower.
 CREATE TABLE deliveries_checked (
     id               INTEGER PRIMARY KEY,
     edition_id       INTEGER NOT NULL REFERENCES editions (id),
@@ -10,8 +13,10 @@ CREATE TABLE deliveries_checked (
     kind             TEXT NOT NULL,
     cadence          TEXT,
     priority         INTEGER NOT NULL,
-    state            TEXT NOT NULL CHECK (state IN ('queued', 'sending', 'sent', 'deferred',
-                         'bounced', 'failed', 'expired', 'cancelled', 'suppressed')),
+    state            TEXT NOT NULL CHECK (state = 'queued' OR state = 'sending'
+                         OR state = 'sent' OR state = 'deferred' OR state = 'bounced'
+                         OR state = 'failed' OR state = 'expired' OR state = 'cancelled'
+                         OR state = 'suppressed'),
     attempts         INTEGER NOT NULL DEFAULT 0,
     message_id       TEXT NOT NULL,
     next_attempt_at  INTEGER NOT NULL,
