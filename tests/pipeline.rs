@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Site, SmtpServer, parse_email};
+use support::{Run, Site, SmtpServer, parse_email};
 
 #[test]
 fn feed_to_digests_over_smtp_with_every_delivery_recorded() {
@@ -348,4 +348,37 @@ fn an_http_public_url_is_a_warning_and_its_mail_offers_no_one_click() {
             .stdout()
             .contains("List-Unsubscribe-Post: List-Unsubscribe=One-Click")
     );
+}
+
+#[test]
+fn one_emails_log_lines_can_be_followed_by_its_delivery_id() {
+    let smtp = SmtpServer::start();
+    let site = Site::new(smtp.port);
+    site.run(&["ingest"]).ok();
+    for email in ["ada@example.org", "bo@example.org"] {
+        site.add_confirmed(email, "riverton");
+    }
+    let send = Run(site
+        .command(&["send", "--region", "riverton", "--yes"])
+        .env("HERALD_LOG", "herald::deliver=debug")
+        .output()
+        .expect("run herald"))
+    .ok();
+    let ids = site.sql("SELECT id FROM deliveries ORDER BY id");
+    assert_eq!(ids.len(), 2);
+    let log = send.stderr();
+    for id in ids.iter().map(|row| &row[0]) {
+        let scope = format!("delivery{{id={id}}}");
+        let lines: Vec<&str> = log.lines().filter(|line| line.contains(&scope)).collect();
+        // Claimed by the feeder, sent by a sender, recorded by the recorder: three
+        // tasks, one id on each line.
+        for step in ["claimed", "sent", "recorded"] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|line| line.ends_with(step) || line.contains(&format!(" {step} "))),
+                "no {step:?} line for {scope}:\n{log}"
+            );
+        }
+    }
 }
