@@ -20,6 +20,7 @@ pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod supervise;
+pub mod templates;
 pub mod tokens;
 pub mod web;
 

@@ -11,22 +11,24 @@ mod preview;
 mod send;
 mod status;
 mod subscribers;
+mod templates;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_PATH, PathBase};
 use crate::domain::Timestamp;
 
 /// herald — regional news alerts and digests.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about, long_about = None)]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, env = "HERALD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-    config: PathBuf,
+    /// Configuration file; relative paths in it are read against its folder. Without
+    /// one, config/herald.toml is read, with paths against the working directory.
+    #[arg(long, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     command: Command,
@@ -61,6 +63,9 @@ enum Command {
     /// Admin API tokens.
     #[command(subcommand)]
     Admin(admin::Command),
+    /// The built-in email and page templates.
+    #[command(subcommand)]
+    Templates(templates::Command),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message and exit code.
@@ -117,8 +122,17 @@ fn init_tracing() {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config)?;
-    match cli.command {
+    let command = match cli.command {
+        // Needs no configuration: it writes what is built into the binary.
+        Command::Templates(cmd) => return templates::run(cmd),
+        command => command,
+    };
+    let config = match &cli.config {
+        Some(path) => Config::load(path, PathBase::ConfigFolder)?,
+        None => Config::load(Path::new(DEFAULT_PATH), PathBase::WorkingDirectory)?,
+    };
+    match command {
+        Command::Templates(_) => unreachable!("handled before the configuration is loaded"),
         Command::Migrate(args) => migrate::run(&config, args).await,
         Command::Daemon => crate::daemon::run(config).await,
         Command::Ingest(args) => ingest::run(&config, args).await,

@@ -45,6 +45,12 @@ pub fn epoch(instant: &str) -> i64 {
         .timestamp()
 }
 
+/// The `HERALD_TEST_CLOCK_OFFSET` that makes a `herald` process's clock read
+/// [`PINNED_CLOCK`] now, for tests that run herald without a [`Site`].
+pub fn pinned_clock_offset() -> i64 {
+    epoch(PINNED_CLOCK) - system_now()
+}
+
 /// The system clock as Unix seconds (only to pin sites' clocks from).
 fn system_now() -> i64 {
     std::time::SystemTime::now()
