@@ -18,7 +18,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{Config, DEFAULT_PATH, PathBase};
+use crate::config::{Config, DEFAULT_PATH, LogFormat, PathBase};
 use crate::domain::Timestamp;
 
 /// herald — regional news alerts and digests.
@@ -71,7 +71,23 @@ enum Command {
 /// Parses arguments, runs the command, and turns errors into a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let command = match cli.command {
+        // Needs no configuration: it writes what is built into the binary.
+        Command::Templates(cmd) => return report(templates::run(cmd)),
+        command => command,
+    };
+    let loaded = match &cli.config {
+        Some(path) => Config::load(path, PathBase::ConfigFolder),
+        None => Config::load(Path::new(DEFAULT_PATH), PathBase::WorkingDirectory),
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(config.log.format);
     match crate::clock::init() {
         Ok(Some(offset)) => tracing::warn!(
             offset_seconds = offset,
@@ -101,7 +117,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    report(runtime.block_on(run(command, config)))
+}
+
+/// The exit code of a command's result, with its error printed.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -110,27 +131,29 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Log lines go to stderr, filtered by `HERALD_LOG`: human-readable by default, or
+/// one JSON object per line (`[log] format = "json"`), the event's fields at the top
+/// level beside `timestamp`, `level`, `target` and `message`.
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("warn,herald=info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_ansi(false)
+            .try_init(),
+    };
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let command = match cli.command {
-        // Needs no configuration: it writes what is built into the binary.
-        Command::Templates(cmd) => return templates::run(cmd),
-        command => command,
-    };
-    let config = match &cli.config {
-        Some(path) => Config::load(path, PathBase::ConfigFolder)?,
-        None => Config::load(Path::new(DEFAULT_PATH), PathBase::WorkingDirectory)?,
-    };
+async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Templates(_) => unreachable!("handled before the configuration is loaded"),
         Command::Migrate(args) => migrate::run(&config, args).await,

@@ -15,6 +15,7 @@ mod duration;
 mod env;
 mod http;
 mod ingest;
+mod log;
 mod mail;
 mod regions;
 mod schedule;
@@ -38,6 +39,7 @@ pub use dkim::DkimSettings;
 pub use duration::parse_duration;
 pub use http::HttpConfig;
 pub use ingest::IngestConfig;
+pub use log::{LogConfig, LogFormat};
 pub use mail::{MailConfig, TransportKind};
 pub use regions::{FeedSource, Region, Regions};
 pub use schedule::ScheduleConfig;
@@ -133,6 +135,8 @@ pub struct Config {
     pub dkim: Option<DkimSettings>,
     /// The web sign-up: consent text, abuse limits, the region picker.
     pub signup: SignupConfig,
+    /// How log lines are written.
+    pub log: LogConfig,
     /// The regions readers can follow, in the file's order.
     pub regions: Regions,
 }
@@ -154,12 +158,13 @@ struct Sections {
     security: IgnoredAny,
     dkim: IgnoredAny,
     signup: IgnoredAny,
+    log: IgnoredAny,
     #[serde(default)]
     regions: IgnoredAny,
 }
 
 /// Every section's built-in values, the bottom layer.
-const DEFAULTS: [&str; 11] = [
+const DEFAULTS: [&str; 12] = [
     database::DEFAULTS,
     http::DEFAULTS,
     mail::DEFAULTS,
@@ -171,6 +176,7 @@ const DEFAULTS: [&str; 11] = [
     security::DEFAULTS,
     dkim::DEFAULTS,
     signup::DEFAULTS,
+    log::DEFAULTS,
 ];
 
 impl Config {
@@ -256,6 +262,7 @@ impl Config {
         let security = p.section::<security::File>(&root, "security");
         let dkim = p.section::<dkim::File>(&root, "dkim");
         let signup = p.section::<signup::File>(&root, "signup");
+        let log = p.section::<log::File>(&root, "log");
         let regions = match root.find_ref("regions") {
             Some(value) => p.value::<Vec<Setting<regions::Entry>>>("regions", value.clone()),
             None => Some(Vec::new()),
@@ -273,6 +280,7 @@ impl Config {
         let security = security.and_then(|s| s.check(p, base_dir));
         let dkim = dkim.and_then(|s| s.check(p, mail.as_ref().map(|m| &m.from), base_dir));
         let signup = signup.and_then(|s| s.check(p));
+        let log = log.and_then(|s| s.check(p));
         // Feeds named `file://relative` have always been read against the config
         // file's folder, with or without --config (the demo feeds sit beside it).
         let feeds_dir = match path.parent() {
@@ -296,6 +304,7 @@ impl Config {
             security: security?,
             dkim: dkim?,
             signup: signup?,
+            log: log?,
             regions: regions?,
         })
     }
@@ -530,6 +539,11 @@ mod tests {
         );
         let err = problems(GOOD, &[("HERALD__INGEST__ALLOW_PRIVATE", "1")]);
         assert!(err.contains("ingest.allow_private"), "{err}");
+        assert_eq!(load(GOOD, &[]).unwrap().log.format, LogFormat::Text);
+        let config = load(GOOD, &[("HERALD__LOG__FORMAT", "json")]).unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        let err = problems(GOOD, &[("HERALD__LOG__FORMAT", "xml")]);
+        assert!(err.contains("log.format"), "{err}");
     }
 
     #[test]
