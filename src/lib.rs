@@ -15,6 +15,7 @@ pub mod deliver;
 pub mod descriptors;
 pub mod domain;
 pub mod ingest;
+pub mod metrics;
 pub mod plan;
 pub mod shutdown;
 pub mod startup;

@@ -45,6 +45,8 @@ pub fn web_config(config: &Config) -> WebConfig {
         alerts: config.alerts.clone(),
         allow_private_links: config.ingest.allow_private,
         expiry: config.deliver.expiry.clone(),
+        smtp_reply_within: (config.mail.transport == crate::config::TransportKind::Smtp)
+            .then(|| crate::web::smtp_reply_within(config.smtp.timeout)),
     }
 }
 
