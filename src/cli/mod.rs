@@ -36,6 +36,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The commands that run on a configuration (and open the database).
+    #[command(flatten)]
+    Configured(Configured),
+    /// The built-in email and page templates.
+    #[command(subcommand)]
+    Templates(templates::Command),
+}
+
+#[derive(Debug, Subcommand)]
+enum Configured {
     /// Create or upgrade the database schema.
     Migrate(migrate::Args),
     /// Ingest, deliver and serve HTTP until SIGTERM/SIGINT, then drain.
@@ -63,9 +73,6 @@ enum Command {
     /// Admin API tokens.
     #[command(subcommand)]
     Admin(admin::Command),
-    /// The built-in email and page templates.
-    #[command(subcommand)]
-    Templates(templates::Command),
 }
 
 /// Parses arguments, runs the command, and turns errors into a message and exit code.
@@ -74,7 +81,7 @@ pub fn main() -> ExitCode {
     let command = match cli.command {
         // Needs no configuration: it writes what is built into the binary.
         Command::Templates(cmd) => return report(templates::run(cmd)),
-        command => command,
+        Command::Configured(command) => command,
     };
     let loaded = match &cli.config {
         Some(path) => Config::load(path, PathBase::ConfigFolder),
@@ -153,21 +160,20 @@ fn init_tracing(format: LogFormat) {
     };
 }
 
-async fn run(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+async fn run(command: Configured, config: Config) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Templates(_) => unreachable!("handled before the configuration is loaded"),
-        Command::Migrate(args) => migrate::run(&config, args).await,
-        Command::Daemon => crate::daemon::run(config).await,
-        Command::Ingest(args) => ingest::run(&config, args).await,
-        Command::Plan(args) => plan::run(&config, args).await,
-        Command::Send(args) => send::run(&config, args).await,
-        Command::Deliver(args) => deliver::run(&config, args).await,
-        Command::Preview(args) => preview::run(&config, args).await,
-        Command::Subscribers(cmd) => subscribers::run(&config, cmd).await,
-        Command::Status => status::run(&config).await,
-        Command::Backup(args) => backup::run(&config, args).await,
-        Command::Deliveries(cmd) => deliveries::run(&config, cmd).await,
-        Command::Admin(cmd) => admin::run(&config, cmd).await,
+        Configured::Migrate(args) => migrate::run(&config, args).await,
+        Configured::Daemon => crate::daemon::run(config).await,
+        Configured::Ingest(args) => ingest::run(&config, args).await,
+        Configured::Plan(args) => plan::run(&config, args).await,
+        Configured::Send(args) => send::run(&config, args).await,
+        Configured::Deliver(args) => deliver::run(&config, args).await,
+        Configured::Preview(args) => preview::run(&config, args).await,
+        Configured::Subscribers(cmd) => subscribers::run(&config, cmd).await,
+        Configured::Status => status::run(&config).await,
+        Configured::Backup(args) => backup::run(&config, args).await,
+        Configured::Deliveries(cmd) => deliveries::run(&config, cmd).await,
+        Configured::Admin(cmd) => admin::run(&config, cmd).await,
     }
 }
 
