@@ -60,8 +60,8 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         )
         .with_context(|| {
             format!(
-                "cannot load the web page templates from {}",
-                config.mail.templates_dir.join("web").display()
+                "cannot load the web page templates ({})",
+                crate::startup::templates_origin(config.mail.templates_dir.as_deref())
             )
         })?
         .with_health(health.clone()),

@@ -15,11 +15,13 @@ pub mod deliver;
 pub mod descriptors;
 pub mod domain;
 pub mod ingest;
+pub mod metrics;
 pub mod plan;
 pub mod shutdown;
 pub mod startup;
 pub mod store;
 pub mod supervise;
+pub mod templates;
 pub mod tokens;
 pub mod web;
 

@@ -45,6 +45,8 @@ pub fn web_config(config: &Config) -> WebConfig {
         alerts: config.alerts.clone(),
         allow_private_links: config.ingest.allow_private,
         expiry: config.deliver.expiry.clone(),
+        smtp_reply_within: (config.mail.transport == crate::config::TransportKind::Smtp)
+            .then(|| crate::web::smtp_reply_within(config.smtp.timeout)),
     }
 }
 
@@ -56,18 +58,24 @@ pub fn signer(config: &Config) -> anyhow::Result<Signer> {
     )?)
 }
 
-/// Loads and checks the email templates.
+/// Loads and checks the email templates: the built-in ones, each replaced by its file
+/// in `mail.templates_dir` when there is one.
 pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
-    let dir = config.mail.templates_dir.clone();
+    let dir = config.mail.templates_dir.as_deref();
     let composer = Composer::new(
         &config.mail,
         &config.http.public_url,
         config.signup.confirm_link_lifetime,
         config.dkim.as_ref(),
-        &dir,
+        dir,
         signer(config)?,
     )
-    .with_context(|| format!("cannot load the email templates from {}", dir.display()))?;
+    .with_context(|| {
+        format!(
+            "cannot load the email templates ({})",
+            templates_origin(dir)
+        )
+    })?;
     if !composer.one_click() {
         tracing::warn!(
             "http.public_url is {}, not https: emails go out without one-click unsubscribe \
@@ -77,4 +85,15 @@ pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
         );
     }
     Ok(Arc::new(composer))
+}
+
+/// Where templates come from, in words, for error messages.
+pub fn templates_origin(dir: Option<&std::path::Path>) -> String {
+    match dir {
+        Some(dir) => format!(
+            "built in, each replaced by its file under {} when there",
+            dir.display()
+        ),
+        None => "built in".into(),
+    }
 }

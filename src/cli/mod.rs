@@ -11,22 +11,24 @@ mod preview;
 mod send;
 mod status;
 mod subscribers;
+mod templates;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::Config;
+use crate::config::{Config, DEFAULT_PATH, LogFormat, PathBase};
 use crate::domain::Timestamp;
 
 /// herald — regional news alerts and digests.
 #[derive(Debug, Parser)]
 #[command(name = "herald", version, about, long_about = None)]
 pub struct Cli {
-    /// Configuration file.
-    #[arg(long, global = true, env = "HERALD_CONFIG", default_value = crate::config::DEFAULT_PATH)]
-    config: PathBuf,
+    /// Configuration file; relative paths in it are read against its folder. Without
+    /// one, config/herald.toml is read, with paths against the working directory.
+    #[arg(long, global = true, env = "HERALD_CONFIG")]
+    config: Option<PathBuf>,
     /// The command to run.
     #[command(subcommand)]
     command: Command,
@@ -34,6 +36,16 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// The commands that run on a configuration (and open the database).
+    #[command(flatten)]
+    Configured(Configured),
+    /// The built-in email and page templates.
+    #[command(subcommand)]
+    Templates(templates::Command),
+}
+
+#[derive(Debug, Subcommand)]
+enum Configured {
     /// Create or upgrade the database schema.
     Migrate(migrate::Args),
     /// Ingest, deliver and serve HTTP until SIGTERM/SIGINT, then drain.
@@ -66,7 +78,23 @@ enum Command {
 /// Parses arguments, runs the command, and turns errors into a message and exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    let command = match cli.command {
+        // Needs no configuration: it writes what is built into the binary.
+        Command::Templates(cmd) => return report(templates::run(cmd)),
+        Command::Configured(command) => command,
+    };
+    let loaded = match &cli.config {
+        Some(path) => Config::load(path, PathBase::ConfigFolder),
+        None => Config::load(Path::new(DEFAULT_PATH), PathBase::WorkingDirectory),
+    };
+    let config = match loaded {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_tracing(config.log.format);
     match crate::clock::init() {
         Ok(Some(offset)) => tracing::warn!(
             offset_seconds = offset,
@@ -96,7 +124,12 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    report(runtime.block_on(run(command, config)))
+}
+
+/// The exit code of a command's result, with its error printed.
+fn report(result: anyhow::Result<ExitCode>) -> ExitCode {
+    match result {
         Ok(code) => code,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -105,32 +138,42 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+/// Log lines go to stderr, filtered by `HERALD_LOG`: human-readable by default, or
+/// one JSON object per line (`[log] format = "json"`), the event's fields at the top
+/// level beside `timestamp`, `level`, `target` and `message`.
+fn init_tracing(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("HERALD_LOG")
         .unwrap_or_else(|_| EnvFilter::new("warn,herald=info"));
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_ansi(false)
+            .try_init(),
+    };
 }
 
-async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = Config::load(&cli.config)?;
-    match cli.command {
-        Command::Migrate(args) => migrate::run(&config, args).await,
-        Command::Daemon => crate::daemon::run(config).await,
-        Command::Ingest(args) => ingest::run(&config, args).await,
-        Command::Plan(args) => plan::run(&config, args).await,
-        Command::Send(args) => send::run(&config, args).await,
-        Command::Deliver(args) => deliver::run(&config, args).await,
-        Command::Preview(args) => preview::run(&config, args).await,
-        Command::Subscribers(cmd) => subscribers::run(&config, cmd).await,
-        Command::Status => status::run(&config).await,
-        Command::Backup(args) => backup::run(&config, args).await,
-        Command::Deliveries(cmd) => deliveries::run(&config, cmd).await,
-        Command::Admin(cmd) => admin::run(&config, cmd).await,
+async fn run(command: Configured, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Configured::Migrate(args) => migrate::run(&config, args).await,
+        Configured::Daemon => crate::daemon::run(config).await,
+        Configured::Ingest(args) => ingest::run(&config, args).await,
+        Configured::Plan(args) => plan::run(&config, args).await,
+        Configured::Send(args) => send::run(&config, args).await,
+        Configured::Deliver(args) => deliver::run(&config, args).await,
+        Configured::Preview(args) => preview::run(&config, args).await,
+        Configured::Subscribers(cmd) => subscribers::run(&config, cmd).await,
+        Configured::Status => status::run(&config).await,
+        Configured::Backup(args) => backup::run(&config, args).await,
+        Configured::Deliveries(cmd) => deliveries::run(&config, cmd).await,
+        Configured::Admin(cmd) => admin::run(&config, cmd).await,
     }
 }
 

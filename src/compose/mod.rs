@@ -43,14 +43,9 @@ const TEMPLATES: [&str; 6] = [
 /// Why an email could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum ComposeError {
-    /// A template file is missing or unreadable.
-    #[error("cannot read template {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// An override template cannot be read.
+    #[error(transparent)]
+    Read(#[from] crate::templates::TemplateSourceError),
     /// A template has a syntax error or fails to render.
     #[error("template {name} is broken: {message}")]
     Template {
@@ -180,7 +175,8 @@ pub struct Composer {
 }
 
 impl Composer {
-    /// Loads the templates under `dir` and checks each renders with sample data.
+    /// Loads the templates (each from `override_dir` when there, else built in) and
+    /// checks each renders with sample data.
     /// Emails come from `mail`'s sender, their links start with `public_url` (and a
     /// confirmation link works for `confirm_link_lifetime`), and `dkim` signs them.
     pub fn new(
@@ -188,20 +184,18 @@ impl Composer {
         public_url: &url::Url,
         confirm_link_lifetime: std::time::Duration,
         dkim: Option<&DkimSettings>,
-        dir: &Path,
+        override_dir: Option<&Path>,
         signer: Signer,
     ) -> Result<Composer, ComposeError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_formatter(html_formatter);
+        let mut origins = Vec::new();
         for name in TEMPLATES {
-            let path = dir.join(name);
-            let source = std::fs::read_to_string(&path).map_err(|source| ComposeError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            env.add_template_owned(name.to_string(), source)
-                .map_err(|e| template_error(name, &e))?;
+            let source = crate::templates::load(override_dir, name)?;
+            origins.push((name, source.origin()));
+            env.add_template_owned(name.to_string(), source.text)
+                .map_err(|e| template_error(name, &e).with_origin(&origins))?;
         }
         let domain = mail.sending_domain().to_string();
         let composer = Composer {
@@ -217,7 +211,7 @@ impl Composer {
             confirm_lifetime_secs: confirm_link_lifetime.as_secs() as i64,
             shared: shared::SharedDigests::new(),
         };
-        composer.self_test()?;
+        composer.self_test().map_err(|e| e.with_origin(&origins))?;
         Ok(composer)
     }
 
@@ -571,6 +565,23 @@ fn dkim_config(settings: &DkimSettings) -> Result<DkimConfig, ComposeError> {
             body: DkimCanonicalizationType::Relaxed,
         },
     ))
+}
+
+impl ComposeError {
+    /// Adds where a broken template came from (an override file, or built in), so the
+    /// operator knows which file to fix.
+    fn with_origin(self, origins: &[(&str, String)]) -> ComposeError {
+        match self {
+            ComposeError::Template { name, message } => {
+                let message = match origins.iter().find(|(n, _)| *n == name) {
+                    Some((_, origin)) => format!("{message} ({origin})"),
+                    None => message,
+                };
+                ComposeError::Template { name, message }
+            }
+            other => other,
+        }
+    }
 }
 
 pub(crate) fn template_error(name: &str, error: &minijinja::Error) -> ComposeError {

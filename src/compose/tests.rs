@@ -13,7 +13,7 @@ pub(in crate::compose) fn composer_for(
         &config.http.public_url,
         config.signup.confirm_link_lifetime,
         config.dkim.as_ref(),
-        dir,
+        Some(dir),
         Signer::new(b"k"),
     )
 }
@@ -289,6 +289,16 @@ fn a_broken_template_is_an_error_at_load() {
         .unwrap()
         .to_string();
     assert!(err.contains("email/digest.html.j2"), "{err}");
+    assert!(err.contains("line 1"), "{err}");
+    assert!(
+        err.contains(
+            &dir.path()
+                .join("email/digest.html.j2")
+                .display()
+                .to_string()
+        ),
+        "{err}"
+    );
     std::fs::write(
         dir.path().join("email/digest.html.j2"),
         "{{ no_such_variable }}",

@@ -1,5 +1,7 @@
 //! `[database]`: where herald keeps its data.
 
+use std::path::Path;
+
 use serde::Deserialize;
 
 use super::setting::{FromText, Problems, Setting, Text};
@@ -49,12 +51,65 @@ impl FromText for DatabaseUrl {
 
 impl File {
     /// The typed section, or `None` with each problem recorded.
-    pub(super) fn check(self, p: &mut Problems) -> Option<DatabaseConfig> {
+    pub(super) fn check(self, p: &mut Problems, base: &Path) -> Option<DatabaseConfig> {
         let url = p.text("database.url", self.url);
         let max_connections = p.take("database.max_connections", self.max_connections);
         Some(DatabaseConfig {
-            url: url?.0,
+            url: sqlite_relative_to(base, &url?.0),
             max_connections: max_connections?.max(1),
         })
+    }
+}
+
+/// A SQLite URL whose file is a relative path, made relative to `base` instead (the
+/// config file's folder); any other URL as it is. `sqlite://state/herald.db` in
+/// `/etc/herald/herald.toml` is `/etc/herald/state/herald.db`.
+fn sqlite_relative_to(base: &Path, url: &str) -> String {
+    let Some(rest) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return url.to_string();
+    };
+    let (file, query) = match rest.split_once('?') {
+        Some((file, query)) => (file, Some(query)),
+        None => (rest, None),
+    };
+    if file.is_empty() || file == ":memory:" || Path::new(file).is_absolute() {
+        return url.to_string();
+    }
+    let path = super::resolve(base, file);
+    match query {
+        Some(query) => format!("sqlite://{}?{query}", path.display()),
+        None => format!("sqlite://{}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_sqlite_file_is_read_against_the_base() {
+        let base = Path::new("/etc/herald");
+        assert_eq!(
+            sqlite_relative_to(base, "sqlite://state/herald.db"),
+            "sqlite:///etc/herald/state/herald.db"
+        );
+        assert_eq!(
+            sqlite_relative_to(base, "sqlite:state/herald.db?mode=rwc"),
+            "sqlite:///etc/herald/state/herald.db?mode=rwc"
+        );
+        for same in [
+            "sqlite:///var/lib/herald/herald.db",
+            "sqlite::memory:",
+            "postgres://herald@db/herald",
+        ] {
+            assert_eq!(sqlite_relative_to(base, same), same);
+        }
+        assert_eq!(
+            sqlite_relative_to(Path::new(""), "sqlite://var/herald.db"),
+            "sqlite://var/herald.db"
+        );
     }
 }

@@ -42,6 +42,7 @@ impl File {
         self,
         p: &mut Problems,
         from: Option<&Mailbox>,
+        base: &std::path::Path,
     ) -> Option<Option<DkimSettings>> {
         let domain = p.take("dkim.domain", self.domain);
         let selector = p.take("dkim.selector", self.selector);
@@ -78,7 +79,7 @@ impl File {
                 good = false;
             }
         }
-        let key_file = PathBuf::from(key_file);
+        let key_file = super::resolve(base, key_file);
         if !key_file.is_file() {
             p.push(
                 "dkim.key_file",

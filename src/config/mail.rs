@@ -1,6 +1,6 @@
 //! `[mail]`: who emails come from, what they carry, and how they leave herald.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use lettre::message::Mailbox;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ postal_address = ""
 transport = "file"
 outbox_dir = "var/outbox"
 list_name = ""
-templates_dir = "templates"
+templates_dir = ""
 "#;
 
 /// `[mail]` as written.
@@ -53,8 +53,9 @@ pub struct MailConfig {
     pub outbox_dir: PathBuf,
     /// Human name of the list, shown in `List-Id` and as the site name.
     pub list_name: String,
-    /// Folder holding the `email/*.j2` and `web/*.html.j2` templates.
-    pub templates_dir: PathBuf,
+    /// Folder whose `email/*.j2` and `web/*.html.j2` files replace the built-in
+    /// templates of the same name; `None` uses the built-in set only.
+    pub templates_dir: Option<PathBuf>,
 }
 
 impl MailConfig {
@@ -74,7 +75,7 @@ impl FromText for Mailbox {
 
 impl File {
     /// The typed section, or `None` with each problem recorded.
-    pub(super) fn check(self, p: &mut Problems) -> Option<MailConfig> {
+    pub(super) fn check(self, p: &mut Problems, base: &Path) -> Option<MailConfig> {
         let from = p.text("mail.from", self.from);
         let postal_address = p
             .take("mail.postal_address", self.postal_address)
@@ -102,9 +103,12 @@ impl File {
             from,
             postal_address: postal_address?,
             transport: transport?,
-            outbox_dir: PathBuf::from(outbox_dir?.trim()),
+            outbox_dir: super::resolve(base, outbox_dir?.trim()),
             list_name,
-            templates_dir: PathBuf::from(templates_dir?.trim()),
+            templates_dir: match templates_dir?.trim() {
+                "" => None,
+                dir => Some(super::resolve(base, dir)),
+            },
         })
     }
 }

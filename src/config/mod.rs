@@ -15,6 +15,7 @@ mod duration;
 mod env;
 mod http;
 mod ingest;
+mod log;
 mod mail;
 mod regions;
 mod schedule;
@@ -38,6 +39,7 @@ pub use dkim::DkimSettings;
 pub use duration::parse_duration;
 pub use http::HttpConfig;
 pub use ingest::IngestConfig;
+pub use log::{LogConfig, LogFormat};
 pub use mail::{MailConfig, TransportKind};
 pub use regions::{FeedSource, Region, Regions};
 pub use schedule::ScheduleConfig;
@@ -51,6 +53,28 @@ use setting::{Problems, Setting};
 
 /// The config file used when neither `--config` nor `HERALD_CONFIG` is given.
 pub const DEFAULT_PATH: &str = "config/herald.toml";
+
+/// What relative paths in the configuration (the database file, the outbox, the
+/// templates, key and secret files) are read against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathBase {
+    /// The config file's folder: a file named with `--config` or `HERALD_CONFIG`, so
+    /// that `herald --config /etc/herald/herald.toml daemon` works from any directory.
+    ConfigFolder,
+    /// The working directory: [`DEFAULT_PATH`], used when no file is named, as when
+    /// running from a source checkout.
+    WorkingDirectory,
+}
+
+/// `path` read against `base`; an absolute path, or an empty base, leaves it as it is.
+fn resolve(base: &Path, path: &str) -> PathBuf {
+    let path = Path::new(path);
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        base.join(path)
+    }
+}
 
 /// Everything that can go wrong loading the configuration.
 #[derive(Debug, thiserror::Error)]
@@ -86,6 +110,9 @@ pub enum ConfigError {
 pub struct Config {
     /// The file it came from; relative `file://` feeds resolve against its folder.
     pub path: PathBuf,
+    /// The folder other relative paths were read against (empty: the working
+    /// directory).
+    pub base_dir: PathBuf,
     /// Where the data lives.
     pub database: DatabaseConfig,
     /// The web listener.
@@ -108,6 +135,8 @@ pub struct Config {
     pub dkim: Option<DkimSettings>,
     /// The web sign-up: consent text, abuse limits, the region picker.
     pub signup: SignupConfig,
+    /// How log lines are written.
+    pub log: LogConfig,
     /// The regions readers can follow, in the file's order.
     pub regions: Regions,
 }
@@ -129,12 +158,13 @@ struct Sections {
     security: IgnoredAny,
     dkim: IgnoredAny,
     signup: IgnoredAny,
+    log: IgnoredAny,
     #[serde(default)]
     regions: IgnoredAny,
 }
 
 /// Every section's built-in values, the bottom layer.
-const DEFAULTS: [&str; 11] = [
+const DEFAULTS: [&str; 12] = [
     database::DEFAULTS,
     http::DEFAULTS,
     mail::DEFAULTS,
@@ -146,29 +176,42 @@ const DEFAULTS: [&str; 11] = [
     security::DEFAULTS,
     dkim::DEFAULTS,
     signup::DEFAULTS,
+    log::DEFAULTS,
 ];
 
 impl Config {
-    /// Loads from `path`, applying `HERALD__…` variables from the process environment.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Config::load_with_env(path, std::env::vars())
+    /// Loads from `path`, applying `HERALD__…` variables from the process environment;
+    /// relative paths are read against `base`.
+    pub fn load(path: &Path, base: PathBase) -> Result<Config, ConfigError> {
+        Config::load_with_env(path, base, std::env::vars())
     }
 
     /// Loads from `path` with the given environment (tests pass their own).
     pub fn load_with_env(
         path: &Path,
+        base: PathBase,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_toml(path, &text, env)
+        Config::parse(path, base, &text, env)
     }
 
-    /// Parses `text` as if it were the file at `path`.
+    /// Parses `text` as if it were the file at `path`, named by the user (relative
+    /// paths are read against its folder).
     pub fn from_toml(
         path: &Path,
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        Config::parse(path, PathBase::ConfigFolder, text, env)
+    }
+
+    fn parse(
+        path: &Path,
+        base: PathBase,
         text: &str,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Config, ConfigError> {
@@ -185,7 +228,12 @@ impl Config {
             message: e.kind.to_string(),
         })?;
         let mut p = Problems::new(&env);
-        let config = Config::check(path, root, &mut p);
+        let config_dir = path.parent().unwrap_or(Path::new("")).to_path_buf();
+        let base_dir = match base {
+            PathBase::ConfigFolder => config_dir,
+            PathBase::WorkingDirectory => PathBuf::new(),
+        };
+        let config = Config::check(path, &base_dir, root, &mut p);
         match config {
             Some(config) if p.is_empty() => Ok(config),
             _ => Err(ConfigError::Invalid {
@@ -196,7 +244,12 @@ impl Config {
     }
 
     /// Reads and checks every section of the merged layers, recording each problem.
-    fn check(path: &Path, root: figment::value::Value, p: &mut Problems) -> Option<Config> {
+    fn check(
+        path: &Path,
+        base_dir: &Path,
+        root: figment::value::Value,
+        p: &mut Problems,
+    ) -> Option<Config> {
         p.table::<Sections>("", root.clone());
         let database = p.section::<database::File>(&root, "database");
         let http = p.section::<http::File>(&root, "http");
@@ -209,32 +262,37 @@ impl Config {
         let security = p.section::<security::File>(&root, "security");
         let dkim = p.section::<dkim::File>(&root, "dkim");
         let signup = p.section::<signup::File>(&root, "signup");
+        let log = p.section::<log::File>(&root, "log");
         let regions = match root.find_ref("regions") {
             Some(value) => p.value::<Vec<Setting<regions::Entry>>>("regions", value.clone()),
             None => Some(Vec::new()),
         };
 
-        let database = database.and_then(|s| s.check(p));
+        let database = database.and_then(|s| s.check(p, base_dir));
         let http = http.and_then(|s| s.check(p));
-        let mail = mail.and_then(|s| s.check(p));
+        let mail = mail.and_then(|s| s.check(p, base_dir));
         let sending_domain = mail.as_ref().map(MailConfig::sending_domain);
-        let smtp = smtp.and_then(|s| s.check(p, sending_domain));
+        let smtp = smtp.and_then(|s| s.check(p, sending_domain, base_dir));
         let schedule = schedule.and_then(|s| s.check(p));
         let alerts = alerts.and_then(|s| s.check(p));
         let ingest = ingest.and_then(|s| s.check(p));
         let deliver = deliver.and_then(|s| s.check(p));
-        let security = security.and_then(|s| s.check(p));
-        let dkim = dkim.and_then(|s| s.check(p, mail.as_ref().map(|m| &m.from)));
+        let security = security.and_then(|s| s.check(p, base_dir));
+        let dkim = dkim.and_then(|s| s.check(p, mail.as_ref().map(|m| &m.from), base_dir));
         let signup = signup.and_then(|s| s.check(p));
-        let base_dir = path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let log = log.and_then(|s| s.check(p));
+        // Feeds named `file://relative` have always been read against the config
+        // file's folder, with or without --config (the demo feeds sit beside it).
+        let feeds_dir = match path.parent() {
+            Some(dir) if !dir.as_os_str().is_empty() => dir.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
         let default_interval = ingest.as_ref().map(|i| i.interval);
         let regions =
-            regions.and_then(|entries| regions::check(entries, p, &base_dir, default_interval));
+            regions.and_then(|entries| regions::check(entries, p, &feeds_dir, default_interval));
         Some(Config {
             path: path.to_path_buf(),
+            base_dir: base_dir.to_path_buf(),
             database: database?,
             http: http?,
             mail: mail?,
@@ -246,6 +304,7 @@ impl Config {
             security: security?,
             dkim: dkim?,
             signup: signup?,
+            log: log?,
             regions: regions?,
         })
     }
@@ -286,7 +345,8 @@ mod tests {
     #[test]
     fn a_good_file_loads_with_defaults_filled_in() {
         let config = load(GOOD, &[]).unwrap();
-        assert_eq!(config.database.url, "sqlite://var/herald.db");
+        // A named file's relative paths are read against its folder.
+        assert_eq!(config.database.url, "sqlite://config/var/herald.db");
         assert_eq!(config.mail.transport, TransportKind::File);
         assert_eq!(config.mail.sending_domain(), "demo.example");
         assert_eq!(config.schedule.max_lateness, Duration::from_secs(6 * 3600));
@@ -479,6 +539,11 @@ mod tests {
         );
         let err = problems(GOOD, &[("HERALD__INGEST__ALLOW_PRIVATE", "1")]);
         assert!(err.contains("ingest.allow_private"), "{err}");
+        assert_eq!(load(GOOD, &[]).unwrap().log.format, LogFormat::Text);
+        let config = load(GOOD, &[("HERALD__LOG__FORMAT", "json")]).unwrap();
+        assert_eq!(config.log.format, LogFormat::Json);
+        let err = problems(GOOD, &[("HERALD__LOG__FORMAT", "xml")]);
+        assert!(err.contains("log.format"), "{err}");
     }
 
     #[test]
@@ -500,8 +565,48 @@ mod tests {
     }
 
     #[test]
+    fn relative_paths_in_a_named_file_are_read_against_its_folder() {
+        let text = format!(
+            "[database]\nurl = \"sqlite://state/herald.db\"\n[security]\nsecret_file = \"keys/secret.key\"\n{}",
+            GOOD.replace(
+                "[mail]",
+                "[mail]\ntemplates_dir = \"look\"\noutbox_dir = \"/srv/outbox\"",
+            )
+        );
+        let path = Path::new("/etc/herald/herald.toml");
+        let config = Config::from_toml(path, &text, std::iter::empty()).unwrap();
+        assert_eq!(config.database.url, "sqlite:///etc/herald/state/herald.db");
+        assert_eq!(
+            config.security.secret_file,
+            PathBuf::from("/etc/herald/keys/secret.key")
+        );
+        assert_eq!(
+            config.mail.templates_dir,
+            Some(PathBuf::from("/etc/herald/look"))
+        );
+        assert_eq!(config.mail.outbox_dir, PathBuf::from("/srv/outbox"));
+        assert_eq!(
+            config.regions[0].sources[0],
+            FeedSource::File(PathBuf::from("/etc/herald/feeds/state.xml"))
+        );
+        let config = Config::from_toml(path, GOOD, std::iter::empty()).unwrap();
+        assert_eq!(config.mail.templates_dir, None, "built in unless named");
+        assert_eq!(
+            config.mail.outbox_dir,
+            PathBuf::from("/etc/herald/var/outbox")
+        );
+    }
+
+    #[test]
     fn the_shipped_file_loads_and_broken_toml_says_where() {
-        let config = Config::load_with_env(Path::new(DEFAULT_PATH), std::iter::empty()).unwrap();
+        let config = Config::load_with_env(
+            Path::new(DEFAULT_PATH),
+            PathBase::WorkingDirectory,
+            std::iter::empty(),
+        )
+        .unwrap();
+        assert_eq!(config.database.url, "sqlite://var/herald.db");
+        assert_eq!(config.mail.outbox_dir, PathBuf::from("var/outbox"));
         assert_eq!(config.regions.len(), 3);
         assert_eq!(config.smtp.port, 25);
         let err = problems("[mail\nfrom = 1", &[]);

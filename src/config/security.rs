@@ -1,6 +1,6 @@
 //! `[security]`: the key that signs the links in emails.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
@@ -33,12 +33,12 @@ pub struct SecurityConfig {
 
 impl File {
     /// The typed section, or `None` with each problem recorded.
-    pub(super) fn check(self, p: &mut Problems) -> Option<SecurityConfig> {
+    pub(super) fn check(self, p: &mut Problems, base: &Path) -> Option<SecurityConfig> {
         let secret = p.take("security.secret", self.secret);
         let secret_file = p.take("security.secret_file", self.secret_file);
         Some(SecurityConfig {
             secret: secret?.non_empty(),
-            secret_file: PathBuf::from(secret_file?.trim()),
+            secret_file: super::resolve(base, secret_file?.trim()),
         })
     }
 }

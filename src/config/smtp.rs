@@ -96,6 +96,7 @@ impl File {
         self,
         p: &mut Problems,
         sending_domain: Option<&str>,
+        base: &Path,
     ) -> Option<SmtpConfig> {
         let host = p.take("smtp.host", self.host).and_then(|host| {
             let host = host.trim().to_string();
@@ -140,7 +141,10 @@ impl File {
             p.take("smtp.ca_file", self.ca_file)
                 .and_then(|file| match file.trim() {
                     "" => Some(None),
-                    file => p.check("smtp.ca_file", read_certificates(Path::new(file)).map(Some)),
+                    file => p.check(
+                        "smtp.ca_file",
+                        read_certificates(&super::resolve(base, file)).map(Some),
+                    ),
                 });
         let domain_rates = p.take("smtp.domains", self.domains).and_then(|domains| {
             let mut rates = BTreeMap::new();

@@ -24,6 +24,8 @@ pub(super) struct Job {
     pub(super) permit: OwnedSemaphorePermit,
     /// When the row was claimed (the digest's date line and link expiry use it).
     pub(super) claimed_at: Timestamp,
+    /// The same instant on the monotonic clock: the send latency is measured from it.
+    pub(super) claimed: std::time::Instant,
     /// Which of this worker's claims of the row the job belongs to.
     pub(super) claim: u64,
     /// The row, as loaded at claim time.
@@ -76,6 +78,7 @@ impl Feeder {
             }
             let room = outstanding.available_permits().min(self.batch_size);
             let start = Timestamp::now();
+            let claimed_instant = std::time::Instant::now();
             let lease = Lease {
                 owner: self.owner,
                 until: start + self.lease.max(Duration::from_secs(1)),
@@ -141,6 +144,7 @@ impl Feeder {
                 let job = Job {
                     permit,
                     claimed_at: start,
+                    claimed: claimed_instant,
                     claim: self.holdings.hold(delivery.id, lease.until),
                     delivery,
                     span,

@@ -22,6 +22,7 @@ use super::transport::Transport;
 use crate::clock::now;
 use crate::compose::{Composed, Composer, DigestRequest, SignupRequest};
 use crate::domain::{DeliveryId, DeliveryKind, Outcome, SubscriberState, Timestamp};
+use crate::metrics::METRICS;
 use crate::shutdown::Shutdown;
 use crate::store::{ClaimedDelivery, Recipient};
 
@@ -174,6 +175,10 @@ impl Sender {
                 return false;
             }
         };
+        // Claim to final reply: what a reader waits once herald has picked the row up.
+        if !matches!(result, SendResult::Unreachable(_)) {
+            METRICS.send_latency.observe(job.claimed.elapsed());
+        }
         match &result {
             SendResult::Accepted(_) => self.pacing.success(&domain).await,
             // Slow this domain down and come back soon: a throttle is not a failure.

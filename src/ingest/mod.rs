@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 
 use crate::config::{FeedSource, IngestConfig, Region};
 use crate::domain::{RegionSlug, Timestamp};
+use crate::metrics::PollResult;
 use crate::shutdown::Shutdown;
 use crate::store::{FeedCounts, FeedPollState, Store, StoreError};
 use crate::supervise::Beat;
@@ -235,7 +236,15 @@ impl Ingester {
         let mut reports: Vec<Option<FeedReport>> = names.iter().map(|_| None).collect();
         while let Some(joined) = tasks.join_next_with_id().await {
             match joined {
-                Ok((id, report)) => reports[order[&id]] = Some(report?),
+                Ok((id, report)) => {
+                    let report = report?;
+                    crate::metrics::METRICS.feed_poll(match &report.result {
+                        Ok(PollOutcome::Stored(_)) => PollResult::Ok,
+                        Ok(PollOutcome::NotModified) => PollResult::NotModified,
+                        Err(_) => PollResult::Failed,
+                    });
+                    reports[order[&id]] = Some(report);
+                }
                 Err(error) => {
                     // poll_one catches parser panics itself; anything else is a bug worth
                     // a log.

@@ -163,6 +163,17 @@ pub struct Store {
     suppression: SuppressionKey,
 }
 
+/// The schema against the migrations this binary carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MigrationStatus {
+    /// How many migrations the database has applied.
+    pub applied: usize,
+    /// Versions this binary carries that the database has not applied.
+    pub pending: Vec<i64>,
+    /// Versions the database has applied that this binary does not carry.
+    pub unknown: Vec<i64>,
+}
+
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
@@ -293,6 +304,39 @@ impl Store {
             );
         }
         Ok(())
+    }
+
+    /// How the schema compares with the migrations built into this binary: those not
+    /// applied yet, and those applied that this binary does not know (a newer herald
+    /// migrated the database).
+    pub async fn migration_status(&self) -> Result<MigrationStatus> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let known: Vec<i64> = migrator
+            .iter()
+            .filter(|m| !m.migration_type.is_down_migration())
+            .map(|m| m.version)
+            .collect();
+        let applied: Vec<(i64,)> =
+            sqlx::query_as("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+                .fetch_all(&self.pool)
+                .await?;
+        let applied: Vec<i64> = applied.into_iter().map(|(v,)| v).collect();
+        Ok(MigrationStatus {
+            pending: known
+                .iter()
+                .copied()
+                .filter(|v| !applied.contains(v))
+                .collect(),
+            unknown: applied
+                .iter()
+                .copied()
+                .filter(|v| !known.contains(v))
+                .collect(),
+            applied: applied.len(),
+        })
     }
 
     /// Which engine this is.

@@ -8,6 +8,7 @@ use crate::domain::{
     DeliveryId, DeliveryState, EditionId, Email, FeedId, RegionSlug, SubscriberId, Timestamp,
     Transition,
 };
+use crate::metrics::LedgerSnapshot;
 
 /// The outbox at a glance, for `herald status` and `/metrics`.
 #[derive(Debug, Clone, Default)]
@@ -189,6 +190,65 @@ impl Store {
         .fetch_one(&self.pool)
         .await?;
         Ok((total, breaking.unwrap_or(0)))
+    }
+
+    /// What `/metrics` reads from the ledger: rows per state and kind, rows not yet
+    /// final per lane with the oldest one's creation time, and readers per state.
+    pub async fn ledger_snapshot(&self) -> Result<LedgerSnapshot> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("SELECT state, kind, COUNT(*) FROM deliveries GROUP BY state, kind")
+                .fetch_all(&self.pool)
+                .await?;
+        let deliveries = rows
+            .into_iter()
+            .map(|(state, kind, n)| {
+                let row = format!("of kind {kind}");
+                Ok((
+                    decode("deliveries", &row, "state", &state)?,
+                    decode("deliveries", &row, "kind", &kind)?,
+                    n,
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let unfinished: Vec<DeliveryState> = DeliveryState::ALL
+            .into_iter()
+            .filter(|state| !state.is_final())
+            .collect();
+        let lanes: Vec<(i64, i64, Option<Timestamp>)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT priority, COUNT(*), MIN(created_at) FROM deliveries WHERE {}
+             GROUP BY priority",
+            states::is_one_of(&unfinished)
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT state, COUNT(*) FROM subscribers GROUP BY state")
+                .fetch_all(&self.pool)
+                .await?;
+        let readers = rows
+            .into_iter()
+            .map(|(state, n)| Ok((decode("subscribers", "of that state", "state", &state)?, n)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(LedgerSnapshot {
+            deliveries,
+            lanes,
+            readers,
+        })
+    }
+
+    /// How many rows are not yet in a final state (queued, sending or deferred).
+    pub async fn unfinished_count(&self) -> Result<i64> {
+        let unfinished: Vec<DeliveryState> = DeliveryState::ALL
+            .into_iter()
+            .filter(|state| !state.is_final())
+            .collect();
+        let (n,): (i64,) = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT COUNT(*) FROM deliveries WHERE {}",
+            states::is_one_of(&unfinished)
+        )))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
     }
 
     /// How many stale slots were ever skipped (for `/metrics` and `status`).

@@ -44,7 +44,7 @@ fn error(status: StatusCode, message: impl Into<String>) -> Response {
 }
 
 /// Refuses the request unless it carries a live token; runs before the body is read.
-async fn require_token(
+pub(super) async fn require_token(
     State(state): State<AppState>,
     mut request: Request,
     next: Next,

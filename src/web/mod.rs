@@ -8,6 +8,7 @@
 pub mod admin_api;
 mod forms;
 mod links;
+mod metrics;
 mod pages;
 mod regions;
 pub mod server;
@@ -28,6 +29,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::config::{AlertsConfig, Expiry, HttpConfig, MailConfig, Regions, SignupConfig};
+use crate::domain::Timestamp;
 use crate::store::{Store, StoreError};
 use crate::supervise::Health;
 use crate::tokens::Signer;
@@ -50,6 +52,15 @@ pub struct WebConfig {
     pub allow_private_links: bool,
     /// How long sign-up emails stay worth sending.
     pub expiry: Expiry,
+    /// When mail goes out over SMTP: how recently the server must have answered, while
+    /// mail is waiting, for `/readyz` to say ready. `None` for the file transport.
+    pub smtp_reply_within: Option<std::time::Duration>,
+}
+
+/// How recently the SMTP server must have answered while mail is due: three command
+/// timeouts, the deliver stage's own limit.
+pub fn smtp_reply_within(smtp_timeout: std::time::Duration) -> std::time::Duration {
+    3 * smtp_timeout
 }
 
 /// What handlers share.
@@ -69,6 +80,9 @@ pub struct AppState {
     pub zones: Arc<Vec<ZoneGroup>>,
     /// The daemon's stages, as `/readyz` reports them (empty outside the daemon).
     pub health: Health,
+    /// When this state was built (the daemon's start): the SMTP check of `/readyz`
+    /// counts from here until the server first answers.
+    pub started_at: Timestamp,
 }
 
 impl AppState {
@@ -90,6 +104,7 @@ impl AppState {
             regions: Arc::new(regions),
             zones: Arc::new(regions::zone_groups()),
             health: Health::default(),
+            started_at: Timestamp::now(),
         })
     }
 
@@ -123,6 +138,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .merge(metrics::routes(state.clone()))
         .merge(reader_pages)
         .merge(admin_api::routes(state.clone()))
         .layer(middleware::from_fn_with_state(
@@ -143,6 +159,12 @@ async fn readyz(State(state): State<AppState>) -> Response {
     let mut lines = Vec::new();
     if state.store.ping().await {
         lines.push("database: ok".to_string());
+        let (ok, line) = migrations_line(&state).await;
+        ready &= ok;
+        lines.push(line);
+        let (ok, line) = smtp_line(&state).await;
+        ready &= ok;
+        lines.push(line);
     } else {
         ready = false;
         lines.push("database: unavailable".to_string());
@@ -186,6 +208,95 @@ async fn readyz(State(state): State<AppState>) -> Response {
         body,
     )
         .into_response()
+}
+
+/// Whether the schema is the one this binary expects, and the `/readyz` line saying so.
+async fn migrations_line(state: &AppState) -> (bool, String) {
+    match state.store.migration_status().await {
+        Ok(status) if status.pending.is_empty() && status.unknown.is_empty() => {
+            (true, format!("migrations: ok, {} applied", status.applied))
+        }
+        Ok(status) if !status.pending.is_empty() => (
+            false,
+            format!(
+                "migrations: {} pending ({}); run `herald migrate`",
+                status.pending.len(),
+                list(&status.pending)
+            ),
+        ),
+        Ok(status) => (
+            false,
+            format!(
+                "migrations: the database has {} this herald does not know ({}); run the newer herald that applied them",
+                if status.unknown.len() == 1 {
+                    "a migration"
+                } else {
+                    "migrations"
+                },
+                list(&status.unknown)
+            ),
+        ),
+        Err(error) => (false, format!("migrations: cannot be read: {error}")),
+    }
+}
+
+fn list(versions: &[i64]) -> String {
+    versions
+        .iter()
+        .map(|v| format!("{v:04}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Whether the SMTP server answered recently enough while mail waits, and the
+/// `/readyz` line saying so. Not ready when mail is waiting, the server has not
+/// answered within the limit (counted from start-up until it first does), and either
+/// mail is due now or the last attempt to reach the server failed: rows that merely
+/// wait for their retry on a server that answered are no reason to call herald unready.
+async fn smtp_line(state: &AppState) -> (bool, String) {
+    let Some(within) = state.config.smtp_reply_within else {
+        return (true, "smtp: not used (mail.transport = \"file\")".into());
+    };
+    let now = Timestamp::now();
+    let metrics = &crate::metrics::METRICS;
+    let last_reply = metrics.smtp_last_reply();
+    let silent_for = now
+        .seconds_since(last_reply.unwrap_or(state.started_at))
+        .max(0);
+    let heard = match last_reply {
+        Some(_) => format!("last reply {silent_for}s ago"),
+        None => "no reply yet".to_string(),
+    };
+    let (waiting, due) = match (
+        state.store.unfinished_count().await,
+        state.store.due_count(now).await,
+    ) {
+        (Ok(waiting), Ok(due)) => (waiting, due),
+        (Err(error), _) | (_, Err(error)) => {
+            return (false, format!("smtp: the queue cannot be read: {error}"));
+        }
+    };
+    if waiting == 0 {
+        return (true, format!("smtp: ok, nothing waiting, {heard}"));
+    }
+    let stale = silent_for > within.as_secs() as i64;
+    let failing = metrics.smtp_last_attempt_failed();
+    if stale && (due > 0 || failing) {
+        let why = if failing {
+            "the last attempt to reach it failed"
+        } else {
+            "mail is due"
+        };
+        (
+            false,
+            format!(
+                "smtp: not reached recently: {heard} (limit {}s), {waiting} row(s) waiting and {why}",
+                within.as_secs()
+            ),
+        )
+    } else {
+        (true, format!("smtp: ok, {heard}, {waiting} row(s) waiting"))
+    }
 }
 
 /// Refuses a body announced larger than the form cap before reading any of it (bodies

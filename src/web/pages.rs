@@ -2,7 +2,7 @@
 //! auto-escaped). Like the email templates, they are loaded and rendered once with
 //! sample data at start-up, so a broken page stops herald instead of a reader.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -34,14 +34,9 @@ const TEMPLATES: [&str; 13] = [
 /// Why the page templates could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PageError {
-    /// A template file is missing or unreadable.
-    #[error("cannot read template {path}: {source}")]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
+    /// An override template cannot be read.
+    #[error(transparent)]
+    Read(#[from] crate::templates::TemplateSourceError),
     /// A template has a syntax error or fails to render.
     #[error("template {name} is broken: {message}")]
     Template {
@@ -220,24 +215,23 @@ pub fn cadence_options() -> Vec<CadenceOption> {
 }
 
 impl Pages {
-    /// Loads `web/*.html.j2` from the templates folder and renders each with sample data.
+    /// Loads `web/*.html.j2` (each from `mail.templates_dir` when there, else built in)
+    /// and renders each with sample data.
     pub fn load(mail: &MailConfig) -> Result<Pages, PageError> {
-        Pages::from_dir(mail, &mail.templates_dir)
+        Pages::from_dir(mail, mail.templates_dir.as_deref())
     }
 
-    /// As [`Pages::load`], from another folder.
-    pub fn from_dir(mail: &MailConfig, dir: &Path) -> Result<Pages, PageError> {
+    /// As [`Pages::load`], with another override folder (or none).
+    pub fn from_dir(mail: &MailConfig, override_dir: Option<&Path>) -> Result<Pages, PageError> {
         let mut env = minijinja::Environment::new();
         env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
         env.set_formatter(html_formatter);
+        let mut origins = Vec::new();
         for name in TEMPLATES {
-            let path = dir.join(name);
-            let source = std::fs::read_to_string(&path).map_err(|source| PageError::Read {
-                path: path.clone(),
-                source,
-            })?;
-            env.add_template_owned(name.to_string(), source)
-                .map_err(|e| template_error(name, &e))?;
+            let source = crate::templates::load(override_dir, name)?;
+            origins.push((name, source.origin()));
+            env.add_template_owned(name.to_string(), source.text)
+                .map_err(|e| template_error(name, &e).with_origin(&origins))?;
         }
         let pages = Pages {
             env,
@@ -246,7 +240,7 @@ impl Pages {
                 postal_address: mail.postal_address.clone(),
             },
         };
-        pages.self_test()?;
+        pages.self_test().map_err(|e| e.with_origin(&origins))?;
         Ok(pages)
     }
 
@@ -404,6 +398,22 @@ impl Pages {
     }
 }
 
+impl PageError {
+    /// Adds where a broken page came from (an override file, or built in).
+    fn with_origin(self, origins: &[(&str, String)]) -> PageError {
+        match self {
+            PageError::Template { name, message } => {
+                let message = match origins.iter().find(|(n, _)| *n == name) {
+                    Some((_, origin)) => format!("{message} ({origin})"),
+                    None => message,
+                };
+                PageError::Template { name, message }
+            }
+            other => other,
+        }
+    }
+}
+
 fn template_error(name: &str, error: &minijinja::Error) -> PageError {
     let mut message = error.to_string();
     if let Some(line) = error.line() {
@@ -509,32 +519,29 @@ mod tests {
         .mail
     }
 
-    fn templates_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates")
+    #[test]
+    fn the_built_in_pages_load() {
+        Pages::from_dir(&config(), None).unwrap();
     }
 
     #[test]
-    fn the_shipped_pages_load() {
-        Pages::from_dir(&config(), &templates_dir()).unwrap();
-    }
-
-    #[test]
-    fn a_broken_page_names_itself_at_load() {
+    fn a_broken_page_names_itself_and_its_file_at_load() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(dir.path().join("web")).unwrap();
-        for name in TEMPLATES {
-            std::fs::copy(templates_dir().join(name), dir.path().join(name)).unwrap();
-        }
         std::fs::write(
             dir.path().join("web/confirm.html.j2"),
             "{% extends \"web/layout.html.j2\" %}{% block main %}{{ no_such_field }}{% endblock %}",
         )
         .unwrap();
-        let err = Pages::from_dir(&config(), dir.path())
+        let err = Pages::from_dir(&config(), Some(dir.path()))
             .err()
             .unwrap()
             .to_string();
         assert!(err.contains("web/confirm.html.j2"), "{err}");
         assert!(err.contains("undefined"), "{err}");
+        assert!(
+            err.contains(&dir.path().join("web/confirm.html.j2").display().to_string()),
+            "{err}"
+        );
     }
 }

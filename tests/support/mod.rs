@@ -45,6 +45,12 @@ pub fn epoch(instant: &str) -> i64 {
         .timestamp()
 }
 
+/// The `HERALD_TEST_CLOCK_OFFSET` that makes a `herald` process's clock read
+/// [`PINNED_CLOCK`] now, for tests that run herald without a [`Site`].
+pub fn pinned_clock_offset() -> i64 {
+    epoch(PINNED_CLOCK) - system_now()
+}
+
 /// The system clock as Unix seconds (only to pin sites' clocks from).
 fn system_now() -> i64 {
     std::time::SystemTime::now()
@@ -427,7 +433,11 @@ impl SmtpServer {
     /// A server started with more of `smtp_server.py`'s options (`--starttls CERT KEY`,
     /// `--tls CERT KEY`, `--auth USER:PASSWORD`).
     pub fn start_with(options: &[&str]) -> SmtpServer {
-        let port = free_port();
+        SmtpServer::start_on(free_port(), options)
+    }
+
+    /// A server on a port the test chose (one herald was already told to use).
+    pub fn start_on(port: u16, options: &[&str]) -> SmtpServer {
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new("python3")
             .arg(repo().join("tests/support/smtp_server.py"))

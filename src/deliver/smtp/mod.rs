@@ -18,6 +18,7 @@ use tokio_rustls::TlsConnector;
 use super::commit_gate::Hold;
 use crate::compose::Composed;
 use crate::config::SmtpConfig;
+use crate::metrics::METRICS;
 use connect::{Wire, tls_connector};
 use transmit::{TransmitError, transmit};
 
@@ -133,14 +134,21 @@ impl SmtpPool {
         }
         if guard.is_none() {
             match tokio::time::timeout(self.config.timeout, self.connect()).await {
-                Ok(Ok(conn)) => *guard = Some(conn),
-                Ok(Err(message)) => return SendResult::Unreachable(message),
+                Ok(Ok(conn)) => {
+                    METRICS.smtp_reached();
+                    *guard = Some(conn);
+                }
+                Ok(Err(message)) => {
+                    METRICS.smtp_unreached();
+                    return SendResult::Unreachable(message);
+                }
                 Err(_) => {
                     let error = format!(
                         "SMTP server {} did not answer within {:?}",
                         self.server(),
                         self.config.timeout
                     );
+                    METRICS.smtp_unreached();
                     return SendResult::Unreachable(error);
                 }
             }
@@ -161,6 +169,7 @@ impl SmtpPool {
                         replies: next.envelope.to().len() + 2,
                     });
                 }
+                METRICS.smtp_reply(u16::from(response.code()));
                 let text: Vec<&str> = response.message().collect();
                 SendResult::Accepted(format!("{} {}", response.code(), text.join(" ")))
             }
@@ -203,8 +212,12 @@ impl SmtpPool {
     }
 }
 
-/// Sorts a lettre error into retry-or-not.
+/// Sorts a lettre error into retry-or-not (and counts the server's reply, if it gave
+/// one).
 fn classify(error: &lettre::transport::smtp::Error) -> SendResult {
+    if let Some(code) = error.status() {
+        METRICS.smtp_reply(u16::from(code));
+    }
     let text = error.to_string();
     if error.is_permanent() {
         let no_mailbox = text.contains("5.1.");

@@ -3,7 +3,7 @@
 
 use super::*;
 use crate::domain::{DeliveryId, DeliveryState, Outcome};
-use crate::store::testing::{at, lease, seed_planned, stores};
+use crate::store::testing::{at, lease, seed_planned, send_all_due, stores};
 use crate::store::{OnDurable, Recipient};
 
 #[tokio::test]
@@ -453,5 +453,60 @@ async fn a_reader_stored_with_an_unreadable_zone_is_an_error_naming_the_row() {
         let zones = store.cadence_zones(Cadence::Daily).await.unwrap();
         let zones: Vec<&str> = zones.iter().map(|zone| zone.name()).collect();
         assert_eq!(zones, ["UTC"], "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_ledger_snapshot_counts_rows_per_state_lane_and_reader_state() {
+    use crate::domain::{DeliveryKind, SubscriberState};
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        seed_planned(store).await;
+        let before = store.ledger_snapshot().await.unwrap();
+        let queued: i64 = before
+            .deliveries
+            .iter()
+            .filter(|(s, k, _)| *s == DeliveryState::Queued && *k == DeliveryKind::Digest)
+            .map(|(_, _, n)| n)
+            .sum();
+        assert!(queued > 0, "{backend:?}: {before:?}");
+        assert_eq!(before.lanes.len(), 1, "{backend:?}: {before:?}");
+        let (lane, depth, oldest) = before.lanes[0];
+        assert_eq!((lane, depth), (2, queued), "{backend:?}: the digest lane");
+        assert!(oldest.is_some(), "{backend:?}");
+        let confirmed: i64 = before
+            .readers
+            .iter()
+            .filter(|(s, _)| *s == SubscriberState::Confirmed)
+            .map(|(_, n)| n)
+            .sum();
+        assert!(confirmed >= queued, "{backend:?}: {before:?}");
+        assert_eq!(store.unfinished_count().await.unwrap(), queued);
+
+        send_all_due(store, 1_000, 2_000).await;
+        let after = store.ledger_snapshot().await.unwrap();
+        assert!(after.lanes.is_empty(), "{backend:?}: {after:?}");
+        assert!(
+            after
+                .deliveries
+                .contains(&(DeliveryState::Sent, DeliveryKind::Digest, queued)),
+            "{backend:?}: {after:?}"
+        );
+        assert_eq!(store.unfinished_count().await.unwrap(), 0);
+    }
+}
+
+#[tokio::test]
+async fn migration_status_lists_what_is_not_applied() {
+    for (backend, t) in stores().await {
+        let status = t.store.migration_status().await.unwrap();
+        assert!(status.pending.is_empty(), "{backend:?}: {status:?}");
+        assert!(status.unknown.is_empty(), "{backend:?}: {status:?}");
+        assert_eq!(status.applied, 12, "{backend:?}");
+    }
+    for (backend, t) in crate::store::testing::stores_migrated_to(11).await {
+        let status = t.store.migration_status().await.unwrap();
+        assert_eq!(status.pending, vec![12], "{backend:?}");
+        assert_eq!(status.applied, 11, "{backend:?}");
     }
 }
