@@ -16,6 +16,7 @@ pub mod descriptors;
 pub mod domain;
 pub mod ingest;
 pub mod plan;
+pub mod sends;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

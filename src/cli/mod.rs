@@ -9,8 +9,10 @@ mod migrate;
 mod plan;
 mod preview;
 mod send;
+mod sends;
 mod status;
 mod subscribers;
+mod suppressions;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -51,6 +53,12 @@ enum Command {
     /// Manage readers.
     #[command(subcommand)]
     Subscribers(subscribers::Command),
+    /// Manual sends: list, show, pause, resume, cancel.
+    #[command(subcommand)]
+    Sends(sends::Command),
+    /// The suppression list: list it, or lift one address.
+    #[command(subcommand)]
+    Suppressions(suppressions::Command),
     /// Show counts by delivery state, queue age, last error and feed health.
     Status,
     /// Write a consistent copy of the SQLite database, while the daemon runs.
@@ -127,6 +135,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deliver(args) => deliver::run(&config, args).await,
         Command::Preview(args) => preview::run(&config, args).await,
         Command::Subscribers(cmd) => subscribers::run(&config, cmd).await,
+        Command::Sends(cmd) => sends::run(&config, cmd).await,
+        Command::Suppressions(cmd) => suppressions::run(&config, cmd).await,
         Command::Status => status::run(&config).await,
         Command::Backup(args) => backup::run(&config, args).await,
         Command::Deliveries(cmd) => deliveries::run(&config, cmd).await,
