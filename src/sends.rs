@@ -12,7 +12,7 @@ use crate::compose::{ComposeError, Composer, DigestRequest};
 use crate::config::{Expiry, Regions};
 use crate::deliver::{SendResult, Transport};
 use crate::domain::{
-    Cadence, DeliveryArticle, Email, RegionSlug, SubscriberId, Timestamp, Timezone,
+    Cadence, DeliveryArticle, Email, RegionSlug, SendState, SubscriberId, Timestamp, Timezone,
 };
 use crate::store::{NewSend, PlanSummary, Send, Store, StoreError};
 
@@ -164,9 +164,6 @@ impl ManualSends {
             "zones": plan.zones.iter()
                 .map(|(zone, n)| json!({ "zone": zone.name(), "readers": n }))
                 .collect::<Vec<_>>(),
-            "recipients": plan.recipients.iter()
-                .map(|(email, n)| json!({ "email": email.as_str(), "articles": n }))
-                .collect::<Vec<_>>(),
             "sample": sample,
         });
         Ok((plan, Some(report.to_string())))
@@ -242,4 +239,14 @@ pub async fn region_articles(
             published_at: a.published_at,
         })
         .collect())
+}
+
+/// What can be done with a send in `state`, for an admin whose request was refused.
+pub fn refusal_hint(state: SendState) -> &'static str {
+    match state {
+        SendState::Planning => "wait until its emails are queued",
+        SendState::Sending => "it can be paused or cancelled",
+        SendState::Paused => "it can be resumed or cancelled",
+        SendState::Done | SendState::Cancelled => "it is finished; start a new send",
+    }
 }

@@ -82,20 +82,9 @@ fn changed(change: SendChange, id: SendId, done: &str) -> anyhow::Result<ExitCod
         SendChange::Refused(send) => Err(anyhow::anyhow!(
             "send {id} is {}, so it cannot be {done}: {}",
             send.state,
-            refusal_hint(&send)
+            crate::sends::refusal_hint(send.state)
         )),
         SendChange::NotFound => Err(not_found(id)),
-    }
-}
-
-/// What can be done with a send in its state instead.
-pub fn refusal_hint(send: &Send) -> &'static str {
-    use crate::domain::SendState;
-    match send.state {
-        SendState::Planning => "wait until its emails are queued",
-        SendState::Sending => "it can be paused or cancelled",
-        SendState::Paused => "it can be resumed or cancelled",
-        SendState::Done | SendState::Cancelled => "it is finished; start a new send",
     }
 }
 

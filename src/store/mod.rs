@@ -12,6 +12,7 @@
 //! that does not decode is a [`StoreError::Corrupt`] naming its row. Statements that
 //! change a delivery's state take their states from the transition table (`states`).
 
+mod admin_reads;
 mod api_tokens;
 mod articles;
 mod backup;
@@ -31,6 +32,7 @@ mod suppressions;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use admin_reads::{DeliveryRow, ReaderDetail, SiteCounts};
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedPollState, PushOutcome};
 pub use backup::BackupSummary;

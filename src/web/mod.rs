@@ -28,6 +28,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use crate::config::{AlertsConfig, Expiry, HttpConfig, MailConfig, Regions, SignupConfig};
+use crate::sends::ManualSends;
 use crate::store::{Store, StoreError};
 use crate::supervise::Health;
 use crate::tokens::Signer;
@@ -69,6 +70,9 @@ pub struct AppState {
     pub zones: Arc<Vec<ZoneGroup>>,
     /// The daemon's stages, as `/readyz` reports them (empty outside the daemon).
     pub health: Health,
+    /// What starts manual sends (the daemon's composer and transport); `None` where
+    /// the server runs without them, and the API says so.
+    pub sends: Option<Arc<ManualSends>>,
 }
 
 impl AppState {
@@ -90,7 +94,14 @@ impl AppState {
             regions: Arc::new(regions),
             zones: Arc::new(regions::zone_groups()),
             health: Health::default(),
+            sends: None,
         })
+    }
+
+    /// The same state, able to start manual sends through `sends`.
+    pub fn with_sends(mut self, sends: ManualSends) -> AppState {
+        self.sends = Some(Arc::new(sends));
+        self
     }
 
     /// The same state, with `/readyz` reporting on `health`'s stages.
