@@ -594,3 +594,21 @@ fn readers_suppressions_deliveries_and_stats_and_bad_requests_get_sentences() {
     );
     daemon.stop();
 }
+
+#[test]
+fn every_route_of_the_admin_api_is_in_its_openapi_document() {
+    let source = std::fs::read_to_string(support::repo().join("src/web/admin_api.rs")).unwrap();
+    let document = std::fs::read_to_string(support::repo().join("docs/admin-api.yaml")).unwrap();
+    let routes: Vec<&str> = source
+        .split(".route(\"")
+        .skip(1)
+        .map(|rest| rest.split('"').next().unwrap())
+        .collect();
+    assert!(routes.len() >= 12, "{routes:?}");
+    for route in routes {
+        assert!(
+            document.contains(&format!("\n  {route}:\n")),
+            "{route} is not described in docs/admin-api.yaml"
+        );
+    }
+}

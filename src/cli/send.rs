@@ -37,20 +37,27 @@ pub struct Args {
     yes: bool,
 }
 
-/// Who started a send from this shell: `cli:` and the user's login name.
+/// Who started a send from this shell: `cli:` and the login name (`USER`, `LOGNAME`,
+/// or the process's user in `/etc/passwd`, for a shell without them).
 pub fn started_by() -> String {
+    let uid = std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
+        .ok();
+    let from_passwd = || {
+        let uid = uid?.to_string();
+        std::fs::read_to_string("/etc/passwd")
+            .ok()?
+            .lines()
+            .map(|line| line.split(':').collect::<Vec<_>>())
+            .find(|fields| fields.get(2) == Some(&uid.as_str()))
+            .and_then(|fields| fields.first().map(|name| name.to_string()))
+    };
     let user = ["USER", "LOGNAME"]
         .into_iter()
         .find_map(|var| std::env::var(var).ok().filter(|u| !u.is_empty()))
-        .unwrap_or_else(|| format!("uid-{}", process_uid()));
+        .or_else(from_passwd)
+        .unwrap_or_else(|| format!("uid-{}", uid.unwrap_or(0)));
     format!("cli:{user}")
-}
-
-/// The process's user id, for a shell without `USER`.
-fn process_uid() -> u32 {
-    std::fs::metadata("/proc/self")
-        .map(|m| std::os::unix::fs::MetadataExt::uid(&m))
-        .unwrap_or(0)
 }
 
 /// Starts the send, then delivers the queue with a progress display.

@@ -143,6 +143,6 @@ fn show(send: &Send) {
     }
     println!("  emails:      {}", send.counts.total());
     for (state, n) in &send.counts.by_state {
-        println!("    {state:<11}{n}");
+        println!("    {:<11}{n}", state.as_str());
     }
 }
