@@ -14,7 +14,7 @@ use crate::deliver::{SendResult, Transport};
 use crate::domain::{
     Cadence, DeliveryArticle, Email, RegionSlug, SendState, SubscriberId, Timestamp, Timezone,
 };
-use crate::store::{NewSend, PlanSummary, Send, Store, StoreError};
+use crate::store::{ManualSend, NewSend, PlanSummary, Store, StoreError};
 
 /// Why a manual send could not be started.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +61,7 @@ pub struct ManualSends {
 #[derive(Debug, Clone)]
 pub struct Started {
     /// The send, counted from the ledger.
-    pub send: Send,
+    pub send: ManualSend,
     /// False when an earlier request with the same key made it.
     pub fresh: bool,
     /// What planning queued (or, on a dry run, would queue); empty for a send that
@@ -121,7 +121,7 @@ impl ManualSends {
     /// Plans the send's digest; a dry run also renders one sample and reports.
     async fn plan(
         &self,
-        send: &Send,
+        send: &ManualSend,
         region_name: &str,
         now: Timestamp,
     ) -> Result<(PlanSummary, Option<String>), SendError> {

@@ -15,7 +15,7 @@ use crate::domain::{Cadence, Email, Timestamp};
 use crate::plan::manual_digest;
 use crate::sends::{ManualSends, Started};
 use crate::shutdown::Shutdown;
-use crate::store::{NewSend, Send};
+use crate::store::{ManualSend, NewSend};
 
 /// Options for `herald send`.
 #[derive(Debug, clap::Args)]
@@ -192,7 +192,7 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
 }
 
 /// A field of a test copy's report.
-fn report_field(send: &Send, field: &str) -> String {
+fn report_field(send: &ManualSend, field: &str) -> String {
     send.report
         .as_deref()
         .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use crate::config::Config;
 use crate::domain::{SendId, Timestamp};
-use crate::store::{Send, SendChange};
+use crate::store::{ManualSend, SendChange};
 
 /// Subcommands of `herald sends`.
 #[derive(Debug, clap::Subcommand)]
@@ -89,7 +89,7 @@ fn changed(change: SendChange, id: SendId, done: &str) -> anyhow::Result<ExitCod
 }
 
 /// One line per send: id, state, region and cadence, counts, who and when.
-pub fn summary(send: &Send) -> String {
+pub fn summary(send: &ManualSend) -> String {
     let kind = if send.dry_run {
         "dry run".to_string()
     } else if let Some(to) = &send.test_address {
@@ -122,7 +122,7 @@ pub fn summary(send: &Send) -> String {
     )
 }
 
-fn show(send: &Send) {
+fn show(send: &ManualSend) {
     println!("send {}", send.id);
     println!("  state:       {}", send.state);
     println!("  region:      {} ({})", send.region, send.cadence);

@@ -41,7 +41,7 @@ pub use engine_connection::wal_hook::OnDurable;
 pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Recipient};
 pub use planning::{AlertPlan, BreakingArticle, DryRun, PlanSummary, SlotPlan};
 pub use rate_limits::RateLimit;
-pub use sends::{NewSend, Send, SendChange, SendCounts};
+pub use sends::{ManualSend, NewSend, SendChange, SendCounts};
 pub use signup::{
     ConfirmOutcome, Consent, ConsentRecord, Queued, ReaderPreferences, SignupMail, SignupOutcome,
     WebSignup,

@@ -4,7 +4,7 @@
 //! A send's counts are read from the ledger every time, never kept beside it, so they
 //! cannot drift from what was sent. The row stores the state the admin chose; a send
 //! that is `sending` is `done` once none of its rows waits, which is read from the
-//! ledger too ([`Send::state`]). Pausing moves the send's waiting rows to `paused`, out
+//! ledger too ([`ManualSend::state`]). Pausing moves the send's waiting rows to `paused`, out
 //! of the claim's partial index, so claims never walk past them; resuming puts them
 //! back as they were (a deferred row keeps its retry time), and cancelling cancels
 //! them. Every statement moves rows along the transition table (`states`).
@@ -71,7 +71,7 @@ impl SendCounts {
 
 /// One manual send, with its rows counted from the ledger.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Send {
+pub struct ManualSend {
     /// Its id.
     pub id: SendId,
     /// Who started it.
@@ -104,9 +104,9 @@ pub struct Send {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendChange {
     /// It changed; the send as it is now.
-    Changed(Send),
+    Changed(ManualSend),
     /// It cannot go there from where it is; the send as it is.
-    Refused(Send),
+    Refused(ManualSend),
     /// There is no send with that id.
     NotFound,
 }
@@ -136,7 +136,7 @@ type Tx = sqlx::Transaction<'static, sqlx::Any>;
 impl Store {
     /// Starts a send in state `planning`. With an idempotency key already used, nothing
     /// is written and the existing send comes back; the flag says whether it is new.
-    pub async fn create_send(&self, new: &NewSend, now: Timestamp) -> Result<(Send, bool)> {
+    pub async fn create_send(&self, new: &NewSend, now: Timestamp) -> Result<(ManualSend, bool)> {
         let created: Option<(SendId,)> = sqlx::query_as(
             "INSERT INTO sends (started_by, region_slug, cadence, dry_run, test_address, state,
                  idempotency_key, started_at)
@@ -172,7 +172,7 @@ impl Store {
     }
 
     /// The send with `id`, counted from the ledger.
-    pub async fn send(&self, id: SendId) -> Result<Option<Send>> {
+    pub async fn send(&self, id: SendId) -> Result<Option<ManualSend>> {
         let row: Option<SendRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sends WHERE id = $1"
         )))
@@ -186,7 +186,7 @@ impl Store {
     }
 
     /// The latest `limit` sends, newest first.
-    pub async fn sends(&self, limit: i64) -> Result<Vec<Send>> {
+    pub async fn sends(&self, limit: i64) -> Result<Vec<ManualSend>> {
         let rows: Vec<SendRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sends ORDER BY id DESC LIMIT $1"
         )))
@@ -201,7 +201,7 @@ impl Store {
     }
 
     /// Marks a send planned: `sending` for one that queued rows (done once they are
-    /// out, see [`Send::state`]), `done` for a dry run or a test copy, with its report.
+    /// out, see [`ManualSend::state`]), `done` for a dry run or a test copy, with its report.
     pub async fn finish_send_planning(
         &self,
         id: SendId,
@@ -289,6 +289,15 @@ impl Store {
     /// Holds the waiting rows of paused sends that a worker had claimed when the send
     /// was paused and that came back deferred since. Returns how many.
     pub async fn hold_paused_sends(&self, now: Timestamp) -> Result<u64> {
+        // Mostly no send is paused: a read then, so the sweep takes no write lock from
+        // the delivery engine's commits.
+        let paused: Option<(SendId,)> =
+            sqlx::query_as("SELECT id FROM sends WHERE state = 'paused' LIMIT 1")
+                .fetch_optional(&self.pool)
+                .await?;
+        if paused.is_none() {
+            return Ok(0);
+        }
         let n = sqlx::query(AssertSqlSafe(format!(
             "UPDATE deliveries SET state = {paused}, updated_at = $1
              WHERE {waiting} AND edition_id IN (
@@ -340,7 +349,7 @@ impl Store {
     }
 
     /// [`Store::send`], inside a transaction.
-    async fn send_in(&self, tx: &mut Tx, id: SendId) -> Result<Option<Send>> {
+    async fn send_in(&self, tx: &mut Tx, id: SendId) -> Result<Option<ManualSend>> {
         let row: Option<SendRow> = sqlx::query_as(AssertSqlSafe(format!(
             "SELECT {COLUMNS} FROM sends WHERE id = $1"
         )))
@@ -353,7 +362,7 @@ impl Store {
     }
 
     /// Decodes a row and counts its rows in the ledger.
-    async fn counted(&self, row: SendRow) -> Result<Send> {
+    async fn counted(&self, row: SendRow) -> Result<ManualSend> {
         let counts = counts(&self.pool, row.id).await?;
         decode_send(row, counts)
     }
@@ -415,7 +424,7 @@ where
 }
 
 /// Decodes a stored send; a `sending` one with no row left waiting is done.
-fn decode_send(row: SendRow, counts: SendCounts) -> Result<Send> {
+fn decode_send(row: SendRow, counts: SendCounts) -> Result<ManualSend> {
     let id = row.id;
     let stored: SendState = decode("sends", id, "state", &row.state)?;
     let (state, finished_at) = if stored == SendState::Sending && counts.unsent() == 0 {
@@ -426,7 +435,7 @@ fn decode_send(row: SendRow, counts: SendCounts) -> Result<Send> {
     } else {
         (stored, row.finished_at)
     };
-    Ok(Send {
+    Ok(ManualSend {
         id,
         started_by: row.started_by,
         region: decode("sends", id, "region_slug", &row.region_slug)?,

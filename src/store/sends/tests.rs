@@ -19,7 +19,7 @@ fn new_send(region: &RegionSlug, key: Option<&str>) -> NewSend {
 }
 
 /// Starts a send of the seeded region at 2,000 and queues its two digests.
-async fn planned_send(store: &Store, region: &RegionSlug) -> Send {
+async fn planned_send(store: &Store, region: &RegionSlug) -> ManualSend {
     let (send, fresh) = store
         .create_send(&new_send(region, None), at(2_000))
         .await
@@ -47,7 +47,7 @@ async fn planned_send(store: &Store, region: &RegionSlug) -> Send {
     store.send(send.id).await.unwrap().unwrap()
 }
 
-fn changed(change: SendChange) -> Send {
+fn changed(change: SendChange) -> ManualSend {
     match change {
         SendChange::Changed(send) => send,
         other => panic!("expected a change, got {other:?}"),

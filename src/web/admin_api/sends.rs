@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 use super::{ApiError, TokenName, error, json_body, limit_param, rfc3339};
 use crate::domain::{Cadence, Email, SendId, Timestamp};
 use crate::sends::SendError;
-use crate::store::{NewSend, Send, SendChange};
+use crate::store::{ManualSend, NewSend, SendChange};
 use crate::web::AppState;
 
 /// The longest `Idempotency-Key` kept.
@@ -35,7 +35,7 @@ struct StartRequest {
 
 /// A send as the API shows it: its rows by state from the ledger; for a dry run what
 /// it found (readers per zone, one rendered sample); for a test copy the server's reply.
-pub(crate) fn send_json(send: &Send) -> Value {
+pub(crate) fn send_json(send: &ManualSend) -> Value {
     let counts: serde_json::Map<String, Value> = send
         .counts
         .by_state
@@ -129,7 +129,20 @@ pub(super) async fn start(
         test_address,
         idempotency_key: key,
     };
-    match sends.start(new, Timestamp::now()).await {
+    // Planned in a task of its own: a client that hangs up (or a request deadline)
+    // must not drop the plan halfway and leave the send `planning`.
+    let started = tokio::spawn(async move { sends.start(new, Timestamp::now()).await }).await;
+    let started = match started {
+        Ok(result) => result,
+        Err(e) => {
+            tracing::error!(error = %e, "planning a manual send panicked");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the send could not be planned; the daemon's log says why",
+            );
+        }
+    };
+    match started {
         Ok(started) => {
             let send = &started.send;
             if started.fresh {
