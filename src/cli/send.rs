@@ -178,14 +178,23 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
     progress.finish();
     ctrl_c.abort();
     transport.close().await;
-    if let Some(send) = store.send(send.id).await? {
-        println!("{}", super::sends::summary(&send));
-        if !send.state.is_finished() {
-            println!(
-                "the rest goes out with the daemon or `herald deliver`; follow it with `herald sends show {}`",
-                send.id
-            );
+    // The summary is read back from the ledger; the delivery report below stands even
+    // when the database cannot answer that.
+    match store.send(send.id).await {
+        Ok(Some(send)) => {
+            println!("{}", super::sends::summary(&send));
+            if !send.state.is_finished() {
+                println!(
+                    "the rest goes out with the daemon or `herald deliver`; follow it with `herald sends show {}`",
+                    send.id
+                );
+            }
         }
+        Ok(None) => {}
+        Err(e) => eprintln!(
+            "warning: cannot read send {} back ({e}); `herald sends show {}` shows it",
+            send.id, send.id
+        ),
     }
     store.close().await;
     Ok(super::deliver::report(&stats, config))
