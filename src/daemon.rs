@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::deliver::{Deliverer, Transport};
 use crate::descriptors;
 use crate::ingest::Ingester;
+use crate::sends::ManualSends;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::supervise::{Health, RestartPolicy, Supervisor};
 use crate::web::server::Limits;
@@ -64,7 +65,14 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
                 crate::startup::templates_origin(config.mail.templates_dir.as_deref())
             )
         })?
-        .with_health(health.clone()),
+        .with_health(health.clone())
+        .with_sends(ManualSends {
+            store: store.clone(),
+            composer: composer.clone(),
+            transport: transport.clone(),
+            regions: config.regions.clone(),
+            expiry: config.deliver.expiry.clone(),
+        }),
     );
     let listener = Arc::new(
         tokio::net::TcpListener::bind(config.http.listen)

@@ -17,6 +17,7 @@ pub mod domain;
 pub mod ingest;
 pub mod metrics;
 pub mod plan;
+pub mod sends;
 pub mod shutdown;
 pub mod startup;
 pub mod store;

@@ -9,9 +9,11 @@ mod migrate;
 mod plan;
 mod preview;
 mod send;
+mod sends;
 mod status;
 mod subscribers;
 mod templates;
+mod suppressions;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,6 +65,12 @@ enum Configured {
     /// Manage readers.
     #[command(subcommand)]
     Subscribers(subscribers::Command),
+    /// Manual sends: list, show, pause, resume, cancel.
+    #[command(subcommand)]
+    Sends(sends::Command),
+    /// The suppression list: list it, or lift one address.
+    #[command(subcommand)]
+    Suppressions(suppressions::Command),
     /// Show counts by delivery state, queue age, last error and feed health.
     Status,
     /// Write a consistent copy of the SQLite database, while the daemon runs.
@@ -170,6 +178,8 @@ async fn run(command: Configured, config: Config) -> anyhow::Result<ExitCode> {
         Configured::Deliver(args) => deliver::run(&config, args).await,
         Configured::Preview(args) => preview::run(&config, args).await,
         Configured::Subscribers(cmd) => subscribers::run(&config, cmd).await,
+        Configured::Sends(cmd) => sends::run(&config, cmd).await,
+        Configured::Suppressions(cmd) => suppressions::run(&config, cmd).await,
         Configured::Status => status::run(&config).await,
         Configured::Backup(args) => backup::run(&config, args).await,
         Configured::Deliveries(cmd) => deliveries::run(&config, cmd).await,

@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 use crate::compose::DigestRequest;
 use crate::config::Config;
-use crate::domain::{Cadence, DeliveryArticle, Email, RegionSlug, SubscriberId, Timestamp};
-use crate::store::{Store, StoreError};
+use crate::domain::{Cadence, Email, SubscriberId, Timestamp};
+use crate::sends::region_articles;
 
 /// Output formats.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -30,38 +30,6 @@ pub struct Args {
     /// What to print.
     #[arg(long, value_enum, default_value = "text")]
     format: Format,
-}
-
-/// The articles a digest of `region` would carry now: the last period's, or the
-/// newest twenty when the period is empty (so a preview always shows something).
-pub async fn region_articles(
-    store: &Store,
-    region: &RegionSlug,
-    region_name: &str,
-    cadence: Cadence,
-    now: Timestamp,
-) -> Result<Vec<DeliveryArticle>, StoreError> {
-    let mut rows = store
-        .recent_articles(region, now - cadence.period(), 50)
-        .await?;
-    if rows.is_empty() {
-        rows = store
-            .recent_articles(region, Timestamp::from_unix(0), 20)
-            .await?;
-    }
-    Ok(rows
-        .into_iter()
-        .map(|a| DeliveryArticle {
-            article_id: a.id,
-            region_slug: region.clone(),
-            region_name: region_name.to_string(),
-            title: a.title,
-            link: a.link,
-            summary: a.summary,
-            category: a.category,
-            published_at: a.published_at,
-        })
-        .collect())
 }
 
 /// Prints the rendered digest to stdout.

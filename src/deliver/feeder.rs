@@ -83,12 +83,15 @@ impl Feeder {
                 owner: self.owner,
                 until: start + self.lease.max(Duration::from_secs(1)),
             };
-            // Expiry sweeps the waiting rows: once every few seconds is plenty.
+            // Expiry sweeps the waiting rows: once every few seconds is plenty. The same
+            // sweep holds the rows of a paused send that were out with a worker when it
+            // was paused and came back deferred.
             let sweep = last_sweep.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
             let ids = async {
                 if sweep {
                     let expired = self.store.expire_overdue(start).await?;
                     self.recorder.expired(expired);
+                    self.store.hold_paused_sends(start).await?;
                 }
                 self.recorder
                     .claim(Claim {

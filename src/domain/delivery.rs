@@ -11,7 +11,8 @@ use super::Timestamp;
 /// Where one email stands in the outbox; [`Transition`] says how it moves.
 ///
 /// `queued → sending → sent | deferred | bounced | failed | expired | cancelled | suppressed`;
-/// `deferred` goes back to `sending` when its retry time comes.
+/// `deferred` goes back to `sending` when its retry time comes. A paused manual send
+/// holds its waiting rows `paused` until it resumes or is cancelled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum DeliveryState {
     /// Waiting for a worker.
@@ -32,11 +33,14 @@ pub enum DeliveryState {
     Cancelled,
     /// The address is on the suppression list.
     Suppressed,
+    /// Waiting, but held by a paused manual send: no claim takes it until the send
+    /// resumes.
+    Paused,
 }
 
 impl DeliveryState {
     /// Every state, in the order `herald status` shows them.
-    pub const ALL: [DeliveryState; 9] = [
+    pub const ALL: [DeliveryState; 10] = [
         DeliveryState::Queued,
         DeliveryState::Sending,
         DeliveryState::Sent,
@@ -46,6 +50,7 @@ impl DeliveryState {
         DeliveryState::Expired,
         DeliveryState::Cancelled,
         DeliveryState::Suppressed,
+        DeliveryState::Paused,
     ];
 
     /// The name stored in the database.
@@ -60,6 +65,7 @@ impl DeliveryState {
             DeliveryState::Expired => "expired",
             DeliveryState::Cancelled => "cancelled",
             DeliveryState::Suppressed => "suppressed",
+            DeliveryState::Paused => "paused",
         }
     }
 
@@ -67,7 +73,10 @@ impl DeliveryState {
     pub fn is_final(self) -> bool {
         !matches!(
             self,
-            DeliveryState::Queued | DeliveryState::Sending | DeliveryState::Deferred
+            DeliveryState::Queued
+                | DeliveryState::Sending
+                | DeliveryState::Deferred
+                | DeliveryState::Paused
         )
     }
 }
@@ -214,8 +223,14 @@ pub enum Transition {
     Expire,
     /// `herald deliveries retry --failed`: failed and expired rows wait again.
     RetryFailed,
-    /// The reader unsubscribed or was erased: their waiting rows are cancelled.
+    /// The reader unsubscribed or was erased, or an admin cancelled the manual send:
+    /// the waiting rows are cancelled.
     Cancel,
+    /// An admin paused a manual send: its waiting rows are held.
+    Pause,
+    /// An admin resumed a paused send: its held rows wait again, a row that was
+    /// deferred keeping its retry time.
+    Resume,
 }
 
 /// The states one transition moves rows from, and the states it may leave them in.
@@ -228,12 +243,12 @@ pub struct Rule {
 }
 
 use DeliveryState::{
-    Bounced, Cancelled, Deferred, Expired, Failed, Queued, Sending, Sent, Suppressed,
+    Bounced, Cancelled, Deferred, Expired, Failed, Paused, Queued, Sending, Sent, Suppressed,
 };
 
 /// The transition table: the only moves a row's state makes.
 #[rustfmt::skip]
-const RULES: [(Transition, &[DeliveryState], &[DeliveryState]); 9] = [
+const RULES: [(Transition, &[DeliveryState], &[DeliveryState]); 11] = [
     // transition              from                  to
     (Transition::Plan,         &[],                  &[Queued]),
     (Transition::Claim,        &[Queued, Deferred],  &[Sending]),
@@ -244,12 +259,15 @@ const RULES: [(Transition, &[DeliveryState], &[DeliveryState]); 9] = [
     (Transition::Release,      &[Sending],           &[Queued, Deferred]),
     (Transition::Expire,       &[Queued, Deferred],  &[Expired]),
     (Transition::RetryFailed,  &[Failed, Expired],   &[Queued]),
-    (Transition::Cancel,       &[Queued, Deferred],  &[Cancelled]),
+    (Transition::Cancel,       &[Queued, Deferred, Paused],
+                                                     &[Cancelled]),
+    (Transition::Pause,        &[Queued, Deferred],  &[Paused]),
+    (Transition::Resume,       &[Paused],            &[Queued, Deferred]),
 ];
 
 impl Transition {
     /// Every transition, in table order.
-    pub const ALL: [Transition; 9] = [
+    pub const ALL: [Transition; 11] = [
         Transition::Plan,
         Transition::Claim,
         Transition::Reclaim,
@@ -259,6 +277,8 @@ impl Transition {
         Transition::Expire,
         Transition::RetryFailed,
         Transition::Cancel,
+        Transition::Pause,
+        Transition::Resume,
     ];
 
     /// Its row of the transition table.

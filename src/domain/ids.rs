@@ -22,6 +22,18 @@ macro_rules! ids {
             }
         }
 
+        impl std::str::FromStr for $name {
+            type Err = String;
+            fn from_str(s: &str) -> Result<$name, String> {
+                s.trim()
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .map($name)
+                    .ok_or_else(|| format!("\"{s}\" is not an id (a positive whole number)"))
+            }
+        }
+
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}", self.0)
@@ -43,4 +55,6 @@ ids! {
     FeedId;
     /// A sign-up the form accepted, waiting to be carried out (`signup_requests.id`).
     SignupId;
+    /// A manual send started from the CLI or the admin API (`sends.id`).
+    SendId;
 }

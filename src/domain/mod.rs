@@ -5,12 +5,14 @@ mod article;
 mod delivery;
 mod email;
 mod ids;
+mod send;
 mod time;
 
 pub use article::{DeliveryArticle, FeedItem};
 pub use delivery::{DeliveryKind, DeliveryState, Outcome, Rule, Transition};
 pub use email::{Email, EmailError};
-pub use ids::{ArticleId, DeliveryId, EditionId, FeedId, SignupId, SubscriberId};
+pub use ids::{ArticleId, DeliveryId, EditionId, FeedId, SendId, SignupId, SubscriberId};
+pub use send::SendState;
 pub use time::Timestamp;
 
 use std::fmt;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Duration, Utc};
 
 use crate::config::{AlertsConfig, Expiry, ScheduleConfig};
-use crate::domain::{ArticleId, Cadence, DeliveryKind, RegionSlug, Timestamp, Timezone};
+use crate::domain::{ArticleId, Cadence, DeliveryKind, RegionSlug, SendId, Timestamp, Timezone};
 use crate::shutdown::Shutdown;
 use crate::store::{AlertPlan, PlanSummary, SlotPlan, Store, StoreError};
 use crate::supervise::Beat;
@@ -30,7 +30,8 @@ pub struct PlanConfig {
 
 /// Queues a digest of `region` now for its confirmed `cadence` readers: each gets the
 /// region's articles of the last period they have not received yet. A manual send is
-/// its own edition, so running it again queues only what is new since.
+/// its own edition, so running it again queues only what is new since; the edition
+/// belongs to `send`, the `sends` row that started it.
 pub async fn manual_digest(
     expiry: &Expiry,
     store: &Store,
@@ -38,15 +39,21 @@ pub async fn manual_digest(
     cadence: Cadence,
     now: Timestamp,
     dry_run: bool,
+    send: Option<SendId>,
 ) -> Result<PlanSummary, StoreError> {
-    let slot_key = format!(
-        "manual:{region}:{cadence}:{}",
-        uuid::Uuid::new_v4().simple()
-    );
+    let slot_key = match send {
+        Some(id) => format!("send:{id}"),
+        None => format!(
+            "manual:{region}:{cadence}:{}",
+            uuid::Uuid::new_v4().simple()
+        ),
+    };
     let since = now - cadence.period();
     let expires_at = now + expiry.of(DeliveryKind::Digest, Some(cadence));
     store
-        .plan_region_digest(&slot_key, region, cadence, since, now, expires_at, dry_run)
+        .plan_region_digest(
+            &slot_key, region, cadence, since, now, expires_at, dry_run, send,
+        )
         .await
 }
 

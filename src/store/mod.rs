@@ -5,13 +5,14 @@
 //! delivery engine's statements (`outbox`) and its own connection (`engine_connection`),
 //! planning (`planning`, manual sends included), the read side (`status`), and the
 //! writes of ingest (`articles`), sign-up (`signup`, `rate_limits`), readers
-//! (`subscribers`, `suppressions`) and the admin API (`api_tokens`).
+//! (`subscribers`, `suppressions`), manual sends (`sends`) and the admin API (`api_tokens`).
 //!
 //! Times are stored as integer Unix seconds and ids as integers (`sql_types` maps the
 //! domain's types onto them). Rows are decoded into domain types here, once: a value
 //! that does not decode is a [`StoreError::Corrupt`] naming its row. Statements that
 //! change a delivery's state take their states from the transition table (`states`).
 
+mod admin_reads;
 mod api_tokens;
 mod articles;
 mod backup;
@@ -21,6 +22,7 @@ mod planning;
 mod rate_limits;
 #[cfg(feature = "bench-seed")]
 mod seed;
+mod sends;
 mod signup;
 mod sql_types;
 mod states;
@@ -30,21 +32,23 @@ mod suppressions;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use admin_reads::{DeliveryRow, ReaderDetail, SiteCounts};
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedPollState, PushOutcome};
 pub use backup::BackupSummary;
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
 pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Recipient};
-pub use planning::{AlertPlan, BreakingArticle, PlanSummary, SlotPlan};
+pub use planning::{AlertPlan, BreakingArticle, DryRun, PlanSummary, SlotPlan};
 pub use rate_limits::RateLimit;
+pub use sends::{ManualSend, NewSend, SendChange, SendCounts};
 pub use signup::{
     ConfirmOutcome, Consent, ConsentRecord, Queued, ReaderPreferences, SignupMail, SignupOutcome,
     WebSignup,
 };
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
-pub use suppressions::SuppressionKey;
+pub use suppressions::{Suppression, SuppressionKey};
 
 use std::path::Path;
 use std::str::FromStr;

@@ -6,7 +6,9 @@ use sqlx::encode::IsNull;
 use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
-use crate::domain::{ArticleId, DeliveryId, EditionId, FeedId, SignupId, SubscriberId, Timestamp};
+use crate::domain::{
+    ArticleId, DeliveryId, EditionId, FeedId, SendId, SignupId, SubscriberId, Timestamp,
+};
 
 /// Maps each type to and from its `i64`.
 macro_rules! stored_as_i64 {
@@ -55,4 +57,5 @@ stored_as_i64! {
     EditionId: EditionId::new, EditionId::get;
     FeedId: FeedId::new, FeedId::get;
     SignupId: SignupId::new, SignupId::get;
+    SendId: SendId::new, SendId::get;
 }

@@ -12,6 +12,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::{Result, Store};
+use crate::domain::{Email, Timestamp};
 
 /// How entries made by this version are hashed (`suppressions.hash_scheme`).
 const KEYED: &str = "hmac-sha256";
@@ -103,6 +104,62 @@ impl Store {
             }
             tx.commit().await?;
         }
+    }
+}
+
+/// One entry of the suppression list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suppression {
+    /// The keyed hash the entry is stored under (the address itself is not kept).
+    pub entry: String,
+    /// Why: `bounced`, `complaint`, `removed` (erased by an admin), …
+    pub reason: String,
+    /// When it was added.
+    pub created_at: Timestamp,
+}
+
+impl Store {
+    /// Every entry, newest first.
+    pub async fn suppressions(&self) -> Result<Vec<Suppression>> {
+        let rows: Vec<(String, String, Timestamp)> = sqlx::query_as(
+            "SELECT email_hash, reason, created_at FROM suppressions
+             ORDER BY created_at DESC, email_hash",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(entry, reason, created_at)| Suppression {
+                entry,
+                reason,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// Whether `email` is on the list, and why.
+    pub async fn suppression_of(&self, email: &Email) -> Result<Option<Suppression>> {
+        let row: Option<(String, String, Timestamp)> = sqlx::query_as(
+            "SELECT email_hash, reason, created_at FROM suppressions WHERE email_hash = $1",
+        )
+        .bind(self.suppression.entry(email.as_str()))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|(entry, reason, created_at)| Suppression {
+            entry,
+            reason,
+            created_at,
+        }))
+    }
+
+    /// Lifts the suppression of `email`; false if it was not suppressed.
+    pub async fn remove_suppression(&self, email: &Email) -> Result<bool> {
+        let n = sqlx::query("DELETE FROM suppressions WHERE email_hash = $1")
+            .bind(self.suppression.entry(email.as_str()))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(n > 0)
     }
 }
 

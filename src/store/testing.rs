@@ -56,6 +56,7 @@ pub(crate) async fn seed_planned(store: &Store) {
             at(2_000),
             at(9_000),
             false,
+            None,
         )
         .await
         .unwrap();

@@ -1,16 +1,23 @@
-//! The admin API under `/admin/api`: a newsroom's CMS pushes articles here.
+//! The admin API under `/admin/api`: a newsroom's CMS pushes articles here, and admins
+//! start and steer manual sends (`sends`), look readers up, erase them and lift
+//! suppressions (`readers`), and read the ledger and the site's counts (`ledger`).
+//! `docs/admin-api.yaml` describes every route.
 //!
 //! Every route sits behind `Authorization: Bearer TOKEN`, checked by a middleware that
 //! runs before any handler, so a caller without a valid token never gets its body read.
-//! Bodies are capped at [`MAX_BODY_BYTES`]. Every answer is JSON; errors are
-//! `{"error": "a sentence"}`.
+//! Bodies are capped at [`MAX_BODY_BYTES`], and fields herald does not know are refused.
+//! Every answer is JSON; errors are `{"error": "a sentence"}`.
+
+mod ledger;
+mod readers;
+mod sends;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::post;
+use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::json;
@@ -32,6 +39,17 @@ struct TokenName(String);
 pub fn routes(state: AppState) -> Router<AppState> {
     Router::new()
         .route("/admin/api/articles", post(push_article))
+        .route("/admin/api/sends", post(sends::start).get(sends::list))
+        .route("/admin/api/sends/{id}", get(sends::show))
+        .route("/admin/api/sends/{id}/pause", post(sends::pause))
+        .route("/admin/api/sends/{id}/resume", post(sends::resume))
+        .route("/admin/api/sends/{id}/cancel", post(sends::cancel))
+        .route("/admin/api/subscribers", get(readers::lookup))
+        .route("/admin/api/subscribers/{email}", delete(readers::erase))
+        .route("/admin/api/suppressions/{email}", delete(readers::lift))
+        .route("/admin/api/deliveries", get(ledger::deliveries))
+        .route("/admin/api/deliveries/retry", post(ledger::retry))
+        .route("/admin/api/stats", get(ledger::stats))
         // route_layer: only matched routes ask for a token; unknown paths stay 404.
         // The layer added last runs first: the token, then the announced length.
         .route_layer(middleware::from_fn(refuse_oversized))
@@ -41,6 +59,64 @@ pub fn routes(state: AppState) -> Router<AppState> {
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// A refused request: its status and the sentence that says what to do instead.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// The answer when the database fails: logged, and a sentence for the caller.
+fn unavailable(e: crate::store::StoreError) -> Response {
+    tracing::error!(error = %e, "an admin API request failed");
+    error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the database is not answering; try again in a minute",
+    )
+}
+
+/// Reads a JSON body into `T` (whose unknown fields are refused), or the 4xx that
+/// says what to send instead (`expected`).
+fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, BytesRejection>,
+    expected: &str,
+) -> Result<T, ApiError> {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return Err(ApiError(StatusCode::PAYLOAD_TOO_LARGE, too_large_message()));
+        }
+        Err(rejection) => return Err(ApiError(rejection.status(), rejection.body_text())),
+    };
+    serde_json::from_slice(&body).map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not what this route takes ({e}); {expected}"),
+        )
+    })
+}
+
+/// A `limit` query parameter: `default` when absent, at most `max`.
+fn limit_param(raw: Option<&str>, default: i64, max: i64) -> Result<i64, String> {
+    match raw {
+        None => Ok(default),
+        Some(text) => text
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| format!("limit: \"{text}\" is not a number from 1 to {max}")),
+    }
+}
+
+/// An instant as RFC 3339 text in UTC, to the second.
+fn rfc3339(t: Timestamp) -> String {
+    t.to_utc()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
 /// Refuses the request unless it carries a live token; runs before the body is read.
@@ -106,9 +182,12 @@ async fn refuse_oversized(request: Request, next: Next) -> Response {
 }
 
 fn too_large() -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("the body is larger than {MAX_BODY_BYTES} bytes; send one article per request"),
+    error(StatusCode::PAYLOAD_TOO_LARGE, too_large_message())
+}
+
+fn too_large_message() -> String {
+    format!(
+        "the body is larger than {MAX_BODY_BYTES} bytes; an article or a send request is a few hundred"
     )
 }
 

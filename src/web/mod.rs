@@ -30,6 +30,7 @@ use axum::routing::get;
 
 use crate::config::{AlertsConfig, Expiry, HttpConfig, MailConfig, Regions, SignupConfig};
 use crate::domain::Timestamp;
+use crate::sends::ManualSends;
 use crate::store::{Store, StoreError};
 use crate::supervise::Health;
 use crate::tokens::Signer;
@@ -83,6 +84,9 @@ pub struct AppState {
     /// When this state was built (the daemon's start): the SMTP check of `/readyz`
     /// counts from here until the server first answers.
     pub started_at: Timestamp,
+    /// What starts manual sends (the daemon's composer and transport); `None` where
+    /// the server runs without them, and the API says so.
+    pub sends: Option<Arc<ManualSends>>,
 }
 
 impl AppState {
@@ -105,7 +109,14 @@ impl AppState {
             zones: Arc::new(regions::zone_groups()),
             health: Health::default(),
             started_at: Timestamp::now(),
+            sends: None,
         })
+    }
+
+    /// The same state, able to start manual sends through `sends`.
+    pub fn with_sends(mut self, sends: ManualSends) -> AppState {
+        self.sends = Some(Arc::new(sends));
+        self
     }
 
     /// The same state, with `/readyz` reporting on `health`'s stages.

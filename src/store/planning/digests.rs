@@ -5,9 +5,9 @@ use sqlx::AssertSqlSafe;
 
 use super::Tx;
 use crate::domain::{
-    Cadence, DeliveryKind, EditionId, Email, RegionSlug, SubscriberId, Timestamp, Transition,
+    Cadence, DeliveryKind, EditionId, RegionSlug, SubscriberId, Timestamp, Timezone, Transition,
 };
-use crate::store::{Backend, PlanSummary, Result, Store, decode, states};
+use crate::store::{Backend, DryRun, PlanSummary, Result, Store, decode, states};
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
 const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
@@ -305,6 +305,7 @@ impl Store {
             articles: articles as u64,
             content_rows: contents,
             recipients: Vec::new(),
+            zones: Vec::new(),
         })
     }
 
@@ -333,32 +334,38 @@ impl Store {
         Ok(())
     }
 
-    /// Commits, or on a dry run lists the recipients and rolls everything back.
+    /// Commits, or on a dry run lists the recipients (and how many readers each zone
+    /// has among them) and rolls everything back.
     pub(super) async fn finish_plan(
         &self,
         mut tx: sqlx::Transaction<'_, sqlx::Any>,
         edition_id: EditionId,
         dry_run: bool,
-    ) -> Result<Vec<(Email, i64)>> {
+    ) -> Result<DryRun> {
         if !dry_run {
             tx.commit().await?;
-            return Ok(Vec::new());
+            return Ok(DryRun::default());
         }
-        let rows: Vec<(SubscriberId, String, i64)> = sqlx::query_as(
-            "SELECT s.id, s.email, COUNT(*) FROM deliveries d
+        let rows: Vec<(SubscriberId, String, String, i64)> = sqlx::query_as(
+            "SELECT s.id, s.email, s.timezone, COUNT(*) FROM deliveries d
              JOIN subscribers s ON s.id = d.subscriber_id
              JOIN content_articles ca ON ca.content_id = d.content_id
-             WHERE d.edition_id = $1 GROUP BY s.id, s.email ORDER BY s.email",
+             WHERE d.edition_id = $1 GROUP BY s.id, s.email, s.timezone ORDER BY s.email",
         )
         .bind(edition_id)
         .fetch_all(&mut *tx)
         .await?;
         tx.rollback().await?;
-        rows.into_iter()
-            .map(|(id, email, articles)| {
-                Ok((decode("subscribers", id, "email", &email)?, articles))
-            })
-            .collect()
+        let mut dry = DryRun::default();
+        let mut zones = std::collections::BTreeMap::<&'static str, (Timezone, i64)>::new();
+        for (id, email, zone, articles) in rows {
+            let zone: Timezone = decode("subscribers", id, "timezone", &zone)?;
+            zones.entry(zone.name()).or_insert((zone, 0)).1 += 1;
+            dry.recipients
+                .push((decode("subscribers", id, "email", &email)?, articles));
+        }
+        dry.zones = zones.into_values().collect();
+        Ok(dry)
     }
 
     /// Begins a planning transaction: a write transaction that no other planner runs

@@ -2,7 +2,7 @@
 //! same machinery as scheduled slots.
 
 use super::digests::DigestBatch;
-use crate::domain::{Cadence, EditionId, RegionSlug, Timestamp};
+use crate::domain::{Cadence, EditionId, RegionSlug, SendId, Timestamp};
 use crate::store::{PlanSummary, Result, Store};
 
 impl Store {
@@ -11,7 +11,8 @@ impl Store {
     ///
     /// Set-based: a handful of statements whatever the number of readers, sharing the
     /// scheduled slots' content groups (readers who already had some of the articles get
-    /// a content without them). An edition that already exists is left as it is.
+    /// a content without them). An edition that already exists is left as it is. The
+    /// edition belongs to `send`, when the send is one of the `sends` rows.
     #[allow(clippy::too_many_arguments)]
     pub async fn plan_region_digest(
         &self,
@@ -22,16 +23,20 @@ impl Store {
         now: Timestamp,
         expires_at: Timestamp,
         dry_run: bool,
+        send: Option<SendId>,
     ) -> Result<PlanSummary> {
         let mut tx = self.begin_plan().await?;
         let created: Option<(EditionId,)> = sqlx::query_as(
-            "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at, slot_at)
-             VALUES ($1, 'digest', $2, $3, $4, $4) ON CONFLICT (slot_key) DO NOTHING RETURNING id",
+            "INSERT INTO editions (slot_key, kind, cadence, region_slug, planned_at, slot_at,
+                 send_id)
+             VALUES ($1, 'digest', $2, $3, $4, $4, $5)
+             ON CONFLICT (slot_key) DO NOTHING RETURNING id",
         )
         .bind(slot_key)
         .bind(cadence.as_str())
         .bind(region.as_str())
         .bind(now)
+        .bind(send)
         .fetch_optional(&mut *tx)
         .await?;
         let Some((edition_id,)) = created else {
@@ -73,9 +78,10 @@ impl Store {
                 },
             )
             .await?;
-        let recipients = self.finish_plan(tx, edition_id, dry_run).await?;
+        let dry = self.finish_plan(tx, edition_id, dry_run).await?;
         Ok(PlanSummary {
-            recipients,
+            recipients: dry.recipients,
+            zones: dry.zones,
             ..summary
         })
     }

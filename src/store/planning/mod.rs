@@ -87,6 +87,18 @@ pub struct PlanSummary {
     pub content_rows: u64,
     /// On a dry run: each recipient with the number of articles they would get.
     pub recipients: Vec<(Email, i64)>,
+    /// On a dry run: how many of the recipients live in each zone.
+    pub zones: Vec<(Timezone, i64)>,
+}
+
+/// What a dry run found, before it rolled back: who would get how many articles, and
+/// how many of them live in each zone.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DryRun {
+    /// Each recipient with the number of articles they would get, by address.
+    pub recipients: Vec<(Email, i64)>,
+    /// Readers per zone, by zone name.
+    pub zones: Vec<(Timezone, i64)>,
 }
 
 /// A breaking article waiting for alerts.
@@ -254,9 +266,10 @@ impl Store {
                 },
             )
             .await?;
-        let recipients = self.finish_plan(tx, edition_id, dry_run).await?;
+        let dry = self.finish_plan(tx, edition_id, dry_run).await?;
         Ok(PlanSummary {
-            recipients,
+            recipients: dry.recipients,
+            zones: dry.zones,
             ..summary
         })
     }
@@ -371,6 +384,7 @@ impl Store {
             articles: deliveries,
             content_rows: 0,
             recipients: Vec::new(),
+            zones: Vec::new(),
         })
     }
 

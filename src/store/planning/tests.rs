@@ -278,6 +278,7 @@ async fn planning_is_set_based_and_never_repeats_an_article() {
                 at(2_000),
                 at(9_000),
                 false,
+                None,
             )
             .await
             .unwrap();
@@ -296,6 +297,7 @@ async fn planning_is_set_based_and_never_repeats_an_article() {
                 at(2_001),
                 at(9_000),
                 false,
+                None,
             )
             .await
             .unwrap();
@@ -309,6 +311,7 @@ async fn planning_is_set_based_and_never_repeats_an_article() {
                 at(2_002),
                 at(9_000),
                 false,
+                None,
             )
             .await
             .unwrap();

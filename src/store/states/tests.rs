@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use super::*;
 use crate::domain::{Cadence, DeliveryId, Email, Outcome, SubscriberId};
 use crate::store::testing::{at, lease, seed, stores, stores_migrated_to};
-use crate::store::{Backend, LeaseOwner, NewSubscriber, Store};
+use crate::store::{Backend, LeaseOwner, NewSend, NewSubscriber, SendChange, Store};
 
 /// The instant the statements run at: every fixture row is due, its lease has lapsed
 /// and its expiry has passed.
@@ -112,6 +112,7 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
                 at(NOW),
                 at(NOW + 9_000),
                 false,
+                None,
             )
             .await
             .unwrap();
@@ -229,6 +230,49 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
         let retry = [Transition::RetryFailed];
         moved_only_by(store, backend, "retry_failed", &retry, &before).await;
 
+        // A manual send's pause, hold sweep, resume and cancel, over rows of its own.
+        let (send, _) = store
+            .create_send(
+                &NewSend {
+                    started_by: "cli:test".into(),
+                    region: town.clone(),
+                    cadence: Cadence::Daily,
+                    dry_run: false,
+                    test_address: None,
+                    idempotency_key: None,
+                },
+                at(NOW),
+            )
+            .await
+            .unwrap();
+        sqlx::query("UPDATE editions SET send_id = $1 WHERE slot_key LIKE 'fixture:%'")
+            .bind(send.id)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        store
+            .finish_send_planning(send.id, true, None, at(NOW))
+            .await
+            .unwrap();
+        let before = one_row_per_state(store, reader).await;
+        let paused = store.pause_send(send.id, at(NOW)).await.unwrap();
+        assert!(matches!(paused, SendChange::Changed(_)), "{paused:?}");
+        moved_only_by(store, backend, "pause_send", &[Transition::Pause], &before).await;
+        let before = one_row_per_state(store, reader).await;
+        store.hold_paused_sends(at(NOW)).await.unwrap();
+        let hold = [Transition::Pause];
+        moved_only_by(store, backend, "hold_paused_sends", &hold, &before).await;
+        let before = one_row_per_state(store, reader).await;
+        let resumed = store.resume_send(send.id, at(NOW)).await.unwrap();
+        assert!(matches!(resumed, SendChange::Changed(_)), "{resumed:?}");
+        let resume = [Transition::Resume];
+        moved_only_by(store, backend, "resume_send", &resume, &before).await;
+        let before = one_row_per_state(store, reader).await;
+        let cancelled = store.cancel_send(send.id, at(NOW)).await.unwrap();
+        assert!(matches!(cancelled, SendChange::Changed(_)), "{cancelled:?}");
+        let cancel = [Transition::Cancel];
+        moved_only_by(store, backend, "cancel_send", &cancel, &before).await;
+
         let before = one_row_per_state(store, reader).await;
         store.unsubscribe(reader, at(NOW)).await.unwrap();
         moved_only_by(
@@ -324,6 +368,11 @@ async fn the_state_check_arrives_on_a_ledger_that_has_rows() {
         seed(store).await;
         let reader = store.list_subscribers().await.unwrap()[0].id;
         one_row_per_state(store, reader).await;
+        // No herald of that schema wrote `paused` (migration 0013 brought it).
+        sqlx::query("DELETE FROM deliveries WHERE state = 'paused'")
+            .execute(&store.pool)
+            .await
+            .unwrap();
         let rows = kept(store).await;
         let indexes = sqlite_indexes_if(store, backend).await;
         // Before the migration nothing stopped a stray state.
@@ -349,6 +398,62 @@ async fn the_state_check_arrives_on_a_ledger_that_has_rows() {
             .await
             .unwrap();
         assert_eq!(claimed.len(), 3, "{backend:?}");
+    }
+}
+
+#[tokio::test]
+async fn the_paused_state_arrives_on_a_ledger_that_has_rows() {
+    for (backend, t) in stores_migrated_to(12).await {
+        let store = &t.store;
+        seed(store).await;
+        let reader = store.list_subscribers().await.unwrap()[0].id;
+        sqlx::query("DELETE FROM deliveries")
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        // One row in each state the schema knew, made the way `one_row_per_state` does.
+        let before = sqlx::query(
+            "INSERT INTO editions (slot_key, kind, cadence, planned_at) VALUES ('old', 'digest', 'daily', 0)",
+        )
+        .execute(&store.pool)
+        .await;
+        before.unwrap();
+        for (i, state) in DeliveryState::ALL.iter().enumerate() {
+            if *state == DeliveryState::Paused {
+                continue;
+            }
+            sqlx::query(
+                "INSERT INTO deliveries (edition_id, subscriber_id, kind, cadence, priority, state,
+                     attempts, message_id, next_attempt_at, lease_until, lease_owner, expires_at,
+                     created_at, updated_at)
+                 SELECT id, $1, 'digest', 'daily', 2, $2, 2, $3, 0, 1, $4, 5, 0, 0
+                 FROM editions WHERE slot_key = 'old'",
+            )
+            .bind(reader.get() + i as i64)
+            .bind(state.as_str())
+            .bind(format!("{i:032x}"))
+            .bind(LeaseOwner::TEST.0)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+        }
+        let rows = kept(store).await;
+        let indexes = sqlite_indexes_if(store, backend).await;
+        let id = DeliveryId::new(rows[0].0);
+        assert!(
+            write_state(store, id, "paused").await.is_err(),
+            "{backend:?}"
+        );
+
+        store.migrate().await.unwrap();
+        assert_eq!(kept(store).await, rows, "{backend:?}: every row kept");
+        assert_eq!(
+            sqlite_indexes_if(store, backend).await,
+            indexes,
+            "every index made again"
+        );
+        write_state(store, id, "paused").await.unwrap();
+        assert!(write_state(store, id, "lost").await.is_err(), "{backend:?}");
     }
 }
 
