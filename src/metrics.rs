@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::domain::{DeliveryKind, DeliveryState, SubscriberState, Timestamp};
+use crate::domain::{DeliveryKind, DeliveryState, SendState, SubscriberState, Timestamp};
 
 /// This process's counters and histogram.
 pub static METRICS: Metrics = Metrics::new();
@@ -202,6 +202,8 @@ pub struct LedgerSnapshot {
     pub lanes: Vec<(i64, i64, Option<Timestamp>)>,
     /// Readers per state.
     pub readers: Vec<(SubscriberState, i64)>,
+    /// Manual sends in progress (planning, sending or paused), per state.
+    pub sends: Vec<(SendState, i64)>,
 }
 
 const KINDS: [DeliveryKind; 4] = [
@@ -247,7 +249,7 @@ pub fn render(ledger: &LedgerSnapshot, metrics: &Metrics, now: Timestamp) -> Str
         &mut out,
         "herald_queue_depth",
         "gauge",
-        "Rows not yet in a final state (queued, sending, deferred), by lane.",
+        "Rows not yet in a final state (queued, sending, deferred, paused), by lane.",
     );
     let lanes = [0, 1, 2];
     for lane in lanes {
@@ -294,6 +296,26 @@ pub fn render(ledger: &LedgerSnapshot, metrics: &Metrics, now: Timestamp) -> Str
         sample(
             &mut out,
             "herald_readers",
+            &[("state", state.as_str())],
+            n as f64,
+        );
+    }
+
+    family(
+        &mut out,
+        "herald_sends_in_progress",
+        "gauge",
+        "Manual sends not yet done or cancelled, by state.",
+    );
+    for state in [SendState::Planning, SendState::Sending, SendState::Paused] {
+        let n = ledger
+            .sends
+            .iter()
+            .find(|(s, _)| *s == state)
+            .map_or(0, |(_, n)| *n);
+        sample(
+            &mut out,
+            "herald_sends_in_progress",
             &[("state", state.as_str())],
             n as f64,
         );
@@ -464,6 +486,7 @@ mod tests {
             deliveries: vec![(DeliveryState::Sent, DeliveryKind::Digest, 7)],
             lanes: vec![(2, 4, Some(Timestamp::from_unix(100)))],
             readers: vec![(SubscriberState::Confirmed, 9)],
+            sends: vec![(SendState::Paused, 2)],
         };
         let text = render(&ledger, &metrics, Timestamp::from_unix(160));
         for line in [
@@ -473,6 +496,8 @@ mod tests {
             "herald_queue_depth{lane=\"signup\"} 0",
             "herald_queue_oldest_age_seconds{lane=\"digest\"} 60",
             "herald_readers{state=\"confirmed\"} 9",
+            "herald_sends_in_progress{state=\"paused\"} 2",
+            "herald_sends_in_progress{state=\"sending\"} 0",
             "herald_smtp_replies_total{class=\"2xx\"} 1",
             "herald_smtp_replies_total{class=\"4xx\"} 1",
             "herald_smtp_replies_total{class=\"5xx\"} 0",

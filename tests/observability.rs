@@ -207,6 +207,8 @@ fn metrics_match_a_send_just_made_and_need_the_admin_token() {
     assert!(get("herald_send_latency_seconds_sum{}") > 0.0);
     assert_eq!(get("herald_readers{state=\"confirmed\"}"), n);
     assert_eq!(get("herald_readers{state=\"pending\"}"), 0.0);
+    // Planned slots are not manual sends: none is in progress.
+    assert_eq!(get("herald_sends_in_progress{state=\"sending\"}"), 0.0);
     assert_eq!(get("herald_queue_depth{lane=\"digest\"}"), 0.0);
     assert_eq!(get("herald_queue_oldest_age_seconds{lane=\"digest\"}"), 0.0);
     assert!(get("herald_smtp_last_reply_age_seconds{}") >= 0.0);
@@ -230,30 +232,51 @@ fn metrics_match_a_send_just_made_and_need_the_admin_token() {
 fn readyz_says_when_migrations_are_not_current() {
     let smtp = SmtpServer::start();
     let site = Site::new(smtp.port);
+    // The newest migration this build carries, whichever it is.
+    let latest = std::fs::read_dir(repo().join("migrations/sqlite"))
+        .unwrap()
+        .filter_map(|entry| {
+            entry
+                .unwrap()
+                .file_name()
+                .to_str()?
+                .get(..4)?
+                .parse::<i64>()
+                .ok()
+        })
+        .max()
+        .unwrap();
     let daemon = LoggingDaemon::start(&site, &[]);
     let (status, body) = readyz_until(&site, "migrations: ok", Duration::from_secs(10));
-    assert!(body.contains("migrations: ok, 12 applied"), "{body}");
+    assert!(
+        body.contains(&format!("migrations: ok, {latest} applied")),
+        "{body}"
+    );
     assert!(body.contains("smtp: ok, nothing waiting"), "{body}");
     assert_eq!(status, 200, "{body}");
 
     // As if the database had been restored from before the last migration.
-    site.sql_write("DELETE FROM _sqlx_migrations WHERE version = 12");
+    site.sql_write(&format!(
+        "DELETE FROM _sqlx_migrations WHERE version = {latest}"
+    ));
     let (status, body) = readyz_until(&site, "pending", Duration::from_secs(10));
     assert_eq!(status, 503, "{body}");
     assert!(
-        body.contains("migrations: 1 pending (0012); run `herald migrate`"),
+        body.contains(&format!(
+            "migrations: 1 pending ({latest:04}); run `herald migrate`"
+        )),
         "{body}"
     );
     // And as if a newer herald had migrated it further.
-    site.sql_write(
+    site.sql_write(&format!(
         "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
-         SELECT 12, description, installed_on, success, checksum, execution_time
-           FROM _sqlx_migrations WHERE version = 11",
-    );
+         SELECT {latest}, description, installed_on, success, checksum, execution_time
+           FROM _sqlx_migrations WHERE version = 1"
+    ));
     site.sql_write(
         "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time)
          SELECT 99, 'from the future', installed_on, success, checksum, execution_time
-           FROM _sqlx_migrations WHERE version = 11",
+           FROM _sqlx_migrations WHERE version = 1",
     );
     let (status, body) = readyz_until(&site, "does not know", Duration::from_secs(10));
     assert_eq!(status, 503, "{body}");

@@ -229,10 +229,27 @@ impl Store {
             .into_iter()
             .map(|(state, n)| Ok((decode("subscribers", "of that state", "state", &state)?, n)))
             .collect::<Result<Vec<_>>>()?;
+        // A send stored as `sending` is in progress while one of its rows is unsent
+        // (it reads as done after that, as everywhere else).
+        let rows: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+            "SELECT s.state, COUNT(*) FROM sends s
+             WHERE s.state = 'planning' OR s.state = 'paused' OR (s.state = 'sending' AND EXISTS (
+                 SELECT 1 FROM deliveries
+                 WHERE edition_id IN (SELECT id FROM editions WHERE send_id = s.id) AND {}))
+             GROUP BY s.state",
+            states::is_one_of(&unfinished)
+        )))
+        .fetch_all(&self.pool)
+        .await?;
+        let sends = rows
+            .into_iter()
+            .map(|(state, n)| Ok((decode("sends", "of that state", "state", &state)?, n)))
+            .collect::<Result<Vec<_>>>()?;
         Ok(LedgerSnapshot {
             deliveries,
             lanes,
             readers,
+            sends,
         })
     }
 

@@ -236,3 +236,41 @@ async fn a_send_that_could_not_be_planned_keeps_why() {
         assert_eq!(send.finished_at, Some(at(150)), "{backend:?}");
     }
 }
+
+#[tokio::test]
+async fn the_ledger_snapshot_counts_sends_in_progress_as_their_views_do() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let town = seed(store).await;
+        let in_progress = |snapshot: crate::metrics::LedgerSnapshot| {
+            let mut sends = snapshot.sends;
+            sends.sort_by_key(|(state, _)| state.as_str());
+            sends
+        };
+        let send = planned_send(store, &town).await;
+        let (_, fresh) = store
+            .create_send(&new_send(&town, None), at(2_000))
+            .await
+            .unwrap();
+        assert!(fresh);
+        assert_eq!(
+            in_progress(store.ledger_snapshot().await.unwrap()),
+            [(SendState::Planning, 1), (SendState::Sending, 1)],
+            "{backend:?}"
+        );
+        changed(store.pause_send(send.id, at(2_050)).await.unwrap());
+        assert_eq!(
+            in_progress(store.ledger_snapshot().await.unwrap()),
+            [(SendState::Paused, 1), (SendState::Planning, 1)],
+            "{backend:?}"
+        );
+        // Resumed and sent out: stored as `sending`, read as done, no longer counted.
+        changed(store.resume_send(send.id, at(2_100)).await.unwrap());
+        send_all_due(store, 10, 2_200).await;
+        assert_eq!(
+            in_progress(store.ledger_snapshot().await.unwrap()),
+            [(SendState::Planning, 1)],
+            "{backend:?}"
+        );
+    }
+}
