@@ -61,14 +61,139 @@ impl DashboardPages {
                     message: format!("{e} ({origin})"),
                 })?;
         }
-        Ok(DashboardPages { env })
+        let pages = DashboardPages { env };
+        for (name, ctx) in samples() {
+            pages.render(name, &ctx).map_err(|e| {
+                let origin = crate::templates::load(mail.templates_dir.as_deref(), name)
+                    .map(|source| source.origin())
+                    .unwrap_or_default();
+                PageError::Template {
+                    name: name.to_string(),
+                    message: match e.line() {
+                        Some(line) => format!("line {line}: {e} ({origin})"),
+                        None => format!("{e} ({origin})"),
+                    },
+                }
+            })?;
+        }
+        Ok(pages)
     }
 
+    /// Renders one page.
     fn render(&self, name: &str, ctx: &Value) -> Result<String, minijinja::Error> {
         self.env
             .get_template(name)?
             .render(minijinja::value::Serde(ctx))
     }
+}
+
+/// Each page with sample data covering its branches, rendered once at start-up so a
+/// broken override stops herald instead of an admin's page.
+fn samples() -> Vec<(&'static str, Value)> {
+    let base = |more: Value| {
+        let mut ctx = json!({
+            "site": { "name": "Sample <News>", "postal_address": "1 Sample St" },
+            "admin": "desk", "csrf": "sample", "nonce": "sample", "nav": "queue",
+        });
+        if let (Value::Object(ctx), Value::Object(more)) = (&mut ctx, more) {
+            ctx.extend(more);
+        }
+        ctx
+    };
+    let delivery = json!({
+        "id": 1, "email": "a@example.org", "kind": "digest", "state": "failed", "attempts": 3,
+        "smtp_reply": "550 5.1.1 <a@example.org>: no such user", "last_error": null,
+        "updated_at": "2027-01-13 23:00:00 UTC", "send_id": 2,
+    });
+    let send = |kind: &str, dry_run: bool, to: Option<&str>| {
+        json!({
+            "id": 2, "state": "sending", "total": 10, "finished": 4, "over": false,
+            "counts": { "sent": 4, "queued": 6 }, "region": "town", "cadence": "daily",
+            "kind": kind, "dry_run": dry_run, "to": to, "started_by": "desk",
+            "started_at": "2027-01-13 23:00:00 UTC", "finished_at": null, "error": "Sample error.",
+            "can_pause": true, "can_resume": true, "can_cancel": true,
+            "counts_list": [{ "state": "sent", "count": 4 }],
+        })
+    };
+    let report = json!({
+        "readers": 10, "articles": 5, "zones": [{ "zone": "UTC", "readers": 10 }],
+        "sample": { "to": "a@example.org", "subject": "Sample", "html": "<p>Sample</p>" },
+        "reply": "250 OK",
+    });
+    vec![
+        (
+            "web/admin/login.html.j2",
+            base(json!({ "admin": null, "error": "Sample error." })),
+        ),
+        (
+            "web/admin/queue.html.j2",
+            base(json!({
+                "states": [{ "state": "queued", "count": 1, "final": false }], "total": 1,
+                "oldest": { "at": "2027-01-13 23:00:00 UTC", "minutes": 5 },
+                "last_error": { "at": "2027-01-13 23:00:00 UTC", "text": "Sample error." },
+            })),
+        ),
+        (
+            "web/admin/sends.html.j2",
+            base(json!({
+                "sends": [send("send", false, None), send("dry run", true, None)], "live": true,
+            })),
+        ),
+        (
+            "web/admin/send.html.j2",
+            base(json!({ "send": send("dry run", true, None), "report": report })),
+        ),
+        (
+            "web/admin/send.html.j2",
+            base(
+                json!({ "send": send("test copy", false, Some("a@example.org")), "report": report }),
+            ),
+        ),
+        (
+            "web/admin/send.html.j2",
+            base(json!({ "send": send("send", false, None), "report": null })),
+        ),
+        (
+            "web/admin/send_form.html.j2",
+            base(json!({
+                "regions": [{ "slug": "town", "name": "Town" }],
+                "cadences": [{ "value": "daily", "label": "Daily digest" }],
+                "fields": { "region": "town", "cadence": "daily", "to": "" }, "error": "Sample error.",
+            })),
+        ),
+        (
+            "web/admin/readers.html.j2",
+            base(json!({
+                "query": "a@example.org", "notice": "Sample notice.", "error": "Sample error.",
+                "email": "a@example.org",
+                "suppressed": { "reason": "bounced", "since": "2027-01-13 23:00:00 UTC" },
+                "reader": {
+                    "email": "a@example.org", "state": "confirmed", "timezone": "UTC",
+                    "regions": [{ "region": "town", "cadence": "daily" }],
+                    "created_at": "2027-01-13 23:00:00 UTC", "confirmed_at": null,
+                    "consent": { "given_at": "2027-01-13 23:00:00 UTC", "ip": "192.0.2.1", "text_version": "v1", "confirmed_at": null },
+                    "recent": [delivery.clone()],
+                },
+            })),
+        ),
+        (
+            "web/admin/failures.html.j2",
+            base(json!({
+                "groups": [{ "state": "failed", "rows": [delivery] }, { "state": "bounced", "rows": [] }],
+                "notice": "Sample notice.", "limit": 50,
+            })),
+        ),
+        (
+            "web/admin/feeds.html.j2",
+            base(json!({
+                "feeds": [{
+                    "region": "town", "url": "https://example.org/feed", "health": "never_polled",
+                    "last_polled_at": null, "last_success_at": null, "next_poll_at": null,
+                    "consecutive_failures": 0, "last_error": "Sample error.",
+                }],
+            })),
+        ),
+    ]
 }
 
 /// The admin a request's session belongs to: the name of the token it logged in with.
@@ -297,4 +422,57 @@ async fn logout(
         .headers_mut()
         .insert(header::SET_COOKIE, session::close(secure(&state)));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn mail(templates_dir: Option<&Path>) -> MailConfig {
+        let mut mail = Config::from_toml(
+            Path::new("config/herald.toml"),
+            r#"
+            [mail]
+            from = "Demo News <news@demo.example>"
+            postal_address = "1 Main St, Riverton"
+            [[regions]]
+            slug = "town"
+            name = "Town"
+            "#,
+            std::iter::empty(),
+        )
+        .unwrap()
+        .mail;
+        mail.templates_dir = templates_dir.map(Path::to_path_buf);
+        mail
+    }
+
+    #[test]
+    fn the_built_in_dashboard_loads_and_escapes() {
+        let pages = DashboardPages::load(&mail(None)).unwrap();
+        for (name, ctx) in samples() {
+            let html = pages.render(name, &ctx).unwrap();
+            assert!(!html.contains("Sample <News>"), "{name} escapes: {html}");
+        }
+    }
+
+    #[test]
+    fn a_broken_dashboard_page_names_itself_and_its_file_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("web/admin")).unwrap();
+        let file = dir.path().join("web/admin/feeds.html.j2");
+        std::fs::write(
+            &file,
+            "{% for f in feeds %}{{ f.url | no_such_filter }}{% endfor %}",
+        )
+        .unwrap();
+        let err = DashboardPages::load(&mail(Some(dir.path())))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains("web/admin/feeds.html.j2"), "{err}");
+        assert!(err.contains(&file.display().to_string()), "{err}");
+    }
 }
