@@ -12,6 +12,8 @@ mod ledger;
 mod readers;
 mod sends;
 
+pub(crate) use ledger::feed_health;
+
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};

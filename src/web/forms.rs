@@ -235,12 +235,16 @@ pub fn csrf_ok(headers: &HeaderMap, signer: &Signer, token: &str) -> bool {
     let Some(nonce) = csrf_cookie(headers) else {
         return false;
     };
-    let expected = signer.fingerprint("csrf", &nonce);
-    // Constant time, so the comparison leaks nothing about the expected value.
-    expected.len() == token.len()
+    same_secret(&signer.fingerprint("csrf", &nonce), token)
+}
+
+/// Whether `presented` equals `expected`, compared in constant time so the comparison
+/// leaks nothing about the expected value.
+pub fn same_secret(expected: &str, presented: &str) -> bool {
+    expected.len() == presented.len()
         && expected
             .bytes()
-            .zip(token.bytes())
+            .zip(presented.bytes())
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
 }

@@ -6,6 +6,7 @@
 //! health endpoints; the newsroom's CMS gets the token-protected admin API (`admin_api`).
 
 pub mod admin_api;
+mod dashboard;
 mod forms;
 mod links;
 mod metrics;
@@ -15,6 +16,7 @@ pub mod server;
 mod signup;
 mod time_limits;
 
+pub use dashboard::DashboardPages;
 pub use pages::{PageError, Pages};
 pub use regions::RegionIndex;
 pub use signup::{SIGNUPS_OVERDUE_AFTER, run_queued_signups};
@@ -75,6 +77,8 @@ pub struct AppState {
     pub config: Arc<WebConfig>,
     /// The page templates.
     pub pages: Arc<Pages>,
+    /// The dashboard's templates.
+    pub dashboard: Arc<DashboardPages>,
     /// The regions, for the pickers and the community search.
     pub regions: Arc<RegionIndex>,
     /// The time zone list of the forms, built once.
@@ -99,12 +103,14 @@ impl AppState {
         mail: &MailConfig,
     ) -> Result<AppState, PageError> {
         let pages = Pages::load(mail)?;
+        let dashboard = DashboardPages::load(mail)?;
         let regions = RegionIndex::new(&config.regions, config.signup.search_threshold);
         Ok(AppState {
             store,
             signer,
             config,
             pages: Arc::new(pages),
+            dashboard: Arc::new(dashboard),
             regions: Arc::new(regions),
             zones: Arc::new(regions::zone_groups()),
             health: Health::default(),
@@ -152,6 +158,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::routes(state.clone()))
         .merge(reader_pages)
         .merge(admin_api::routes(state.clone()))
+        .merge(dashboard::routes(state.clone()))
         .layer(middleware::from_fn_with_state(
             state.clone(),
             time_limits::time_limits,

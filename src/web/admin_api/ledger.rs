@@ -107,6 +107,16 @@ pub(super) async fn retry(
     }
 }
 
+/// A feed's health in one word: `healthy`, `failing` (its last polls failed) or
+/// `never_polled`.
+pub fn feed_health(feed: &crate::store::FeedStatus) -> &'static str {
+    match (feed.last_polled_at, &feed.last_error) {
+        (None, _) => "never_polled",
+        (Some(_), Some(_)) if feed.consecutive_failures > 0 => "failing",
+        _ => "healthy",
+    }
+}
+
 /// `GET /admin/api/stats`.
 pub(super) async fn stats(State(state): State<AppState>) -> Response {
     let counts = match state.store.site_counts().await {
@@ -117,11 +127,7 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
         Ok(f) => f,
         Err(e) => return super::unavailable(e),
     };
-    let health = |feed: &crate::store::FeedStatus| match (feed.last_polled_at, &feed.last_error) {
-        (None, _) => "never_polled",
-        (Some(_), Some(_)) if feed.consecutive_failures > 0 => "failing",
-        _ => "healthy",
-    };
+    let health = feed_health;
     let mut by_health = serde_json::Map::new();
     for name in ["healthy", "failing", "never_polled"] {
         let n = feeds.iter().filter(|f| health(f) == name).count();
