@@ -12,8 +12,8 @@ mod send;
 mod sends;
 mod status;
 mod subscribers;
-mod templates;
 mod suppressions;
+mod templates;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
