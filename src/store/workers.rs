@@ -71,9 +71,9 @@ impl Store {
     }
 
     /// Gives back the claimed rows of every worker whose heartbeat is older than `dead_before`,
-    /// and deletes those workers' rows, in one transaction: due again at `now`, with the
-    /// attempt the dead worker never recorded taken back (a released claim is not an
-    /// attempt). When no worker is dead this is one read.
+    /// and deletes those workers' rows, in one transaction: due again at once, in their
+    /// place in the queue, with the attempt the dead worker never recorded taken back (a
+    /// released claim is not an attempt). When no worker is dead this is one read.
     pub async fn release_dead_workers(
         &self,
         dead_before: Timestamp,
@@ -88,14 +88,15 @@ impl Store {
             return Ok(DeadWorkers::default());
         }
         let mut tx = self.begin_write().await?;
-        // One statement gives back every dead worker's rows, then their rows go. On
+        // One statement gives back every dead worker's rows, then their rows go. A row
+        // keeps its `next_attempt_at` (it was due when claimed), so it goes back to its
+        // place in its lane rather than behind everything that came due since. On
         // SQLite the transaction holds the write lock throughout; on PostgreSQL a stalled
         // worker that beats between the two keeps its row but not its claims: its
         // renewals find them gone and its senders leave them alone.
         let sql = format!(
             "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN {deferred} ELSE {queued} END,
-                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL,
-                 next_attempt_at = $1, updated_at = $1
+                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL, updated_at = $1
              WHERE {held} AND lease_owner IN (SELECT id FROM workers WHERE heartbeat_at < $2)",
             deferred = states::literal(DeliveryState::Deferred),
             queued = states::literal(DeliveryState::Queued),
