@@ -320,7 +320,7 @@ impl Deliverer {
             _ = drain_guard => unreachable!("the drain guard never completes"),
             _ = renewer => unreachable!("the renewer never completes"),
             _ = checkpointer => unreachable!("the checkpointer never completes"),
-            _ = self.presence.beat_forever() => unreachable!("the heartbeat never completes"),
+            _ = self.presence.beat_forever(&holdings, self.lease) => unreachable!("the heartbeat never completes"),
         };
         while senders.join_next().await.is_some() {}
         fed?;

@@ -8,6 +8,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use super::leases::Holdings;
 use crate::config::DeliverConfig;
 use crate::domain::Timestamp;
 use crate::store::{Heartbeat, LeaseOwner, Store, Worker};
@@ -47,11 +48,14 @@ impl Presence {
 
     /// Beats once, then gives back the claims of workers silent for longer than the
     /// timeout. A database that does not answer is only logged: the leases stay the
-    /// backstop, and the next beat tries again.
-    pub(super) async fn beat(&self) {
+    /// backstop, and the next beat tries again. Returns whether another worker had taken
+    /// this one for dead (and given its claims back).
+    pub(super) async fn beat(&self) -> bool {
+        let mut taken_for_dead = false;
         let now = Timestamp::now();
         match self.store.worker_heartbeat(&self.worker, now).await {
             Ok(Heartbeat::Registered) if self.registered.swap(true, Ordering::Relaxed) => {
+                taken_for_dead = true;
                 tracing::warn!(
                     "this worker's heartbeat was late enough for another to take it for dead \
                      and give its claims back; it registered again"
@@ -75,13 +79,18 @@ impl Presence {
                 tracing::warn!(%error, "cannot give back the claims of dead workers")
             }
         }
+        taken_for_dead
     }
 
-    /// Beats every few seconds, for as long as it runs.
-    pub(super) async fn beat_forever(&self) {
+    /// Beats every few seconds, for as long as it runs. When another worker took this
+    /// one for dead, `holdings` are renewed at once: the rows given back are found gone
+    /// and no sender transmits them.
+    pub(super) async fn beat_forever(&self, holdings: &Holdings, lease: Duration) {
         loop {
             tokio::time::sleep(self.every).await;
-            self.beat().await;
+            if self.beat().await {
+                holdings.renew(&self.store, lease).await;
+            }
         }
     }
 
