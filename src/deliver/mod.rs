@@ -224,9 +224,8 @@ impl Deliverer {
         stats
     }
 
-    /// Runs the feeder, one sender per transport slot and the recorder until `mode`
-    /// says stop, then drains: a crash leaves at most the messages in flight
-    /// unrecorded.
+    /// Registers this worker, runs the engine until `mode` says stop and drains it, then
+    /// removes the worker's row.
     async fn pipeline(
         &self,
         shutdown: &Shutdown,
@@ -241,7 +240,9 @@ impl Deliverer {
         recorded
     }
 
-    /// [`Deliverer::pipeline`] while this worker is registered: it beats throughout.
+    /// Runs the feeder, one sender per transport slot and the recorder until `mode`
+    /// says stop, then drains: a crash leaves at most the messages in flight
+    /// unrecorded. The worker beats throughout.
     async fn run_pipeline(
         &self,
         shutdown: &Shutdown,
