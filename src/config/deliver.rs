@@ -14,6 +14,7 @@ pub(super) const DEFAULTS: &str = r#"
 batch_size = 200
 lease = "5m"
 drain_timeout = "30s"
+worker_timeout = "30s"
 expiry_alert = "6h"
 expiry_daily = "24h"
 expiry_weekly = "72h"
@@ -29,6 +30,7 @@ pub(super) struct File {
     batch_size: Setting<u32>,
     lease: Setting<Text<Duration>>,
     drain_timeout: Setting<Text<Duration>>,
+    worker_timeout: Setting<Text<Duration>>,
     expiry_alert: Setting<Text<Duration>>,
     expiry_daily: Setting<Text<Duration>>,
     expiry_weekly: Setting<Text<Duration>>,
@@ -46,6 +48,9 @@ pub struct DeliverConfig {
     pub lease: Duration,
     /// How long shutdown waits for in-flight messages.
     pub drain_timeout: Duration,
+    /// A worker whose heartbeat is older than this is dead: its claimed rows go back to
+    /// the queue without waiting out their lease.
+    pub worker_timeout: Duration,
     /// How long each kind of email stays worth sending.
     pub expiry: Expiry,
     /// First retry delay after a temporary failure; doubles each attempt.
@@ -79,6 +84,21 @@ impl Expiry {
     }
 }
 
+/// The shortest `deliver.worker_timeout`: heartbeats are stored in whole seconds, and
+/// a worker beats every third of the timeout, so three beats of a second each.
+const MIN_WORKER_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// A worker beats at least this often, however long its timeout.
+const MAX_HEARTBEAT: Duration = Duration::from_secs(5);
+
+impl DeliverConfig {
+    /// How often a worker renews its heartbeat: a third of `worker_timeout`, at most
+    /// every 5 s, so a live worker misses two beats before it is taken for dead.
+    pub fn heartbeat_every(&self) -> Duration {
+        (self.worker_timeout / 3).min(MAX_HEARTBEAT)
+    }
+}
+
 impl File {
     /// The typed section, or `None` with each problem recorded.
     pub(super) fn check(self, p: &mut Problems) -> Option<DeliverConfig> {
@@ -94,6 +114,20 @@ impl File {
         });
         let lease = p.text("deliver.lease", self.lease);
         let drain_timeout = p.text("deliver.drain_timeout", self.drain_timeout);
+        let worker_timeout = p
+            .text("deliver.worker_timeout", self.worker_timeout)
+            .and_then(|timeout| {
+                p.check(
+                    "deliver.worker_timeout",
+                    if timeout >= MIN_WORKER_TIMEOUT {
+                        Ok(timeout)
+                    } else {
+                        Err(format!(
+                            "{timeout:?} is too short: workers beat every third of it and heartbeats are kept in whole seconds; write at least \"3s\""
+                        ))
+                    },
+                )
+            });
         let alert = p.text("deliver.expiry_alert", self.expiry_alert);
         let daily = p.text("deliver.expiry_daily", self.expiry_daily);
         let weekly = p.text("deliver.expiry_weekly", self.expiry_weekly);
@@ -105,6 +139,7 @@ impl File {
             batch_size: batch_size?,
             lease: lease?,
             drain_timeout: drain_timeout?,
+            worker_timeout: worker_timeout?,
             expiry: Expiry {
                 alert: alert?,
                 daily: daily?,

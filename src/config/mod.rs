@@ -417,6 +417,18 @@ mod tests {
     }
 
     #[test]
+    fn a_worker_timeout_must_outlast_its_heartbeats() {
+        let config = load(GOOD, &[]).unwrap();
+        assert_eq!(config.deliver.worker_timeout, Duration::from_secs(30));
+        assert_eq!(config.deliver.heartbeat_every(), Duration::from_secs(5));
+        let config = load(GOOD, &[("HERALD__DELIVER__WORKER_TIMEOUT", "3s")]).unwrap();
+        assert_eq!(config.deliver.heartbeat_every(), Duration::from_secs(1));
+        let err = problems(GOOD, &[("HERALD__DELIVER__WORKER_TIMEOUT", "2s")]);
+        assert!(err.contains("deliver.worker_timeout"), "{err}");
+        assert!(err.contains("at least \"3s\""), "{err}");
+    }
+
+    #[test]
     fn unknown_keys_are_rejected() {
         let err = problems(&format!("{GOOD}\n[smtp]\nhots = \"x\"\n"), &[]);
         assert!(err.contains("hots"), "{err}");

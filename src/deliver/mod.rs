@@ -13,10 +13,12 @@
 //!   but unrecorded message per connection), and what happens when a commit fails;
 //! - `leases`: which rows this worker holds, renewed while it holds them;
 //! - `retry`: what a reply means for the row, and the backoff;
-//! - `pacing`: the global and per-domain rates.
+//! - `pacing`: the global and per-domain rates;
+//! - `workers`: this worker's row and heartbeat, and giving dead workers' claims back.
 //!
-//! A claim is a lease: if this process dies, the rows come back when the lease runs
-//! out, with the same Message-ID. Unsubscribes and suppressions are checked at send time.
+//! A claim is a lease: if this process dies, the rows come back once its heartbeat is
+//! older than `deliver.worker_timeout` (or at the latest when the lease runs out), with
+//! the same Message-ID. Unsubscribes and suppressions are checked at send time.
 
 mod commit_gate;
 mod feeder;
@@ -27,6 +29,7 @@ mod retry;
 mod sender;
 mod smtp;
 mod transport;
+mod workers;
 
 pub use smtp::{SendResult, SmtpPool};
 pub use transport::Transport;
@@ -48,6 +51,7 @@ use pacing::Pacing;
 use recorder::Recorder;
 use retry::Backoff;
 use sender::{Outage, Sender};
+use workers::Presence;
 
 /// How often the engine checkpoints SQLite's WAL while it runs.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(250);
@@ -133,6 +137,7 @@ pub struct Deliverer {
     backoff: Backoff,
     pacing: Arc<Pacing>,
     owner: LeaseOwner,
+    presence: Presence,
 }
 
 /// How long the pipeline runs.
@@ -159,7 +164,9 @@ impl Deliverer {
             Transport::Smtp(_) => Pacing::new(smtp.rate_per_second, &smtp.domain_rates),
             Transport::File(_) => Pacing::new(0.0, &Default::default()),
         };
+        let owner = LeaseOwner::random();
         Deliverer {
+            presence: Presence::new(store.clone(), owner, deliver),
             store,
             composer,
             transport,
@@ -171,7 +178,7 @@ impl Deliverer {
                 max: deliver.retry_max,
             },
             pacing: Arc::new(pacing),
-            owner: LeaseOwner::random(),
+            owner,
         }
     }
 
@@ -217,10 +224,26 @@ impl Deliverer {
         stats
     }
 
+    /// Registers this worker, runs the engine until `mode` says stop and drains it, then
+    /// removes the worker's row.
+    async fn pipeline(
+        &self,
+        shutdown: &Shutdown,
+        mode: Mode,
+        progress: &mut (dyn FnMut(&DeliverStats) + Send),
+    ) -> Result<DeliverStats, DeliverError> {
+        // Registered, and dead workers' claims given back, before the first claim: a
+        // restart after a crash sends the crashed run's rows at once.
+        self.presence.beat().await;
+        let recorded = self.run_pipeline(shutdown, mode, progress).await;
+        self.presence.leave().await;
+        recorded
+    }
+
     /// Runs the feeder, one sender per transport slot and the recorder until `mode`
     /// says stop, then drains: a crash leaves at most the messages in flight
-    /// unrecorded.
-    async fn pipeline(
+    /// unrecorded. The worker beats throughout.
+    async fn run_pipeline(
         &self,
         shutdown: &Shutdown,
         mode: Mode,
@@ -298,6 +321,7 @@ impl Deliverer {
             _ = drain_guard => unreachable!("the drain guard never completes"),
             _ = renewer => unreachable!("the renewer never completes"),
             _ = checkpointer => unreachable!("the checkpointer never completes"),
+            _ = self.presence.beat_forever(&holdings, self.lease) => unreachable!("the heartbeat never completes"),
         };
         while senders.join_next().await.is_some() {}
         fed?;

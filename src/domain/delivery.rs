@@ -217,7 +217,8 @@ pub enum Transition {
     Renew,
     /// The worker holding a row records the outcome of its attempt.
     Record,
-    /// The worker holding a row gives it back unsent (shutdown): it waits again.
+    /// The worker holding a row gives it back unsent (shutdown), or a live worker gives
+    /// back a dead worker's rows (its heartbeat stopped): it waits again.
     Release,
     /// A waiting row's expiry passed.
     Expire,

@@ -5,7 +5,8 @@
 //! delivery engine's statements (`outbox`) and its own connection (`engine_connection`),
 //! planning (`planning`, manual sends included), the read side (`status`), and the
 //! writes of ingest (`articles`), sign-up (`signup`, `rate_limits`), readers
-//! (`subscribers`, `suppressions`), manual sends (`sends`) and the admin API (`api_tokens`).
+//! (`subscribers`, `suppressions`), manual sends (`sends`) and the admin API (`api_tokens`);
+//! and the workers that deliver, with their heartbeats (`workers`).
 //!
 //! Times are stored as integer Unix seconds and ids as integers (`sql_types` maps the
 //! domain's types onto them). Rows are decoded into domain types here, once: a value
@@ -31,6 +32,7 @@ mod subscribers;
 mod suppressions;
 #[cfg(test)]
 pub(crate) mod testing;
+mod workers;
 
 pub use admin_reads::{DeliveryRow, ReaderDetail, SiteCounts};
 pub use api_tokens::ApiTokenRow;
@@ -49,6 +51,7 @@ pub use signup::{
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 pub use suppressions::{Suppression, SuppressionKey};
+pub use workers::{DeadWorkers, Heartbeat, Worker};
 
 use std::path::Path;
 use std::str::FromStr;

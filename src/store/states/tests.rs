@@ -222,6 +222,29 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
         )
         .await;
 
+        // The fixture rows' owner, taken for dead: its claims go back to the queue.
+        let before = one_row_per_state(store, reader).await;
+        let dead = crate::store::Worker {
+            owner: LeaseOwner::TEST,
+            host: "gone".into(),
+            pid: 1,
+            started_at: at(0),
+        };
+        store.worker_heartbeat(&dead, at(0)).await.unwrap();
+        let released = store
+            .release_dead_workers(at(NOW - 30), at(NOW))
+            .await
+            .unwrap();
+        assert_eq!(released.released, 1, "{backend:?}");
+        moved_only_by(
+            store,
+            backend,
+            "release_dead_workers",
+            &[Transition::Release],
+            &before,
+        )
+        .await;
+
         let before = one_row_per_state(store, reader).await;
         assert_eq!(
             store.retry_failed(at(NOW), at(NOW + 9_000)).await.unwrap(),
