@@ -503,7 +503,10 @@ async fn migration_status_lists_what_is_not_applied() {
         assert!(status.pending.is_empty(), "{backend:?}: {status:?}");
         assert!(status.unknown.is_empty(), "{backend:?}: {status:?}");
         let known = crate::store::SQLITE_MIGRATIONS.iter().count();
-        assert_eq!(status.applied, known, "{backend:?}: every migration built in");
+        assert_eq!(
+            status.applied, known,
+            "{backend:?}: every migration built in"
+        );
     }
     // One short of the newest: that one is pending, whichever it is.
     let newest = crate::store::SQLITE_MIGRATIONS
