@@ -452,3 +452,41 @@ fn placeholders(first: usize, count: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ")
 }
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_postgresql_connection_carries_the_statement_timeout() {
+        let Ok(base) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let settings = PoolSettings {
+            max_connections: 3,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_millis(400),
+        };
+        let store = Store::connect_with(&base, settings, SuppressionKey::new(b"test"))
+            .await
+            .unwrap();
+        // Three connections open at once, each with the setting.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let (value,): (String,) = sqlx::query_as("SHOW statement_timeout")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(value, "400ms");
+            held.push(conn);
+        }
+        drop(held);
+        let slow = sqlx::query("SELECT 1 FROM (SELECT pg_sleep(2)) AS slept")
+            .execute(&store.pool)
+            .await
+            .expect_err("a statement past the timeout is cancelled");
+        assert!(slow.to_string().contains("statement timeout"), "{slow}");
+        store.close().await;
+    }
+}
