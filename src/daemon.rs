@@ -14,7 +14,7 @@ use anyhow::Context as _;
 use crate::config::Config;
 use crate::deliver::{Deliverer, Transport};
 use crate::descriptors;
-use crate::ingest::Ingester;
+use crate::ingest::{FeedLease, Ingester};
 use crate::sends::ManualSends;
 use crate::shutdown::{Shutdown, Trigger};
 use crate::supervise::{Health, RestartPolicy, Supervisor};
@@ -44,12 +44,27 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
     let composer = crate::startup::composer(&config)?;
     let signer = Arc::new(crate::startup::signer(&config)?);
     let transport = Arc::new(Transport::from_config(&config.mail, &config.smtp));
-    let ingester = Arc::new(Ingester::new(
-        &config.ingest,
-        &config.alerts.categories,
-        &config.regions,
+    let deliverer = Arc::new(Deliverer::new(
+        &config.deliver,
+        &config.smtp,
         store.clone(),
-    )?);
+        composer.clone(),
+        transport.clone(),
+    ));
+    // Feeds are claimed as the deliverer's worker: its heartbeat keeps them, and when it
+    // dies the other daemons take its polls over.
+    let ingester = Arc::new(
+        Ingester::new(
+            &config.ingest,
+            &config.alerts.categories,
+            &config.regions,
+            store.clone(),
+        )?
+        .with_lease(FeedLease {
+            owner: deliverer.owner(),
+            length: config.deliver.worker_timeout,
+        }),
+    );
     let health = Health::default();
     // Pages load before the port opens, so a broken template stops start-up.
     let app = router(
@@ -105,13 +120,6 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         move |beat| crate::plan::run(planning.clone(), store.clone(), shutdown.clone(), beat)
     });
-    let deliverer = Arc::new(Deliverer::new(
-        &config.deliver,
-        &config.smtp,
-        store.clone(),
-        composer,
-        transport,
-    ));
     let deliver = supervisor.spawn("deliver", crate::deliver::overdue_after(&config.smtp), {
         let shutdown = shutdown.clone();
         move |beat| {

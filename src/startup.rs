@@ -9,19 +9,19 @@ use anyhow::Context as _;
 use crate::compose::Composer;
 use crate::config::{Config, Secret};
 use crate::plan::PlanConfig;
-use crate::store::{Store, SuppressionKey};
+use crate::store::{PoolSettings, Store, SuppressionKey};
 use crate::tokens::Signer;
 use crate::web::WebConfig;
 
 /// Opens the database, applies migrations and syncs regions: every command starts here.
 pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
     let suppression = SuppressionKey::new(&signer(config)?.derive_key("suppression"));
-    let store = Store::connect(
-        &config.database.url,
-        config.database.max_connections,
-        suppression,
-    )
-    .await?;
+    let settings = PoolSettings {
+        max_connections: config.database.max_connections,
+        connect_timeout: config.database.connect_timeout,
+        statement_timeout: config.database.statement_timeout,
+    };
+    let store = Store::connect_with(&config.database.url, settings, suppression).await?;
     store.migrate().await?;
     store.sync_regions(&config.regions).await?;
     Ok(store)

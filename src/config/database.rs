@@ -1,6 +1,7 @@
 //! `[database]`: where herald keeps its data.
 
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -11,6 +12,8 @@ pub(super) const DEFAULTS: &str = r#"
 [database]
 url = "sqlite://var/herald.db"
 max_connections = 8
+connect_timeout = "30s"
+statement_timeout = "10m"
 "#;
 
 /// `[database]` as written.
@@ -19,6 +22,8 @@ max_connections = 8
 pub(super) struct File {
     url: Setting<Text<DatabaseUrl>>,
     max_connections: Setting<u32>,
+    connect_timeout: Setting<Text<Duration>>,
+    statement_timeout: Setting<Text<Duration>>,
 }
 
 /// `[database]`.
@@ -26,8 +31,14 @@ pub(super) struct File {
 pub struct DatabaseConfig {
     /// `sqlite://…` or `postgres://…`.
     pub url: String,
-    /// Pool size.
+    /// Pool size: at most this many connections at once.
     pub max_connections: u32,
+    /// How long to wait for a connection: opening one (the server down or restarting),
+    /// or a free one from a busy pool. What ran out is an error for that pass, retried.
+    pub connect_timeout: Duration,
+    /// PostgreSQL only: the server cancels a statement that runs longer (set on each
+    /// connection as it opens); zero for no limit.
+    pub statement_timeout: Duration,
 }
 
 /// A URL naming one of the databases herald speaks.
@@ -54,9 +65,24 @@ impl File {
     pub(super) fn check(self, p: &mut Problems, base: &Path) -> Option<DatabaseConfig> {
         let url = p.text("database.url", self.url);
         let max_connections = p.take("database.max_connections", self.max_connections);
+        let connect_timeout = p
+            .text("database.connect_timeout", self.connect_timeout)
+            .and_then(|timeout| {
+                p.check(
+                    "database.connect_timeout",
+                    if timeout >= Duration::from_secs(1) {
+                        Ok(timeout)
+                    } else {
+                        Err(format!("{timeout:?} is too short; write at least \"1s\""))
+                    },
+                )
+            });
+        let statement_timeout = p.text("database.statement_timeout", self.statement_timeout);
         Some(DatabaseConfig {
             url: sqlite_relative_to(base, &url?.0),
             max_connections: max_connections?.max(1),
+            connect_timeout: connect_timeout?,
+            statement_timeout: statement_timeout?,
         })
     }
 }

@@ -182,6 +182,12 @@ impl Deliverer {
         }
     }
 
+    /// The owner this worker's claims carry: the daemon's ingest claims feeds as the same
+    /// worker, so that its heartbeat keeps them and its death frees them.
+    pub fn owner(&self) -> LeaseOwner {
+        self.owner
+    }
+
     /// Sends everything due now until nothing is due, then returns.
     /// Deferred rows whose retry time is in the future are left for later.
     pub async fn run_until_empty(

@@ -3,7 +3,8 @@
 //! workers given back to the queue. A worker that starts up beats and gives back before
 //! its first claim, so the rows of a process killed a while ago go out at once rather
 //! than after their lease. The claim path is untouched: the beat is its own statement,
-//! a few seconds apart, whatever the send rate.
+//! a few seconds apart, whatever the send rate. Each beat also renews the leases of the
+//! feeds this worker is polling (the daemon's ingest claims them as this worker).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -63,6 +64,14 @@ impl Presence {
             }
             Ok(_) => {}
             Err(error) => tracing::warn!(%error, "cannot record this worker's heartbeat"),
+        }
+        // The feeds this worker is polling stay its own while it beats.
+        if let Err(error) = self
+            .store
+            .renew_feed_leases(self.worker.owner, now + self.timeout)
+            .await
+        {
+            tracing::warn!(%error, "cannot renew this worker's feed leases");
         }
         match self
             .store

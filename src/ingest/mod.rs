@@ -4,6 +4,8 @@
 //! own timeouts and body cap, so a slow or hostile feed delays no other. A feed that
 //! cannot be read, is refused by the SSRF guard, or does not parse is reported with
 //! the reason and retried later with backoff; the other feeds of the run are unaffected.
+//! In the daemon each due feed is claimed first (a lease held by this process's worker,
+//! see `store::feed_leases`), so that several daemons on one database poll it once.
 
 mod fetch;
 pub mod guard;
@@ -29,7 +31,7 @@ use crate::config::{FeedSource, IngestConfig, Region};
 use crate::domain::{RegionSlug, Timestamp};
 use crate::metrics::PollResult;
 use crate::shutdown::Shutdown;
-use crate::store::{FeedCounts, FeedPollState, Store, StoreError};
+use crate::store::{FeedCounts, FeedPollState, LeaseOwner, Store, StoreError};
 use crate::supervise::Beat;
 use fetch::{Fetched, Fetcher};
 use guard::GuardError;
@@ -172,6 +174,20 @@ pub struct Ingester {
     shared: Arc<Shared>,
     /// The regions whose feeds it polls, in configuration order.
     regions: Vec<Region>,
+    /// The daemon's worker, which claims each due feed before polling it (see
+    /// [`FeedLease`]); `None` polls without claiming (`herald ingest`).
+    lease: Option<FeedLease>,
+}
+
+/// How a daemon claims feeds, so that several daemons on one database poll each feed
+/// once: as its worker (the owner its deliveries carry), for as long as its heartbeat
+/// keeps the claim (`deliver.worker_timeout`, renewed with each beat).
+#[derive(Debug, Clone, Copy)]
+pub struct FeedLease {
+    /// The worker that polls.
+    pub owner: LeaseOwner,
+    /// How long a claim holds without a heartbeat.
+    pub length: Duration,
 }
 
 impl Ingester {
@@ -185,6 +201,7 @@ impl Ingester {
     ) -> Result<Ingester, IngestError> {
         Ok(Ingester {
             regions: regions.to_vec(),
+            lease: None,
             shared: Arc::new(Shared {
                 ingest: ingest.clone(),
                 breaking_categories: breaking_categories.to_vec(),
@@ -193,6 +210,12 @@ impl Ingester {
                 permits: Semaphore::new(ingest.concurrency),
             }),
         })
+    }
+
+    /// The same poller claiming each due feed as `lease.owner` before polling it.
+    pub fn with_lease(mut self, lease: FeedLease) -> Ingester {
+        self.lease = Some(lease);
+        self
     }
 
     /// Polls the chosen feeds concurrently (bounded by `ingest.concurrency`); reports
@@ -217,7 +240,20 @@ impl Ingester {
                 .zip(&region.sources)
                 .zip(&region.intervals)
             {
-                let state = store.feed_poll_state(&region.slug, raw).await?;
+                let state = match (which, self.lease) {
+                    (Which::Due, Some(lease)) => {
+                        let until = started + lease.length;
+                        match store
+                            .claim_feed(&region.slug, raw, lease.owner, started, until)
+                            .await?
+                        {
+                            Some(state) => state,
+                            // Not due, or another daemon polls it.
+                            None => continue,
+                        }
+                    }
+                    _ => store.feed_poll_state(&region.slug, raw).await?,
+                };
                 if which == Which::Due && state.next_poll_at.is_some_and(|at| at > started) {
                     continue;
                 }
@@ -228,7 +264,7 @@ impl Ingester {
                     interval: *interval,
                     state,
                 };
-                let handle = tasks.spawn(poll_one(self.shared.clone(), job));
+                let handle = tasks.spawn(poll_one(self.shared.clone(), job, self.lease));
                 order.insert(handle.id(), names.len());
                 names.push((region.slug.clone(), raw.clone()));
             }
@@ -325,15 +361,33 @@ struct Job {
     state: FeedPollState,
 }
 
-/// Polls one feed and records the outcome and the next due time.
-async fn poll_one(shared: Arc<Shared>, job: Job) -> Result<FeedReport, StoreError> {
+/// Polls one feed and records the outcome and the next due time; the record clears the
+/// feed's lease. When it cannot be recorded, the lease is given up (if the database
+/// answers) for the next daemon to try.
+async fn poll_one(
+    shared: Arc<Shared>,
+    job: Job,
+    lease: Option<FeedLease>,
+) -> Result<FeedReport, StoreError> {
+    let feed = job.state.id;
+    let report = poll_and_record(&shared, job).await;
+    if report.is_err()
+        && let Some(lease) = lease
+        && let Err(error) = shared.store.release_feed(feed, lease.owner).await
+    {
+        tracing::warn!(%error, "cannot give up the lease of a feed whose poll was not recorded");
+    }
+    report
+}
+
+async fn poll_and_record(shared: &Shared, job: Job) -> Result<FeedReport, StoreError> {
     let _permit = shared
         .permits
         .acquire()
         .await
         .expect("the semaphore is never closed");
     let polled_at = Timestamp::now();
-    let result = poll(&shared, &job, polled_at).await;
+    let result = poll(shared, &job, polled_at).await;
     let store = &shared.store;
     let (result, next_poll_at) = match result {
         Ok((outcome, validators)) => {

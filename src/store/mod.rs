@@ -6,7 +6,8 @@
 //! planning (`planning`, manual sends included), the read side (`status`), and the
 //! writes of ingest (`articles`), sign-up (`signup`, `rate_limits`), readers
 //! (`subscribers`, `suppressions`), manual sends (`sends`) and the admin API (`api_tokens`);
-//! and the workers that deliver, with their heartbeats (`workers`).
+//! and the workers that deliver, with their heartbeats (`workers`) and the feeds they
+//! poll (`feed_leases`).
 //!
 //! Times are stored as integer Unix seconds and ids as integers (`sql_types` maps the
 //! domain's types onto them). Rows are decoded into domain types here, once: a value
@@ -18,6 +19,7 @@ mod api_tokens;
 mod articles;
 mod backup;
 mod engine_connection;
+mod feed_leases;
 mod outbox;
 mod planning;
 mod rate_limits;
@@ -194,16 +196,50 @@ fn redact(url: &str) -> String {
     }
 }
 
-/// Pool settings for one backend; SQLite connections get their pragmas.
-fn pool_options(backend: Backend) -> AnyPoolOptions {
+/// How the pool opens and uses its connections (`[database]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSettings {
+    /// At most this many connections at once.
+    pub max_connections: u32,
+    /// How long to wait for a connection, opening one or from the pool.
+    pub connect_timeout: Duration,
+    /// PostgreSQL cancels a statement that runs longer; zero for no limit.
+    pub statement_timeout: Duration,
+}
+
+impl PoolSettings {
+    /// `max_connections` connections, waiting 30 s for one, statements without a limit.
+    pub fn sized(max_connections: u32) -> PoolSettings {
+        PoolSettings {
+            max_connections,
+            connect_timeout: Duration::from_secs(30),
+            statement_timeout: Duration::ZERO,
+        }
+    }
+}
+
+/// Pool settings for one backend; SQLite connections get their pragmas, PostgreSQL
+/// connections their statement timeout. A connection that broke (the server restarted)
+/// fails the test the pool runs before handing it out and is replaced by a new one.
+fn pool_options(backend: Backend, settings: PoolSettings) -> AnyPoolOptions {
+    let statement_timeout = settings.statement_timeout.as_millis();
     AnyPoolOptions::new()
-        .acquire_timeout(Duration::from_secs(30))
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.connect_timeout)
+        .test_before_acquire(true)
         .after_connect(move |conn, _meta| {
             Box::pin(async move {
-                if backend == Backend::Sqlite {
-                    for pragma in sqlite_pragmas(false) {
-                        conn.execute(pragma).await?;
+                match backend {
+                    Backend::Sqlite => {
+                        for pragma in sqlite_pragmas(false) {
+                            conn.execute(pragma).await?;
+                        }
                     }
+                    Backend::Postgres if statement_timeout > 0 => {
+                        let set = format!("SET statement_timeout = {statement_timeout}");
+                        conn.execute(sqlx::AssertSqlSafe(set)).await?;
+                    }
+                    Backend::Postgres => {}
                 }
                 Ok(())
             })
@@ -237,6 +273,15 @@ impl Store {
     pub async fn connect(
         url: &str,
         max_connections: u32,
+        suppression: SuppressionKey,
+    ) -> Result<Store> {
+        Store::connect_with(url, PoolSettings::sized(max_connections), suppression).await
+    }
+
+    /// [`Store::connect`] with the pool's timeouts as configured.
+    pub async fn connect_with(
+        url: &str,
+        settings: PoolSettings,
         suppression: SuppressionKey,
     ) -> Result<Store> {
         sqlx::any::install_default_drivers();
@@ -279,8 +324,7 @@ impl Store {
             }
         }
         let options = AnyConnectOptions::from_str(&url).map_err(connect_error)?;
-        let pool = pool_options(backend)
-            .max_connections(max_connections)
+        let pool = pool_options(backend, settings)
             .connect_with(options.clone())
             .await
             .map_err(connect_error)?;
@@ -407,4 +451,42 @@ fn placeholders(first: usize, count: usize) -> String {
         .map(|i| format!("${i}"))
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn every_postgresql_connection_carries_the_statement_timeout() {
+        let Ok(base) = std::env::var("HERALD_TEST_POSTGRES_URL") else {
+            return;
+        };
+        let settings = PoolSettings {
+            max_connections: 3,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_millis(400),
+        };
+        let store = Store::connect_with(&base, settings, SuppressionKey::new(b"test"))
+            .await
+            .unwrap();
+        // Three connections open at once, each with the setting.
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            let mut conn = store.pool.acquire().await.unwrap();
+            let (value,): (String,) = sqlx::query_as("SHOW statement_timeout")
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap();
+            assert_eq!(value, "400ms");
+            held.push(conn);
+        }
+        drop(held);
+        let slow = sqlx::query("SELECT 1 FROM (SELECT pg_sleep(2)) AS slept")
+            .execute(&store.pool)
+            .await
+            .expect_err("a statement past the timeout is cancelled");
+        assert!(slow.to_string().contains("statement timeout"), "{slow}");
+        store.close().await;
+    }
 }

@@ -1,7 +1,11 @@
 //! Sliding-window limits on the sign-up form (per IP, per address), counted in the
-//! database so that every daemon behind one site sees the same hits.
+//! database so that every daemon behind one site sees the same hits. Counting and
+//! recording a hit are one transaction; on PostgreSQL two daemons could each count
+//! under the limit at once and both record, so the transaction first takes a lock on
+//! each counted key (an advisory lock, released with the transaction). SQLite's write
+//! transaction already runs alone.
 
-use super::{Result, Store};
+use super::{Backend, Result, Store};
 use crate::domain::Timestamp;
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
@@ -17,6 +21,31 @@ pub struct RateLimit {
     pub window_secs: i64,
     /// Hits allowed within the window.
     pub limit: u32,
+}
+
+/// Takes PostgreSQL's transaction-scoped lock on each limit's key, in one order so that
+/// two transactions locking the same keys never wait on each other in a circle; a
+/// second transaction counting the same key waits for the first to commit, then counts
+/// its hit. Nothing on SQLite, whose write transaction already excludes every other.
+pub(super) async fn lock_keys(backend: Backend, tx: &mut Tx, limits: &[RateLimit]) -> Result<()> {
+    if backend != Backend::Postgres {
+        return Ok(());
+    }
+    let mut keys: Vec<String> = limits
+        .iter()
+        .map(|limit| format!("{}:{}", limit.scope, limit.key_hash))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    for key in keys {
+        sqlx::query(
+            "SELECT 1 FROM (SELECT pg_advisory_xact_lock(hashtextextended($1, 0))) AS locked",
+        )
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
 }
 
 impl RateLimit {
@@ -73,6 +102,7 @@ impl Store {
             limit,
         };
         let mut tx = self.begin_write().await?;
+        lock_keys(self.backend, &mut tx, std::slice::from_ref(&limit)).await?;
         if let Some(retry_after) = limit.retry_after(&mut tx, now).await? {
             tx.rollback().await?;
             return Ok(Some(retry_after));
@@ -86,6 +116,30 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use crate::store::testing::{at, stores};
+
+    #[tokio::test]
+    async fn hits_at_the_same_moment_from_many_connections_count_to_the_limit() {
+        for (backend, t) in stores().await {
+            let tasks: Vec<_> = (0..24)
+                .map(|_| {
+                    let store = t.store.clone();
+                    tokio::spawn(async move {
+                        store
+                            .hit_rate_limit("signup-ip", "same", at(5_000), 3_600, 5)
+                            .await
+                            .unwrap()
+                    })
+                })
+                .collect();
+            let mut allowed = 0;
+            for task in tasks {
+                if task.await.unwrap().is_none() {
+                    allowed += 1;
+                }
+            }
+            assert_eq!(allowed, 5, "{backend:?}: hits allowed past the limit");
+        }
+    }
 
     #[tokio::test]
     async fn rate_limits_slide() {

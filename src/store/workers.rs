@@ -2,6 +2,7 @@
 //! claims carry, with a heartbeat it renews every few seconds. A worker whose heartbeat
 //! is older than `deliver.worker_timeout` is dead, and any live worker gives its claimed
 //! rows back to the queue at once instead of leaving them to wait out their leases.
+//! Its feed leases (`feed_leases`) go back with its rows, and on a clean stop.
 //! Leases stay the backstop: rows of an owner that never registered (or whose row went
 //! away with its claims still out) come back when their lease runs out, as before.
 
@@ -108,6 +109,8 @@ impl Store {
             .execute(&mut *tx)
             .await?
             .rows_affected();
+        // Their feed polls go with them: the next daemon to tick takes each one over.
+        super::feed_leases::release_dead(&mut tx, dead_before).await?;
         let owners: Vec<(i64,)> =
             sqlx::query_as("DELETE FROM workers WHERE heartbeat_at < $1 RETURNING id")
                 .bind(dead_before)
@@ -120,9 +123,11 @@ impl Store {
         })
     }
 
-    /// Deletes `owner`'s row: the worker is stopping cleanly. Rows it still holds (their
-    /// outcomes could not be recorded) wait out their leases.
+    /// Deletes `owner`'s row: the worker is stopping cleanly. Its feed leases are given
+    /// up; rows it still holds (their outcomes could not be recorded) wait out their
+    /// leases.
     pub async fn remove_worker(&self, owner: LeaseOwner) -> Result<()> {
+        super::feed_leases::release_all(self, owner).await?;
         sqlx::query("DELETE FROM workers WHERE id = $1")
             .bind(owner.0)
             .execute(&self.pool)

@@ -184,7 +184,7 @@ impl Store {
         sqlx::query(
             "UPDATE feeds SET etag = $1, last_modified = $2, last_polled_at = $3,
                  last_success_at = $3, last_error = NULL, consecutive_failures = 0,
-                 next_poll_at = $4
+                 next_poll_at = $4, lease_owner = NULL, lease_until = NULL
              WHERE id = $5",
         )
         .bind(etag)
@@ -208,7 +208,8 @@ impl Store {
     ) -> Result<()> {
         sqlx::query(
             "UPDATE feeds SET last_polled_at = $1, last_error = $2,
-                 consecutive_failures = consecutive_failures + 1, next_poll_at = $3
+                 consecutive_failures = consecutive_failures + 1, next_poll_at = $3,
+                 lease_owner = NULL, lease_until = NULL
              WHERE id = $4",
         )
         .bind(now)

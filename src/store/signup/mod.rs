@@ -138,6 +138,7 @@ impl Store {
         limits: &[RateLimit],
     ) -> Result<Queued> {
         let mut tx = self.begin_write().await?;
+        super::rate_limits::lock_keys(self.backend, &mut tx, limits).await?;
         for limit in limits {
             if let Some(retry_after) = limit.retry_after(&mut tx, now).await? {
                 tx.rollback().await?;
