@@ -21,7 +21,8 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         config.database.max_connections,
         suppression,
     )
-    .await?;
+    .await?
+    .with_max_stories(config.digest.max_stories);
     store.migrate().await?;
     store.sync_regions(&config.regions).await?;
     Ok(store)

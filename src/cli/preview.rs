@@ -56,7 +56,8 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         timezone: region.timezone,
         cadence: Some(args.cadence),
         message_id: "00000000000000000000000000000000",
-        articles: &articles,
+        articles: &articles.articles,
+        more: &articles.more,
         now: t,
     };
     match args.format {

@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::config::{DkimSettings, MailConfig};
 use crate::domain::{
-    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, SubscriberId, Timestamp, Timezone,
+    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, MoreStories, SubscriberId, Timestamp,
+    Timezone,
 };
 use crate::tokens::{Purpose, Signer};
 
@@ -95,6 +96,10 @@ pub struct DigestContext {
     pub groups: Vec<RegionGroup>,
     /// Total articles.
     pub article_count: usize,
+    /// The stories the cap left out, per region (empty when none were).
+    pub more: Vec<MoreView>,
+    /// How many stories the cap left out in all.
+    pub more_count: u32,
     /// Whether to print region headings (reader follows several regions).
     pub show_region_headings: bool,
     /// One-click unsubscribe link.
@@ -114,6 +119,17 @@ pub struct RegionGroup {
     pub region: RegionRef,
     /// Its articles, newest first.
     pub articles: Vec<ArticleView>,
+}
+
+/// A region's stories left out by the cap, as templates see them.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoreView {
+    /// The region's display name.
+    pub region: String,
+    /// How many stories.
+    pub stories: u32,
+    /// The region's page, or empty when none is known.
+    pub url: String,
 }
 
 /// A region as templates see it.
@@ -155,6 +171,8 @@ pub struct DigestRequest<'a> {
     pub message_id: &'a str,
     /// The articles, ordered by region.
     pub articles: &'a [DeliveryArticle],
+    /// The stories the cap left out, per region.
+    pub more: &'a [MoreStories],
     /// Now (for the date line and link expiry).
     pub now: Timestamp,
 }
@@ -235,6 +253,12 @@ impl Composer {
             cadence: Some(Cadence::Daily),
             message_id: "00000000000000000000000000000000",
             articles: &articles,
+            more: &[MoreStories {
+                region_slug: "sample".parse().expect("a valid sample slug"),
+                region_name: "Sample <Town>".into(),
+                stories: 3,
+                url: Some("https://example.org/sample?a=1&b=2".into()),
+            }],
             now: Timestamp::from_unix(0),
         })?;
         let regions = [crate::domain::ReaderRegion {
@@ -338,7 +362,8 @@ impl Composer {
             None => "news update",
         };
         let first = req.articles.first().map(|a| a.title.as_str()).unwrap_or("");
-        let more = req.articles.len().saturating_sub(1);
+        let more = req.articles.len().saturating_sub(1)
+            + req.more.iter().map(|m| m.stories as usize).sum::<usize>();
         let subject = if more > 0 {
             format!("{label} {kind}: {first} (+{more} more)")
         } else {
@@ -354,6 +379,16 @@ impl Composer {
             edition_label,
             show_region_headings: groups.len() > 1,
             article_count: req.articles.len(),
+            more: req
+                .more
+                .iter()
+                .map(|m| MoreView {
+                    region: m.region_name.clone(),
+                    stories: m.stories,
+                    url: m.url.clone().unwrap_or_default(),
+                })
+                .collect(),
+            more_count: req.more.iter().map(|m| m.stories).sum(),
             groups,
             unsubscribe_url: self.unsubscribe_url(req.subscriber_id, req.now),
             preferences_url: self.preferences_url(req.subscriber_id, req.now),

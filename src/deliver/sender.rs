@@ -385,6 +385,7 @@ pub(super) fn prepare(
         cadence: delivery.cadence,
         message_id: &delivery.message_id,
         articles: &delivery.articles,
+        more: &delivery.more,
         now,
     };
     match work {

@@ -8,7 +8,7 @@ mod ids;
 mod send;
 mod time;
 
-pub use article::{DeliveryArticle, FeedItem};
+pub use article::{DeliveryArticle, FeedItem, MoreStories};
 pub use delivery::{DeliveryKind, DeliveryState, Outcome, Rule, Transition};
 pub use email::{Email, EmailError};
 pub use ids::{ArticleId, DeliveryId, EditionId, FeedId, SendId, SignupId, SubscriberId};

@@ -7,7 +7,9 @@ use super::Tx;
 use crate::domain::{
     Cadence, DeliveryKind, EditionId, RegionSlug, SubscriberId, Timestamp, Timezone, Transition,
 };
-use crate::store::{Backend, DryRun, PlanSummary, Result, Store, decode, states};
+use crate::store::{
+    Backend, DryRun, PlanSummary, REGION_STORY_ORDER, Result, Store, decode, states,
+};
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
 const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
@@ -222,13 +224,47 @@ impl Store {
         .await?;
         let kept = "NOT EXISTS (SELECT 1 FROM plan_received r
                                 WHERE r.subscriber_id = pc.reader AND r.article_id = c.article_id)";
+        // Each content's stories ranked: breaking first, then each region's own order
+        // (`regions.story_order`), the regions taking turns so that a reader of several
+        // sees the top of each. Only the first `max_stories` go out; the rest are counted
+        // per region and stay unsent, so the reader's next digest can carry them.
+        self.temp_table(
+            tx,
+            "plan_ranked",
+            "contents_id BIGINT NOT NULL,
+             article_id  BIGINT NOT NULL,
+             region_slug TEXT NOT NULL,
+             position    BIGINT NOT NULL,
+             PRIMARY KEY (contents_id, article_id)",
+        )
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO plan_ranked (contents_id, article_id, region_slug, position)
+             SELECT x.pc_id, x.article_id, x.region_slug,
+                    ROW_NUMBER() OVER (PARTITION BY x.pc_id
+                                       ORDER BY x.breaking DESC, x.region_rank, x.region_slug) - 1
+             FROM (SELECT pc.id AS pc_id, c.article_id, c.region_slug, a.breaking,
+                          ROW_NUMBER() OVER (
+                              PARTITION BY pc.id, c.region_slug
+                              ORDER BY {REGION_STORY_ORDER}) AS region_rank
+                   FROM plan_contents pc
+                   JOIN plan_candidates c ON c.group_id = pc.group_id
+                   JOIN articles a ON a.id = c.article_id
+                   JOIN article_regions ar ON ar.article_id = c.article_id
+                                          AND ar.region_slug = c.region_slug
+                   LEFT JOIN regions r ON r.slug = c.region_slug
+                   WHERE {kept}) x"
+        )))
+        .execute(&mut **tx)
+        .await?;
+        let cap = self.max_stories.map_or(i64::MAX, i64::from);
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE plan_contents SET
-                 articles = (SELECT COUNT(*) FROM plan_candidates c, plan_contents pc
-                             WHERE pc.id = plan_contents.id AND c.group_id = pc.group_id AND {kept}),
-                 articles_through = (SELECT MAX(c.article_id) FROM plan_candidates c, plan_contents pc
-                                     WHERE pc.id = plan_contents.id AND c.group_id = pc.group_id
-                                       AND {kept})"
+                 articles = (SELECT COUNT(*) FROM plan_ranked k
+                             WHERE k.contents_id = plan_contents.id AND k.position < {cap}),
+                 articles_through = (SELECT MAX(k.article_id) FROM plan_ranked k
+                                     WHERE k.contents_id = plan_contents.id
+                                       AND k.position < {cap})"
         )))
         .execute(&mut **tx)
         .await?;
@@ -254,14 +290,23 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         let contents = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO content_articles (content_id, article_id, region_slug)
-             SELECT pc.content_id, c.article_id, c.region_slug
-             FROM plan_contents pc JOIN plan_candidates c ON c.group_id = pc.group_id
-             WHERE {kept}"
+            "INSERT INTO content_articles (content_id, article_id, region_slug, position)
+             SELECT pc.content_id, k.article_id, k.region_slug, k.position
+             FROM plan_contents pc JOIN plan_ranked k ON k.contents_id = pc.id
+             WHERE k.position < {cap}"
         )))
         .execute(&mut **tx)
         .await?
         .rows_affected();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO content_overflow (content_id, region_slug, stories)
+             SELECT pc.content_id, k.region_slug, COUNT(*)
+             FROM plan_contents pc JOIN plan_ranked k ON k.contents_id = pc.id
+             WHERE k.position >= {cap}
+             GROUP BY pc.content_id, k.region_slug"
+        )))
+        .execute(&mut **tx)
+        .await?;
 
         // One delivery per reader with something to read.
         let deliveries = sqlx::query(AssertSqlSafe(format!(
