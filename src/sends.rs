@@ -12,8 +12,8 @@ use crate::compose::{ComposeError, Composer, DigestRequest};
 use crate::config::{Expiry, Regions};
 use crate::deliver::{SendResult, Transport};
 use crate::domain::{
-    Cadence, DeliveryArticle, Email, MoreStories, RegionSlug, SendState, SubscriberId, Timestamp,
-    Timezone,
+    Cadence, DeliveryArticle, Email, MoreStories, RegionSlug, SendState, SponsorBlock,
+    SubscriberId, Timestamp, Timezone,
 };
 use crate::store::{ManualSend, NewSend, PlanSummary, Store, StoreError};
 
@@ -139,11 +139,18 @@ impl ManualSends {
         if !send.dry_run {
             return Ok((plan, None));
         }
-        let articles =
-            region_articles(&self.store, &send.region, region_name, send.cadence, now).await?;
+        let zone = plan.zones.first().map_or(Timezone::UTC, |(zone, _)| *zone);
+        let articles = region_articles(
+            &self.store,
+            &send.region,
+            region_name,
+            send.cadence,
+            zone,
+            now,
+        )
+        .await?;
         let sample = match plan.recipients.first() {
             Some((email, _)) if !articles.is_empty() => {
-                let zone = plan.zones.first().map_or(Timezone::UTC, |(zone, _)| *zone);
                 let request = DigestRequest {
                     subscriber_id: SubscriberId::new(0),
                     email,
@@ -152,6 +159,7 @@ impl ManualSends {
                     message_id: "00000000000000000000000000000000",
                     articles: &articles.articles,
                     more: &articles.more,
+                    sponsor: articles.sponsor.as_ref(),
                     now,
                 };
                 let context = self.composer.digest_context(&request);
@@ -181,7 +189,15 @@ impl ManualSends {
         to: &Email,
         now: Timestamp,
     ) -> Result<String, SendError> {
-        let articles = region_articles(&self.store, region, region_name, cadence, now).await?;
+        let articles = region_articles(
+            &self.store,
+            region,
+            region_name,
+            cadence,
+            Timezone::UTC,
+            now,
+        )
+        .await?;
         if articles.is_empty() {
             return Err(SendError::NoArticles(region.clone()));
         }
@@ -194,6 +210,7 @@ impl ManualSends {
             message_id: &message_id,
             articles: &articles.articles,
             more: &articles.more,
+            sponsor: articles.sponsor.as_ref(),
             now,
         })?;
         match self.transport.send_one(&composed).await {
@@ -219,6 +236,8 @@ pub struct RegionDigest {
     pub articles: Vec<DeliveryArticle>,
     /// The stories the cap leaves out (at most one entry: this region).
     pub more: Vec<MoreStories>,
+    /// The sponsor block a reader of the region would get today.
+    pub sponsor: Option<SponsorBlock>,
 }
 
 impl RegionDigest {
@@ -230,12 +249,14 @@ impl RegionDigest {
 
 /// The digest of `region` now: the last period's stories, or the newest ones of all
 /// time when the period is empty (so a preview always shows something), ranked and
-/// capped at `[digest] max_stories` as a planned digest is.
+/// capped at `[digest] max_stories` as a planned digest is, with the sponsor block a
+/// reader of the region in `zone` would get today.
 pub async fn region_articles(
     store: &Store,
     region: &RegionSlug,
     region_name: &str,
     cadence: Cadence,
+    zone: Timezone,
     now: Timestamp,
 ) -> Result<RegionDigest, StoreError> {
     let (mut rows, mut left_out) = store
@@ -269,7 +290,12 @@ pub async fn region_articles(
             published_at: a.published_at,
         })
         .collect();
-    Ok(RegionDigest { articles, more })
+    let sponsor = store.sponsor_for(region, now.local_date(zone)).await?;
+    Ok(RegionDigest {
+        articles,
+        more,
+        sponsor,
+    })
 }
 
 /// What can be done with a send in `state`, for an admin whose request was refused.

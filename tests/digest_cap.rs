@@ -107,7 +107,10 @@ fn forty_stories_capped_at_twelve_lead_with_breaking_and_the_rest_follow_later()
     let first: Vec<usize> = vec![5, 17, 33, 0, 1, 2, 3, 4, 6, 7, 8, 9];
     let preview = run_on_day(&site, 0, &["preview", "--region", "town"]);
     assert_eq!(stories(&preview), first, "{preview}");
-    assert!(preview.contains("40 new stories, the top 12 below"), "{preview}");
+    assert!(
+        preview.contains("40 new stories, the top 12 below"),
+        "{preview}"
+    );
     assert!(
         preview.contains("And 28 more stories from Town: https://town.example/news"),
         "{preview}"
@@ -119,7 +122,11 @@ fn forty_stories_capped_at_twelve_lead_with_breaking_and_the_rest_follow_later()
     let messages = smtp.wait_for(1, Duration::from_secs(10));
     let (text, html) = parts(&messages[0].1);
     assert_eq!(stories(&text), first, "{text}");
-    assert_eq!(stories(&html), first, "the HTML part lists the same, in order");
+    assert_eq!(
+        stories(&html),
+        first,
+        "the HTML part lists the same, in order"
+    );
     assert!(text.contains("40 new stories, the top 12 below"), "{text}");
     assert!(
         text.contains("And 28 more stories from Town: https://town.example/news"),
@@ -137,8 +144,16 @@ fn forty_stories_capped_at_twelve_lead_with_breaking_and_the_rest_follow_later()
     // the same order, and none comes twice.
     let mut seen: Vec<usize> = first.clone();
     for (day, expected, more) in [
-        (1, vec![10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22], Some(16)),
-        (2, vec![23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 34, 35], Some(4)),
+        (
+            1,
+            vec![10, 11, 12, 13, 14, 15, 16, 18, 19, 20, 21, 22],
+            Some(16),
+        ),
+        (
+            2,
+            vec![23, 24, 25, 26, 27, 28, 29, 30, 31, 32, 34, 35],
+            Some(4),
+        ),
     ] {
         let plan = run_on_day(&site, day, &["plan"]);
         assert!(plan.contains("planned 1 email(s)"), "day {day}: {plan}");
@@ -179,7 +194,11 @@ fn without_a_region_url_the_link_is_the_feeds_site_link() {
             feed_path.path().display()
         ));
     site.run(&["ingest"]).ok();
-    let preview = run_on_day(&site, 0, &["preview", "--region", "town", "--format", "html"]);
+    let preview = run_on_day(
+        &site,
+        0,
+        &["preview", "--region", "town", "--format", "html"],
+    );
     assert_eq!(stories(&preview).len(), 30);
     assert!(
         preview.contains(r#"<a href="https://feed-site.example/""#)

@@ -20,8 +20,8 @@ use serde::Serialize;
 
 use crate::config::{DkimSettings, MailConfig};
 use crate::domain::{
-    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, MoreStories, SubscriberId, Timestamp,
-    Timezone,
+    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, MoreStories, SponsorBlock,
+    SubscriberId, Timestamp, Timezone,
 };
 use crate::tokens::{Purpose, Signer};
 
@@ -100,6 +100,8 @@ pub struct DigestContext {
     pub more: Vec<MoreView>,
     /// How many stories the cap left out in all.
     pub more_count: u32,
+    /// The sponsor block, shown after the top stories (digests only).
+    pub sponsor: Option<SponsorView>,
     /// Whether to print region headings (reader follows several regions).
     pub show_region_headings: bool,
     /// One-click unsubscribe link.
@@ -130,6 +132,23 @@ pub struct MoreView {
     pub stories: u32,
     /// The region's page, or empty when none is known.
     pub url: String,
+}
+
+/// A sponsor block as templates see it; every field is plain text the templates escape.
+#[derive(Debug, Clone, Serialize)]
+pub struct SponsorView {
+    /// "Sponsored by …".
+    pub label: String,
+    /// Headline.
+    pub headline: String,
+    /// Body text (may be empty).
+    pub body: String,
+    /// The https link.
+    pub url: String,
+    /// The https image, or empty.
+    pub image: String,
+    /// The image's alt text, or empty.
+    pub alt: String,
 }
 
 /// A region as templates see it.
@@ -173,6 +192,8 @@ pub struct DigestRequest<'a> {
     pub articles: &'a [DeliveryArticle],
     /// The stories the cap left out, per region.
     pub more: &'a [MoreStories],
+    /// The sponsor block the digest carries, if any.
+    pub sponsor: Option<&'a SponsorBlock>,
     /// Now (for the date line and link expiry).
     pub now: Timestamp,
 }
@@ -259,6 +280,14 @@ impl Composer {
                 stories: 3,
                 url: Some("https://example.org/sample?a=1&b=2".into()),
             }],
+            sponsor: Some(&SponsorBlock {
+                id: crate::domain::SponsorId::new(1),
+                label: "Sponsored by <Sample> & Co".into(),
+                headline: "A \"sample\" headline".into(),
+                body: "Sample body <b>text</b>.".into(),
+                link: "https://example.org/sponsor?a=1&b=2".into(),
+                image: Some(("https://example.org/logo.png".into(), "Logo <alt>".into())),
+            }),
             now: Timestamp::from_unix(0),
         })?;
         let regions = [crate::domain::ReaderRegion {
@@ -389,6 +418,14 @@ impl Composer {
                 })
                 .collect(),
             more_count: req.more.iter().map(|m| m.stories).sum(),
+            sponsor: req.sponsor.map(|s| SponsorView {
+                label: s.label.clone(),
+                headline: s.headline.clone(),
+                body: s.body.clone(),
+                url: s.link.clone(),
+                image: s.image.as_ref().map(|(u, _)| u.clone()).unwrap_or_default(),
+                alt: s.image.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
+            }),
             groups,
             unsubscribe_url: self.unsubscribe_url(req.subscriber_id, req.now),
             preferences_url: self.preferences_url(req.subscriber_id, req.now),

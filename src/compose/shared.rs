@@ -21,7 +21,8 @@ use lettre::{Address, Message};
 use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
 use super::{ListUnsubscribe, ListUnsubscribePost, Subject};
 use crate::domain::{
-    ArticleId, Cadence, DeliveryArticle, MoreStories, RegionSlug, Timestamp, Timezone,
+    ArticleId, Cadence, DeliveryArticle, MoreStories, RegionSlug, SponsorBlock, SponsorId,
+    Timestamp, Timezone,
 };
 
 /// A group's email is rebuilt after this long, so its `Date:` stays near the send time.
@@ -77,6 +78,8 @@ struct GroupTemplate {
     articles: Vec<DeliveryArticle>,
     /// The stories left out by the cap it was rendered with.
     more: Vec<MoreStories>,
+    /// The sponsor block it was rendered with.
+    sponsor: Option<SponsorBlock>,
     built_at: Timestamp,
     subject: String,
     pieces: Vec<Piece>,
@@ -87,6 +90,7 @@ struct GroupTemplate {
 struct GroupKey {
     articles: Vec<ArticleId>,
     more: Vec<(RegionSlug, u32)>,
+    sponsor: Option<SponsorId>,
     zone: Timezone,
     cadence: Option<Cadence>,
     edition_label: String,
@@ -216,6 +220,7 @@ impl Composer {
                 .iter()
                 .map(|m| (m.region_slug.clone(), m.stories))
                 .collect(),
+            sponsor: req.sponsor.map(|s| s.id),
             zone: req.timezone,
             cadence: req.cadence,
             edition_label: self.edition_label(req),
@@ -388,6 +393,7 @@ impl Composer {
         Ok(Some(GroupTemplate {
             articles: req.articles.to_vec(),
             more: req.more.to_vec(),
+            sponsor: req.sponsor.cloned(),
             built_at: req.now,
             subject: real.subject,
             pieces: merge(pieces),
@@ -432,6 +438,7 @@ fn current(template: &GroupTemplate, req: &DigestRequest<'_>) -> bool {
     req.now.seconds_since(template.built_at) < TEMPLATE_LIFETIME_SECS
         && template.articles == req.articles
         && template.more == req.more
+        && template.sponsor.as_ref() == req.sponsor
 }
 
 /// Joins neighbouring byte pieces, so personalising is one copy per run of shared bytes.
@@ -546,6 +553,7 @@ mod tests {
             message_id,
             articles,
             more: &[],
+            sponsor: None,
             now: Timestamp::from_unix(1_795_248_000),
         }
     }

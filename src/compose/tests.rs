@@ -82,6 +82,7 @@ fn an_http_public_url_gets_no_one_click_header() {
         message_id: "0123456789abcdef0123456789abcdef",
         articles: &articles,
         more: &[],
+        sponsor: None,
         now: Timestamp::from_unix(1_795_300_000),
     };
     // Three readers of one group: full render, then the group template, then a
@@ -127,6 +128,7 @@ fn digest_has_headers_parts_and_escaped_feed_text() {
             message_id: "0123456789abcdef0123456789abcdef",
             articles: &articles,
             more: &[],
+            sponsor: None,
             now: Timestamp::from_unix(1_795_248_000),
         })
         .unwrap();
@@ -153,6 +155,7 @@ fn digest_has_headers_parts_and_escaped_feed_text() {
         message_id: "0123456789abcdef0123456789abcdef",
         articles: &articles,
         more: &[],
+        sponsor: None,
         now: Timestamp::from_unix(1_795_248_000),
     };
     let (plain, html) = composer

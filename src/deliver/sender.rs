@@ -386,6 +386,7 @@ pub(super) fn prepare(
         message_id: &delivery.message_id,
         articles: &delivery.articles,
         more: &delivery.more,
+        sponsor: delivery.sponsor.as_deref(),
         now,
     };
     match work {

@@ -25,6 +25,7 @@ mod rate_limits;
 mod seed;
 mod sends;
 mod signup;
+mod sponsors;
 mod sql_types;
 mod states;
 mod status;
@@ -48,6 +49,7 @@ pub use signup::{
     ConfirmOutcome, Consent, ConsentRecord, Queued, ReaderPreferences, SignupMail, SignupOutcome,
     WebSignup,
 };
+pub use sponsors::{SponsorReport, SponsorRow};
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 pub use suppressions::{Suppression, SuppressionKey};

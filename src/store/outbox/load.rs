@@ -9,8 +9,8 @@ use sqlx::AssertSqlSafe;
 
 use super::{ClaimedDelivery, Recipient};
 use crate::domain::{
-    ArticleId, DeliveryArticle, DeliveryId, DeliveryKind, MoreStories, ReaderRegion, SubscriberId,
-    Timestamp,
+    ArticleId, DeliveryArticle, DeliveryId, DeliveryKind, MoreStories, ReaderRegion, SponsorId,
+    SubscriberId, Timestamp,
 };
 use crate::store::{Result, Store, decode, placeholders};
 
@@ -25,6 +25,7 @@ struct ClaimedRow {
     attempts: i64,
     expires_at: Timestamp,
     content_id: Option<i64>,
+    sponsor_id: Option<SponsorId>,
     email: Option<String>,
     state: Option<String>,
     timezone: Option<String>,
@@ -81,7 +82,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT d.id, d.subscriber_id, d.kind, d.cadence, d.message_id, d.attempts,
-                    d.expires_at, d.content_id, s.email, s.state, s.timezone
+                    d.expires_at, d.content_id, d.sponsor_id, s.email, s.state, s.timezone
              FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
              WHERE d.id IN ({}) ORDER BY d.id",
             placeholders(1, ids.len())
@@ -98,6 +99,10 @@ impl Store {
         contents.dedup();
         let articles = self.content_articles(&contents).await?;
         let more = self.content_overflow(&contents).await?;
+        let mut sponsor_ids: Vec<SponsorId> = rows.iter().filter_map(|r| r.sponsor_id).collect();
+        sponsor_ids.sort_unstable();
+        sponsor_ids.dedup();
+        let sponsors = self.sponsor_blocks(&sponsor_ids).await?;
 
         // Each row's suppression entry, computed once (a keyed hash is not free).
         let entries: Vec<Option<String>> = rows
@@ -143,6 +148,7 @@ impl Store {
                         .content_id
                         .and_then(|c| articles.get(&c).cloned())
                         .unwrap_or_else(|| Arc::new([])),
+                    sponsor: row.sponsor_id.and_then(|id| sponsors.get(&id).cloned()),
                     more: row
                         .content_id
                         .and_then(|c| more.get(&c).cloned())

@@ -17,7 +17,7 @@ use super::{
 };
 use crate::domain::{
     Cadence, DeliveryArticle, DeliveryId, DeliveryKind, DeliveryState, Email, MoreStories,
-    ReaderRegion, SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
+    ReaderRegion, SponsorBlock, SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
 };
 
 /// Who holds a claimed row: one value per running worker, chosen at random, so a
@@ -82,6 +82,9 @@ pub struct ClaimedDelivery {
     pub articles: Arc<[DeliveryArticle]>,
     /// The stories the cap left out, per region; shared like `articles`.
     pub more: Arc<[MoreStories]>,
+    /// The sponsor block a digest carries, chosen when it was planned (none once the
+    /// booking is removed).
+    pub sponsor: Option<Arc<SponsorBlock>>,
     /// For sign-up emails only: the regions the reader follows, by name.
     pub regions: Vec<ReaderRegion>,
 }

@@ -7,6 +7,7 @@ use super::Tx;
 use crate::domain::{
     Cadence, DeliveryKind, EditionId, RegionSlug, SubscriberId, Timestamp, Timezone, Transition,
 };
+use crate::store::sponsors::SPONSOR_ORDER;
 use crate::store::{
     Backend, DryRun, PlanSummary, REGION_STORY_ORDER, Result, Store, decode, states,
 };
@@ -30,6 +31,9 @@ pub(super) struct DigestBatch<'a> {
     pub now: Timestamp,
     /// When the digests stop being worth sending.
     pub expires_at: Timestamp,
+    /// The readers' zone, when they share one (a scheduled slot); a manual send's
+    /// readers are in many.
+    pub zone: Option<Timezone>,
 }
 
 impl Store {
@@ -333,6 +337,7 @@ impl Store {
         .execute(&mut **tx)
         .await?
         .rows_affected();
+        self.assign_sponsors(tx, batch).await?;
         let (articles,): (i64,) = sqlx::query_as(
             "SELECT CAST(COALESCE(SUM(readers * articles), 0) AS BIGINT) FROM plan_contents",
         )
@@ -352,6 +357,108 @@ impl Store {
             recipients: Vec::new(),
             zones: Vec::new(),
         })
+    }
+
+    /// Records on each digest of the edition the sponsor booking it carries: of the
+    /// bookings running on the digest's date in the reader's zone, for a region the
+    /// reader follows at this cadence or one above it, the most specific region's, then
+    /// the earliest. Nothing to do (one cheap look-up) when no booking runs then.
+    async fn assign_sponsors(&self, tx: &mut Tx, batch: &DigestBatch<'_>) -> Result<()> {
+        let zones: Vec<Timezone> = match batch.zone {
+            Some(zone) => vec![zone],
+            None => {
+                let names: Vec<(String,)> = sqlx::query_as(
+                    "SELECT DISTINCT s.timezone FROM deliveries d
+                     JOIN subscribers s ON s.id = d.subscriber_id WHERE d.edition_id = $1",
+                )
+                .bind(batch.edition_id)
+                .fetch_all(&mut **tx)
+                .await?;
+                names
+                    .into_iter()
+                    .map(|(name,)| decode("subscribers", "timezone", "timezone", &name))
+                    .collect::<Result<_>>()?
+            }
+        };
+        let dates: Vec<(Timezone, String)> = zones
+            .into_iter()
+            .map(|zone| (zone, batch.slot_at.local_date(zone).to_string()))
+            .collect();
+        let (Some(first), Some(last)) = (
+            dates.iter().map(|(_, d)| d).min(),
+            dates.iter().map(|(_, d)| d).max(),
+        ) else {
+            return Ok(());
+        };
+        let (running,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM sponsors WHERE starts_on <= $1 AND ends_on >= $2")
+                .bind(last)
+                .bind(first)
+                .fetch_one(&mut **tx)
+                .await?;
+        if running == 0 {
+            return Ok(());
+        }
+        self.temp_table(
+            tx,
+            "plan_sponsor_scope",
+            "region_slug TEXT NOT NULL,
+             booked_slug TEXT NOT NULL,
+             depth       BIGINT NOT NULL,
+             PRIMARY KEY (region_slug, booked_slug)",
+        )
+        .await?;
+        for (region, reach) in self.sponsor_scope().await? {
+            for (booked, depth) in reach {
+                sqlx::query(
+                    "INSERT INTO plan_sponsor_scope (region_slug, booked_slug, depth)
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(region.as_str())
+                .bind(booked.as_str())
+                .bind(depth)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        // A scheduled slot's readers share its zone; a manual send's are updated zone
+        // by zone, each on its own date.
+        let (zone_filter, region_param) = match batch.zone {
+            Some(_) => ("", "$4"),
+            None => (
+                "AND deliveries.subscriber_id IN (SELECT id FROM subscribers WHERE timezone = $4)",
+                "$5",
+            ),
+        };
+        let region_filter = match batch.region {
+            Some(_) => format!("AND sub.region_slug = {region_param}"),
+            None => String::new(),
+        };
+        for (zone, date) in &dates {
+            let sql = format!(
+                "UPDATE deliveries SET sponsor_id = (
+                     SELECT sp.id FROM subscriptions sub
+                     JOIN plan_sponsor_scope sc ON sc.region_slug = sub.region_slug
+                     JOIN sponsor_regions sr ON sr.region_slug = sc.booked_slug
+                     JOIN sponsors sp ON sp.id = sr.sponsor_id
+                     WHERE sub.subscriber_id = deliveries.subscriber_id AND sub.cadence = $2
+                       AND sp.starts_on <= $3 AND sp.ends_on >= $3 {region_filter}
+                     ORDER BY {SPONSOR_ORDER} LIMIT 1)
+                 WHERE deliveries.edition_id = $1 {zone_filter}"
+            );
+            let mut update = sqlx::query(AssertSqlSafe(sql))
+                .bind(batch.edition_id)
+                .bind(batch.cadence.as_str())
+                .bind(date);
+            if batch.zone.is_none() {
+                update = update.bind(zone.name());
+            }
+            if let Some(region) = batch.region {
+                update = update.bind(region.as_str());
+            }
+            update.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// Creates an empty temporary table for this transaction. On SQLite temporary tables

@@ -274,6 +274,7 @@ impl Store {
                     slot_at: plan.slot_at,
                     now: plan.now,
                     expires_at: plan.expires_at,
+                    zone: Some(plan.zone),
                 },
             )
             .await?;

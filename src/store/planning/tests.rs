@@ -207,8 +207,31 @@ async fn rows_planned_before_content_groups_keep_their_articles() {
             &[("north", Cadence::Daily), ("south", Cadence::Weekly)],
         )
         .await;
-        let older = story(store, "north", "older", MONDAY - 7_200).await;
-        let newer = story(store, "north", "newer", MONDAY - 3_600).await;
+        // Stored as that schema stored them (today's ingest writes newer columns).
+        let mut ids = Vec::new();
+        for (key, when) in [("older", MONDAY - 7_200), ("newer", MONDAY - 3_600)] {
+            let (article,): (ArticleId,) = sqlx::query_as(
+                "INSERT INTO articles (link, title, published_at, ingested_at, updated_at)
+                 VALUES ($1, $2, $3, $3, $3) RETURNING id",
+            )
+            .bind(format!("https://news.test.example/{key}"))
+            .bind(format!("Story {key}"))
+            .bind(when)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO article_regions (article_id, region_slug, added_at)
+                 VALUES ($1, 'north', $2)",
+            )
+            .bind(article)
+            .bind(when)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            ids.push(article);
+        }
+        let (older, newer) = (ids[0], ids[1]);
         // A digest queued the old way: one placement row per (reader, article).
         let (edition,): (i64,) = sqlx::query_as(
             "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at, timezone)
