@@ -455,12 +455,6 @@ fn pick_link(
         })
 }
 
-/// Decodes the feed to UTF-8 (see [`to_utf8_noting`]).
-#[cfg(test)]
-fn to_utf8<'a>(bytes: &'a [u8], http_charset: Option<&str>) -> Cow<'a, str> {
-    to_utf8_noting(bytes, http_charset).0
-}
-
 /// Decodes the feed to UTF-8. The byte-order mark wins, then the XML prolog's
 /// `encoding` (written by whoever produced the bytes), then the HTTP charset, then
 /// UTF-8. Labels are often wrong, so the bytes have the last word: bytes that are
