@@ -105,7 +105,7 @@ fn every_fixture_ingests_with_its_expected_count() {
         feeds.push(format!("\"{}\"", server.url(&format!("/feeds/{name}"))));
     }
     let site = Site::new(free_port())
-        .with_extra("[ingest]\nallow_private = true\nconcurrency = 8\n")
+        .with_extra("[ingest]\nallow_private = true\nconcurrency = 8\n[digest]\nmax_stories = 500\n")
         .with_regions(&format!(
             "[[regions]]\nslug = \"fixtures\"\nname = \"Fixtures\"\nfeeds = [{}]\n",
             feeds.join(", ")
@@ -164,6 +164,20 @@ fn every_fixture_ingests_with_its_expected_count() {
                 .any(|name| line.contains(&format!("/feeds/{name} "))),
             "marked recovered: {line}"
         );
+    }
+
+    // A digest of every fixture's stories, the broken and hostile ones included, has no
+    // active markup but its own.
+    let html = site
+        .run(&["preview", "--region", "fixtures", "--format", "html"])
+        .ok()
+        .stdout();
+    assert!(html.contains("Fish &amp; chips night"), "{html}");
+    for active in [
+        "<script", "<iframe", "<svg", "<img", "onerror=", "onload=", "onclick=",
+        "javascript:", "<style", "<b>",
+    ] {
+        assert!(!html.contains(active), "{active} in the digest");
     }
 
     // What was stored is plain text with web links only, in the right characters.
