@@ -105,7 +105,9 @@ fn every_fixture_ingests_with_its_expected_count() {
         feeds.push(format!("\"{}\"", server.url(&format!("/feeds/{name}"))));
     }
     let site = Site::new(free_port())
-        .with_extra("[ingest]\nallow_private = true\nconcurrency = 8\n[digest]\nmax_stories = 500\n")
+        .with_extra(
+            "[ingest]\nallow_private = true\nconcurrency = 8\n[digest]\nmax_stories = 500\n",
+        )
         .with_regions(&format!(
             "[[regions]]\nslug = \"fixtures\"\nname = \"Fixtures\"\nfeeds = [{}]\n",
             feeds.join(", ")
@@ -174,8 +176,16 @@ fn every_fixture_ingests_with_its_expected_count() {
         .stdout();
     assert!(html.contains("Fish &amp; chips night"), "{html}");
     for active in [
-        "<script", "<iframe", "<svg", "<img", "onerror=", "onload=", "onclick=",
-        "javascript:", "<style", "<b>",
+        "<script",
+        "<iframe",
+        "<svg",
+        "<img",
+        "onerror=",
+        "onload=",
+        "onclick=",
+        "javascript:",
+        "<style",
+        "<b>",
     ] {
         assert!(!html.contains(active), "{active} in the digest");
     }
