@@ -447,11 +447,35 @@ async fn the_town_booking_beats_the_state_one_and_the_earlier_booking_wins() {
             }
         }
         assert_eq!(labels, ["Town", "State"], "{backend:?}");
+        // A manual send of the town on the 30th (in its readers' zone) carries the town's
+        // booking too: manual sends choose per zone, on each zone's own date.
+        let slug: RegionSlug = "town".parse().unwrap();
+        story(store, "town", "manual", MONDAY + 100).await;
+        store
+            .plan_region_digest(
+                "manual:town",
+                &slug,
+                Cadence::Daily,
+                at(MONDAY),
+                at(MONDAY + 200),
+                at(MONDAY + DAY),
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+        let claimed = send_all_due(store, 100, MONDAY + 300).await;
+        assert_eq!(claimed.len(), 1, "{backend:?}");
+        assert_eq!(
+            claimed[0].sponsor.as_ref().map(|s| s.label.as_str()),
+            Some("Town"),
+            "{backend:?}"
+        );
         let report = store.sponsor_report().await.unwrap();
         let sent: Vec<(String, i64)> = report.into_iter().map(|r| (r.label, r.sent)).collect();
         assert_eq!(
             sent,
-            [("State".into(), 1), ("Town".into(), 1), ("Later".into(), 0)],
+            [("State".into(), 1), ("Town".into(), 2), ("Later".into(), 0)],
             "{backend:?}"
         );
         assert!(store.remove_sponsor(state).await.unwrap());
