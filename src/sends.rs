@@ -12,7 +12,8 @@ use crate::compose::{ComposeError, Composer, DigestRequest};
 use crate::config::{Expiry, Regions};
 use crate::deliver::{SendResult, Transport};
 use crate::domain::{
-    Cadence, DeliveryArticle, Email, RegionSlug, SendState, SubscriberId, Timestamp, Timezone,
+    Cadence, DeliveryArticle, Email, MoreStories, RegionSlug, SendState, SponsorBlock,
+    SubscriberId, Timestamp, Timezone,
 };
 use crate::store::{ManualSend, NewSend, PlanSummary, Store, StoreError};
 
@@ -138,18 +139,27 @@ impl ManualSends {
         if !send.dry_run {
             return Ok((plan, None));
         }
-        let articles =
-            region_articles(&self.store, &send.region, region_name, send.cadence, now).await?;
+        let zone = plan.zones.first().map_or(Timezone::UTC, |(zone, _)| *zone);
+        let articles = region_articles(
+            &self.store,
+            &send.region,
+            region_name,
+            send.cadence,
+            zone,
+            now,
+        )
+        .await?;
         let sample = match plan.recipients.first() {
             Some((email, _)) if !articles.is_empty() => {
-                let zone = plan.zones.first().map_or(Timezone::UTC, |(zone, _)| *zone);
                 let request = DigestRequest {
                     subscriber_id: SubscriberId::new(0),
                     email,
                     timezone: zone,
                     cadence: Some(send.cadence),
                     message_id: "00000000000000000000000000000000",
-                    articles: &articles,
+                    articles: &articles.articles,
+                    more: &articles.more,
+                    sponsor: articles.sponsor.as_ref(),
                     now,
                 };
                 let context = self.composer.digest_context(&request);
@@ -179,7 +189,15 @@ impl ManualSends {
         to: &Email,
         now: Timestamp,
     ) -> Result<String, SendError> {
-        let articles = region_articles(&self.store, region, region_name, cadence, now).await?;
+        let articles = region_articles(
+            &self.store,
+            region,
+            region_name,
+            cadence,
+            Timezone::UTC,
+            now,
+        )
+        .await?;
         if articles.is_empty() {
             return Err(SendError::NoArticles(region.clone()));
         }
@@ -190,7 +208,9 @@ impl ManualSends {
             timezone: Timezone::UTC,
             cadence: Some(cadence),
             message_id: &message_id,
-            articles: &articles,
+            articles: &articles.articles,
+            more: &articles.more,
+            sponsor: articles.sponsor.as_ref(),
             now,
         })?;
         match self.transport.send_one(&composed).await {
@@ -209,24 +229,55 @@ impl ManualSends {
     }
 }
 
-/// The articles a digest of `region` would carry now: the last period's, or the
-/// newest twenty when the period is empty (so a preview always shows something).
+/// What a digest of one region would carry now, ranked and capped as planning does.
+#[derive(Debug, Clone, Default)]
+pub struct RegionDigest {
+    /// The stories it lists.
+    pub articles: Vec<DeliveryArticle>,
+    /// The stories the cap leaves out (at most one entry: this region).
+    pub more: Vec<MoreStories>,
+    /// The sponsor block a reader of the region would get today.
+    pub sponsor: Option<SponsorBlock>,
+}
+
+impl RegionDigest {
+    /// Whether there is nothing to show.
+    pub fn is_empty(&self) -> bool {
+        self.articles.is_empty()
+    }
+}
+
+/// The digest of `region` now: the last period's stories, or the newest ones of all
+/// time when the period is empty (so a preview always shows something), ranked and
+/// capped at `[digest] max_stories` as a planned digest is, with the sponsor block a
+/// reader of the region in `zone` would get today.
 pub async fn region_articles(
     store: &Store,
     region: &RegionSlug,
     region_name: &str,
     cadence: Cadence,
+    zone: Timezone,
     now: Timestamp,
-) -> Result<Vec<DeliveryArticle>, StoreError> {
-    let mut rows = store
-        .recent_articles(region, now - cadence.period(), 50)
+) -> Result<RegionDigest, StoreError> {
+    let (mut rows, mut left_out) = store
+        .ranked_region_articles(region, now - cadence.period())
         .await?;
     if rows.is_empty() {
-        rows = store
-            .recent_articles(region, Timestamp::from_unix(0), 20)
+        (rows, left_out) = store
+            .ranked_region_articles(region, Timestamp::from_unix(0))
             .await?;
     }
-    Ok(rows
+    let more = if left_out > 0 {
+        vec![MoreStories {
+            region_slug: region.clone(),
+            region_name: region_name.to_string(),
+            stories: left_out,
+            url: store.region_page(region).await?,
+        }]
+    } else {
+        Vec::new()
+    };
+    let articles = rows
         .into_iter()
         .map(|a| DeliveryArticle {
             article_id: a.id,
@@ -238,7 +289,13 @@ pub async fn region_articles(
             category: a.category,
             published_at: a.published_at,
         })
-        .collect())
+        .collect();
+    let sponsor = store.sponsor_for(region, now.local_date(zone)).await?;
+    Ok(RegionDigest {
+        articles,
+        more,
+        sponsor,
+    })
 }
 
 /// What can be done with a send in `state`, for an admin whose request was refused.

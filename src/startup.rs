@@ -21,7 +21,9 @@ pub async fn open_store(config: &Config) -> anyhow::Result<Store> {
         connect_timeout: config.database.connect_timeout,
         statement_timeout: config.database.statement_timeout,
     };
-    let store = Store::connect_with(&config.database.url, settings, suppression).await?;
+    let store = Store::connect_with(&config.database.url, settings, suppression)
+        .await?
+        .with_max_stories(config.digest.max_stories);
     store.migrate().await?;
     store.sync_regions(&config.regions).await?;
     Ok(store)

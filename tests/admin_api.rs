@@ -612,3 +612,82 @@ fn every_route_of_the_admin_api_is_in_its_openapi_document() {
         );
     }
 }
+
+#[test]
+fn sponsors_are_booked_listed_reported_and_removed_through_the_api() {
+    let smtp = SmtpServer::start();
+    let (site, token) = site_with_readers(&smtp, 1);
+    let daemon = Daemon::start(&site);
+    let (status, _, value) = call(&site, "GET", "/admin/api/sponsors", None, &[], "");
+    assert_eq!(status, 401, "{value}");
+
+    let booking = r#"{"regions": ["riverton"], "from": "2027-01-13", "to": "2027-01-13",
+        "label": "Sponsored by <Riverton> Hardware", "headline": "Winter sale",
+        "body": "Shovels & salt.", "link": "https://hardware.example/sale"}"#;
+    let (status, _, value) = call(
+        &site,
+        "POST",
+        "/admin/api/sponsors",
+        Some(&token),
+        &[],
+        booking,
+    );
+    assert_eq!(status, 201, "{value}");
+    let id = value["id"].as_i64().unwrap();
+    assert_eq!(value["regions"][0], "riverton");
+    assert_eq!(value["label"], "Sponsored by <Riverton> Hardware");
+
+    // Refusals are sentences, and store nothing.
+    for (body, says) in [
+        (
+            booking.replace("https://hardware", "http://hardware"),
+            "https://",
+        ),
+        (booking.replace("riverton", "atlantis"), "unknown region"),
+        (
+            booking.replace("2027-01-13\", \"to", "13/01/2027\", \"to"),
+            "YYYY-MM-DD",
+        ),
+        (booking.replace("\"body\"", "\"bogus\""), "bogus"),
+    ] {
+        let (status, _, value) = call(
+            &site,
+            "POST",
+            "/admin/api/sponsors",
+            Some(&token),
+            &[],
+            &body,
+        );
+        assert!(status == 422 || status == 400, "{status}: {value}");
+        assert!(value["error"].as_str().unwrap().contains(says), "{value}");
+    }
+    let (_, _, value) = call(&site, "GET", "/admin/api/sponsors", Some(&token), &[], "");
+    assert_eq!(value["sponsors"].as_array().unwrap().len(), 1, "{value}");
+
+    // A send through the API carries the booking; the report counts it from the ledger.
+    let send = start_send(&site, &token, r#"{"region": "riverton"}"#, &[]);
+    let send_id = send["id"].as_i64().unwrap();
+    wait_send(&site, &token, send_id, |s| s["state"] == "done");
+    let messages = smtp.wait_for(1, Duration::from_secs(10));
+    assert!(
+        messages[0].1.contains("Sponsored by"),
+        "the digest carries the block"
+    );
+    let (status, _, value) = call(
+        &site,
+        "GET",
+        "/admin/api/sponsors/report",
+        Some(&token),
+        &[],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(value["sponsors"][0]["sent"], 1, "{value}");
+
+    let path = format!("/admin/api/sponsors/{id}");
+    let (status, _, _) = call(&site, "DELETE", &path, Some(&token), &[], "");
+    assert_eq!(status, 200);
+    let (status, _, value) = call(&site, "DELETE", &path, Some(&token), &[], "");
+    assert_eq!(status, 404, "{value}");
+    daemon.stop();
+}

@@ -13,8 +13,9 @@ use support::web::{Answer, WebClient, csrf_of, encode};
 use support::{Daemon, Site, SmtpServer};
 
 /// Every page behind the login.
-const PAGES: [&str; 7] = [
+const PAGES: [&str; 8] = [
     "/admin",
+    "/admin/sponsors",
     "/admin/sends",
     "/admin/sends/new",
     "/admin/readers?email=reader00%40example.org",
@@ -317,6 +318,83 @@ fn a_dry_run_confirmed_from_the_form_reaches_every_reader() {
     assert_eq!(
         site.sql("SELECT COUNT(*) FROM sends WHERE dry_run = 0")[0][0],
         "1"
+    );
+    daemon.stop();
+}
+
+#[test]
+fn a_sponsor_is_booked_refused_and_removed_from_the_form() {
+    let smtp = SmtpServer::start();
+    let (site, token) = site_with_readers(Site::new(smtp.port), 1);
+    let daemon = Daemon::start(&site);
+    let mut client = WebClient::new(site.http_port);
+    assert_eq!(log_in(&mut client, &token).status, 303);
+    let page = client.get("/admin/sponsors");
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.body.contains("No bookings."), "{}", page.body);
+    let fields = |csrf: &str, link: &str| {
+        form(&[
+            ("csrf", csrf),
+            ("regions", "riverton"),
+            ("from", "2027-01-13"),
+            ("to", "2027-01-14"),
+            ("label", "Sponsored by <script>x()</script> Hardware"),
+            ("headline", "Winter sale"),
+            ("body", ""),
+            ("link", link),
+            ("image", ""),
+            ("alt", ""),
+        ])
+    };
+    // Without its CSRF token the form changes nothing.
+    let forged = client.post("/admin/sponsors", &fields("", "https://hardware.example/"));
+    assert_eq!(forged.status, 403);
+    // A bad link is refused with a sentence, the form kept as typed.
+    let refused = client.post(
+        "/admin/sponsors",
+        &fields(&csrf_of(&page.body), "http://hardware.example/"),
+    );
+    assert_eq!(refused.status, 422, "{}", refused.body);
+    assert!(
+        refused.body.contains("is not an https:// address"),
+        "{}",
+        refused.body
+    );
+    assert!(
+        refused.body.contains("value=\"Winter sale\""),
+        "{}",
+        refused.body
+    );
+    let booked = client.post(
+        "/admin/sponsors",
+        &fields(&csrf_of(&refused.body), "https://hardware.example/"),
+    );
+    assert_eq!(booked.status, 200, "{}", booked.body);
+    assert!(booked.body.contains("Booked sponsor 1."), "{}", booked.body);
+    assert!(
+        booked
+            .body
+            .contains("Sponsored by &lt;script&gt;x()&lt;/script&gt; Hardware"),
+        "{}",
+        booked.body
+    );
+    assert!(!booked.body.contains("<script>x()"));
+    let list = site.run(&["sponsors", "list"]).ok().stdout();
+    assert!(list.contains("1 booking(s)"), "{list}");
+    let removed = client.post(
+        "/admin/sponsors/remove",
+        &form(&[("csrf", &csrf_of(&booked.body)), ("id", "1")]),
+    );
+    assert!(
+        removed.body.contains("Removed sponsor 1."),
+        "{}",
+        removed.body
+    );
+    assert!(
+        site.run(&["sponsors", "list"])
+            .ok()
+            .stdout()
+            .contains("0 booking(s)")
     );
     daemon.stop();
 }

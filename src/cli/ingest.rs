@@ -42,8 +42,13 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
                 new += counts.new;
                 updated += counts.updated;
                 unchanged += counts.unchanged;
+                let note = match (&report.notes.recovered, &report.notes.warning) {
+                    (Some(e), _) => format!("  (recovered: {e})"),
+                    (None, Some(w)) => format!("  WARNING: {w}"),
+                    (None, None) => String::new(),
+                };
                 println!(
-                    "{:<14} {}  {} new, {} updated, {} unchanged",
+                    "{:<14} {}  {} new, {} updated, {} unchanged{note}",
                     report.region, report.feed, counts.new, counts.updated, counts.unchanged
                 );
             }

@@ -10,6 +10,7 @@ mod plan;
 mod preview;
 mod send;
 mod sends;
+mod sponsors;
 mod status;
 mod subscribers;
 mod suppressions;
@@ -71,6 +72,9 @@ enum Configured {
     /// The suppression list: list it, or lift one address.
     #[command(subcommand)]
     Suppressions(suppressions::Command),
+    /// Sponsor slots per region and date range: add, list, remove, report.
+    #[command(subcommand)]
+    Sponsors(sponsors::Command),
     /// Show counts by delivery state, queue age, last error and feed health.
     Status,
     /// Write a consistent copy of the SQLite database, while the daemon runs.
@@ -180,6 +184,7 @@ async fn run(command: Configured, config: Config) -> anyhow::Result<ExitCode> {
         Configured::Subscribers(cmd) => subscribers::run(&config, cmd).await,
         Configured::Sends(cmd) => sends::run(&config, cmd).await,
         Configured::Suppressions(cmd) => suppressions::run(&config, cmd).await,
+        Configured::Sponsors(cmd) => sponsors::run(&config, cmd).await,
         Configured::Status => status::run(&config).await,
         Configured::Backup(args) => backup::run(&config, args).await,
         Configured::Deliveries(cmd) => deliveries::run(&config, cmd).await,

@@ -40,7 +40,15 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         .map_err(anyhow::Error::msg)?;
     let store = crate::startup::open_store(config).await?;
     let t = Timestamp::now();
-    let articles = region_articles(&store, &region.slug, &region.name, args.cadence, t).await?;
+    let articles = region_articles(
+        &store,
+        &region.slug,
+        &region.name,
+        args.cadence,
+        region.timezone,
+        t,
+    )
+    .await?;
     store.close().await;
     if articles.is_empty() {
         anyhow::bail!(
@@ -56,7 +64,9 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
         timezone: region.timezone,
         cadence: Some(args.cadence),
         message_id: "00000000000000000000000000000000",
-        articles: &articles,
+        articles: &articles.articles,
+        more: &articles.more,
+        sponsor: articles.sponsor.as_ref(),
         now: t,
     };
     match args.format {

@@ -39,7 +39,11 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
                 )
             }
             Some(e) => format!("FAILING: {e}"),
-            None => "ok".into(),
+            None => match (&feed.recovered_error, &feed.parse_warning) {
+                (Some(e), _) => format!("recovered (not well-formed: {e})"),
+                (None, Some(w)) => format!("WARNING: {w}"),
+                (None, None) => "ok".into(),
+            },
         };
         let next = match feed.next_poll_at {
             Some(t) => format_time(Some(t)),

@@ -20,7 +20,8 @@ use serde::Serialize;
 
 use crate::config::{DkimSettings, MailConfig};
 use crate::domain::{
-    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, SubscriberId, Timestamp, Timezone,
+    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, MoreStories, SponsorBlock,
+    SubscriberId, Timestamp, Timezone,
 };
 use crate::tokens::{Purpose, Signer};
 
@@ -95,6 +96,12 @@ pub struct DigestContext {
     pub groups: Vec<RegionGroup>,
     /// Total articles.
     pub article_count: usize,
+    /// The stories the cap left out, per region (empty when none were).
+    pub more: Vec<MoreView>,
+    /// How many stories the cap left out in all.
+    pub more_count: u32,
+    /// The sponsor block, shown after the top stories (digests only).
+    pub sponsor: Option<SponsorView>,
     /// Whether to print region headings (reader follows several regions).
     pub show_region_headings: bool,
     /// One-click unsubscribe link.
@@ -114,6 +121,34 @@ pub struct RegionGroup {
     pub region: RegionRef,
     /// Its articles, newest first.
     pub articles: Vec<ArticleView>,
+}
+
+/// A region's stories left out by the cap, as templates see them.
+#[derive(Debug, Clone, Serialize)]
+pub struct MoreView {
+    /// The region's display name.
+    pub region: String,
+    /// How many stories.
+    pub stories: u32,
+    /// The region's page, or empty when none is known.
+    pub url: String,
+}
+
+/// A sponsor block as templates see it; every field is plain text the templates escape.
+#[derive(Debug, Clone, Serialize)]
+pub struct SponsorView {
+    /// "Sponsored by …".
+    pub label: String,
+    /// Headline.
+    pub headline: String,
+    /// Body text (may be empty).
+    pub body: String,
+    /// The https link.
+    pub url: String,
+    /// The https image, or empty.
+    pub image: String,
+    /// The image's alt text, or empty.
+    pub alt: String,
 }
 
 /// A region as templates see it.
@@ -155,6 +190,10 @@ pub struct DigestRequest<'a> {
     pub message_id: &'a str,
     /// The articles, ordered by region.
     pub articles: &'a [DeliveryArticle],
+    /// The stories the cap left out, per region.
+    pub more: &'a [MoreStories],
+    /// The sponsor block the digest carries, if any.
+    pub sponsor: Option<&'a SponsorBlock>,
     /// Now (for the date line and link expiry).
     pub now: Timestamp,
 }
@@ -235,6 +274,20 @@ impl Composer {
             cadence: Some(Cadence::Daily),
             message_id: "00000000000000000000000000000000",
             articles: &articles,
+            more: &[MoreStories {
+                region_slug: "sample".parse().expect("a valid sample slug"),
+                region_name: "Sample <Town>".into(),
+                stories: 3,
+                url: Some("https://example.org/sample?a=1&b=2".into()),
+            }],
+            sponsor: Some(&SponsorBlock {
+                id: crate::domain::SponsorId::new(1),
+                label: "Sponsored by <Sample> & Co".into(),
+                headline: "A \"sample\" headline".into(),
+                body: "Sample body <b>text</b>.".into(),
+                link: "https://example.org/sponsor?a=1&b=2".into(),
+                image: Some(("https://example.org/logo.png".into(), "Logo <alt>".into())),
+            }),
             now: Timestamp::from_unix(0),
         })?;
         let regions = [crate::domain::ReaderRegion {
@@ -338,7 +391,8 @@ impl Composer {
             None => "news update",
         };
         let first = req.articles.first().map(|a| a.title.as_str()).unwrap_or("");
-        let more = req.articles.len().saturating_sub(1);
+        let more = req.articles.len().saturating_sub(1)
+            + req.more.iter().map(|m| m.stories as usize).sum::<usize>();
         let subject = if more > 0 {
             format!("{label} {kind}: {first} (+{more} more)")
         } else {
@@ -354,6 +408,24 @@ impl Composer {
             edition_label,
             show_region_headings: groups.len() > 1,
             article_count: req.articles.len(),
+            more: req
+                .more
+                .iter()
+                .map(|m| MoreView {
+                    region: m.region_name.clone(),
+                    stories: m.stories,
+                    url: m.url.clone().unwrap_or_default(),
+                })
+                .collect(),
+            more_count: req.more.iter().map(|m| m.stories).sum(),
+            sponsor: req.sponsor.map(|s| SponsorView {
+                label: s.label.clone(),
+                headline: s.headline.clone(),
+                body: s.body.clone(),
+                url: s.link.clone(),
+                image: s.image.as_ref().map(|(u, _)| u.clone()).unwrap_or_default(),
+                alt: s.image.as_ref().map(|(_, a)| a.clone()).unwrap_or_default(),
+            }),
             groups,
             unsubscribe_url: self.unsubscribe_url(req.subscriber_id, req.now),
             preferences_url: self.preferences_url(req.subscriber_id, req.now),

@@ -20,7 +20,10 @@ use lettre::{Address, Message};
 
 use super::{ComposeError, Composed, Composer, DigestContext, DigestRequest, html_escape};
 use super::{ListUnsubscribe, ListUnsubscribePost, Subject};
-use crate::domain::{ArticleId, Cadence, DeliveryArticle, Timestamp, Timezone};
+use crate::domain::{
+    ArticleId, Cadence, DeliveryArticle, MoreStories, RegionSlug, SponsorBlock, SponsorId,
+    Timestamp, Timezone,
+};
 
 /// A group's email is rebuilt after this long, so its `Date:` stays near the send time.
 const TEMPLATE_LIFETIME_SECS: i64 = 60;
@@ -73,6 +76,10 @@ struct GroupTemplate {
     /// The articles it was rendered from, compared in full on every use: an article
     /// edited since gets a new template.
     articles: Vec<DeliveryArticle>,
+    /// The stories left out by the cap it was rendered with.
+    more: Vec<MoreStories>,
+    /// The sponsor block it was rendered with.
+    sponsor: Option<SponsorBlock>,
     built_at: Timestamp,
     subject: String,
     pieces: Vec<Piece>,
@@ -82,6 +89,8 @@ struct GroupTemplate {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct GroupKey {
     articles: Vec<ArticleId>,
+    more: Vec<(RegionSlug, u32)>,
+    sponsor: Option<SponsorId>,
     zone: Timezone,
     cadence: Option<Cadence>,
     edition_label: String,
@@ -206,6 +215,12 @@ impl Composer {
         }
         Some(GroupKey {
             articles: req.articles.iter().map(|a| a.article_id).collect(),
+            more: req
+                .more
+                .iter()
+                .map(|m| (m.region_slug.clone(), m.stories))
+                .collect(),
+            sponsor: req.sponsor.map(|s| s.id),
             zone: req.timezone,
             cadence: req.cadence,
             edition_label: self.edition_label(req),
@@ -377,6 +392,8 @@ impl Composer {
         }
         Ok(Some(GroupTemplate {
             articles: req.articles.to_vec(),
+            more: req.more.to_vec(),
+            sponsor: req.sponsor.cloned(),
             built_at: req.now,
             subject: real.subject,
             pieces: merge(pieces),
@@ -420,6 +437,8 @@ enum Marked<'a> {
 fn current(template: &GroupTemplate, req: &DigestRequest<'_>) -> bool {
     req.now.seconds_since(template.built_at) < TEMPLATE_LIFETIME_SECS
         && template.articles == req.articles
+        && template.more == req.more
+        && template.sponsor.as_ref() == req.sponsor
 }
 
 /// Joins neighbouring byte pieces, so personalising is one copy per run of shared bytes.
@@ -533,6 +552,8 @@ mod tests {
             cadence: Some(Cadence::Daily),
             message_id,
             articles,
+            more: &[],
+            sponsor: None,
             now: Timestamp::from_unix(1_795_248_000),
         }
     }

@@ -81,6 +81,8 @@ fn an_http_public_url_gets_no_one_click_header() {
         cadence: Some(Cadence::Daily),
         message_id: "0123456789abcdef0123456789abcdef",
         articles: &articles,
+        more: &[],
+        sponsor: None,
         now: Timestamp::from_unix(1_795_300_000),
     };
     // Three readers of one group: full render, then the group template, then a
@@ -125,6 +127,8 @@ fn digest_has_headers_parts_and_escaped_feed_text() {
             cadence: Some(Cadence::Daily),
             message_id: "0123456789abcdef0123456789abcdef",
             articles: &articles,
+            more: &[],
+            sponsor: None,
             now: Timestamp::from_unix(1_795_248_000),
         })
         .unwrap();
@@ -150,6 +154,8 @@ fn digest_has_headers_parts_and_escaped_feed_text() {
         cadence: Some(Cadence::Daily),
         message_id: "0123456789abcdef0123456789abcdef",
         articles: &articles,
+        more: &[],
+        sponsor: None,
         now: Timestamp::from_unix(1_795_248_000),
     };
     let (plain, html) = composer

@@ -10,6 +10,7 @@
 mod alerts;
 mod database;
 mod deliver;
+mod digest;
 mod dkim;
 mod duration;
 mod env;
@@ -35,13 +36,14 @@ use serde::de::IgnoredAny;
 pub use alerts::AlertsConfig;
 pub use database::DatabaseConfig;
 pub use deliver::{DeliverConfig, Expiry};
+pub use digest::DigestConfig;
 pub use dkim::DkimSettings;
 pub use duration::parse_duration;
 pub use http::HttpConfig;
 pub use ingest::IngestConfig;
 pub use log::{LogConfig, LogFormat};
 pub use mail::{MailConfig, TransportKind};
-pub use regions::{FeedSource, Region, Regions};
+pub use regions::{FeedSource, Region, Regions, StoryOrder};
 pub use schedule::ScheduleConfig;
 pub use secret::Secret;
 pub use security::SecurityConfig;
@@ -129,6 +131,8 @@ pub struct Config {
     pub ingest: IngestConfig,
     /// Outbox workers.
     pub deliver: DeliverConfig,
+    /// What a digest carries.
+    pub digest: DigestConfig,
     /// Token signing.
     pub security: SecurityConfig,
     /// DKIM signing, when configured.
@@ -155,6 +159,7 @@ struct Sections {
     alerts: IgnoredAny,
     ingest: IgnoredAny,
     deliver: IgnoredAny,
+    digest: IgnoredAny,
     security: IgnoredAny,
     dkim: IgnoredAny,
     signup: IgnoredAny,
@@ -164,7 +169,7 @@ struct Sections {
 }
 
 /// Every section's built-in values, the bottom layer.
-const DEFAULTS: [&str; 12] = [
+const DEFAULTS: [&str; 13] = [
     database::DEFAULTS,
     http::DEFAULTS,
     mail::DEFAULTS,
@@ -173,6 +178,7 @@ const DEFAULTS: [&str; 12] = [
     alerts::DEFAULTS,
     ingest::DEFAULTS,
     deliver::DEFAULTS,
+    digest::DEFAULTS,
     security::DEFAULTS,
     dkim::DEFAULTS,
     signup::DEFAULTS,
@@ -259,6 +265,7 @@ impl Config {
         let alerts = p.section::<alerts::File>(&root, "alerts");
         let ingest = p.section::<ingest::File>(&root, "ingest");
         let deliver = p.section::<deliver::File>(&root, "deliver");
+        let digest = p.section::<digest::File>(&root, "digest");
         let security = p.section::<security::File>(&root, "security");
         let dkim = p.section::<dkim::File>(&root, "dkim");
         let signup = p.section::<signup::File>(&root, "signup");
@@ -277,6 +284,7 @@ impl Config {
         let alerts = alerts.and_then(|s| s.check(p));
         let ingest = ingest.and_then(|s| s.check(p));
         let deliver = deliver.and_then(|s| s.check(p));
+        let digest = digest.and_then(|s| s.check(p));
         let security = security.and_then(|s| s.check(p, base_dir));
         let dkim = dkim.and_then(|s| s.check(p, mail.as_ref().map(|m| &m.from), base_dir));
         let signup = signup.and_then(|s| s.check(p));
@@ -301,6 +309,7 @@ impl Config {
             alerts: alerts?,
             ingest: ingest?,
             deliver: deliver?,
+            digest: digest?,
             security: security?,
             dkim: dkim?,
             signup: signup?,

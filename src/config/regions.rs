@@ -24,6 +24,30 @@ pub(super) struct Entry {
     timezone: Setting<String>,
     #[serde(default)]
     feeds: Setting<Vec<Setting<Feed>>>,
+    #[serde(default)]
+    url: Setting<String>,
+    #[serde(default)]
+    order: Setting<String>,
+}
+
+/// How a region's stories are ordered in a digest, after the breaking ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StoryOrder {
+    /// Newest publication time first (the default).
+    #[default]
+    Newest,
+    /// The order the feed lists them (a later poll's stories first).
+    Feed,
+}
+
+impl StoryOrder {
+    /// The name stored in `regions.story_order`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StoryOrder::Newest => "newest",
+            StoryOrder::Feed => "feed",
+        }
+    }
 }
 
 /// A feed is written as its URL, or as a table when it needs its own polling interval.
@@ -97,6 +121,10 @@ pub struct Region {
     pub sources: Vec<FeedSource>,
     /// The same feeds' polling intervals (their own, or `ingest.interval`).
     pub intervals: Vec<Duration>,
+    /// The region's page, where "and N more stories" leads (else the feed's site link).
+    pub url: Option<url::Url>,
+    /// How its stories are ordered in a digest.
+    pub order: StoryOrder,
 }
 
 /// The configured regions, in the file's order; read them as a slice.
@@ -250,8 +278,40 @@ impl Entry {
             }
             all_read.then_some(read)
         });
+        let url = p
+            .take(&key("url"), self.url)
+            .and_then(|url| match url.trim() {
+                "" => Some(None),
+                text => p
+                    .check(
+                        &key("url"),
+                        match url::Url::parse(text) {
+                            Ok(url)
+                                if matches!(url.scheme(), "http" | "https") && url.has_host() =>
+                            {
+                                Ok(url)
+                            }
+                            _ => Err(format!("\"{text}\" is not a web address (write https://…)")),
+                        },
+                    )
+                    .map(Some),
+            });
+        let order = p
+            .take(&key("order"), self.order)
+            .and_then(|order| match order.trim() {
+                "" | "newest" => Some(StoryOrder::Newest),
+                "feed" => Some(StoryOrder::Feed),
+                other => p.check(
+                    &key("order"),
+                    Err(format!(
+                        "\"{other}\" is not a story order (write \"newest\" or \"feed\")"
+                    )),
+                ),
+            });
         let feeds = feeds?;
         Some(Region {
+            url: url?,
+            order: order?,
             slug: slug?,
             name: name?,
             parent: parent?,

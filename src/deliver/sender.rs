@@ -385,6 +385,8 @@ pub(super) fn prepare(
         cadence: delivery.cadence,
         message_id: &delivery.message_id,
         articles: &delivery.articles,
+        more: &delivery.more,
+        sponsor: delivery.sponsor.as_deref(),
         now,
     };
     match work {

@@ -44,3 +44,16 @@ pub struct DeliveryArticle {
     /// Publication time.
     pub published_at: Option<Timestamp>,
 }
+
+/// The stories of one region a digest's cap left out: counted, linked, not sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MoreStories {
+    /// The region.
+    pub region_slug: RegionSlug,
+    /// Its display name.
+    pub region_name: String,
+    /// How many of its stories were left out.
+    pub stories: u32,
+    /// The region's page (`[[regions]] url`, else its feed's site link), if known.
+    pub url: Option<String>,
+}

@@ -57,4 +57,6 @@ ids! {
     SignupId;
     /// A manual send started from the CLI or the admin API (`sends.id`).
     SendId;
+    /// A sponsor booking (`sponsors.id`).
+    SponsorId;
 }

@@ -6,13 +6,17 @@ mod delivery;
 mod email;
 mod ids;
 mod send;
+mod sponsor;
 mod time;
 
-pub use article::{DeliveryArticle, FeedItem};
+pub use article::{DeliveryArticle, FeedItem, MoreStories};
 pub use delivery::{DeliveryKind, DeliveryState, Outcome, Rule, Transition};
 pub use email::{Email, EmailError};
-pub use ids::{ArticleId, DeliveryId, EditionId, FeedId, SendId, SignupId, SubscriberId};
+pub use ids::{
+    ArticleId, DeliveryId, EditionId, FeedId, SendId, SignupId, SponsorId, SubscriberId,
+};
 pub use send::SendState;
+pub use sponsor::{NewSponsor, SponsorBlock, SponsorError, SponsorFields};
 pub use time::Timestamp;
 
 use std::fmt;

@@ -37,6 +37,11 @@ impl Timestamp {
         })
     }
 
+    /// The calendar day of this instant in `zone`.
+    pub fn local_date(self, zone: super::Timezone) -> chrono::NaiveDate {
+        self.to_utc().with_timezone(&zone.tz()).date_naive()
+    }
+
     /// Seconds from `earlier` to this instant; negative when `earlier` is later.
     pub fn seconds_since(self, earlier: Timestamp) -> i64 {
         self.0.saturating_sub(earlier.0)

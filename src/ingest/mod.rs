@@ -15,7 +15,8 @@ mod parse;
 pub use fetch::{FetcherError, Validators};
 pub use links::{LinkRefusal, check_link};
 pub use parse::{
-    FeedContext, ParseError, html_to_text, parse_feed, plain_summary, plain_title, plausible_date,
+    FeedContext, ParseError, ParsedFeed, html_to_text, parse_feed, plain_summary, plain_title,
+    plausible_date, read_feed,
 };
 
 use std::collections::HashMap;
@@ -134,6 +135,17 @@ pub struct FeedReport {
     pub result: Result<PollOutcome, FeedError>,
     /// When the feed is next due.
     pub next_poll_at: Timestamp,
+    /// What reading the document took, when it was read.
+    pub notes: ReadNotes,
+}
+
+/// What reading a feed's document took beyond the strict parse.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReadNotes {
+    /// The document was repaired before its items could be read: the first error.
+    pub recovered: Option<String>,
+    /// The document has `<item>`/`<entry>` elements but gave no items: why.
+    pub warning: Option<String>,
 }
 
 /// Which feeds a run polls.
@@ -324,6 +336,15 @@ pub async fn run(
     let tick = ingester.tick();
     while !shutdown.is_triggered() {
         for report in ingester.poll(None, Which::Due).await? {
+            if let Some(error) = &report.notes.recovered {
+                tracing::warn!(
+                    region = %report.region, feed = %report.feed, %error,
+                    "feed is not well-formed; its items were recovered"
+                );
+            }
+            if let Some(reason) = &report.notes.warning {
+                tracing::warn!(region = %report.region, feed = %report.feed, %reason, "feed gave no items");
+            }
             match report.result {
                 Ok(PollOutcome::Stored(counts)) if counts.new + counts.updated > 0 => {
                     tracing::info!(
@@ -389,8 +410,10 @@ async fn poll_and_record(shared: &Shared, job: Job) -> Result<FeedReport, StoreE
     let polled_at = Timestamp::now();
     let result = poll(shared, &job, polled_at).await;
     let store = &shared.store;
+    let mut notes = ReadNotes::default();
     let (result, next_poll_at) = match result {
-        Ok((outcome, validators)) => {
+        Ok((outcome, validators, read)) => {
+            notes = read;
             let next = polled_at + job.interval;
             store
                 .record_feed_polled(
@@ -422,6 +445,7 @@ async fn poll_and_record(shared: &Shared, job: Job) -> Result<FeedReport, StoreE
         feed: job.feed,
         result,
         next_poll_at,
+        notes,
     })
 }
 
@@ -429,7 +453,7 @@ async fn poll(
     shared: &Shared,
     job: &Job,
     now: Timestamp,
-) -> Result<(PollOutcome, Validators), FeedError> {
+) -> Result<(PollOutcome, Validators, ReadNotes), FeedError> {
     let (bytes, charset, base, validators) = match &job.source {
         FeedSource::File(path) => (
             read_file(path, shared.ingest.max_body_bytes).await?,
@@ -444,7 +468,7 @@ async fn poll(
             };
             match shared.fetcher.fetch(url, &known).await? {
                 Fetched::NotModified(validators) => {
-                    return Ok((PollOutcome::NotModified, validators));
+                    return Ok((PollOutcome::NotModified, validators, ReadNotes::default()));
                 }
                 Fetched::Body {
                     bytes,
@@ -465,16 +489,29 @@ async fn poll(
     };
     // Parsing is CPU work on untrusted bytes: off the async workers, and a panic in
     // the parser becomes this feed's error instead of the run's.
-    let items = tokio::task::spawn_blocking(move || parse_feed(&bytes, &context))
+    let feed = tokio::task::spawn_blocking(move || read_feed(&bytes, &context))
         .await
         .map_err(|_| FeedError::ParserCrashed {
             url: job.feed.clone(),
         })??;
     let counts = shared
         .store
-        .record_feed_items(job.state.id, &job.region, &items, now)
+        .record_feed_items(job.state.id, &job.region, &feed.items, now)
         .await?;
-    Ok((PollOutcome::Stored(counts), validators))
+    let notes = ReadNotes {
+        recovered: feed.recovered,
+        warning: feed.warning,
+    };
+    shared
+        .store
+        .record_feed_read(
+            job.state.id,
+            feed.site_link.as_deref(),
+            notes.recovered.as_deref(),
+            notes.warning.as_deref(),
+        )
+        .await?;
+    Ok((PollOutcome::Stored(counts), validators, notes))
 }
 
 /// Reads a local feed, refusing one over the cap without reading it all.

@@ -53,20 +53,175 @@ pub struct FeedContext {
     pub keep_internal_links: bool,
 }
 
+/// A feed as read: its items, and what reading it took.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ParsedFeed {
+    /// The items herald may store, in feed order.
+    pub items: Vec<FeedItem>,
+    /// The feed's own site link (RSS channel `<link>`, Atom alternate link), if it is
+    /// one herald may mail.
+    pub site_link: Option<String>,
+    /// When the document was not well-formed (or wrongly labelled) and was read after
+    /// repairs: the first thing that was wrong with it.
+    pub recovered: Option<String>,
+    /// Why a document with `<item>` or `<entry>` elements gave no items.
+    pub warning: Option<String>,
+}
+
 /// Parses a feed. Entries without a link herald may mail (see `links`) are skipped;
 /// an entry whose GUID was already seen in the same document is skipped.
 pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, ParseError> {
-    let text = to_utf8(bytes, context.charset.as_deref());
-    let base = context.base.as_ref();
+    read_feed(bytes, context).map(|feed| feed.items)
+}
+
+/// Reads a feed as publishers really write them. The strict parser goes first; when it
+/// refuses the document (or finds no entries in a document that has `<item>` or
+/// `<entry>` elements), the document is repaired (see [`repair_xml`]) and read again,
+/// and the strict parser's error is kept as the reason. Repaired text goes through the
+/// same sanitising as any other, so nothing unsafe is stored either way.
+pub fn read_feed(bytes: &[u8], context: &FeedContext) -> Result<ParsedFeed, ParseError> {
+    let (text, encoding_note) = to_utf8_noting(bytes, context.charset.as_deref());
+    let elements = entry_elements(&text);
+    let strict = parse_document(&text, context);
+    // The strict parser passes HTML entities through as text, which the sanitiser
+    // would decode, but the document is still not XML: say so, and read it repaired.
+    let undefined = undefined_entity(&text);
+    // Likewise text before the first tag, which the parser skips.
+    let stray = text
+        .trim_start()
+        .chars()
+        .next()
+        .filter(|c| *c != '<' && *c != '{' && text.contains('<'));
+    let needs_repair = match &strict {
+        Err(_) => true,
+        Ok(feed) => {
+            (feed.entries.is_empty() && elements > 0) || undefined.is_some() || stray.is_some()
+        }
+    };
+    if needs_repair {
+        let repaired = repair_xml(&text);
+        if repaired != *text
+            && let Ok(feed) = parse_document(&repaired, context)
+            && !feed.entries.is_empty()
+        {
+            let first_error = match (&strict, undefined) {
+                (Err(e), _) => e.0.clone(),
+                (Ok(_), _) if stray.is_some() => {
+                    "the document has text before its first tag (a stray byte before the XML prolog)"
+                        .to_string()
+                }
+                (Ok(_), Some(name)) => format!(
+                    "the entity &{name}; is not defined in XML (only amp, lt, gt, quot and apos are)"
+                ),
+                (Ok(_), None) => {
+                    format!("no entries found in {elements} <item>/<entry> element(s)")
+                }
+            };
+            let mut parsed = feed_items(feed, context);
+            parsed.recovered = Some(encoding_note.unwrap_or(first_error));
+            parsed.warning = no_items_warning(&parsed, elements, None);
+            return Ok(parsed);
+        }
+    }
+    let feed = strict?;
+    let entries = feed.entries.len();
+    let mut parsed = feed_items(feed, context);
+    parsed.recovered = encoding_note;
+    parsed.warning = no_items_warning(&parsed, elements, Some(entries));
+    Ok(parsed)
+}
+
+/// The warning for a document with `<item>`/`<entry>` elements that gave no items:
+/// either the parser found no entries in it, or none had a link herald may mail.
+fn no_items_warning(
+    parsed: &ParsedFeed,
+    elements: usize,
+    entries: Option<usize>,
+) -> Option<String> {
+    if !parsed.items.is_empty() || elements == 0 {
+        return None;
+    }
+    Some(match entries {
+        Some(0) => format!(
+            "the feed has {elements} <item>/<entry> element(s) but none could be read as an \
+             entry (check the root element and its namespace)"
+        ),
+        _ => format!(
+            "the feed has {elements} <item>/<entry> element(s) but none has a link herald may \
+             mail (http or https, to a public host)"
+        ),
+    })
+}
+
+/// The first entity reference outside CDATA that XML does not define, in a document
+/// without a DOCTYPE (a DTD may define any name; such documents are left as they are).
+fn undefined_entity(text: &str) -> Option<&str> {
+    if text.contains("<!DOCTYPE") {
+        return None;
+    }
+    let mut rest = text;
+    loop {
+        let next = rest.find(['&', '<'])?;
+        rest = &rest[next..];
+        if rest.starts_with("<![CDATA[") {
+            rest = &rest[rest.find("]]>").map_or(rest.len(), |e| e + 3)..];
+            continue;
+        }
+        if rest.starts_with('<') {
+            rest = &rest[1..];
+            continue;
+        }
+        let after = &rest[1..];
+        let end = after
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+            .unwrap_or(after.len());
+        let name = &after[..end];
+        if after[end..].starts_with(';')
+            && !name.is_empty()
+            && !name.starts_with('#')
+            && !XML_ENTITIES.contains(&name)
+        {
+            return Some(name);
+        }
+        rest = after;
+    }
+}
+
+/// How many `<item>` and `<entry>` start tags the text has (any namespace prefix).
+fn entry_elements(text: &str) -> usize {
+    let mut count = 0;
+    let mut rest = text;
+    while let Some(at) = rest.find('<') {
+        rest = &rest[at + 1..];
+        let name_end = rest
+            .find(|c: char| c.is_whitespace() || c == '>' || c == '/')
+            .unwrap_or(rest.len());
+        let name = &rest[..name_end];
+        let local = name.rsplit(':').next().unwrap_or(name);
+        if local == "item" || local == "entry" {
+            count += 1;
+        }
+    }
+    count
+}
+
+/// Parses UTF-8 feed text strictly.
+fn parse_document(text: &str, context: &FeedContext) -> Result<feed_rs::model::Feed, ParseError> {
     let parser = feed_rs::parser::Builder::new()
-        .base_uri(base.map(|u| u.as_str()))
+        .base_uri(context.base.as_ref().map(|u| u.as_str()))
         // Missing ids stay empty so that herald keys them itself (link + title), the
         // same way on every poll whatever the parser's version.
         .id_generator(|_, _, _| String::new())
         .build();
-    let feed = parser
+    parser
         .parse(text.as_bytes())
-        .map_err(|e| ParseError(e.to_string()))?;
+        .map_err(|e| ParseError(e.to_string()))
+}
+
+/// The items of a parsed document, and its site link.
+fn feed_items(feed: feed_rs::model::Feed, context: &FeedContext) -> ParsedFeed {
+    let base = context.base.as_ref();
+    let site_link = pick_link(&feed.links, "", base, context.keep_internal_links);
     let max_items = if context.max_items == 0 {
         usize::MAX
     } else {
@@ -135,7 +290,116 @@ pub fn parse_feed(bytes: &[u8], context: &FeedContext) -> Result<Vec<FeedItem>, 
             breaking,
         });
     }
-    Ok(items)
+    ParsedFeed {
+        items,
+        site_link,
+        recovered: None,
+        warning: None,
+    }
+}
+
+/// The XML entities every parser knows; any other name is an HTML entity.
+const XML_ENTITIES: [&str; 5] = ["amp", "lt", "gt", "quot", "apos"];
+
+/// Repairs the ways publishers commonly break XML, for a second reading after the strict
+/// parser failed: anything before the first `<` goes (a stray byte before the prolog);
+/// the obsolete Atom 0.3 namespace becomes Atom 1.0 (its `issued` and `modified` dates
+/// become `published` and `updated`); outside CDATA sections, an HTML entity such as
+/// `&nbsp;` or `&eacute;` becomes the character reference XML knows, and a bare `&`
+/// becomes `&amp;`.
+fn repair_xml(text: &str) -> String {
+    let text = match text.find('<') {
+        Some(at) => &text[at..],
+        None => text,
+    };
+    let mut out = String::with_capacity(text.len() + 64);
+    let mut rest = text;
+    while !rest.is_empty() {
+        if rest.starts_with("<![CDATA[") {
+            let end = rest.find("]]>").map_or(rest.len(), |e| e + 3);
+            out.push_str(&rest[..end]);
+            rest = &rest[end..];
+            continue;
+        }
+        let Some(next) = rest.find(['&', '<']) else {
+            out.push_str(rest);
+            break;
+        };
+        out.push_str(&rest[..next]);
+        rest = &rest[next..];
+        if rest.starts_with('<') {
+            if rest.starts_with("<![CDATA[") {
+                continue;
+            }
+            out.push('<');
+            rest = &rest[1..];
+            continue;
+        }
+        // An entity reference: `&name;` or `&#…;` within a few characters.
+        let reference = rest[1..]
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '#'))
+            .filter(|&end| rest[1 + end..].starts_with(';') && end > 0)
+            .map(|end| &rest[1..1 + end]);
+        match reference {
+            Some(name) if XML_ENTITIES.contains(&name) || name.starts_with('#') => {
+                out.push('&');
+                out.push_str(name);
+                out.push(';');
+                rest = &rest[name.len() + 2..];
+            }
+            Some(name) => {
+                match html_entity(name) {
+                    Some(decoded) => {
+                        for c in decoded.chars() {
+                            out.push_str(&format!("&#{};", u32::from(c)));
+                        }
+                    }
+                    None => {
+                        out.push_str("&amp;");
+                        out.push_str(name);
+                        out.push(';');
+                    }
+                }
+                rest = &rest[name.len() + 2..];
+            }
+            None => {
+                out.push_str("&amp;");
+                rest = &rest[1..];
+            }
+        }
+    }
+    if out.contains("http://purl.org/atom/ns#") {
+        out = out.replace("http://purl.org/atom/ns#", "http://www.w3.org/2005/Atom");
+        for (old, new) in [("issued", "published"), ("modified", "updated")] {
+            out = out
+                .replace(&format!("<{old}>"), &format!("<{new}>"))
+                .replace(&format!("</{old}>"), &format!("</{new}>"));
+        }
+    }
+    out
+}
+
+/// The text of an HTML named entity (`eacute` → `é`), by the HTML parser's own table;
+/// `None` for a name HTML does not define.
+fn html_entity(name: &str) -> Option<String> {
+    static DECODER: LazyLock<ammonia::Builder<'static>> = LazyLock::new(ammonia::Builder::empty);
+    if name.len() > 32 {
+        return None;
+    }
+    let written = format!("&{name};");
+    let cleaned = DECODER.clean(&written).to_string();
+    if cleaned == written {
+        return None;
+    }
+    // The serializer writes `&`, `<`, `>` and the no-break space back as entities.
+    let decoded = match cleaned.as_str() {
+        "&nbsp;" => "\u{a0}".to_string(),
+        "&amp;" => "&".to_string(),
+        "&lt;" => "<".to_string(),
+        "&gt;" => ">".to_string(),
+        other => other.to_string(),
+    };
+    (!decoded.contains('&') && !decoded.is_empty()).then_some(decoded)
 }
 
 /// A title from untrusted HTML or text: sanitised, plain, cut at a word if very long.
@@ -193,38 +457,60 @@ fn pick_link(
 
 /// Decodes the feed to UTF-8. The byte-order mark wins, then the XML prolog's
 /// `encoding` (written by whoever produced the bytes), then the HTTP charset, then
-/// UTF-8; bytes that are not valid UTF-8 under no declaration are read as Windows-1252,
-/// the usual mislabel. XML declarations are then removed so the XML parser does
-/// not decode a second time.
-fn to_utf8<'a>(bytes: &'a [u8], http_charset: Option<&str>) -> Cow<'a, str> {
+/// UTF-8. Labels are often wrong, so the bytes have the last word: bytes that are
+/// valid UTF-8 with non-ASCII characters are read as UTF-8 whatever the label says
+/// (no other encoding in use produces them by chance), and bytes that are not valid
+/// UTF-8 under a UTF-8 label or none are read as Windows-1252, the usual mislabel; each
+/// such case comes back with a note saying so. XML declarations are then removed so the
+/// XML parser does not decode a second time.
+fn to_utf8_noting<'a>(
+    bytes: &'a [u8],
+    http_charset: Option<&str>,
+) -> (Cow<'a, str>, Option<String>) {
     if let Some((encoding, bom_len)) = encoding_rs::Encoding::for_bom(bytes) {
         let (text, _) = encoding.decode_without_bom_handling(&bytes[bom_len..]);
-        return Cow::Owned(relabel_prolog(&text).into_owned());
+        return (Cow::Owned(relabel_prolog(&text).into_owned()), None);
     }
-    let declared = xml_declared_encoding(bytes)
-        .or(http_charset)
+    let label = xml_declared_encoding(bytes).or(http_charset);
+    let declared = label
         .and_then(|label| encoding_rs::Encoding::for_label(label.trim().as_bytes()))
         // A UTF-16 label on bytes without a BOM is almost always wrong (the bytes that
         // spelled the label were ASCII); trust the bytes.
         .filter(|e| *e != encoding_rs::UTF_16LE && *e != encoding_rs::UTF_16BE);
-    let text = match declared {
-        Some(encoding) if encoding != encoding_rs::UTF_8 => {
-            Cow::Owned(encoding.decode_without_bom_handling(bytes).0.into_owned())
-        }
-        _ => match std::str::from_utf8(bytes) {
-            Ok(text) => Cow::Borrowed(text),
-            Err(_) => Cow::Owned(
+    let utf8 = std::str::from_utf8(bytes).ok();
+    let (text, note) = match (declared, utf8) {
+        (Some(encoding), Some(text)) if encoding != encoding_rs::UTF_8 && !text.is_ascii() => (
+            Cow::Borrowed(text),
+            Some(format!(
+                "the feed declares the encoding {}, but its bytes are UTF-8; read as UTF-8",
+                encoding.name()
+            )),
+        ),
+        (Some(encoding), _) if encoding != encoding_rs::UTF_8 => (
+            Cow::Owned(encoding.decode_without_bom_handling(bytes).0.into_owned()),
+            None,
+        ),
+        (_, Some(text)) => (Cow::Borrowed(text), None),
+        (declared, None) => (
+            Cow::Owned(
                 encoding_rs::WINDOWS_1252
                     .decode_without_bom_handling(bytes)
                     .0
                     .into_owned(),
             ),
-        },
+            Some(if declared.is_some() {
+                "the feed declares UTF-8, but its bytes are not; read as Windows-1252".to_string()
+            } else {
+                "the feed declares no encoding and its bytes are not UTF-8; read as Windows-1252"
+                    .to_string()
+            }),
+        ),
     };
-    match relabel_prolog(&text) {
+    let text = match relabel_prolog(&text) {
         Cow::Borrowed(_) => text,
         Cow::Owned(changed) => Cow::Owned(changed),
-    }
+    };
+    (text, note)
 }
 
 /// The `encoding="…"` of an XML declaration at the start of the bytes, if any.
@@ -418,6 +704,127 @@ mod tests {
             now: 1_800_000_000,
             ..FeedContext::default()
         }
+    }
+
+    fn fixture(name: &str) -> Vec<u8> {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/feeds")
+            .join(name);
+        std::fs::read(path).unwrap()
+    }
+
+    /// Each way publishers break XML: the strict parser refuses it (or misreads it),
+    /// the items are recovered in the right characters, and the reason is kept.
+    #[test]
+    fn broken_feeds_are_recovered_with_the_first_error() {
+        let cases: &[(&str, &[&str], &str)] = &[
+            (
+                "rss20-bare-ampersand.xml",
+                &[
+                    "Bread & Butter Fair returns to the green",
+                    "Smith & Sons hardware marks 50 years",
+                ],
+                "",
+            ),
+            (
+                "rss20-html-entities.xml",
+                &[
+                    "Café on Pier Street reopens after repairs",
+                    "School board names new principal – a familiar face",
+                ],
+                "",
+            ),
+            (
+                "rss20-no-encoding-declaration.xml",
+                &[
+                    "Se inaugura la nueva biblioteca en la Pequeña Plaza",
+                    "Concurso de crème brûlée en el mercado",
+                ],
+                "declares no encoding",
+            ),
+            (
+                "rss20-utf8-declared-latin1.xml",
+                &[
+                    "Crème brûlée contest fills the harbour hall",
+                    "Ferry to Øster Island adds a late sailing",
+                ],
+                "bytes are UTF-8",
+            ),
+            (
+                "atom03.xml",
+                &[
+                    "Trail crew clears the ridge path",
+                    "Library extends winter hours",
+                ],
+                "",
+            ),
+            (
+                "rss20-stray-byte-before-prolog.xml",
+                &[
+                    "Snow closes the pass overnight",
+                    "Council approves the new bus shelter",
+                ],
+                "",
+            ),
+        ];
+        for (name, titles, reason) in cases {
+            let feed = read_feed(&fixture(name), &context()).unwrap();
+            let got: Vec<&str> = feed.items.iter().map(|i| i.title.as_str()).collect();
+            assert_eq!(&got, titles, "{name}");
+            let recovered = feed
+                .recovered
+                .unwrap_or_else(|| panic!("{name} is not marked recovered"));
+            assert!(recovered.contains(reason), "{name}: {recovered}");
+            assert_eq!(feed.warning, None, "{name}");
+            assert!(
+                feed.site_link
+                    .as_deref()
+                    .is_some_and(|l| l.starts_with("https://")),
+                "{name}: {:?}",
+                feed.site_link
+            );
+        }
+        // The bare `&` in a link is the query separator it was meant to be.
+        let feed = read_feed(&fixture("rss20-bare-ampersand.xml"), &context()).unwrap();
+        assert_eq!(
+            feed.items[0].link,
+            "https://millbrook-ledger.example/story?id=1&ref=rss"
+        );
+        // Atom 0.3 dates become publication times.
+        let feed = read_feed(&fixture("atom03.xml"), &context()).unwrap();
+        assert!(feed.items.iter().all(|i| i.published_at.is_some()));
+    }
+
+    #[test]
+    fn a_well_formed_feed_is_not_marked_recovered() {
+        let feed = read_feed(&fixture("rss20-basic.xml"), &context()).unwrap();
+        assert_eq!(feed.recovered, None);
+        assert_eq!(feed.warning, None);
+        assert!(!feed.items.is_empty());
+    }
+
+    #[test]
+    fn entries_that_give_no_items_are_a_warning_with_the_reason() {
+        let unsafe_links = br#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+            <item><title>a</title><link>javascript:alert(1)</link></item>
+            <item><title>b</title><link>ftp://files.example/b</link></item></channel></rss>"#;
+        let feed = read_feed(unsafe_links, &context()).unwrap();
+        assert!(feed.items.is_empty());
+        let warning = feed.warning.expect("a warning");
+        assert!(warning.contains("2 <item>/<entry>"), "{warning}");
+        assert!(warning.contains("link herald may mail"), "{warning}");
+
+        let empty = read_feed(&fixture("rss20-empty-channel.xml"), &context()).unwrap();
+        assert_eq!(empty.warning, None, "no entries at all is no warning");
+    }
+
+    #[test]
+    fn repairs_leave_cdata_and_known_references_alone() {
+        let text = "x<a>&amp; &#233; &eacute; & <![CDATA[a & b &nbsp;]]> &bogus;</a>";
+        assert_eq!(
+            repair_xml(text),
+            "<a>&amp; &#233; &#233; &amp; <![CDATA[a & b &nbsp;]]> &amp;bogus;</a>"
+        );
     }
 
     #[test]

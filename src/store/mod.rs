@@ -27,6 +27,7 @@ mod rate_limits;
 mod seed;
 mod sends;
 mod signup;
+mod sponsors;
 mod sql_types;
 mod states;
 mod status;
@@ -50,6 +51,7 @@ pub use signup::{
     ConfirmOutcome, Consent, ConsentRecord, Queued, ReaderPreferences, SignupMail, SignupOutcome,
     WebSignup,
 };
+pub use sponsors::{SponsorReport, SponsorRow};
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 pub use suppressions::{Suppression, SuppressionKey};
@@ -170,6 +172,9 @@ pub struct Store {
     engine: Option<EngineConnection>,
     /// What the suppression list's entries are keyed with.
     suppression: SuppressionKey,
+    /// The most stories a planned digest lists (`[digest] max_stories`); `None` lists
+    /// every story of the window.
+    max_stories: Option<u32>,
 }
 
 /// The schema against the migrations this binary carries.
@@ -182,6 +187,16 @@ pub struct MigrationStatus {
     /// Versions the database has applied that this binary does not carry.
     pub unknown: Vec<i64>,
 }
+
+/// How a region's stories are ranked in a digest, the same for planning and previews:
+/// breaking first, then the region's `story_order` (newest publication first, or the
+/// order its feed listed them, a later poll's first). Over `articles a`,
+/// `article_regions ar` and `regions r`.
+const REGION_STORY_ORDER: &str = "a.breaking DESC,
+    CASE WHEN r.story_order = 'feed' THEN -ar.added_at
+         ELSE -COALESCE(a.published_at, a.ingested_at) END,
+    CASE WHEN r.story_order = 'feed' THEN ar.feed_position ELSE 0 END,
+    a.id DESC";
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
@@ -337,7 +352,14 @@ impl Store {
             backend,
             engine,
             suppression,
+            max_stories: None,
         })
+    }
+
+    /// Caps the stories of every digest this store plans (`[digest] max_stories`).
+    pub fn with_max_stories(mut self, max_stories: u32) -> Store {
+        self.max_stories = Some(max_stories);
+        self
     }
 
     /// Brings the schema up to date, with the rows SQL cannot convert: suppression
@@ -413,14 +435,18 @@ impl Store {
         let mut tx = self.begin_write().await?;
         for region in regions {
             sqlx::query(
-                "INSERT INTO regions (slug, name, parent, timezone) VALUES ($1, $2, $3, $4)
+                "INSERT INTO regions (slug, name, parent, timezone, url, story_order)
+                 VALUES ($1, $2, $3, $4, $5, $6)
                  ON CONFLICT (slug) DO UPDATE SET name = excluded.name,
-                     parent = excluded.parent, timezone = excluded.timezone",
+                     parent = excluded.parent, timezone = excluded.timezone,
+                     url = excluded.url, story_order = excluded.story_order",
             )
             .bind(region.slug.as_str())
             .bind(&region.name)
             .bind(region.parent.as_ref().map(|p| p.as_str().to_string()))
             .bind(region.timezone.name())
+            .bind(region.url.as_ref().map(|u| u.to_string()))
+            .bind(region.order.as_str())
             .execute(&mut *tx)
             .await?;
         }

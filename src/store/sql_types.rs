@@ -7,7 +7,7 @@ use sqlx::error::BoxDynError;
 use sqlx::{Database, Decode, Encode, Type};
 
 use crate::domain::{
-    ArticleId, DeliveryId, EditionId, FeedId, SendId, SignupId, SubscriberId, Timestamp,
+    ArticleId, DeliveryId, EditionId, FeedId, SendId, SignupId, SponsorId, SubscriberId, Timestamp,
 };
 
 /// Maps each type to and from its `i64`.
@@ -58,4 +58,5 @@ stored_as_i64! {
     FeedId: FeedId::new, FeedId::get;
     SignupId: SignupId::new, SignupId::get;
     SendId: SendId::new, SendId::get;
+    SponsorId: SponsorId::new, SponsorId::get;
 }

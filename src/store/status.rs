@@ -38,6 +38,10 @@ pub struct FeedStatus {
     pub next_poll_at: Option<Timestamp>,
     /// Polls in a row that failed.
     pub consecutive_failures: i64,
+    /// When the last read needed repairs: the strict parser's first error.
+    pub recovered_error: Option<String>,
+    /// When the last read found entries but no items: why.
+    pub parse_warning: Option<String>,
 }
 
 /// A feed's row as stored, before decoding.
@@ -51,6 +55,8 @@ struct StoredFeedStatus {
     last_error: Option<String>,
     next_poll_at: Option<Timestamp>,
     consecutive_failures: i64,
+    recovered_error: Option<String>,
+    parse_warning: Option<String>,
 }
 
 impl Store {
@@ -162,7 +168,7 @@ impl Store {
     pub async fn feed_statuses(&self) -> Result<Vec<FeedStatus>> {
         let rows: Vec<StoredFeedStatus> = sqlx::query_as(
             "SELECT id, region_slug, url, last_polled_at, last_success_at, last_error,
-                    next_poll_at, consecutive_failures
+                    next_poll_at, consecutive_failures, recovered_error, parse_warning
              FROM feeds ORDER BY region_slug, url",
         )
         .fetch_all(&self.pool)
@@ -177,6 +183,8 @@ impl Store {
                     last_error: row.last_error,
                     next_poll_at: row.next_poll_at,
                     consecutive_failures: row.consecutive_failures,
+                    recovered_error: row.recovered_error,
+                    parse_warning: row.parse_warning,
                 })
             })
             .collect()

@@ -1,6 +1,7 @@
 //! The admin API under `/admin/api`: a newsroom's CMS pushes articles here, and admins
 //! start and steer manual sends (`sends`), look readers up, erase them and lift
-//! suppressions (`readers`), and read the ledger and the site's counts (`ledger`).
+//! suppressions (`readers`), read the ledger and the site's counts (`ledger`), and book
+//! sponsor slots (`sponsors`).
 //! `docs/admin-api.yaml` describes every route.
 //!
 //! Every route sits behind `Authorization: Bearer TOKEN`, checked by a middleware that
@@ -11,6 +12,7 @@
 mod ledger;
 mod readers;
 mod sends;
+mod sponsors;
 
 pub(crate) use ledger::feed_health;
 
@@ -52,6 +54,12 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/api/deliveries", get(ledger::deliveries))
         .route("/admin/api/deliveries/retry", post(ledger::retry))
         .route("/admin/api/stats", get(ledger::stats))
+        .route(
+            "/admin/api/sponsors",
+            get(sponsors::list).post(sponsors::add),
+        )
+        .route("/admin/api/sponsors/report", get(sponsors::report))
+        .route("/admin/api/sponsors/{id}", delete(sponsors::remove))
         // route_layer: only matched routes ask for a token; unknown paths stay 404.
         // The layer added last runs first: the token, then the announced length.
         .route_layer(middleware::from_fn(refuse_oversized))

@@ -9,6 +9,7 @@
 
 mod sends;
 mod session;
+mod sponsors;
 mod views;
 
 use axum::Router;
@@ -28,7 +29,7 @@ use crate::config::MailConfig;
 use crate::domain::Timestamp;
 
 /// The dashboard's templates; each must exist and parse.
-const TEMPLATES: [&str; 10] = [
+const TEMPLATES: [&str; 11] = [
     "web/admin/layout.html.j2",
     "web/admin/_poll.html.j2",
     "web/admin/login.html.j2",
@@ -39,6 +40,7 @@ const TEMPLATES: [&str; 10] = [
     "web/admin/readers.html.j2",
     "web/admin/failures.html.j2",
     "web/admin/feeds.html.j2",
+    "web/admin/sponsors.html.j2",
 ];
 
 /// The loaded dashboard templates (HTML auto-escaped, as the reader pages are).
@@ -193,6 +195,21 @@ fn samples() -> Vec<(&'static str, Value)> {
                 }],
             })),
         ),
+        (
+            "web/admin/sponsors.html.j2",
+            base(json!({
+                "nav": "sponsors", "notice": "Sample notice.", "error": "Sample error.",
+                "sponsors": [{
+                    "id": 1, "from": "2027-01-14", "to": "2027-01-20", "regions": ["town"],
+                    "label": "Sponsored by <Sample>", "headline": "Sample headline",
+                    "link": "https://example.org/", "sent": 3, "waiting": 1,
+                }],
+                "fields": {
+                    "regions": "town", "from": "", "to": "", "label": "", "headline": "",
+                    "body": "", "link": "", "image": "", "alt": "",
+                },
+            })),
+        ),
     ]
 }
 
@@ -216,6 +233,8 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/failures", get(views::failures))
         .route("/admin/failures/retry", post(views::retry))
         .route("/admin/feeds", get(views::feeds))
+        .route("/admin/sponsors", get(sponsors::list).post(sponsors::add))
+        .route("/admin/sponsors/remove", post(sponsors::remove))
         .route("/admin/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

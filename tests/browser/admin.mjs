@@ -155,6 +155,9 @@ try {
   await page.getByRole("link", { name: "Feeds" }).click();
   await page.getByRole("heading", { name: "Feed health" }).waitFor();
   urls.feeds = page.url();
+  await page.getByRole("link", { name: "Sponsors" }).click();
+  await page.getByRole("heading", { name: "Sponsor slots" }).waitFor();
+  urls.sponsors = page.url();
 
   // 5. Every page at both widths; on a phone nothing is wider than the screen.
   for (const [width, size] of Object.entries(widths)) {

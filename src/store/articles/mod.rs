@@ -1,6 +1,8 @@
 //! Feeds and articles: what ingest writes and what planning reads.
 
-use super::{Result, Store};
+use sqlx::AssertSqlSafe;
+
+use super::{REGION_STORY_ORDER, Result, Store};
 use crate::domain::{ArticleId, FeedId, FeedItem, RegionSlug, Timestamp};
 
 /// What one poll of one feed changed.
@@ -98,7 +100,7 @@ impl Store {
     ) -> Result<FeedCounts> {
         let mut counts = FeedCounts::default();
         let mut tx = self.begin_write().await?;
-        for item in items {
+        for (position, item) in items.iter().enumerate() {
             let by_guid: Option<(ArticleId, String, String, String, i64)> = sqlx::query_as(
                 "SELECT a.id, a.title, a.summary, a.category, a.breaking FROM article_sources s
                  JOIN articles a ON a.id = s.article_id
@@ -152,7 +154,7 @@ impl Store {
             .bind(article_id)
             .execute(&mut *tx)
             .await?;
-            add_to_region(&mut tx, article_id, region, now).await?;
+            add_to_region(&mut tx, article_id, region, now, position as i64).await?;
             counts.new += 1;
         }
         sqlx::query(
@@ -166,6 +168,30 @@ impl Store {
         .await?;
         tx.commit().await?;
         Ok(counts)
+    }
+
+    /// What reading a feed's document found: its site link (kept when the document
+    /// gave none), and whether it needed repairs (the first error) or gave no items
+    /// despite having entries (why). Both notes are cleared by a clean read.
+    pub async fn record_feed_read(
+        &self,
+        feed_id: FeedId,
+        site_url: Option<&str>,
+        recovered: Option<&str>,
+        warning: Option<&str>,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE feeds SET site_url = COALESCE($1, site_url), recovered_error = $2,
+                 parse_warning = $3
+             WHERE id = $4",
+        )
+        .bind(site_url)
+        .bind(recovered)
+        .bind(warning)
+        .bind(feed_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// After a successful poll (full or `304 Not Modified`): keeps the server's validators
@@ -240,11 +266,11 @@ impl Store {
         let outcome = match existing {
             None => {
                 let id = insert_article(&mut tx, item, now).await?;
-                add_to_region(&mut tx, id, region, now).await?;
+                add_to_region(&mut tx, id, region, now, 0).await?;
                 PushOutcome::Created(id)
             }
             Some((id, title, summary, category, breaking)) => {
-                let mut changed = add_to_region(&mut tx, id, region, now).await?;
+                let mut changed = add_to_region(&mut tx, id, region, now, 0).await?;
                 if title != item.title
                     || summary != item.summary
                     || category != item.category
@@ -306,6 +332,60 @@ impl Store {
                 },
             )
             .collect())
+    }
+
+    /// A region's articles added since `since`, ranked as a digest ranks them, split at
+    /// `[digest] max_stories`: the stories a digest would list, and how many it would
+    /// leave out (for previews and a send's sample).
+    pub async fn ranked_region_articles(
+        &self,
+        region: &RegionSlug,
+        since: Timestamp,
+    ) -> Result<(Vec<ArticleRow>, u32)> {
+        let rows: Vec<(ArticleId, String, String, String, String, Option<Timestamp>)> =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT a.id, a.link, a.title, a.summary, a.category, a.published_at
+                 FROM article_regions ar JOIN articles a ON a.id = ar.article_id
+                 LEFT JOIN regions r ON r.slug = ar.region_slug
+                 WHERE ar.region_slug = $1 AND ar.added_at >= $2
+                 ORDER BY {REGION_STORY_ORDER}"
+            )))
+            .bind(region.as_str())
+            .bind(since)
+            .fetch_all(&self.pool)
+            .await?;
+        let cap = self.max_stories.map_or(usize::MAX, |n| n as usize);
+        let left_out = u32::try_from(rows.len().saturating_sub(cap)).unwrap_or(u32::MAX);
+        let rows = rows
+            .into_iter()
+            .take(cap)
+            .map(
+                |(id, link, title, summary, category, published_at)| ArticleRow {
+                    id,
+                    link,
+                    title,
+                    summary,
+                    category,
+                    published_at,
+                },
+            )
+            .collect();
+        Ok((rows, left_out))
+    }
+
+    /// Where "and N more stories" leads for a region: its `url`, else the site link of
+    /// its first feed that gave one.
+    pub async fn region_page(&self, region: &RegionSlug) -> Result<Option<String>> {
+        let row: Option<(Option<String>,)> = sqlx::query_as(
+            "SELECT COALESCE(r.url, (SELECT f.site_url FROM feeds f
+                                     WHERE f.region_slug = r.slug AND f.site_url IS NOT NULL
+                                     ORDER BY f.id LIMIT 1))
+             FROM regions r WHERE r.slug = $1",
+        )
+        .bind(region.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.and_then(|(url,)| url))
     }
 
     /// How many articles are stored (all regions).
@@ -398,20 +478,24 @@ async fn update_article(
     Ok(())
 }
 
-/// Files an article under a region; true if it was not there yet.
+/// Files an article under a region, at `feed_position` in its feed (0 for a pushed
+/// article); true if it was not there yet.
 async fn add_to_region(
     tx: &mut Tx<'_>,
     article_id: ArticleId,
     region: &RegionSlug,
     now: Timestamp,
+    feed_position: i64,
 ) -> Result<bool> {
     let done = sqlx::query(
-        "INSERT INTO article_regions (article_id, region_slug, added_at) VALUES ($1, $2, $3)
+        "INSERT INTO article_regions (article_id, region_slug, added_at, feed_position)
+         VALUES ($1, $2, $3, $4)
          ON CONFLICT (article_id, region_slug) DO NOTHING",
     )
     .bind(article_id)
     .bind(region.as_str())
     .bind(now)
+    .bind(feed_position)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected() > 0)

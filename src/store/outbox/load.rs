@@ -9,7 +9,8 @@ use sqlx::AssertSqlSafe;
 
 use super::{ClaimedDelivery, Recipient};
 use crate::domain::{
-    ArticleId, DeliveryArticle, DeliveryId, DeliveryKind, ReaderRegion, SubscriberId, Timestamp,
+    ArticleId, DeliveryArticle, DeliveryId, DeliveryKind, MoreStories, ReaderRegion, SponsorId,
+    SubscriberId, Timestamp,
 };
 use crate::store::{Result, Store, decode, placeholders};
 
@@ -24,6 +25,7 @@ struct ClaimedRow {
     attempts: i64,
     expires_at: Timestamp,
     content_id: Option<i64>,
+    sponsor_id: Option<SponsorId>,
     email: Option<String>,
     state: Option<String>,
     timezone: Option<String>,
@@ -80,7 +82,7 @@ impl Store {
         }
         let sql = format!(
             "SELECT d.id, d.subscriber_id, d.kind, d.cadence, d.message_id, d.attempts,
-                    d.expires_at, d.content_id, s.email, s.state, s.timezone
+                    d.expires_at, d.content_id, d.sponsor_id, s.email, s.state, s.timezone
              FROM deliveries d LEFT JOIN subscribers s ON s.id = d.subscriber_id
              WHERE d.id IN ({}) ORDER BY d.id",
             placeholders(1, ids.len())
@@ -96,6 +98,11 @@ impl Store {
         contents.sort_unstable();
         contents.dedup();
         let articles = self.content_articles(&contents).await?;
+        let more = self.content_overflow(&contents).await?;
+        let mut sponsor_ids: Vec<SponsorId> = rows.iter().filter_map(|r| r.sponsor_id).collect();
+        sponsor_ids.sort_unstable();
+        sponsor_ids.dedup();
+        let sponsors = self.sponsor_blocks(&sponsor_ids).await?;
 
         // Each row's suppression entry, computed once (a keyed hash is not free).
         let entries: Vec<Option<String>> = rows
@@ -141,6 +148,11 @@ impl Store {
                         .content_id
                         .and_then(|c| articles.get(&c).cloned())
                         .unwrap_or_else(|| Arc::new([])),
+                    sponsor: row.sponsor_id.and_then(|id| sponsors.get(&id).cloned()),
+                    more: row
+                        .content_id
+                        .and_then(|c| more.get(&c).cloned())
+                        .unwrap_or_else(|| Arc::new([])),
                     regions: if kind.is_signup() {
                         regions.get(&row.subscriber_id).cloned().unwrap_or_default()
                     } else {
@@ -151,7 +163,47 @@ impl Store {
             .collect()
     }
 
-    /// The articles of each content, ordered by region then newest first.
+    /// The stories the cap left out of each content, per region, with the region's page.
+    pub(crate) async fn content_overflow(
+        &self,
+        contents: &[i64],
+    ) -> Result<HashMap<i64, Arc<[MoreStories]>>> {
+        let mut out: HashMap<i64, Vec<MoreStories>> = HashMap::new();
+        if contents.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT o.content_id, o.region_slug, COALESCE(r.name, o.region_slug), o.stories,
+                    COALESCE(r.url, (SELECT f.site_url FROM feeds f
+                                     WHERE f.region_slug = o.region_slug AND f.site_url IS NOT NULL
+                                     ORDER BY f.id LIMIT 1))
+             FROM content_overflow o LEFT JOIN regions r ON r.slug = o.region_slug
+             WHERE o.content_id IN ({})
+             ORDER BY o.content_id, o.region_slug",
+            placeholders(1, contents.len())
+        );
+        let mut query =
+            sqlx::query_as::<_, (i64, String, String, i64, Option<String>)>(AssertSqlSafe(sql));
+        for id in contents {
+            query = query.bind(*id);
+        }
+        for (content_id, slug, name, stories, url) in query.fetch_all(&self.pool).await? {
+            let key = format!("({content_id}, {slug})");
+            out.entry(content_id).or_default().push(MoreStories {
+                region_slug: decode("content_overflow", &key, "region_slug", &slug)?,
+                region_name: name,
+                stories: u32::try_from(stories).unwrap_or(u32::MAX),
+                url,
+            });
+        }
+        Ok(out
+            .into_iter()
+            .map(|(content, list)| (content, list.into()))
+            .collect())
+    }
+
+    /// The articles of each content in the order the planner ranked them, each region's
+    /// stories together (the regions in the order of their top story).
     async fn content_articles(
         &self,
         contents: &[i64],
@@ -168,7 +220,10 @@ impl Store {
              JOIN articles a ON a.id = da.article_id
              LEFT JOIN regions r ON r.slug = da.region_slug
              WHERE da.content_id IN ({})
-             ORDER BY da.content_id, da.region_slug,
+             ORDER BY da.content_id,
+                 (SELECT MIN(x.position) FROM content_articles x
+                  WHERE x.content_id = da.content_id AND x.region_slug = da.region_slug),
+                 da.region_slug, da.position,
                  COALESCE(a.published_at, a.ingested_at) DESC, a.id DESC",
             placeholders(1, contents.len())
         );

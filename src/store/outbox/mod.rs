@@ -16,8 +16,8 @@ use super::{
     Backend, EngineConnRef, EngineTransaction, Result, Store, on_engine, placeholders, states,
 };
 use crate::domain::{
-    Cadence, DeliveryArticle, DeliveryId, DeliveryKind, DeliveryState, Email, ReaderRegion,
-    SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
+    Cadence, DeliveryArticle, DeliveryId, DeliveryKind, DeliveryState, Email, MoreStories,
+    ReaderRegion, SponsorBlock, SubscriberId, SubscriberState, Timestamp, Timezone, Transition,
 };
 
 /// Who holds a claimed row: one value per running worker, chosen at random, so a
@@ -80,6 +80,11 @@ pub struct ClaimedDelivery {
     /// The articles to carry, ordered by region then newest first; shared by the
     /// readers of one content group.
     pub articles: Arc<[DeliveryArticle]>,
+    /// The stories the cap left out, per region; shared like `articles`.
+    pub more: Arc<[MoreStories]>,
+    /// The sponsor block a digest carries, chosen when it was planned (none once the
+    /// booking is removed).
+    pub sponsor: Option<Arc<SponsorBlock>>,
     /// For sign-up emails only: the regions the reader follows, by name.
     pub regions: Vec<ReaderRegion>,
 }

@@ -7,7 +7,10 @@ use super::Tx;
 use crate::domain::{
     Cadence, DeliveryKind, EditionId, RegionSlug, SubscriberId, Timestamp, Timezone, Transition,
 };
-use crate::store::{Backend, DryRun, PlanSummary, Result, Store, decode, states};
+use crate::store::sponsors::SPONSOR_ORDER;
+use crate::store::{
+    Backend, DryRun, PlanSummary, REGION_STORY_ORDER, Result, Store, decode, states,
+};
 
 /// The PostgreSQL advisory lock key planners hold while they plan ("herald" in ASCII).
 const PLANNER_LOCK: i64 = 0x6865_7261_6c64;
@@ -28,6 +31,9 @@ pub(super) struct DigestBatch<'a> {
     pub now: Timestamp,
     /// When the digests stop being worth sending.
     pub expires_at: Timestamp,
+    /// The readers' zone, when they share one (a scheduled slot); a manual send's
+    /// readers are in many.
+    pub zone: Option<Timezone>,
 }
 
 impl Store {
@@ -222,13 +228,47 @@ impl Store {
         .await?;
         let kept = "NOT EXISTS (SELECT 1 FROM plan_received r
                                 WHERE r.subscriber_id = pc.reader AND r.article_id = c.article_id)";
+        // Each content's stories ranked: breaking first, then each region's own order
+        // (`regions.story_order`), the regions taking turns so that a reader of several
+        // sees the top of each. Only the first `max_stories` go out; the rest are counted
+        // per region and stay unsent, so the reader's next digest can carry them.
+        self.temp_table(
+            tx,
+            "plan_ranked",
+            "contents_id BIGINT NOT NULL,
+             article_id  BIGINT NOT NULL,
+             region_slug TEXT NOT NULL,
+             position    BIGINT NOT NULL,
+             PRIMARY KEY (contents_id, article_id)",
+        )
+        .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO plan_ranked (contents_id, article_id, region_slug, position)
+             SELECT x.pc_id, x.article_id, x.region_slug,
+                    ROW_NUMBER() OVER (PARTITION BY x.pc_id
+                                       ORDER BY x.breaking DESC, x.region_rank, x.region_slug) - 1
+             FROM (SELECT pc.id AS pc_id, c.article_id, c.region_slug, a.breaking,
+                          ROW_NUMBER() OVER (
+                              PARTITION BY pc.id, c.region_slug
+                              ORDER BY {REGION_STORY_ORDER}) AS region_rank
+                   FROM plan_contents pc
+                   JOIN plan_candidates c ON c.group_id = pc.group_id
+                   JOIN articles a ON a.id = c.article_id
+                   JOIN article_regions ar ON ar.article_id = c.article_id
+                                          AND ar.region_slug = c.region_slug
+                   LEFT JOIN regions r ON r.slug = c.region_slug
+                   WHERE {kept}) x"
+        )))
+        .execute(&mut **tx)
+        .await?;
+        let cap = self.max_stories.map_or(i64::MAX, i64::from);
         sqlx::query(AssertSqlSafe(format!(
             "UPDATE plan_contents SET
-                 articles = (SELECT COUNT(*) FROM plan_candidates c, plan_contents pc
-                             WHERE pc.id = plan_contents.id AND c.group_id = pc.group_id AND {kept}),
-                 articles_through = (SELECT MAX(c.article_id) FROM plan_candidates c, plan_contents pc
-                                     WHERE pc.id = plan_contents.id AND c.group_id = pc.group_id
-                                       AND {kept})"
+                 articles = (SELECT COUNT(*) FROM plan_ranked k
+                             WHERE k.contents_id = plan_contents.id AND k.position < {cap}),
+                 articles_through = (SELECT MAX(k.article_id) FROM plan_ranked k
+                                     WHERE k.contents_id = plan_contents.id
+                                       AND k.position < {cap})"
         )))
         .execute(&mut **tx)
         .await?;
@@ -254,14 +294,23 @@ impl Store {
         .execute(&mut **tx)
         .await?;
         let contents = sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO content_articles (content_id, article_id, region_slug)
-             SELECT pc.content_id, c.article_id, c.region_slug
-             FROM plan_contents pc JOIN plan_candidates c ON c.group_id = pc.group_id
-             WHERE {kept}"
+            "INSERT INTO content_articles (content_id, article_id, region_slug, position)
+             SELECT pc.content_id, k.article_id, k.region_slug, k.position
+             FROM plan_contents pc JOIN plan_ranked k ON k.contents_id = pc.id
+             WHERE k.position < {cap}"
         )))
         .execute(&mut **tx)
         .await?
         .rows_affected();
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO content_overflow (content_id, region_slug, stories)
+             SELECT pc.content_id, k.region_slug, COUNT(*)
+             FROM plan_contents pc JOIN plan_ranked k ON k.contents_id = pc.id
+             WHERE k.position >= {cap}
+             GROUP BY pc.content_id, k.region_slug"
+        )))
+        .execute(&mut **tx)
+        .await?;
 
         // One delivery per reader with something to read.
         let deliveries = sqlx::query(AssertSqlSafe(format!(
@@ -288,6 +337,7 @@ impl Store {
         .execute(&mut **tx)
         .await?
         .rows_affected();
+        self.assign_sponsors(tx, batch).await?;
         let (articles,): (i64,) = sqlx::query_as(
             "SELECT CAST(COALESCE(SUM(readers * articles), 0) AS BIGINT) FROM plan_contents",
         )
@@ -307,6 +357,108 @@ impl Store {
             recipients: Vec::new(),
             zones: Vec::new(),
         })
+    }
+
+    /// Records on each digest of the edition the sponsor booking it carries: of the
+    /// bookings running on the digest's date in the reader's zone, for a region the
+    /// reader follows at this cadence or one above it, the most specific region's, then
+    /// the earliest. Nothing to do (one cheap look-up) when no booking runs then.
+    async fn assign_sponsors(&self, tx: &mut Tx, batch: &DigestBatch<'_>) -> Result<()> {
+        let zones: Vec<Timezone> = match batch.zone {
+            Some(zone) => vec![zone],
+            None => {
+                let names: Vec<(String,)> = sqlx::query_as(
+                    "SELECT DISTINCT s.timezone FROM deliveries d
+                     JOIN subscribers s ON s.id = d.subscriber_id WHERE d.edition_id = $1",
+                )
+                .bind(batch.edition_id)
+                .fetch_all(&mut **tx)
+                .await?;
+                names
+                    .into_iter()
+                    .map(|(name,)| decode("subscribers", "timezone", "timezone", &name))
+                    .collect::<Result<_>>()?
+            }
+        };
+        let dates: Vec<(Timezone, String)> = zones
+            .into_iter()
+            .map(|zone| (zone, batch.slot_at.local_date(zone).to_string()))
+            .collect();
+        let (Some(first), Some(last)) = (
+            dates.iter().map(|(_, d)| d).min(),
+            dates.iter().map(|(_, d)| d).max(),
+        ) else {
+            return Ok(());
+        };
+        let (running,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM sponsors WHERE starts_on <= $1 AND ends_on >= $2")
+                .bind(last)
+                .bind(first)
+                .fetch_one(&mut **tx)
+                .await?;
+        if running == 0 {
+            return Ok(());
+        }
+        self.temp_table(
+            tx,
+            "plan_sponsor_scope",
+            "region_slug TEXT NOT NULL,
+             booked_slug TEXT NOT NULL,
+             depth       BIGINT NOT NULL,
+             PRIMARY KEY (region_slug, booked_slug)",
+        )
+        .await?;
+        for (region, reach) in self.sponsor_scope().await? {
+            for (booked, depth) in reach {
+                sqlx::query(
+                    "INSERT INTO plan_sponsor_scope (region_slug, booked_slug, depth)
+                     VALUES ($1, $2, $3)",
+                )
+                .bind(region.as_str())
+                .bind(booked.as_str())
+                .bind(depth)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        // A scheduled slot's readers share its zone; a manual send's are updated zone
+        // by zone, each on its own date.
+        let (zone_filter, region_param) = match batch.zone {
+            Some(_) => ("", "$4"),
+            None => (
+                "AND deliveries.subscriber_id IN (SELECT id FROM subscribers WHERE timezone = $4)",
+                "$5",
+            ),
+        };
+        let region_filter = match batch.region {
+            Some(_) => format!("AND sub.region_slug = {region_param}"),
+            None => String::new(),
+        };
+        for (zone, date) in &dates {
+            let sql = format!(
+                "UPDATE deliveries SET sponsor_id = (
+                     SELECT sp.id FROM subscriptions sub
+                     JOIN plan_sponsor_scope sc ON sc.region_slug = sub.region_slug
+                     JOIN sponsor_regions sr ON sr.region_slug = sc.booked_slug
+                     JOIN sponsors sp ON sp.id = sr.sponsor_id
+                     WHERE sub.subscriber_id = deliveries.subscriber_id AND sub.cadence = $2
+                       AND sp.starts_on <= $3 AND sp.ends_on >= $3 {region_filter}
+                     ORDER BY {SPONSOR_ORDER} LIMIT 1)
+                 WHERE deliveries.edition_id = $1 {zone_filter}"
+            );
+            let mut update = sqlx::query(AssertSqlSafe(sql))
+                .bind(batch.edition_id)
+                .bind(batch.cadence.as_str())
+                .bind(date);
+            if batch.zone.is_none() {
+                update = update.bind(zone.name());
+            }
+            if let Some(region) = batch.region {
+                update = update.bind(region.as_str());
+            }
+            update.execute(&mut **tx).await?;
+        }
+        Ok(())
     }
 
     /// Creates an empty temporary table for this transaction. On SQLite temporary tables

@@ -75,6 +75,7 @@ impl Store {
                     slot_at: now,
                     now,
                     expires_at,
+                    zone: None,
                 },
             )
             .await?;

@@ -226,16 +226,26 @@ impl Store {
             return Ok(PlanSummary::default());
         };
         self.create_plan_readers(&mut tx).await?;
-        // Window start: the reader's previous digest of this cadence (cadences other than
-        // `alert` are only ever digests, so the index answers MAX alone), else one period
-        // back or the subscription if older. `regions` is what the reader follows at this
+        // Window start: the reader's previous digest of this cadence, else one period
+        // back or the subscription if older. When the cap left stories of that digest
+        // out (`content_overflow`), the window starts where that digest's did, at most
+        // one period before its slot, so those stories are candidates again; the ones it
+        // carried are left out as received. `regions` is what the reader follows at this
         // cadence; `articles_through` the highest article id in anything they received.
         sqlx::query(
             "INSERT INTO plan_readers (subscriber_id, window_start, regions, articles_through)
              SELECT s.id,
                     COALESCE(
-                        (SELECT MAX(d.slot_at) FROM deliveries d
-                         WHERE d.subscriber_id = s.id AND d.cadence = $1),
+                        (SELECT CASE
+                                    WHEN NOT EXISTS (SELECT 1 FROM content_overflow o
+                                                     WHERE o.content_id = d.content_id)
+                                        THEN d.slot_at
+                                    WHEN d.window_start > d.slot_at - $4 THEN d.window_start
+                                    ELSE d.slot_at - $4
+                                END
+                         FROM deliveries d
+                         WHERE d.subscriber_id = s.id AND d.cadence = $1
+                         ORDER BY d.slot_at DESC LIMIT 1),
                         CASE WHEN MIN(sub.created_at) < $2 THEN MIN(sub.created_at) ELSE $2 END),
                     CASE WHEN COUNT(*) = 1 THEN MIN(sub.region_slug) ELSE
                         (SELECT string_agg(x.region_slug, ',' ORDER BY x.region_slug)
@@ -251,6 +261,7 @@ impl Store {
         .bind(plan.cadence.as_str())
         .bind(plan.slot_at - plan.period)
         .bind(plan.zone.name())
+        .bind(i64::try_from(plan.period.as_secs()).unwrap_or(i64::MAX))
         .execute(&mut *tx)
         .await?;
         let summary = self
@@ -263,6 +274,7 @@ impl Store {
                     slot_at: plan.slot_at,
                     now: plan.now,
                     expires_at: plan.expires_at,
+                    zone: Some(plan.zone),
                 },
             )
             .await?;

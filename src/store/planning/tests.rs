@@ -207,8 +207,31 @@ async fn rows_planned_before_content_groups_keep_their_articles() {
             &[("north", Cadence::Daily), ("south", Cadence::Weekly)],
         )
         .await;
-        let older = story(store, "north", "older", MONDAY - 7_200).await;
-        let newer = story(store, "north", "newer", MONDAY - 3_600).await;
+        // Stored as that schema stored them (today's ingest writes newer columns).
+        let mut ids = Vec::new();
+        for (key, when) in [("older", MONDAY - 7_200), ("newer", MONDAY - 3_600)] {
+            let (article,): (ArticleId,) = sqlx::query_as(
+                "INSERT INTO articles (link, title, published_at, ingested_at, updated_at)
+                 VALUES ($1, $2, $3, $3, $3) RETURNING id",
+            )
+            .bind(format!("https://news.test.example/{key}"))
+            .bind(format!("Story {key}"))
+            .bind(when)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+            sqlx::query(
+                "INSERT INTO article_regions (article_id, region_slug, added_at)
+                 VALUES ($1, 'north', $2)",
+            )
+            .bind(article)
+            .bind(when)
+            .execute(&store.pool)
+            .await
+            .unwrap();
+            ids.push(article);
+        }
+        let (older, newer) = (ids[0], ids[1]);
         // A digest queued the old way: one placement row per (reader, article).
         let (edition,): (i64,) = sqlx::query_as(
             "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at, timezone)
@@ -337,5 +360,165 @@ async fn a_reader_whose_stored_zone_cannot_be_read_is_left_out_not_everyone() {
             vec!["UTC".parse::<Timezone>().unwrap()],
             "{backend:?}: the readable zone is still planned"
         );
+    }
+}
+
+/// Syncs a state and a town below it, the town's stories in feed order.
+async fn state_and_town(store: &Store) {
+    use crate::config::{Region, StoryOrder};
+    let region = |slug: &str, parent: Option<&str>, order| Region {
+        slug: slug.parse().unwrap(),
+        name: slug.to_string(),
+        parent: parent.map(|p| p.parse().unwrap()),
+        timezone: Timezone::UTC,
+        feeds: Vec::new(),
+        sources: Vec::new(),
+        intervals: Vec::new(),
+        url: None,
+        order,
+    };
+    store
+        .sync_regions(&[
+            region("state", None, StoryOrder::Newest),
+            region("town", Some("state"), StoryOrder::Feed),
+            region("elsewhere", None, StoryOrder::Newest),
+        ])
+        .await
+        .unwrap();
+}
+
+fn booking(region: &str, from: &str, to: &str, label: &str) -> crate::domain::NewSponsor {
+    crate::domain::NewSponsor::parse(crate::domain::SponsorFields {
+        regions: vec![region.into()],
+        from: from.into(),
+        to: to.into(),
+        label: label.into(),
+        headline: "Headline".into(),
+        body: String::new(),
+        link: "https://sponsor.example/".into(),
+        image: None,
+        alt: None,
+    })
+    .unwrap()
+}
+
+#[tokio::test]
+async fn the_town_booking_beats_the_state_one_and_the_earlier_booking_wins() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        state_and_town(store).await;
+        let town = reader(store, "town@example.org", &[("town", Cadence::Daily)]).await;
+        let away = reader(store, "away@example.org", &[("elsewhere", Cadence::Daily)]).await;
+        // 2026-11-30 is MONDAY's date in UTC.
+        let state = store
+            .add_sponsor(
+                &booking("state", "2026-11-29", "2026-12-05", "State"),
+                at(0),
+            )
+            .await
+            .unwrap();
+        store
+            .add_sponsor(&booking("town", "2026-11-30", "2026-11-30", "Town"), at(1))
+            .await
+            .unwrap();
+        store
+            .add_sponsor(
+                &booking("state", "2026-11-29", "2026-12-05", "Later"),
+                at(2),
+            )
+            .await
+            .unwrap();
+        let mut labels = Vec::new();
+        for day in 0..2 {
+            let slot = MONDAY + day * DAY;
+            story(store, "town", &format!("t{day}"), slot - 60).await;
+            story(store, "elsewhere", &format!("e{day}"), slot - 60).await;
+            plan_slot(store, Cadence::Daily, slot, slot + 30).await;
+            let claimed = send_all_due(store, 100, slot + 60).await;
+            assert_eq!(claimed.len(), 2, "{backend:?}");
+            for d in claimed {
+                let label = d.sponsor.as_ref().map(|s| s.label.clone());
+                if d.subscriber_id == away {
+                    assert_eq!(label, None, "{backend:?}: another state's reader");
+                } else {
+                    assert_eq!(d.subscriber_id, town);
+                    labels.push(label.unwrap());
+                }
+            }
+        }
+        assert_eq!(labels, ["Town", "State"], "{backend:?}");
+        // A manual send of the town on the 30th (in its readers' zone) carries the town's
+        // booking too: manual sends choose per zone, on each zone's own date.
+        let slug: RegionSlug = "town".parse().unwrap();
+        story(store, "town", "manual", MONDAY + 100).await;
+        store
+            .plan_region_digest(
+                "manual:town",
+                &slug,
+                Cadence::Daily,
+                at(MONDAY),
+                at(MONDAY + 200),
+                at(MONDAY + DAY),
+                false,
+                None,
+            )
+            .await
+            .unwrap();
+        let claimed = send_all_due(store, 100, MONDAY + 300).await;
+        assert_eq!(claimed.len(), 1, "{backend:?}");
+        assert_eq!(
+            claimed[0].sponsor.as_ref().map(|s| s.label.as_str()),
+            Some("Town"),
+            "{backend:?}"
+        );
+        let report = store.sponsor_report().await.unwrap();
+        let sent: Vec<(String, i64)> = report.into_iter().map(|r| (r.label, r.sent)).collect();
+        assert_eq!(
+            sent,
+            [("State".into(), 1), ("Town".into(), 2), ("Later".into(), 0)],
+            "{backend:?}"
+        );
+        assert!(store.remove_sponsor(state).await.unwrap());
+        assert!(!store.remove_sponsor(state).await.unwrap());
+    }
+}
+
+#[tokio::test]
+async fn a_region_ordered_by_feed_keeps_the_feeds_order_breaking_first() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        state_and_town(store).await;
+        let town = reader(store, "town@example.org", &[("town", Cadence::Daily)]).await;
+        let slug: RegionSlug = "town".parse().unwrap();
+        let feed = store.feed_id(&slug, "file://town.xml").await.unwrap();
+        // The feed lists an old story first and a breaking one last.
+        let item = |key: &str, published: i64, breaking: bool| FeedItem {
+            guid: key.into(),
+            link: format!("https://news.test.example/{key}"),
+            title: key.into(),
+            summary: String::new(),
+            category: String::new(),
+            published_at: Some(published),
+            breaking,
+        };
+        store
+            .record_feed_items(
+                feed,
+                &slug,
+                &[
+                    item("old", MONDAY - 5 * 3_600, false),
+                    item("new", MONDAY - 3_600, false),
+                    item("mid", MONDAY - 3 * 3_600, false),
+                    item("alarm", MONDAY - 7 * 3_600, true),
+                ],
+                at(MONDAY - 60),
+            )
+            .await
+            .unwrap();
+        plan_slot(store, Cadence::Daily, MONDAY, MONDAY + 30).await;
+        let claimed = send_all_due(store, 100, MONDAY + 60).await;
+        let d = claimed.iter().find(|d| d.subscriber_id == town).unwrap();
+        let titles: Vec<&str> = d.articles.iter().map(|a| a.title.as_str()).collect();
+        assert_eq!(titles, ["alarm", "old", "new", "mid"], "{backend:?}");
     }
 }
