@@ -41,7 +41,9 @@ pub use backup::BackupSummary;
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
 pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Recipient};
-pub use planning::{AlertPlan, BreakingArticle, DryRun, PlanSummary, SlotPlan};
+pub use planning::{
+    AlertPlan, BreakingArticle, DryRun, PlanChunks, PlanSummary, SlotPlan, UnfinishedSlot,
+};
 pub use rate_limits::RateLimit;
 pub use sends::{ManualSend, NewSend, SendChange, SendCounts};
 pub use signup::{
@@ -168,6 +170,8 @@ pub struct Store {
     engine: Option<EngineConnection>,
     /// What the suppression list's entries are keyed with.
     suppression: SuppressionKey,
+    /// How many readers each transaction of a scheduled slot's plan takes.
+    plan_chunks: PlanChunks,
 }
 
 /// The schema against the migrations this binary carries.
@@ -293,6 +297,7 @@ impl Store {
             backend,
             engine,
             suppression,
+            plan_chunks: PlanChunks::default(),
         })
     }
 

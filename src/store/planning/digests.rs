@@ -201,6 +201,7 @@ impl Store {
                  articles         BIGINT,
                  articles_through BIGINT,
                  content_id       BIGINT,
+                 reused           INTEGER NOT NULL DEFAULT 0,
                  UNIQUE (group_id, excluded)"
             ),
         )
@@ -236,28 +237,40 @@ impl Store {
         sqlx::query("DELETE FROM plan_contents WHERE articles = 0 OR readers = 0")
             .execute(&mut **tx)
             .await?;
+        // A content of this edition with the same key (planned by an earlier chunk of
+        // the same slot) is the same content: its readers share it.
         let group_key = "g.regions || '|' || CAST(g.window_start AS TEXT) || '|' || pc.excluded";
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO contents (edition_id, group_key)
-             SELECT $1, {group_key} FROM plan_contents pc JOIN plan_groups g ON g.id = pc.group_id"
-        )))
-        .bind(batch.edition_id)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(AssertSqlSafe(format!(
+        let find_content = format!(
             "UPDATE plan_contents SET content_id = (
                  SELECT c.id FROM contents c, plan_contents pc, plan_groups g
                  WHERE pc.id = plan_contents.id AND g.id = pc.group_id
-                   AND c.edition_id = $1 AND c.group_key = {group_key})"
+                   AND c.edition_id = $1 AND c.group_key = {group_key})
+             WHERE content_id IS NULL"
+        );
+        sqlx::query(AssertSqlSafe(find_content.clone()))
+            .bind(batch.edition_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE plan_contents SET reused = 1 WHERE content_id IS NOT NULL")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO contents (edition_id, group_key)
+             SELECT $1, {group_key} FROM plan_contents pc JOIN plan_groups g ON g.id = pc.group_id
+             WHERE pc.content_id IS NULL"
         )))
         .bind(batch.edition_id)
         .execute(&mut **tx)
         .await?;
+        sqlx::query(AssertSqlSafe(find_content))
+            .bind(batch.edition_id)
+            .execute(&mut **tx)
+            .await?;
         let contents = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO content_articles (content_id, article_id, region_slug)
              SELECT pc.content_id, c.article_id, c.region_slug
              FROM plan_contents pc JOIN plan_candidates c ON c.group_id = pc.group_id
-             WHERE {kept}"
+             WHERE pc.reused = 0 AND {kept}"
         )))
         .execute(&mut **tx)
         .await?
