@@ -50,7 +50,8 @@ impl Default for PlanChunks {
 impl PlanChunks {
     /// The size of the chunk after one of `size` readers.
     fn next(self, size: u64) -> u64 {
-        size.saturating_mul(2).clamp(self.first.max(1), self.max.max(1))
+        size.saturating_mul(2)
+            .clamp(self.first.max(1), self.max.max(1))
     }
 }
 
@@ -184,7 +185,12 @@ impl Store {
                 Ok(UnfinishedSlot {
                     edition_id,
                     cadence: decode("editions", edition_id, "cadence", &cadence)?,
-                    zone: decode("editions", edition_id, "timezone", &zone.unwrap_or_default())?,
+                    zone: decode(
+                        "editions",
+                        edition_id,
+                        "timezone",
+                        &zone.unwrap_or_default(),
+                    )?,
                     slot_at,
                 })
             })
@@ -225,26 +231,43 @@ impl Store {
             let mut tx = self.begin_plan().await?;
             // Read under the planning lock: the cursor is where the last committed
             // chunk, this process's or another's, left off.
-            let row: Option<(i64, String, Option<String>, Timestamp, Option<Timestamp>, Timestamp, Option<Timestamp>)> =
-                sqlx::query_as(
-                    "SELECT plan_cursor, cadence, timezone, slot_at, window_from, planned_at,
+            let row: Option<(
+                i64,
+                String,
+                Option<String>,
+                Timestamp,
+                Option<Timestamp>,
+                Timestamp,
+                Option<Timestamp>,
+            )> = sqlx::query_as(
+                "SELECT plan_cursor, cadence, timezone, slot_at, window_from, planned_at,
                             expires_at
                      FROM editions WHERE id = $1 AND plan_cursor IS NOT NULL",
-                )
-                .bind(edition_id)
-                .fetch_optional(&mut *tx)
-                .await?;
+            )
+            .bind(edition_id)
+            .fetch_optional(&mut *tx)
+            .await?;
             let Some((cursor, cadence, zone, slot_at, window_from, now, expires_at)) = row else {
                 tx.rollback().await?;
                 return Ok(summary);
             };
             let missing = |column| {
-                StoreError::corrupt("editions", edition_id, column, "missing on a slot being planned")
+                StoreError::corrupt(
+                    "editions",
+                    edition_id,
+                    column,
+                    "missing on a slot being planned",
+                )
             };
             let slot = SlotChunk {
                 edition_id,
                 cadence: decode("editions", edition_id, "cadence", &cadence)?,
-                zone: decode("editions", edition_id, "timezone", &zone.unwrap_or_default())?,
+                zone: decode(
+                    "editions",
+                    edition_id,
+                    "timezone",
+                    &zone.unwrap_or_default(),
+                )?,
                 slot_at,
                 window_from: window_from.ok_or_else(|| missing("window_from"))?,
                 now,
@@ -347,4 +370,3 @@ fn add(total: &mut PlanSummary, chunk: PlanSummary) {
     total.articles += chunk.articles;
     total.content_rows += chunk.content_rows;
 }
-
