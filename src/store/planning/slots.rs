@@ -68,6 +68,18 @@ pub struct UnfinishedSlot {
     pub slot_at: Timestamp,
 }
 
+/// An unfinished edition as stored: cursor, cadence, zone, slot, window start, planning
+/// instant, expiry.
+type UnfinishedRow = (
+    i64,
+    String,
+    Option<String>,
+    Timestamp,
+    Option<Timestamp>,
+    Timestamp,
+    Option<Timestamp>,
+);
+
 /// What every chunk of one slot plans with, as stored on its edition.
 #[derive(Debug, Clone, Copy)]
 struct SlotChunk {
@@ -231,15 +243,7 @@ impl Store {
             let mut tx = self.begin_plan().await?;
             // Read under the planning lock: the cursor is where the last committed
             // chunk, this process's or another's, left off.
-            let row: Option<(
-                i64,
-                String,
-                Option<String>,
-                Timestamp,
-                Option<Timestamp>,
-                Timestamp,
-                Option<Timestamp>,
-            )> = sqlx::query_as(
+            let row: Option<UnfinishedRow> = sqlx::query_as(
                 "SELECT plan_cursor, cadence, timezone, slot_at, window_from, planned_at,
                             expires_at
                      FROM editions WHERE id = $1 AND plan_cursor IS NOT NULL",
