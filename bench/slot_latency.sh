@@ -7,7 +7,7 @@
 #                                                      build of this tree)
 #   ROUNDS=3 bench/slot_latency.sh …                   three runs, each on a fresh database
 #
-# 1. makes a site with one region, a feed of 20 articles (a digest of about 12 KB) and
+# 1. makes a site with one region, a feed of 20 articles (a digest of about 37 KB) and
 #    READERS confirmed readers in one zone (UTC), all following the region daily, seeded
 #    in SQL (SQLite file, or a new PostgreSQL database on 127.0.0.1 named herald_slot_N);
 # 2. starts Postfix's smtp-sink with its running counters (-c), read by a small script

@@ -514,9 +514,11 @@ async fn migration_status_lists_what_is_not_applied() {
         .map(|m| m.version)
         .max()
         .unwrap();
+    // Versions need not be contiguous (numbers are handed out ahead of merges).
+    let known = crate::store::SQLITE_MIGRATIONS.iter().count();
     for (backend, t) in crate::store::testing::stores_migrated_to(newest - 1).await {
         let status = t.store.migration_status().await.unwrap();
         assert_eq!(status.pending, vec![newest], "{backend:?}");
-        assert_eq!(status.applied as i64, newest - 1, "{backend:?}");
+        assert_eq!(status.applied, known - 1, "{backend:?}");
     }
 }
