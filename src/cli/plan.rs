@@ -48,6 +48,14 @@ pub async fn run(config: &Config, args: Args) -> anyhow::Result<ExitCode> {
             println!("          {email}  {n} article(s)");
         }
     }
+    for (cadence, zone, slot, summary) in &report.finished {
+        println!(
+            "{cadence:<7} {zone:<22} {}  {} more digest(s), {} article(s): the rest of a slot begun earlier",
+            slot.with_timezone(&zone.tz()).format("%Y-%m-%d %H:%M %Z"),
+            summary.deliveries,
+            summary.articles
+        );
+    }
     for (cadence, zone, slot) in &report.skipped {
         println!(
             "{cadence:<7} {zone:<22} {}  skipped: older than schedule.max_lateness",

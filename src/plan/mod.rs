@@ -5,7 +5,7 @@
 
 mod schedule;
 
-pub use schedule::{due_slots, release_after_quiet_hours};
+pub use schedule::{due_slots, next_slot, release_after_quiet_hours};
 
 use std::sync::Arc;
 
@@ -68,12 +68,19 @@ pub struct PlanReport {
     pub alerts: Vec<(ArticleId, Timezone, DateTime<Utc>, PlanSummary)>,
     /// Fresh missed slots folded into a later slot of the same zone and cadence.
     pub folded: usize,
+    /// Slots whose plan was begun (by a process that died, or one still at it) and
+    /// that this pass planned to the end: (cadence, zone, slot instant, summary).
+    pub finished: Vec<(Cadence, Timezone, DateTime<Utc>, PlanSummary)>,
+    /// The next slot of any zone with readers, after this pass's instant: the daemon
+    /// wakes for it rather than at its next tick.
+    pub next_slot: Option<DateTime<Utc>>,
 }
 
 impl PlanReport {
     /// Emails queued in this pass.
     pub fn deliveries(&self) -> u64 {
         self.slots.iter().map(|s| s.3.deliveries).sum::<u64>()
+            + self.finished.iter().map(|s| s.3.deliveries).sum::<u64>()
             + self.alerts.iter().map(|a| a.3.deliveries).sum::<u64>()
     }
 }
@@ -95,12 +102,18 @@ pub async fn plan_due(
         Some(last) => last.to_utc(),
         None => at - max_lateness,
     };
+    if !dry_run {
+        report.finished = finish_slots(store, at, max_lateness).await?;
+    }
     for cadence in [Cadence::Daily, Cadence::Weekly] {
         let cron = match cadence {
             Cadence::Weekly => &config.schedule.weekly,
             _ => &config.schedule.daily,
         };
         for zone in store.cadence_zones(cadence).await? {
+            if let Some(next) = next_slot(cron, zone.tz(), at) {
+                report.next_slot = Some(report.next_slot.map_or(next, |n| n.min(next)));
+            }
             let mut fresh = Vec::new();
             for slot in due_slots(cron, zone.tz(), since, at) {
                 let slot_key = format!("{cadence}:{zone}:{}", slot.timestamp());
@@ -146,6 +159,34 @@ pub async fn plan_due(
     Ok(report)
 }
 
+/// Plans the rest of every slot whose plan another pass began and did not finish (the
+/// process died between two chunks, or another daemon is still at it: chunks never
+/// overlap, so helping it is safe). Slots older than `max_lateness` are given up.
+async fn finish_slots(
+    store: &Store,
+    at: DateTime<Utc>,
+    max_lateness: Duration,
+) -> Result<Vec<(Cadence, Timezone, DateTime<Utc>, PlanSummary)>, StoreError> {
+    let oldest = Timestamp::from(at - max_lateness);
+    let abandoned = store.abandon_unfinished_slots(oldest).await?;
+    if abandoned > 0 {
+        tracing::warn!(
+            slots = abandoned,
+            "gave up planning the rest of slots older than schedule.max_lateness"
+        );
+    }
+    let mut finished = Vec::new();
+    for slot in store.unfinished_slots(oldest).await? {
+        let summary = store.finish_slot(slot.edition_id).await?;
+        tracing::info!(
+            cadence = %slot.cadence, zone = %slot.zone, emails = summary.deliveries,
+            "planned the rest of a slot begun earlier"
+        );
+        finished.push((slot.cadence, slot.zone, slot.slot_at.to_utc(), summary));
+    }
+    Ok(finished)
+}
+
 /// How long the daemon's planner may go without a good pass before `/readyz` says so:
 /// three ticks, plus two minutes for a pass over a large site (a million readers take
 /// seconds to plan).
@@ -153,10 +194,11 @@ pub fn overdue_after(schedule: &ScheduleConfig) -> std::time::Duration {
     3 * schedule.tick + std::time::Duration::from_secs(120)
 }
 
-/// The daemon's planning stage: plans due slots and alerts every `schedule.tick` until
-/// shutdown. Unique keys make overlapping passes (or several daemons) harmless. A pass
-/// that fails ends this life of the stage with the error, for the supervisor to
-/// restart it.
+/// The daemon's planning stage: plans due slots and alerts every `schedule.tick`, and at
+/// the instant of each slot, until shutdown: a slot's first emails leave as it comes,
+/// not up to a tick later. Unique keys make overlapping passes (or several daemons)
+/// harmless. A pass that fails ends this life of the stage with the error, for the
+/// supervisor to restart it.
 pub async fn run(
     config: Arc<PlanConfig>,
     store: Store,
@@ -173,9 +215,31 @@ pub async fn run(
             );
         }
         beat.ok();
-        shutdown.sleep(config.schedule.tick).await;
+        shutdown
+            .sleep(sleep_before_next_pass(
+                config.schedule.tick,
+                report.next_slot,
+                crate::clock::now_utc(),
+            ))
+            .await;
     }
     Ok(())
+}
+
+/// How long the planner sleeps after a pass at `now`: a tick, or less if a slot comes
+/// sooner. It wakes a few milliseconds after the slot, so the clock reads the slot's
+/// instant or later (a pass plans slots up to its own instant, inclusive); a wake-up a
+/// little early only makes a pass that plans nothing and sleeps the rest.
+fn sleep_before_next_pass(
+    tick: std::time::Duration,
+    next_slot: Option<DateTime<Utc>>,
+    now: DateTime<Utc>,
+) -> std::time::Duration {
+    let Some(slot) = next_slot else {
+        return tick;
+    };
+    let until = (slot - now).to_std().unwrap_or_default() + std::time::Duration::from_millis(5);
+    until.min(tick)
 }
 
 /// Queues alerts for breaking articles stored within `alerts.max_age`, held through each

@@ -34,6 +34,13 @@ pub fn due_slots(
     slots
 }
 
+/// The first slot of `cron` in `zone` after `after`.
+pub fn next_slot(cron: &croner::Cron, zone: Tz, after: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    cron.iter_after(after.with_timezone(&zone))
+        .map(|local| local.with_timezone(&Utc))
+        .find(|slot| *slot > after)
+}
+
 /// When an alert planned at `now` may go out to a reader in `zone` with quiet hours
 /// `(start, end)` in minutes after local midnight: `now` outside them, else their end.
 pub fn release_after_quiet_hours(

@@ -749,3 +749,112 @@ async fn property_no_duplicates_and_no_misses_over_random_sequences() {
         }
     }
 }
+
+/// A process killed between two chunks of a slot's plan leaves the slot unfinished. The
+/// next pass of any planner finishes it, even after another daemon's pass has moved the
+/// scheduler's mark past the slot; a slot left unfinished for longer than
+/// `max_lateness` is given up instead of sent late.
+#[tokio::test]
+async fn a_slot_whose_planner_died_between_chunks_is_finished_by_the_next_pass() {
+    let config = config("");
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let mut readers = Vec::new();
+        for i in 0..5 {
+            let email = format!("r{i}@example.org");
+            readers
+                .push(reader(store, &email, "Europe/Berlin", &[("north", Cadence::Daily)]).await);
+        }
+        // 07:00 in Berlin on two days.
+        let slot = utc("2027-01-13T06:00:00Z");
+        let next_day = slot + Duration::days(1);
+        article(
+            store,
+            "north",
+            "one",
+            (slot - Duration::hours(2)).timestamp(),
+        )
+        .await;
+        let report = plan_due(&config, store, slot - Duration::hours(1), false)
+            .await
+            .unwrap();
+        assert_eq!(report.next_slot, Some(slot), "{backend:?}");
+        let begin = |slot: DateTime<Utc>, key: String| async move {
+            let plan = SlotPlan {
+                slot_key: &key,
+                cadence: Cadence::Daily,
+                zone: "Europe/Berlin".parse().unwrap(),
+                slot_at: Timestamp::from(slot),
+                period: Cadence::Daily.period(),
+                now: Timestamp::from(slot + Duration::seconds(1)),
+                expires_at: Timestamp::from(slot + Duration::days(1)),
+            };
+            let (tx, first, done) = store.begin_slot(&plan, 2).await.unwrap().unwrap();
+            tx.commit().await.unwrap();
+            assert!(!done);
+            first
+        };
+        let first = begin(slot, format!("daily:Europe/Berlin:{}", slot.timestamp())).await;
+        assert_eq!(first.deliveries, 2, "{backend:?}");
+        // The process died; another daemon's pass then moved the mark past the slot.
+        store
+            .set_planner_last_run(Timestamp::from(slot + Duration::seconds(10)))
+            .await
+            .unwrap();
+        let report = plan_due(&config, store, slot + Duration::seconds(60), false)
+            .await
+            .unwrap();
+        assert!(report.slots.is_empty(), "{backend:?}: {report:?}");
+        assert_eq!(report.finished.len(), 1, "{backend:?}");
+        assert_eq!(report.finished[0].3.deliveries, 3, "{backend:?}");
+        assert_eq!(report.next_slot, Some(next_day), "{backend:?}");
+        let sent = deliver_all(store, (slot + Duration::seconds(90)).timestamp()).await;
+        let mut got: Vec<SubscriberId> = sent.iter().map(|(id, _)| *id).collect();
+        got.sort();
+        assert_eq!(got, readers, "{backend:?}: every reader once");
+
+        // The next day's plan dies after its first chunk, and nothing plans again for
+        // seven hours: the rest of its readers would get a digest too late.
+        article(
+            store,
+            "north",
+            "two",
+            (next_day - Duration::hours(2)).timestamp(),
+        )
+        .await;
+        begin(
+            next_day,
+            format!("daily:Europe/Berlin:{}", next_day.timestamp()),
+        )
+        .await;
+        let report = plan_due(&config, store, next_day + Duration::hours(7), false)
+            .await
+            .unwrap();
+        assert!(report.finished.is_empty(), "{backend:?}: {report:?}");
+        assert!(store.unfinished_slots(at(0)).await.unwrap().is_empty());
+        let late = deliver_all(store, (next_day + Duration::hours(7)).timestamp()).await;
+        assert_eq!(late.len(), 2, "{backend:?}: only the chunk planned in time");
+    }
+}
+
+/// The daemon's planner sleeps a tick between passes, or less when a slot comes first,
+/// waking just after the slot's instant.
+#[test]
+fn the_planner_wakes_for_a_slot_that_comes_before_its_next_tick() {
+    let tick = std::time::Duration::from_secs(15);
+    let now = utc("2027-01-13T05:59:57Z");
+    let ms = std::time::Duration::from_millis;
+    assert_eq!(
+        sleep_before_next_pass(tick, Some(utc("2027-01-13T06:00:00Z")), now),
+        ms(3_005)
+    );
+    assert_eq!(
+        sleep_before_next_pass(tick, Some(utc("2027-01-13T07:00:00Z")), now),
+        tick
+    );
+    assert_eq!(sleep_before_next_pass(tick, None, now), tick);
+    assert_eq!(
+        sleep_before_next_pass(tick, Some(utc("2027-01-13T05:59:00Z")), now),
+        ms(5)
+    );
+}

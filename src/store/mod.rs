@@ -44,7 +44,9 @@ pub use backup::BackupSummary;
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
 pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Recipient};
-pub use planning::{AlertPlan, BreakingArticle, DryRun, PlanSummary, SlotPlan};
+pub use planning::{
+    AlertPlan, BreakingArticle, DryRun, PlanChunks, PlanSummary, SlotPlan, UnfinishedSlot,
+};
 pub use rate_limits::RateLimit;
 pub use sends::{ManualSend, NewSend, SendChange, SendCounts};
 pub use signup::{
@@ -175,6 +177,8 @@ pub struct Store {
     /// The most stories a planned digest lists (`[digest] max_stories`); `None` lists
     /// every story of the window.
     max_stories: Option<u32>,
+    /// How many readers each transaction of a scheduled slot's plan takes.
+    plan_chunks: PlanChunks,
 }
 
 /// The schema against the migrations this binary carries.
@@ -353,6 +357,7 @@ impl Store {
             engine,
             suppression,
             max_stories: None,
+            plan_chunks: PlanChunks::default(),
         })
     }
 

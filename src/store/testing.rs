@@ -116,6 +116,10 @@ impl TestStore {
     }
 }
 
+/// How test stores plan slots: in chunks of two readers, then three, so that every
+/// planning test with more than two readers in a zone also plans across chunks.
+pub(crate) const TEST_PLAN_CHUNKS: PlanChunks = PlanChunks { first: 2, max: 3 };
+
 /// Every backend the store tests should run on in this environment.
 pub async fn stores() -> Vec<(Backend, TestStore)> {
     stores_migrated_to(i64::MAX).await
@@ -126,9 +130,10 @@ pub async fn stores_migrated_to(version: i64) -> Vec<(Backend, TestStore)> {
     let mut out = Vec::new();
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("test.db").display());
-    let store = Store::connect(&url, 4, SuppressionKey::new(TEST_SUPPRESSION_KEY))
+    let mut store = Store::connect(&url, 4, SuppressionKey::new(TEST_SUPPRESSION_KEY))
         .await
         .unwrap();
+    store.set_plan_chunks(TEST_PLAN_CHUNKS);
     SQLITE_MIGRATIONS
         .run_to(version, &store.pool)
         .await
@@ -174,9 +179,10 @@ async fn fresh_postgres(base: &str, version: i64) -> TestStore {
     admin.close().await;
     let mut url = url::Url::parse(base).unwrap();
     url.set_path(&format!("/{name}"));
-    let store = Store::connect(url.as_str(), 4, SuppressionKey::new(TEST_SUPPRESSION_KEY))
+    let mut store = Store::connect(url.as_str(), 4, SuppressionKey::new(TEST_SUPPRESSION_KEY))
         .await
         .unwrap();
+    store.set_plan_chunks(TEST_PLAN_CHUNKS);
     POSTGRES_MIGRATIONS
         .run_to(version, &store.pool)
         .await

@@ -207,6 +207,7 @@ impl Store {
                  articles         BIGINT,
                  articles_through BIGINT,
                  content_id       BIGINT,
+                 reused           INTEGER NOT NULL DEFAULT 0,
                  UNIQUE (group_id, excluded)"
             ),
         )
@@ -276,28 +277,40 @@ impl Store {
         sqlx::query("DELETE FROM plan_contents WHERE articles = 0 OR readers = 0")
             .execute(&mut **tx)
             .await?;
+        // A content of this edition with the same key (planned by an earlier chunk of
+        // the same slot) is the same content: its readers share it.
         let group_key = "g.regions || '|' || CAST(g.window_start AS TEXT) || '|' || pc.excluded";
-        sqlx::query(AssertSqlSafe(format!(
-            "INSERT INTO contents (edition_id, group_key)
-             SELECT $1, {group_key} FROM plan_contents pc JOIN plan_groups g ON g.id = pc.group_id"
-        )))
-        .bind(batch.edition_id)
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query(AssertSqlSafe(format!(
+        let find_content = format!(
             "UPDATE plan_contents SET content_id = (
                  SELECT c.id FROM contents c, plan_contents pc, plan_groups g
                  WHERE pc.id = plan_contents.id AND g.id = pc.group_id
-                   AND c.edition_id = $1 AND c.group_key = {group_key})"
+                   AND c.edition_id = $1 AND c.group_key = {group_key})
+             WHERE content_id IS NULL"
+        );
+        sqlx::query(AssertSqlSafe(find_content.clone()))
+            .bind(batch.edition_id)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("UPDATE plan_contents SET reused = 1 WHERE content_id IS NOT NULL")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO contents (edition_id, group_key)
+             SELECT $1, {group_key} FROM plan_contents pc JOIN plan_groups g ON g.id = pc.group_id
+             WHERE pc.content_id IS NULL"
         )))
         .bind(batch.edition_id)
         .execute(&mut **tx)
         .await?;
+        sqlx::query(AssertSqlSafe(find_content))
+            .bind(batch.edition_id)
+            .execute(&mut **tx)
+            .await?;
         let contents = sqlx::query(AssertSqlSafe(format!(
             "INSERT INTO content_articles (content_id, article_id, region_slug, position)
              SELECT pc.content_id, k.article_id, k.region_slug, k.position
              FROM plan_contents pc JOIN plan_ranked k ON k.contents_id = pc.id
-             WHERE k.position < {cap}"
+             WHERE pc.reused = 0 AND k.position < {cap}"
         )))
         .execute(&mut **tx)
         .await?
@@ -306,7 +319,7 @@ impl Store {
             "INSERT INTO content_overflow (content_id, region_slug, stories)
              SELECT pc.content_id, k.region_slug, COUNT(*)
              FROM plan_contents pc JOIN plan_ranked k ON k.contents_id = pc.id
-             WHERE k.position >= {cap}
+             WHERE pc.reused = 0 AND k.position >= {cap}
              GROUP BY pc.content_id, k.region_slug"
         )))
         .execute(&mut **tx)
@@ -422,7 +435,9 @@ impl Store {
             }
         }
         // A scheduled slot's readers share its zone; a manual send's are updated zone
-        // by zone, each on its own date.
+        // by zone, each on its own date. Only this batch's readers (`plan_readers`): a
+        // slot planned in chunks leaves the rows of earlier chunks, perhaps already out,
+        // alone.
         let (zone_filter, region_param) = match batch.zone {
             Some(_) => ("", "$4"),
             None => (
@@ -444,7 +459,8 @@ impl Store {
                      WHERE sub.subscriber_id = deliveries.subscriber_id AND sub.cadence = $2
                        AND sp.starts_on <= $3 AND sp.ends_on >= $3 {region_filter}
                      ORDER BY {SPONSOR_ORDER} LIMIT 1)
-                 WHERE deliveries.edition_id = $1 {zone_filter}"
+                 WHERE deliveries.edition_id = $1 {zone_filter}
+                   AND deliveries.subscriber_id IN (SELECT subscriber_id FROM plan_readers)"
             );
             let mut update = sqlx::query(AssertSqlSafe(sql))
                 .bind(batch.edition_id)

@@ -11,6 +11,7 @@
 
 mod digests;
 mod manual;
+mod slots;
 #[cfg(test)]
 mod tests;
 
@@ -23,7 +24,7 @@ use crate::domain::{
     ArticleId, Cadence, DeliveryKind, EditionId, Email, SubscriberId, Timestamp, Timezone,
     Transition,
 };
-use digests::DigestBatch;
+pub use slots::{PlanChunks, UnfinishedSlot};
 
 type Tx = sqlx::Transaction<'static, sqlx::Any>;
 
@@ -197,93 +198,6 @@ impl Store {
         .await?
         .rows_affected();
         Ok(n > 0)
-    }
-
-    /// Plans one digest slot for every confirmed reader in its zone who follows a region
-    /// at its cadence and has articles there they have not received. A reader's window
-    /// starts at their previous digest of this cadence; a first digest reaches back one
-    /// period, or to the subscription if that is older (slots skipped since).
-    /// A slot is planned once: if its edition exists, nothing happens.
-    pub async fn plan_slot_digest(
-        &self,
-        plan: &SlotPlan<'_>,
-        dry_run: bool,
-    ) -> Result<PlanSummary> {
-        let mut tx = self.begin_plan().await?;
-        let created: Option<(EditionId,)> = sqlx::query_as(
-            "INSERT INTO editions (slot_key, kind, cadence, planned_at, slot_at, timezone)
-             VALUES ($1, 'digest', $2, $3, $4, $5) ON CONFLICT (slot_key) DO NOTHING RETURNING id",
-        )
-        .bind(plan.slot_key)
-        .bind(plan.cadence.as_str())
-        .bind(plan.now)
-        .bind(plan.slot_at)
-        .bind(plan.zone.name())
-        .fetch_optional(&mut *tx)
-        .await?;
-        let Some((edition_id,)) = created else {
-            tx.rollback().await?;
-            return Ok(PlanSummary::default());
-        };
-        self.create_plan_readers(&mut tx).await?;
-        // Window start: the reader's previous digest of this cadence, else one period
-        // back or the subscription if older. When the cap left stories of that digest
-        // out (`content_overflow`), the window starts where that digest's did, at most
-        // one period before its slot, so those stories are candidates again; the ones it
-        // carried are left out as received. `regions` is what the reader follows at this
-        // cadence; `articles_through` the highest article id in anything they received.
-        sqlx::query(
-            "INSERT INTO plan_readers (subscriber_id, window_start, regions, articles_through)
-             SELECT s.id,
-                    COALESCE(
-                        (SELECT CASE
-                                    WHEN NOT EXISTS (SELECT 1 FROM content_overflow o
-                                                     WHERE o.content_id = d.content_id)
-                                        THEN d.slot_at
-                                    WHEN d.window_start > d.slot_at - $4 THEN d.window_start
-                                    ELSE d.slot_at - $4
-                                END
-                         FROM deliveries d
-                         WHERE d.subscriber_id = s.id AND d.cadence = $1
-                         ORDER BY d.slot_at DESC LIMIT 1),
-                        CASE WHEN MIN(sub.created_at) < $2 THEN MIN(sub.created_at) ELSE $2 END),
-                    CASE WHEN COUNT(*) = 1 THEN MIN(sub.region_slug) ELSE
-                        (SELECT string_agg(x.region_slug, ',' ORDER BY x.region_slug)
-                         FROM subscriptions x WHERE x.subscriber_id = s.id AND x.cadence = $1)
-                    END,
-                    (SELECT MAX(d.articles_through) FROM deliveries d
-                     WHERE d.subscriber_id = s.id AND d.articles_through IS NOT NULL)
-             FROM subscribers s
-             JOIN subscriptions sub ON sub.subscriber_id = s.id AND sub.cadence = $1
-             WHERE s.timezone = $3 AND s.state = 'confirmed'
-             GROUP BY s.id",
-        )
-        .bind(plan.cadence.as_str())
-        .bind(plan.slot_at - plan.period)
-        .bind(plan.zone.name())
-        .bind(i64::try_from(plan.period.as_secs()).unwrap_or(i64::MAX))
-        .execute(&mut *tx)
-        .await?;
-        let summary = self
-            .queue_digests(
-                &mut tx,
-                &DigestBatch {
-                    edition_id,
-                    cadence: plan.cadence,
-                    region: None,
-                    slot_at: plan.slot_at,
-                    now: plan.now,
-                    expires_at: plan.expires_at,
-                    zone: Some(plan.zone),
-                },
-            )
-            .await?;
-        let dry = self.finish_plan(tx, edition_id, dry_run).await?;
-        Ok(PlanSummary {
-            recipients: dry.recipients,
-            zones: dry.zones,
-            ..summary
-        })
     }
 
     /// Breaking articles stored since `since`, oldest first.

@@ -520,5 +520,139 @@ async fn a_region_ordered_by_feed_keeps_the_feeds_order_breaking_first() {
         let d = claimed.iter().find(|d| d.subscriber_id == town).unwrap();
         let titles: Vec<&str> = d.articles.iter().map(|a| a.title.as_str()).collect();
         assert_eq!(titles, ["alarm", "old", "new", "mid"], "{backend:?}");
+
+/// The slot of [`plan_slot`]'s key, planned at `now`.
+fn daily_slot(key: &str, slot_at: i64, now: i64) -> SlotPlan<'_> {
+    SlotPlan {
+        slot_key: key,
+        cadence: Cadence::Daily,
+        zone: Timezone::UTC,
+        slot_at: at(slot_at),
+        period: Cadence::Daily.period(),
+        now: at(now),
+        expires_at: at(now + DAY),
+    }
+}
+
+/// Readers `r0`… following `north` (even) or `south` (odd) daily, and one story in each
+/// region the hour before [`MONDAY`]; returns the readers and the two stories.
+async fn two_regions(store: &Store, readers: usize) -> (Vec<SubscriberId>, ArticleId, ArticleId) {
+    let mut ids = Vec::new();
+    for i in 0..readers {
+        let region = if i % 2 == 0 { "north" } else { "south" };
+        ids.push(
+            reader(
+                store,
+                &format!("r{i}@example.org"),
+                &[(region, Cadence::Daily)],
+            )
+            .await,
+        );
+    }
+    let north = story(store, "north", "n", MONDAY - 3_600).await;
+    let south = story(store, "south", "s", MONDAY - 3_000).await;
+    (ids, north, south)
+}
+
+/// A planner killed once its first chunk has committed leaves the edition's cursor
+/// there: the chunk's rows go out at once, and the next planner plans the rest from the
+/// cursor with the parameters the first one stored, so every reader gets one email with
+/// what a single plan would have given them.
+#[tokio::test]
+async fn a_slot_left_between_two_chunks_is_finished_from_its_cursor_and_nobody_gets_two() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let (readers, north, south) = two_regions(store, 7).await;
+        let key = format!("daily:UTC:{MONDAY}");
+        let slot = daily_slot(&key, MONDAY, MONDAY + 30);
+        let (tx, first, done) = store.begin_slot(&slot, 3).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        // The process dies here.
+        assert!(!done, "{backend:?}");
+        assert_eq!(
+            (first.deliveries, first.content_rows),
+            (3, 2),
+            "{backend:?}"
+        );
+        let mut received = deliver(store, MONDAY + 31).await;
+        assert_eq!(
+            received.len(),
+            3,
+            "{backend:?}: the first chunk goes out at once"
+        );
+        // The slot is not planned again from the start, by this key or any other pass.
+        assert_eq!(
+            plan_slot(store, Cadence::Daily, MONDAY, MONDAY + 40).await,
+            PlanSummary::default(),
+            "{backend:?}"
+        );
+        let unfinished = store.unfinished_slots(at(MONDAY - DAY)).await.unwrap();
+        assert_eq!(unfinished.len(), 1, "{backend:?}");
+        assert_eq!(
+            (
+                unfinished[0].cadence,
+                unfinished[0].zone,
+                unfinished[0].slot_at
+            ),
+            (Cadence::Daily, Timezone::UTC, at(MONDAY))
+        );
+        // Stored after the slot was planned: the rest of the slot leaves it out too.
+        story(store, "north", "late", MONDAY + 60).await;
+        let rest = store.finish_slot(unfinished[0].edition_id).await.unwrap();
+        assert_eq!(rest.deliveries, 4, "{backend:?}");
+        assert_eq!(
+            rest.content_rows, 0,
+            "{backend:?}: the later chunks share the first chunk's contents"
+        );
+        assert!(store.unfinished_slots(at(0)).await.unwrap().is_empty());
+        assert_eq!(
+            store
+                .finish_slot(unfinished[0].edition_id)
+                .await
+                .unwrap()
+                .deliveries,
+            0,
+            "{backend:?}: a finished slot plans nothing more"
+        );
+        for (id, emails) in deliver(store, MONDAY + 120).await {
+            received.entry(id).or_default().extend(emails);
+        }
+        for (i, id) in readers.iter().enumerate() {
+            let story = if i % 2 == 0 { north } else { south };
+            assert_eq!(received[id], vec![vec![story]], "{backend:?}: reader {i}");
+        }
+    }
+}
+
+/// Processes that find the same unfinished slot at once (several daemons, a restarted
+/// one and the one that began it) take turns by chunk: each reader is planned once.
+#[tokio::test]
+async fn planners_finishing_one_slot_at_once_plan_each_reader_once() {
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        let (readers, north, south) = two_regions(store, 30).await;
+        let key = format!("daily:UTC:{MONDAY}");
+        let slot = daily_slot(&key, MONDAY, MONDAY + 30);
+        let (tx, first, _) = store.begin_slot(&slot, 2).await.unwrap().unwrap();
+        tx.commit().await.unwrap();
+        let edition = first.edition_id.unwrap();
+        let (a, b, c, d) = tokio::join!(
+            store.finish_slot(edition),
+            store.finish_slot(edition),
+            store.plan_slot_digest(&slot, false),
+            store.finish_slot(edition),
+        );
+        let planned = [&first, &a.unwrap(), &b.unwrap(), &c.unwrap(), &d.unwrap()];
+        assert_eq!(
+            planned.iter().map(|p| p.deliveries).sum::<u64>(),
+            30,
+            "{backend:?}: {planned:?}"
+        );
+        let received = deliver(store, MONDAY + 60).await;
+        assert_eq!(received.len(), 30, "{backend:?}");
+        for (i, id) in readers.iter().enumerate() {
+            let story = if i % 2 == 0 { north } else { south };
+            assert_eq!(received[id], vec![vec![story]], "{backend:?}: reader {i}");
+        }
     }
 }
