@@ -20,6 +20,7 @@ mod backup;
 mod engine_connection;
 mod outbox;
 mod planning;
+mod rate_budgets;
 mod rate_limits;
 #[cfg(feature = "bench-seed")]
 mod seed;
