@@ -22,6 +22,23 @@ pub struct Worker {
     pub pid: u32,
     /// When it started.
     pub started_at: Timestamp,
+    /// Which process it is, where the machine can say (Linux): a live worker in the
+    /// same scope can then tell at once that it has gone.
+    pub process: Option<ProcessIdentity>,
+}
+
+/// A process, told apart from any other that runs or ran under the same kernel: the
+/// scope its pid is counted in (the kernel's boot and its pid namespace) and the
+/// process's start time in clock ticks since boot, which a pid taken again by a later
+/// process does not share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// The kernel boot and pid namespace.
+    pub scope: String,
+    /// Its process id in that namespace.
+    pub pid: u32,
+    /// Its start time, in clock ticks after boot.
+    pub start: i64,
 }
 
 /// What a heartbeat found.
@@ -56,8 +73,8 @@ impl Store {
             return Ok(Heartbeat::Beat);
         }
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO workers (id, host, pid, started_at, heartbeat_at, process_scope, process_start)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
         )
         .bind(worker.owner.0)
@@ -65,6 +82,8 @@ impl Store {
         .bind(i64::from(worker.pid))
         .bind(worker.started_at)
         .bind(now)
+        .bind(worker.process.as_ref().map(|p| p.scope.clone()))
+        .bind(worker.process.as_ref().map(|p| p.start))
         .execute(&self.pool)
         .await?;
         Ok(Heartbeat::Registered)
@@ -118,6 +137,49 @@ impl Store {
             owners: owners.into_iter().map(|(id,)| LeaseOwner(id)).collect(),
             released,
         })
+    }
+
+    /// The other workers registered in process scope `scope` (this machine, this pid
+    /// namespace), each with the process it was: the caller can tell from the machine
+    /// which of them are gone.
+    pub async fn workers_in_scope(
+        &self,
+        scope: &str,
+        except: LeaseOwner,
+    ) -> Result<Vec<(LeaseOwner, ProcessIdentity)>> {
+        let rows: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, pid, process_start FROM workers WHERE process_scope = $1 AND id <> $2",
+        )
+        .bind(scope)
+        .bind(except.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, pid, start)| {
+                Some((
+                    LeaseOwner(id),
+                    ProcessIdentity {
+                        scope: scope.to_string(),
+                        pid: u32::try_from(pid).ok()?,
+                        start: start?,
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Marks `owners` dead now, whatever their heartbeat says (their processes are
+    /// known to be gone): the next [`Store::release_dead_workers`] gives their claims
+    /// back.
+    pub async fn mark_workers_dead(&self, owners: &[LeaseOwner]) -> Result<()> {
+        for owner in owners {
+            sqlx::query("UPDATE workers SET heartbeat_at = 0 WHERE id = $1")
+                .bind(owner.0)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Deletes `owner`'s row: the worker is stopping cleanly. Rows it still holds (their

@@ -12,6 +12,7 @@ fn worker(owner: i64, started: i64) -> Worker {
         host: "test-host".into(),
         pid: 4_242,
         started_at: at(started),
+        process: None,
     }
 }
 
