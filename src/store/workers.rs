@@ -108,14 +108,18 @@ impl Store {
         }
         let mut tx = self.begin_write().await?;
         // One statement gives back every dead worker's rows, then their rows go. A row
-        // keeps its `next_attempt_at` (it was due when claimed), so it goes back to its
-        // place in its lane rather than behind everything that came due since. On
+        // goes back a second ahead of its `next_attempt_at` (it was due when claimed):
+        // to the front of its place in its lane, not behind everything that came due
+        // since, nor behind the rows due at the same second, which PostgreSQL returns
+        // in the order they lie on disk, where an updated row tends to come last (a
+        // killed daemon's rows of a 20,000-reader slot were sent at its very end). On
         // SQLite the transaction holds the write lock throughout; on PostgreSQL a stalled
         // worker that beats between the two keeps its row but not its claims: its
         // renewals find them gone and its senders leave them alone.
         let sql = format!(
             "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN {deferred} ELSE {queued} END,
-                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL, updated_at = $1
+                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL, updated_at = $1,
+                 next_attempt_at = next_attempt_at - 1
              WHERE {held} AND lease_owner IN (SELECT id FROM workers WHERE heartbeat_at < $2)",
             deferred = states::literal(DeliveryState::Deferred),
             queued = states::literal(DeliveryState::Queued),
