@@ -33,7 +33,10 @@ struct Database {
 impl Database {
     fn create(base: &str, label: &str) -> Database {
         let name = format!("herald_test_{label}_{}", std::process::id());
-        psql(base, &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"));
+        psql(
+            base,
+            &format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        );
         psql(base, &format!("CREATE DATABASE {name}"));
         let mut url = url::Url::parse(base).unwrap();
         url.set_path(&name);
@@ -254,9 +257,7 @@ fn a_daemon_killed_mid_run_leaves_its_rows_to_the_others_within_the_worker_timeo
     let site = site(port, &db, readers, "killed.example");
     let timeout = format!("{}s", WORKER_TIMEOUT.as_secs());
     let settings = [("HERALD__DELIVER__WORKER_TIMEOUT", timeout.as_str())];
-    let mut daemons: Vec<Child> = (0..3)
-        .map(|n| daemon(&site, &db, n, &settings))
-        .collect();
+    let mut daemons: Vec<Child> = (0..3).map(|n| daemon(&site, &db, n, &settings)).collect();
     // Killed once it holds a claim (a batch waiting for its connections) and a tenth of
     // the run is sent.
     let victim = daemons.remove(0);

@@ -316,7 +316,10 @@ mod tests {
                 );
             }
             let spread = *times.last().unwrap() - times[0];
-            assert!(spread + Duration::from_millis(1) >= interval * 39, "{backend:?}: {spread:?}");
+            assert!(
+                spread + Duration::from_millis(1) >= interval * 39,
+                "{backend:?}: {spread:?}"
+            );
         }
     }
 }

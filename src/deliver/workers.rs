@@ -194,7 +194,10 @@ mod tests {
     fn this_process_runs_and_a_dead_child_or_another_start_does_not() {
         let me = ProcessIdentity::of_this_process().expect("Linux has /proc");
         assert!(me.is_running());
-        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let scope = process_scope().unwrap();
         let pid = child.id();
         let them = ProcessIdentity {

@@ -53,10 +53,7 @@ mod tests {
                 .unwrap();
             assert_eq!(domain, 1_100, "{backend:?}");
             // Idle for a long while: the next stretch starts now, not back in the past.
-            let later = store
-                .book_rate_budget("global", 90_000, 500)
-                .await
-                .unwrap();
+            let later = store.book_rate_budget("global", 90_000, 500).await.unwrap();
             assert_eq!(later, 90_500, "{backend:?}");
         }
     }

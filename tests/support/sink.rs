@@ -40,11 +40,12 @@ pub fn smtp_sink_waiting(port: u16, delay: &str) -> Sink {
         "smtp-sink"
     };
     let mut command = Command::new(program);
-    command.args(["-u", "nobody", "-m", "512", "-d"]);
+    command.args(["-u", "nobody", "-m", "512"]);
     if delay != "0" {
         command.args(["-w", delay]);
     }
     let child = command
+        .arg("-d")
         .arg(format!("{}/m.", dir.path().display()))
         .arg(format!("127.0.0.1:{port}"))
         .arg("1024")
