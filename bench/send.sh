@@ -35,7 +35,7 @@ SINK=$(command -v smtp-sink || echo /usr/sbin/smtp-sink)
 SOURCE=$(command -v smtp-source || echo /usr/sbin/smtp-source)
 
 cargo build --release --quiet
-HERALD=$PWD/target/release/herald
+HERALD=${CARGO_TARGET_DIR:-$PWD/target}/release/herald
 WORK=$(mktemp -d /tmp/herald-bench.XXXXXX)
 chmod 777 "$WORK"
 PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')

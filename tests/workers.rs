@@ -174,3 +174,103 @@ fn a_killed_senders_rows_move_again_within_seconds_not_after_the_lease() {
         "every worker's row is gone"
     );
 }
+
+/// One process on SQLite, killed and restarted on the same machine: the restarted
+/// process sees that the killed one's process is gone and sends its rows at once, with
+/// `deliver.worker_timeout` at ten minutes and the lease at its default five, so neither
+/// the heartbeat's age nor the lease can be what moved them.
+#[test]
+fn a_restarted_process_sends_the_killed_ones_rows_at_once() {
+    const READERS: usize = 1_500;
+    let port = free_port();
+    let sink = smtp_sink(port);
+    let site = Site::new(port);
+    site.run(&["ingest"]).ok();
+    let csv = site.dir.path().join("readers.csv");
+    let mut text = String::from("email,regions,cadence,timezone\n");
+    for i in 0..READERS {
+        text.push_str(&format!("reader{i}@restart.example,riverton,daily,UTC\n"));
+    }
+    std::fs::write(&csv, text).unwrap();
+    site.run(&[
+        "subscribers",
+        "import",
+        csv.to_str().unwrap(),
+        "--confirmed",
+    ])
+    .ok();
+    let with_long_timeout = |args: &[&str]| {
+        let mut command = site.command(args);
+        command
+            .env("HERALD__SMTP__CONNECTIONS", CONNECTIONS.to_string())
+            .env("HERALD__SMTP__TIMEOUT", "10s")
+            .env("HERALD__DELIVER__BATCH_SIZE", "200")
+            .env("HERALD__DELIVER__WORKER_TIMEOUT", "600s")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command.spawn().unwrap()
+    };
+    let mut child = with_long_timeout(&["send", "--region", "riverton", "--yes"]);
+    // Killed once it holds claims: the sink answers each DATA after a second, so a
+    // hundred connections hold a hundred rows and more are claimed behind them.
+    let start = Instant::now();
+    while in_state(&site, "sending") < CONNECTIONS {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "the send never held its connections' worth of rows"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let held: Vec<String> = site
+        .sql("SELECT id FROM deliveries WHERE state = 'sending'")
+        .into_iter()
+        .map(|row| row[0].clone())
+        .collect();
+    assert!(!held.is_empty(), "the killed process held rows");
+    assert_eq!(count(&site, "SELECT COUNT(*) FROM workers"), 1);
+
+    let restarted = Instant::now();
+    let mut child = with_long_timeout(&["deliver", "--until-empty"]);
+    let held_unsent = format!(
+        "SELECT COUNT(*) FROM deliveries WHERE state <> 'sent' AND id IN ({})",
+        held.join(", ")
+    );
+    let moved_after = loop {
+        if count(&site, &held_unsent) == 0 {
+            break restarted.elapsed();
+        }
+        assert!(
+            restarted.elapsed() < Duration::from_secs(120),
+            "the killed process's rows were still waiting two minutes after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    println!(
+        "the {} rows the killed process held were sent {:.1} s after the restart",
+        held.len(),
+        moved_after.as_secs_f64()
+    );
+    // Far sooner than the ten-minute worker timeout or the five-minute lease; the bound
+    // leaves room for a slow machine to send the whole run behind them.
+    assert!(
+        moved_after < Duration::from_secs(60),
+        "the killed process's rows took {moved_after:?} to move"
+    );
+    assert_eq!(in_state(&site, "sent"), READERS, "every row is sent");
+    let copies = received_settled(&sink, READERS, Duration::from_secs(20));
+    assert_eq!(copies.len(), READERS, "every reader received a copy");
+    let duplicates: usize = copies.values().sum::<usize>() - copies.len();
+    assert!(
+        duplicates <= CONNECTIONS,
+        "{duplicates} duplicates > {CONNECTIONS} connections"
+    );
+    assert_eq!(
+        count(&site, "SELECT COUNT(*) FROM workers"),
+        0,
+        "the killed worker's row went with its claims"
+    );
+}

@@ -13,7 +13,7 @@
 //!   but unrecorded message per connection), and what happens when a commit fails;
 //! - `leases`: which rows this worker holds, renewed while it holds them;
 //! - `retry`: what a reply means for the row, and the backoff;
-//! - `pacing`: the global and per-domain rates;
+//! - `pacing`: the global and per-domain rates, booked site-wide in the database;
 //! - `workers`: this worker's row and heartbeat, and giving dead workers' claims back.
 //!
 //! A claim is a lease: if this process dies, the rows come back once its heartbeat is
@@ -161,8 +161,13 @@ impl Deliverer {
         transport: Arc<Transport>,
     ) -> Deliverer {
         let pacing = match *transport {
-            Transport::Smtp(_) => Pacing::new(smtp.rate_per_second, &smtp.domain_rates),
-            Transport::File(_) => Pacing::new(0.0, &Default::default()),
+            // The rates hold for the whole site: booked in the database every process uses.
+            Transport::Smtp(_) => Pacing::new(
+                smtp.rate_per_second,
+                &smtp.domain_rates,
+                Some(store.clone()),
+            ),
+            Transport::File(_) => Pacing::new(0.0, &Default::default(), None),
         };
         let owner = LeaseOwner::random();
         Deliverer {

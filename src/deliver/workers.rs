@@ -5,6 +5,13 @@
 //! than after their lease. The claim path is untouched: the beat is its own statement,
 //! a few seconds apart, whatever the send rate. Each beat also renews the leases of the
 //! feeds this worker is polling (the daemon's ingest claims them as this worker).
+//!
+//! On Linux a worker also records which process it is (`ProcessIdentity`: the kernel's
+//! boot, the pid namespace, the pid and the process's start time). With each beat, a
+//! worker gives back at once the claims of workers in its own scope whose process is no
+//! longer running, without waiting for `worker_timeout`: a process restarted after a
+//! `kill -9` sends the killed one's rows straight away. A pid taken again by another
+//! process does not pass for the old one, since its start time differs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -12,7 +19,7 @@ use std::time::Duration;
 use super::leases::Holdings;
 use crate::config::DeliverConfig;
 use crate::domain::Timestamp;
-use crate::store::{Heartbeat, LeaseOwner, Store, Worker};
+use crate::store::{Heartbeat, LeaseOwner, ProcessIdentity, Store, Worker};
 
 /// This worker's presence in the `workers` table.
 pub(super) struct Presence {
@@ -40,6 +47,7 @@ impl Presence {
                 host,
                 pid: std::process::id(),
                 started_at: Timestamp::now(),
+                process: ProcessIdentity::of_this_process(),
             },
             timeout: deliver.worker_timeout,
             every: deliver.heartbeat_every(),
@@ -73,6 +81,7 @@ impl Presence {
         {
             tracing::warn!(%error, "cannot renew this worker's feed leases");
         }
+        self.mark_gone_processes().await;
         match self
             .store
             .release_dead_workers(now - self.timeout, now)
@@ -89,6 +98,39 @@ impl Presence {
             }
         }
         taken_for_dead
+    }
+
+    /// Marks dead the workers of this machine and pid namespace whose process is no
+    /// longer running, so the release that follows gives their claims back at once.
+    async fn mark_gone_processes(&self) {
+        let Some(me) = &self.worker.process else {
+            return;
+        };
+        let gone: Vec<LeaseOwner> = match self
+            .store
+            .workers_in_scope(&me.scope, self.worker.owner)
+            .await
+        {
+            Ok(workers) => workers
+                .into_iter()
+                .filter(|(_, process)| !process.is_running())
+                .map(|(owner, _)| owner)
+                .collect(),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the workers of this machine");
+                return;
+            }
+        };
+        if gone.is_empty() {
+            return;
+        }
+        match self.store.mark_workers_dead(&gone).await {
+            Ok(()) => tracing::info!(
+                workers = gone.len(),
+                "workers of this machine whose process is gone are dead now"
+            ),
+            Err(error) => tracing::warn!(%error, "cannot mark gone workers dead"),
+        }
     }
 
     /// Beats every few seconds, for as long as it runs. When another worker took this
@@ -109,5 +151,78 @@ impl Presence {
         if let Err(error) = self.store.remove_worker(self.worker.owner).await {
             tracing::warn!(%error, "cannot remove this worker's row; it goes once its heartbeat is old");
         }
+    }
+}
+
+// Reading processes from `/proc` (Linux); elsewhere a worker has no identity and only
+// its heartbeat tells.
+impl ProcessIdentity {
+    /// This process, or `None` where `/proc` cannot say.
+    fn of_this_process() -> Option<ProcessIdentity> {
+        let pid = std::process::id();
+        Some(ProcessIdentity {
+            scope: process_scope()?,
+            pid,
+            start: start_ticks(pid)?,
+        })
+    }
+
+    /// Whether this process still runs: its pid is there and started when it did.
+    fn is_running(&self) -> bool {
+        start_ticks(self.pid) == Some(self.start)
+    }
+}
+
+/// The kernel boot and the pid namespace this process counts pids in.
+fn process_scope() -> Option<String> {
+    let boot = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    let namespace = std::fs::read_link("/proc/self/ns/pid").ok()?;
+    Some(format!("{}/{}", boot.trim(), namespace.display()))
+}
+
+/// The start time of process `pid` in clock ticks after boot (field 22 of
+/// `/proc/PID/stat`), or `None` when no such process runs. A zombie still has its entry:
+/// it counts as gone.
+fn start_ticks(pid: u32) -> Option<i64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces or parentheses.
+    let mut fields = stat.get(stat.rfind(')')? + 1..)?.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    // Fields 4 to 21 come between the state (3) and the start time (22).
+    fields.nth(18)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_runs_and_a_dead_child_or_another_start_does_not() {
+        let me = ProcessIdentity::of_this_process().expect("Linux has /proc");
+        assert!(me.is_running());
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let scope = process_scope().unwrap();
+        let pid = child.id();
+        let them = ProcessIdentity {
+            scope,
+            pid,
+            start: start_ticks(pid).unwrap(),
+        };
+        assert!(them.is_running());
+        // The same pid with another start time: a later process that took the pid.
+        let reused = ProcessIdentity {
+            start: them.start + 1,
+            ..them.clone()
+        };
+        assert!(!reused.is_running());
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(!them.is_running());
     }
 }

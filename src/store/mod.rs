@@ -22,6 +22,7 @@ mod engine_connection;
 mod feed_leases;
 mod outbox;
 mod planning;
+mod rate_budgets;
 mod rate_limits;
 #[cfg(feature = "bench-seed")]
 mod seed;
@@ -57,7 +58,7 @@ pub use sponsors::{SponsorReport, SponsorRow};
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
 pub use suppressions::{Suppression, SuppressionKey};
-pub use workers::{DeadWorkers, Heartbeat, Worker};
+pub use workers::{DeadWorkers, Heartbeat, ProcessIdentity, Worker};
 
 use std::path::Path;
 use std::str::FromStr;

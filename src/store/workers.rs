@@ -23,6 +23,23 @@ pub struct Worker {
     pub pid: u32,
     /// When it started.
     pub started_at: Timestamp,
+    /// Which process it is, where the machine can say (Linux): a live worker in the
+    /// same scope can then tell at once that it has gone.
+    pub process: Option<ProcessIdentity>,
+}
+
+/// A process, told apart from any other that runs or ran under the same kernel: the
+/// scope its pid is counted in (the kernel's boot and its pid namespace) and the
+/// process's start time in clock ticks since boot, which a pid taken again by a later
+/// process does not share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessIdentity {
+    /// The kernel boot and pid namespace.
+    pub scope: String,
+    /// Its process id in that namespace.
+    pub pid: u32,
+    /// Its start time, in clock ticks after boot.
+    pub start: i64,
 }
 
 /// What a heartbeat found.
@@ -57,8 +74,8 @@ impl Store {
             return Ok(Heartbeat::Beat);
         }
         sqlx::query(
-            "INSERT INTO workers (id, host, pid, started_at, heartbeat_at)
-             VALUES ($1, $2, $3, $4, $5)
+            "INSERT INTO workers (id, host, pid, started_at, heartbeat_at, process_scope, process_start)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)
              ON CONFLICT (id) DO UPDATE SET heartbeat_at = excluded.heartbeat_at",
         )
         .bind(worker.owner.0)
@@ -66,6 +83,8 @@ impl Store {
         .bind(i64::from(worker.pid))
         .bind(worker.started_at)
         .bind(now)
+        .bind(worker.process.as_ref().map(|p| p.scope.clone()))
+        .bind(worker.process.as_ref().map(|p| p.start))
         .execute(&self.pool)
         .await?;
         Ok(Heartbeat::Registered)
@@ -90,14 +109,18 @@ impl Store {
         }
         let mut tx = self.begin_write().await?;
         // One statement gives back every dead worker's rows, then their rows go. A row
-        // keeps its `next_attempt_at` (it was due when claimed), so it goes back to its
-        // place in its lane rather than behind everything that came due since. On
+        // goes back a second ahead of its `next_attempt_at` (it was due when claimed):
+        // to the front of its place in its lane, not behind everything that came due
+        // since, nor behind the rows due at the same second, which PostgreSQL returns
+        // in the order they lie on disk, where an updated row tends to come last (a
+        // killed daemon's rows of a 20,000-reader slot were sent at its very end). On
         // SQLite the transaction holds the write lock throughout; on PostgreSQL a stalled
         // worker that beats between the two keeps its row but not its claims: its
         // renewals find them gone and its senders leave them alone.
         let sql = format!(
             "UPDATE deliveries SET state = CASE WHEN attempts > 1 THEN {deferred} ELSE {queued} END,
-                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL, updated_at = $1
+                 attempts = attempts - 1, lease_until = NULL, lease_owner = NULL, updated_at = $1,
+                 next_attempt_at = next_attempt_at - 1
              WHERE {held} AND lease_owner IN (SELECT id FROM workers WHERE heartbeat_at < $2)",
             deferred = states::literal(DeliveryState::Deferred),
             queued = states::literal(DeliveryState::Queued),
@@ -121,6 +144,49 @@ impl Store {
             owners: owners.into_iter().map(|(id,)| LeaseOwner(id)).collect(),
             released,
         })
+    }
+
+    /// The other workers registered in process scope `scope` (this machine, this pid
+    /// namespace), each with the process it was: the caller can tell from the machine
+    /// which of them are gone.
+    pub async fn workers_in_scope(
+        &self,
+        scope: &str,
+        except: LeaseOwner,
+    ) -> Result<Vec<(LeaseOwner, ProcessIdentity)>> {
+        let rows: Vec<(i64, i64, Option<i64>)> = sqlx::query_as(
+            "SELECT id, pid, process_start FROM workers WHERE process_scope = $1 AND id <> $2",
+        )
+        .bind(scope)
+        .bind(except.0)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, pid, start)| {
+                Some((
+                    LeaseOwner(id),
+                    ProcessIdentity {
+                        scope: scope.to_string(),
+                        pid: u32::try_from(pid).ok()?,
+                        start: start?,
+                    },
+                ))
+            })
+            .collect())
+    }
+
+    /// Marks `owners` dead now, whatever their heartbeat says (their processes are
+    /// known to be gone): the next [`Store::release_dead_workers`] gives their claims
+    /// back.
+    pub async fn mark_workers_dead(&self, owners: &[LeaseOwner]) -> Result<()> {
+        for owner in owners {
+            sqlx::query("UPDATE workers SET heartbeat_at = 0 WHERE id = $1")
+                .bind(owner.0)
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Deletes `owner`'s row: the worker is stopping cleanly. Its feed leases are given

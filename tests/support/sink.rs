@@ -19,6 +19,15 @@ impl Drop for Sink {
 }
 
 pub fn smtp_sink(port: u16) -> Sink {
+    // Wait before answering DATA (a second unless HERALD_CRASH_SINK_DELAY says more),
+    // so many messages are in flight at once.
+    let delay = std::env::var("HERALD_CRASH_SINK_DELAY").unwrap_or_else(|_| "1".into());
+    smtp_sink_waiting(port, &delay)
+}
+
+/// `smtp-sink` answering DATA after `delay` whole seconds ("0": at once; smtp-sink
+/// itself takes no `-w 0`).
+pub fn smtp_sink_waiting(port: u16, delay: &str) -> Sink {
     let dir = tempfile::tempdir().unwrap();
     std::fs::set_permissions(
         dir.path(),
@@ -30,11 +39,13 @@ pub fn smtp_sink(port: u16) -> Sink {
     } else {
         "smtp-sink"
     };
-    // Wait before answering DATA (a second unless HERALD_CRASH_SINK_DELAY says more),
-    // so many messages are in flight at once.
-    let delay = std::env::var("HERALD_CRASH_SINK_DELAY").unwrap_or_else(|_| "1".into());
-    let child = Command::new(program)
-        .args(["-u", "nobody", "-w", &delay, "-m", "512", "-d"])
+    let mut command = Command::new(program);
+    command.args(["-u", "nobody", "-m", "512"]);
+    if delay != "0" {
+        command.args(["-w", delay]);
+    }
+    let child = command
+        .arg("-d")
         .arg(format!("{}/m.", dir.path().display()))
         .arg(format!("127.0.0.1:{port}"))
         .arg("1024")
@@ -82,6 +93,16 @@ pub fn received(sink: &Sink) -> HashMap<String, usize> {
         println!("{partial} partial transactions (client killed mid-DATA) not counted");
     }
     counts
+}
+
+/// When each whole message arrived (its dump file's last write), oldest first.
+pub fn arrivals(sink: &Sink) -> Vec<std::time::SystemTime> {
+    let mut times: Vec<_> = std::fs::read_dir(sink.dir.path())
+        .unwrap()
+        .filter_map(|entry| entry.ok()?.metadata().ok()?.modified().ok())
+        .collect();
+    times.sort();
+    times
 }
 
 /// Copies received per recipient once the sink has caught up: smtp-sink may write the

@@ -520,6 +520,8 @@ async fn a_region_ordered_by_feed_keeps_the_feeds_order_breaking_first() {
         let d = claimed.iter().find(|d| d.subscriber_id == town).unwrap();
         let titles: Vec<&str> = d.articles.iter().map(|a| a.title.as_str()).collect();
         assert_eq!(titles, ["alarm", "old", "new", "mid"], "{backend:?}");
+    }
+}
 
 /// The slot of [`plan_slot`]'s key, planned at `now`.
 fn daily_slot(key: &str, slot_at: i64, now: i64) -> SlotPlan<'_> {

@@ -229,6 +229,7 @@ async fn each_statement_moves_rows_only_along_the_transition_table() {
             host: "gone".into(),
             pid: 1,
             started_at: at(0),
+            process: None,
         };
         store.worker_heartbeat(&dead, at(0)).await.unwrap();
         let released = store
