@@ -123,6 +123,7 @@ mod tests {
             host: "test-host".into(),
             pid: 4_242,
             started_at: at(1_000),
+            process: None,
         }
     }
 
