@@ -1,0 +1,1 @@
+//! The IMAP client of the bounce mailbox.

@@ -1,0 +1,1 @@
+//! The bounce mailbox's poll loop.
