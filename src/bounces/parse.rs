@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use mail_parser::{MessageParser, MimeHeaders, PartType};
+use mail_parser::{MessageParser, MimeHeaders};
 use sha2::{Digest, Sha256};
 
 use super::{BounceKind, BounceReport, BounceSource};
