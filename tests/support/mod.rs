@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod dovecot;
 pub mod fault_smtp;
 
 pub mod feed_server;
