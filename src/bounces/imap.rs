@@ -65,9 +65,8 @@ impl ImapSettings {
         ca_certificates: Option<Vec<u8>>,
         timeout: Duration,
     ) -> Result<ImapSettings, String> {
-        let parsed = url::Url::parse(url).map_err(|e| {
-            format!("is not a URL ({e}); write it as imaps://USER@HOST/INBOX")
-        })?;
+        let parsed = url::Url::parse(url)
+            .map_err(|e| format!("is not a URL ({e}); write it as imaps://USER@HOST/INBOX"))?;
         let (security, default_port) = match parsed.scheme() {
             "imaps" => (ImapSecurity::Tls, 993),
             "imap" => (ImapSecurity::Starttls, 143),
@@ -626,7 +625,10 @@ mod tests {
     #[test]
     fn a_bad_url_is_refused_with_what_to_do() {
         for (url, words) in [
-            ("imaps://user:secret@host/", "HERALD__BOUNCES__IMAP_PASSWORD"),
+            (
+                "imaps://user:secret@host/",
+                "HERALD__BOUNCES__IMAP_PASSWORD",
+            ),
             ("pop3://user@host/", "imaps://"),
             ("imaps://host/", "no user"),
             ("not a url", "imaps://USER@HOST"),

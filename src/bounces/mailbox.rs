@@ -15,9 +15,10 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::imap::{Fetched, ImapError, ImapSession, ImapSettings};
-use super::parse::{BounceAddress, parse_mail};
 use super::BounceReport;
+use super::imap::{Fetched, ImapError, ImapSession, ImapSettings};
+use super::parse::{BounceAddress, Unparsed, parse_mail};
+use crate::config::BouncesConfig;
 use crate::domain::Timestamp;
 use crate::shutdown::Shutdown;
 use crate::supervise::Beat;
@@ -57,6 +58,14 @@ pub struct Mailbox {
     pub poll_interval: Duration,
 }
 
+impl Mailbox {
+    /// How long the mailbox stage may go without a good poll before `/readyz` says so:
+    /// three polls, each with room for its answers to be slow.
+    pub fn overdue_after(&self) -> Duration {
+        3 * self.poll_interval + 10 * self.settings.timeout
+    }
+}
+
 /// What one poll did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PollSummary {
@@ -89,6 +98,15 @@ pub enum PollError {
 }
 
 impl Mailbox {
+    /// The mailbox `[bounces]` configures, when `imap_url` (and so `address`) is set.
+    pub fn from_config(config: &BouncesConfig) -> Option<Mailbox> {
+        Some(Mailbox {
+            settings: config.imap.clone()?,
+            bounce: config.address.clone()?,
+            poll_interval: config.poll_interval,
+        })
+    }
+
     /// Reads every new mail once: its reports recorded and the mail marked read, or
     /// the mail set aside as unparsed.
     pub async fn poll(&self, recorder: &dyn RecordBounce) -> Result<PollSummary, PollError> {
@@ -100,7 +118,8 @@ impl Mailbox {
                 Fetched::Gone => continue,
                 Fetched::TooLarge(size) => {
                     tracing::warn!(
-                        uid, size,
+                        uid,
+                        size,
                         "a mail in the bounce mailbox is too large to be a bounce; it is left unread for a person"
                     );
                     session.mark_unparsed(uid).await?;
@@ -112,7 +131,7 @@ impl Mailbox {
             // A mail must never stop the loop: a panic in the parser is one more mail
             // for a person.
             let parsed = catch_unwind(AssertUnwindSafe(|| parse_mail(&raw, &self.bounce, at)))
-                .unwrap_or_else(|_| Err(super::parse::Unparsed::NotAReport));
+                .unwrap_or(Err(Unparsed::ParserFailed));
             match parsed {
                 Ok(reports) => {
                     for report in reports {

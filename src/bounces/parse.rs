@@ -120,6 +120,8 @@ pub enum Unparsed {
     NoFeedbackType,
     /// Neither a report nor a mail to an unsubscribe address.
     NotAReport,
+    /// Reading it failed inside herald (a bug to report, with the mail).
+    ParserFailed,
 }
 
 impl fmt::Display for Unparsed {
@@ -139,6 +141,9 @@ impl fmt::Display for Unparsed {
                 "it is neither a delivery status notification (RFC 3464), a feedback report \
                  (RFC 5965), nor a mail to an unsubscribe address",
             ),
+            Unparsed::ParserFailed => {
+                f.write_str("herald failed reading it; please report this, with the mail, as a bug")
+            }
         }
     }
 }
@@ -193,7 +198,9 @@ pub fn parse_mail(
         .content_type()
         .filter(|ct| {
             ct.ctype().eq_ignore_ascii_case("multipart")
-                && ct.subtype().is_some_and(|s| s.eq_ignore_ascii_case("report"))
+                && ct
+                    .subtype()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("report"))
         })
         .and_then(|ct| ct.attribute("report-type"))
         .map(str::to_ascii_lowercase);
@@ -270,10 +277,7 @@ impl Report<'_> {
             source: BounceSource::Imap,
             source_id: self.source_id.clone(),
             kind,
-            verp_token: self
-                .envelope
-                .iter()
-                .find_map(|a| self.bounce.verp_token(a)),
+            verp_token: self.envelope.iter().find_map(|a| self.bounce.verp_token(a)),
             original_message_id: self.original.as_ref().and_then(|o| o.message_id.clone()),
             recipient: None,
             diagnostic: None,
@@ -476,7 +480,8 @@ fn status_class(status: &str) -> Option<u8> {
     let class = parts.next()?;
     let subject = parts.next()?;
     let detail = parts.next()?;
-    let digits = |s: &str, max| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
+    let digits =
+        |s: &str, max| !s.is_empty() && s.len() <= max && s.bytes().all(|b| b.is_ascii_digit());
     if parts.next().is_some() || !digits(subject, 3) || !digits(detail, 3) {
         return None;
     }

@@ -105,14 +105,24 @@ fn a_token_is_only_taken_from_herald_s_own_bounce_domain() {
 #[test]
 fn a_verp_address_is_not_an_unsubscribe_address_and_back() {
     let b = bounce();
-    assert_eq!(b.verp_token("BOUNCES+abc@News.Example.org").as_deref(), Some("abc"));
+    assert_eq!(
+        b.verp_token("BOUNCES+abc@News.Example.org").as_deref(),
+        Some("abc")
+    );
     assert_eq!(b.unsubscribe_token("bounces+abc@news.example.org"), None);
     assert_eq!(
-        b.unsubscribe_token("bounces+Unsubscribe-xyz@news.example.org").as_deref(),
+        b.unsubscribe_token("bounces+Unsubscribe-xyz@news.example.org")
+            .as_deref(),
         Some("xyz")
     );
-    assert_eq!(b.verp_token("bounces+unsubscribe-xyz@news.example.org"), None);
-    assert_eq!(b.unsubscribe_token("bounces+unsubscribe-@news.example.org"), None);
+    assert_eq!(
+        b.verp_token("bounces+unsubscribe-xyz@news.example.org"),
+        None
+    );
+    assert_eq!(
+        b.unsubscribe_token("bounces+unsubscribe-@news.example.org"),
+        None
+    );
     assert_eq!(b.verp_token("bounces@news.example.org"), None);
     assert_eq!(b.verp_token("other+abc@news.example.org"), None);
     assert!(BounceAddress::new("bounces+x@news.example.org").is_err());
@@ -136,7 +146,13 @@ fn each_recipient_of_a_dsn_is_a_report_of_its_own_kind() {
     let reports = parse(raw.as_bytes()).unwrap();
     let got: Vec<_> = reports
         .iter()
-        .map(|r| (r.recipient.as_deref().unwrap(), r.kind, r.source_id.as_str()))
+        .map(|r| {
+            (
+                r.recipient.as_deref().unwrap(),
+                r.kind,
+                r.source_id.as_str(),
+            )
+        })
         .collect();
     assert_eq!(
         got,
@@ -192,7 +208,10 @@ fn a_base64_delivery_status_part_is_decoded() {
     assert_eq!(reports[0].kind, BounceKind::Hard);
     // Without a Message-ID, the id is a digest of the mail: the same mail, the same id.
     assert!(reports[0].source_id.starts_with("sha256:"));
-    assert_eq!(parse(raw.as_bytes()).unwrap()[0].source_id, reports[0].source_id);
+    assert_eq!(
+        parse(raw.as_bytes()).unwrap()[0].source_id,
+        reports[0].source_id
+    );
 }
 
 #[test]
@@ -212,6 +231,9 @@ fn control_characters_in_a_diagnostic_are_not_kept() {
     let raw = String::from_utf8(fixture("hard.eml"))
         .unwrap()
         .replace("User unknown", "User \x1b[31munknown\x07");
-    let d = parse(raw.as_bytes()).unwrap()[0].diagnostic.clone().unwrap();
+    let d = parse(raw.as_bytes()).unwrap()[0]
+        .diagnostic
+        .clone()
+        .unwrap();
     assert!(!d.chars().any(char::is_control), "{d:?}");
 }
