@@ -129,7 +129,10 @@ async fn each_mail_is_read_into_its_report_once_however_often_the_mailbox_is_pol
         reports[0].diagnostic.as_deref(),
         Some("550 5.1.1 <gone.reader@example.com>: Recipient address rejected: User unknown")
     );
-    assert_eq!(reports[0].source_id, "20270113230210.8C1D1C0456@mx.example.com");
+    assert_eq!(
+        reports[0].source_id,
+        "20270113230210.8C1D1C0456@mx.example.com"
+    );
 
     // The four read are marked read; the garbage one is unread, set aside, not deleted.
     let flags = dovecot.flags();
@@ -138,7 +141,11 @@ async fn each_mail_is_read_into_its_report_once_however_often_the_mailbox_is_pol
         assert!(seen(&flags[&uid]), "mail {uid}: {:?}", flags[&uid]);
         assert!(!set_aside(&flags[&uid]), "mail {uid}: {:?}", flags[&uid]);
     }
-    assert!(!seen(&flags[&5]) && set_aside(&flags[&5]), "{:?}", flags[&5]);
+    assert!(
+        !seen(&flags[&5]) && set_aside(&flags[&5]),
+        "{:?}",
+        flags[&5]
+    );
 
     // Polled again, and again: nothing is read twice, the garbage stays counted once.
     for _ in 0..2 {

@@ -206,7 +206,11 @@ fn hostile_bounces_never_panic_nor_name_anyone_they_do_not_contain() {
             continue;
         }
         with_reports += 1;
-        assert!(reports.len() <= 50, "case {case}: {} reports", reports.len());
+        assert!(
+            reports.len() <= 50,
+            "case {case}: {} reports",
+            reports.len()
+        );
         let text = mail_text(&bytes);
         for report in &reports {
             if let Some(recipient) = &report.recipient {

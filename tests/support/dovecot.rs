@@ -186,12 +186,18 @@ service anvil {{
     /// The `imaps://` URL of the mailbox (no password: herald reads it from the
     /// environment).
     pub fn imaps_url(&self) -> String {
-        format!("imaps://bounces%40news.example.org@127.0.0.1:{}/INBOX", self.tls_port)
+        format!(
+            "imaps://bounces%40news.example.org@127.0.0.1:{}/INBOX",
+            self.tls_port
+        )
     }
 
     /// The `imap://` (STARTTLS) URL of the mailbox.
     pub fn starttls_url(&self) -> String {
-        format!("imap://bounces%40news.example.org@127.0.0.1:{}/INBOX", self.starttls_port)
+        format!(
+            "imap://bounces%40news.example.org@127.0.0.1:{}/INBOX",
+            self.starttls_port
+        )
     }
 
     fn client(&self, args: &[&str]) -> String {
