@@ -289,3 +289,59 @@ async fn a_report_the_recorder_refuses_leaves_its_mail_unread_for_the_next_poll(
     assert_eq!(kinds, vec![BounceKind::Hard, BounceKind::Soft]);
     assert!(dovecot.flags().values().all(|f| seen(f)));
 }
+
+/// The mailbox as an operator configures it: `[bounces]` in the file, the password in
+/// `HERALD__BOUNCES__IMAP_PASSWORD`, the server's authority in `imap_ca_file` (a path
+/// relative to the config file).
+#[tokio::test]
+async fn the_mailbox_configured_in_bounces_reads_the_server() {
+    use herald::config::{Config, PathBase};
+    let dovecot = Dovecot::start();
+    dovecot.append(&[&fixture("hard.eml")]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(&dovecot.certificates.ca, dir.path().join("imap-ca.pem")).unwrap();
+    let path = dir.path().join("herald.toml");
+    std::fs::write(
+        &path,
+        format!(
+            r#"
+[mail]
+from = "Riverton News <news@news.example.org>"
+postal_address = "1 Main St, Riverton"
+
+[bounces]
+address = "bounces@news.example.org"
+imap_url = "{}"
+imap_ca_file = "imap-ca.pem"
+poll_interval = "5s"
+
+[[regions]]
+slug = "riverton"
+name = "Riverton"
+timezone = "America/Los_Angeles"
+"#,
+            dovecot.imaps_url()
+        ),
+    )
+    .unwrap();
+    let env = [(
+        "HERALD__BOUNCES__IMAP_PASSWORD".to_string(),
+        PASSWORD.to_string(),
+    )];
+    let config = Config::load_with_env(&path, PathBase::ConfigFolder, env).unwrap();
+    let mailbox = Mailbox::from_config(&config.bounces).expect("the mailbox is configured");
+    assert_eq!(mailbox.poll_interval, Duration::from_secs(5));
+    let recorded = Recorded::default();
+    let summary = mailbox.poll(&recorded.recorder()).await.unwrap();
+    assert_eq!((summary.mails, summary.reports), (1, 1));
+    assert_eq!(
+        recorded.reports()[0].verp_token.as_deref(),
+        Some("d1001.kX9q_2Zt")
+    );
+
+    // Without the password the configuration is refused with the variable to set.
+    let err = Config::load_with_env(&path, PathBase::ConfigFolder, Vec::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("HERALD__BOUNCES__IMAP_PASSWORD"), "{err}");
+}

@@ -64,6 +64,18 @@ impl BounceAddress {
         })
     }
 
+    /// The envelope sender of the email whose delivery `token` names:
+    /// `bounces+TOKEN@news.example.org`.
+    pub fn verp_address(&self, token: &str) -> String {
+        format!("{}+{token}@{}", self.local, self.domain)
+    }
+
+    /// The `List-Unsubscribe` mailto address for `token`:
+    /// `bounces+unsubscribe-TOKEN@news.example.org`, read back by [`parse_mail`].
+    pub fn unsubscribe_address(&self, token: &str) -> String {
+        format!("{}+{UNSUBSCRIBE_TAG}{token}@{}", self.local, self.domain)
+    }
+
     /// The tag after `+` when `address` is `local+TAG@domain` (case-insensitive on the
     /// local part and the domain), and the tag is a plausible token.
     fn tag<'a>(&self, address: &'a str) -> Option<&'a str> {

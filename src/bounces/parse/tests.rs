@@ -237,3 +237,16 @@ fn control_characters_in_a_diagnostic_are_not_kept() {
         .unwrap();
     assert!(!d.chars().any(char::is_control), "{d:?}");
 }
+
+#[test]
+fn the_addresses_herald_writes_are_the_ones_it_reads_back() {
+    let b = bounce();
+    let verp = b.verp_address("d7.Ab-_=");
+    assert_eq!(verp, "bounces+d7.Ab-_=@news.example.org");
+    assert_eq!(b.verp_token(&verp).as_deref(), Some("d7.Ab-_="));
+    assert_eq!(b.unsubscribe_token(&verp), None);
+    let mailto = b.unsubscribe_address("s7.Xy");
+    assert_eq!(mailto, "bounces+unsubscribe-s7.Xy@news.example.org");
+    assert_eq!(b.unsubscribe_token(&mailto).as_deref(), Some("s7.Xy"));
+    assert_eq!(b.verp_token(&mailto), None);
+}
