@@ -95,7 +95,10 @@ impl Dovecot {
             format!("{USER}:{{PLAIN}}{PASSWORD}::::::\n"),
         )
         .unwrap();
-        let (tls_port, starttls_port) = (free_port(), free_port());
+        let tls_port = free_port();
+        let starttls_port = std::iter::repeat_with(free_port)
+            .find(|&port| port != tls_port)
+            .unwrap();
         let config = format!(
             r#"
 base_dir = {root}/run
