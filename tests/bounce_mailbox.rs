@@ -14,6 +14,7 @@ use herald::bounces::mailbox::{Mailbox, PollError, PollSummary, RecordBounce};
 use herald::bounces::parse::BounceAddress;
 use herald::bounces::{BounceKind, BounceReport, BounceSource};
 use herald::config::Secret;
+use herald::domain::Timestamp;
 use support::dovecot::{Dovecot, PASSWORD};
 
 fn fixture(name: &str) -> Vec<u8> {
@@ -182,9 +183,15 @@ async fn an_imap_url_is_upgraded_with_starttls() {
     dovecot.append(&[&fixture("complaint.eml")]);
     let mailbox = mailbox(&dovecot.starttls_url(), PASSWORD, trusted(&dovecot));
     let recorded = Recorded::default();
-    let summary = mailbox.poll(&recorded.recorder()).await.unwrap();
+    // The instant each report carries is the one the caller's clock reads.
+    let pinned = Timestamp::from_unix(support::epoch(support::PINNED_CLOCK));
+    let summary = mailbox
+        .poll_at(&recorded.recorder(), &|| pinned)
+        .await
+        .unwrap();
     assert_eq!((summary.mails, summary.reports), (1, 1));
     assert_eq!(recorded.reports()[0].kind, BounceKind::Complaint);
+    assert_eq!(recorded.reports()[0].at, pinned);
 }
 
 /// A server (scripted here, to inject the fault) that does not offer STARTTLS: herald

@@ -110,6 +110,16 @@ impl Mailbox {
     /// Reads every new mail once: its reports recorded and the mail marked read, or
     /// the mail set aside as unparsed.
     pub async fn poll(&self, recorder: &dyn RecordBounce) -> Result<PollSummary, PollError> {
+        self.poll_at(recorder, &Timestamp::now).await
+    }
+
+    /// [`Mailbox::poll`], each report stamped with the instant `clock` reads when its
+    /// mail is parsed (tests pass their own instants: soft bounces count by day).
+    pub async fn poll_at(
+        &self,
+        recorder: &dyn RecordBounce,
+        clock: &(dyn Fn() -> Timestamp + Sync),
+    ) -> Result<PollSummary, PollError> {
         let mut session = ImapSession::open(&self.settings).await?;
         let mut summary = PollSummary::default();
         for uid in session.new_mail().await? {
@@ -127,7 +137,7 @@ impl Mailbox {
                     continue;
                 }
             };
-            let at = Timestamp::now();
+            let at = clock();
             // A mail must never stop the loop: a panic in the parser is one more mail
             // for a person.
             let parsed = catch_unwind(AssertUnwindSafe(|| parse_mail(&raw, &self.bounce, at)))
