@@ -8,6 +8,7 @@
 //! with the key it came from.
 
 mod alerts;
+mod bounces;
 mod database;
 mod deliver;
 mod dkim;
@@ -33,6 +34,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 pub use alerts::AlertsConfig;
+pub use bounces::{BounceAddress, BouncesConfig};
 pub use database::DatabaseConfig;
 pub use deliver::{DeliverConfig, Expiry};
 pub use dkim::DkimSettings;
@@ -137,6 +139,8 @@ pub struct Config {
     pub signup: SignupConfig,
     /// How log lines are written.
     pub log: LogConfig,
+    /// Bounces and complaints: VERP, the soft-bounce limit, the relays' webhooks.
+    pub bounces: BouncesConfig,
     /// The regions readers can follow, in the file's order.
     pub regions: Regions,
 }
@@ -159,12 +163,13 @@ struct Sections {
     dkim: IgnoredAny,
     signup: IgnoredAny,
     log: IgnoredAny,
+    bounces: IgnoredAny,
     #[serde(default)]
     regions: IgnoredAny,
 }
 
 /// Every section's built-in values, the bottom layer.
-const DEFAULTS: [&str; 12] = [
+const DEFAULTS: [&str; 13] = [
     database::DEFAULTS,
     http::DEFAULTS,
     mail::DEFAULTS,
@@ -177,6 +182,7 @@ const DEFAULTS: [&str; 12] = [
     dkim::DEFAULTS,
     signup::DEFAULTS,
     log::DEFAULTS,
+    bounces::DEFAULTS,
 ];
 
 impl Config {
@@ -263,6 +269,7 @@ impl Config {
         let dkim = p.section::<dkim::File>(&root, "dkim");
         let signup = p.section::<signup::File>(&root, "signup");
         let log = p.section::<log::File>(&root, "log");
+        let bounces = p.section::<bounces::File>(&root, "bounces");
         let regions = match root.find_ref("regions") {
             Some(value) => p.value::<Vec<Setting<regions::Entry>>>("regions", value.clone()),
             None => Some(Vec::new()),
@@ -281,6 +288,7 @@ impl Config {
         let dkim = dkim.and_then(|s| s.check(p, mail.as_ref().map(|m| &m.from), base_dir));
         let signup = signup.and_then(|s| s.check(p));
         let log = log.and_then(|s| s.check(p));
+        let bounces = bounces.and_then(|s| s.check(p));
         // Feeds named `file://relative` have always been read against the config
         // file's folder, with or without --config (the demo feeds sit beside it).
         let feeds_dir = match path.parent() {
@@ -305,6 +313,7 @@ impl Config {
             dkim: dkim?,
             signup: signup?,
             log: log?,
+            bounces: bounces?,
             regions: regions?,
         })
     }

@@ -116,39 +116,44 @@ pub struct Suppression {
     pub reason: String,
     /// When it was added.
     pub created_at: Timestamp,
+    /// The bounce or complaint report that caused it (`bounce_events.id`), if one did.
+    pub event: Option<i64>,
 }
 
 impl Store {
     /// Every entry, newest first.
     pub async fn suppressions(&self) -> Result<Vec<Suppression>> {
-        let rows: Vec<(String, String, Timestamp)> = sqlx::query_as(
-            "SELECT email_hash, reason, created_at FROM suppressions
+        let rows: Vec<(String, String, Timestamp, Option<i64>)> = sqlx::query_as(
+            "SELECT email_hash, reason, created_at, bounce_event_id FROM suppressions
              ORDER BY created_at DESC, email_hash",
         )
         .fetch_all(&self.pool)
         .await?;
         Ok(rows
             .into_iter()
-            .map(|(entry, reason, created_at)| Suppression {
+            .map(|(entry, reason, created_at, event)| Suppression {
                 entry,
                 reason,
                 created_at,
+                event,
             })
             .collect())
     }
 
     /// Whether `email` is on the list, and why.
     pub async fn suppression_of(&self, email: &Email) -> Result<Option<Suppression>> {
-        let row: Option<(String, String, Timestamp)> = sqlx::query_as(
-            "SELECT email_hash, reason, created_at FROM suppressions WHERE email_hash = $1",
+        let row: Option<(String, String, Timestamp, Option<i64>)> = sqlx::query_as(
+            "SELECT email_hash, reason, created_at, bounce_event_id FROM suppressions
+             WHERE email_hash = $1",
         )
         .bind(self.suppression.entry(email.as_str()))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(entry, reason, created_at)| Suppression {
+        Ok(row.map(|(entry, reason, created_at, event)| Suppression {
             entry,
             reason,
             created_at,
+            event,
         }))
     }
 
