@@ -52,7 +52,7 @@ pub use signup::{
 };
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
-pub use suppressions::{Suppression, SuppressionKey};
+pub use suppressions::{Suppression, SuppressionEvent, SuppressionKey};
 pub use workers::{DeadWorkers, Heartbeat, Worker};
 
 use std::path::Path;

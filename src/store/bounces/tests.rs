@@ -111,7 +111,12 @@ async fn a_hard_bounce_marks_its_row_bounced_and_suppresses_once() {
             .fetch_one(&store.pool)
             .await
             .unwrap();
-        assert_eq!(entry.event, Some(event));
+        let cause = entry.event.unwrap();
+        assert_eq!(
+            (cause.id, cause.kind.as_str(), cause.source.as_str()),
+            (event, "hard", "imap")
+        );
+        assert_eq!((cause.delivery, cause.at), (row.get(), at(3_000)));
         // The same report again, however often: nothing more.
         for _ in 0..3 {
             assert_eq!(
