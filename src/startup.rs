@@ -47,6 +47,7 @@ pub fn web_config(config: &Config) -> WebConfig {
         expiry: config.deliver.expiry.clone(),
         smtp_reply_within: (config.mail.transport == crate::config::TransportKind::Smtp)
             .then(|| crate::web::smtp_reply_within(config.smtp.timeout)),
+        bounces: config.bounces.clone(),
     }
 }
 

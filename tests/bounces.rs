@@ -114,3 +114,328 @@ fn without_a_bounce_address_the_envelope_sender_is_the_from_address() {
         assert!(!unsubscribe.contains("mailto:"), "{unsubscribe}");
     }
 }
+
+/// Hex HMAC-SHA256 of `timestamp` and `token` with `key`: Mailgun's signature.
+fn mailgun_signature(key: &str, timestamp: i64, token: &str) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes()).unwrap();
+    mac.update(format!("{timestamp}{token}").as_bytes());
+    mac.finalize()
+        .into_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn mailgun_body(key: &str, timestamp: i64, token: &str, event: serde_json::Value) -> String {
+    serde_json::json!({
+        "signature": {
+            "timestamp": timestamp.to_string(),
+            "token": token,
+            "signature": mailgun_signature(key, timestamp, token),
+        },
+        "event-data": event,
+    })
+    .to_string()
+}
+
+/// A throwaway RSA certificate made with the openssl command, and what signs with it.
+struct SnsSigner {
+    dir: tempfile::TempDir,
+}
+
+impl SnsSigner {
+    fn new() -> SnsSigner {
+        let dir = tempfile::tempdir().unwrap();
+        let made = std::process::Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "3",
+            ])
+            .args([
+                "-subj",
+                "/CN=sns.test.example",
+                "-keyout",
+                "key.pem",
+                "-out",
+                "cert.pem",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .expect("the openssl command must be installed");
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        SnsSigner { dir }
+    }
+
+    fn cert_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.path().join("cert.pem")).unwrap()
+    }
+
+    /// The message with its `Signature`, as SNS signs it (version 1: SHA-1, 2: SHA-256).
+    fn sign(&self, mut message: serde_json::Value) -> serde_json::Value {
+        use base64::Engine;
+        let version = message["SignatureVersion"].as_str().unwrap().to_string();
+        let fields: &[&str] = if message["Type"] == "Notification" {
+            &[
+                "Message",
+                "MessageId",
+                "Subject",
+                "Timestamp",
+                "TopicArn",
+                "Type",
+            ]
+        } else {
+            &[
+                "Message",
+                "MessageId",
+                "SubscribeURL",
+                "Timestamp",
+                "Token",
+                "TopicArn",
+                "Type",
+            ]
+        };
+        let mut text = String::new();
+        for field in fields {
+            if let Some(value) = message[*field].as_str() {
+                text.push_str(&format!("{field}\n{value}\n"));
+            }
+        }
+        let input = self.dir.path().join("input.txt");
+        std::fs::write(&input, text).unwrap();
+        let digest = if version == "1" { "-sha1" } else { "-sha256" };
+        let signed = std::process::Command::new("openssl")
+            .args([
+                "dgst",
+                digest,
+                "-sign",
+                "key.pem",
+                "-out",
+                "sig.bin",
+                "input.txt",
+            ])
+            .current_dir(self.dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            signed.status.success(),
+            "{}",
+            String::from_utf8_lossy(&signed.stderr)
+        );
+        let signature = std::fs::read(self.dir.path().join("sig.bin")).unwrap();
+        message["Signature"] = base64::engine::general_purpose::STANDARD
+            .encode(signature)
+            .into();
+        message
+    }
+}
+
+fn post(site: &Site, path: &str, body: &str) -> (u16, String) {
+    let (status, _, body) = support::request(
+        site.http_port,
+        "POST",
+        path,
+        &[("Content-Type", "application/json")],
+        body,
+    )
+    .unwrap();
+    (status, body)
+}
+
+fn count(site: &Site, query: &str) -> String {
+    site.sql(query)[0][0].clone()
+}
+
+#[test]
+fn signed_webhooks_are_applied_once_forged_ones_change_nothing_and_the_next_send_skips_them() {
+    let smtp = SmtpServer::start();
+    let certs = support::feed_server::FeedServer::start();
+    let sns = SnsSigner::new();
+    certs.route(
+        "/SimpleNotificationService-test.pem",
+        support::feed_server::Reply::ok("application/x-pem-file", sns.cert_pem()),
+    );
+    certs.route(
+        "/confirm-subscription",
+        support::feed_server::Reply::ok("text/xml", "<ok/>"),
+    );
+    let site = Site::new(smtp.port)
+        .with_public_url("https://news.test.example")
+        .with_extra(&format!("{BOUNCES}sns_cert_hosts = [\"127.0.0.1\"]\n"));
+    site.run(&["ingest"]).ok();
+    for email in [
+        "ada@example.org",
+        "bo@example.org",
+        "cy@example.net",
+        "di@example.net",
+    ] {
+        site.run(&[
+            "subscribers",
+            "add",
+            email,
+            "--region",
+            "riverton",
+            "--region",
+            "cedar-falls",
+            "--confirmed",
+        ])
+        .ok();
+    }
+    site.run(&["send", "--region", "riverton", "--yes"]).ok();
+    let messages = smtp.wait_for(4, Duration::from_secs(10));
+    assert_eq!(messages.len(), 4);
+    let senders = smtp.envelope_senders();
+    let sent_to = |who: &str| {
+        let at = messages
+            .iter()
+            .position(|(rcpt, _)| rcpt.trim() == who)
+            .unwrap();
+        let message_id = parse_email(&messages[at].1)
+            .header("Message-ID")
+            .unwrap()
+            .to_string();
+        (senders[at].clone(), message_id)
+    };
+
+    let key = "mailgun-test-signing-key";
+    let mut command = site.command(&["daemon"]);
+    command.env("HERALD__BOUNCES__MAILGUN_SIGNING_KEY", key);
+    let daemon = support::Daemon::start_command(&site, command);
+    let events = "SELECT COUNT(*) FROM bounce_events";
+
+    // Mailgun: ada's mailbox does not exist.
+    let (ada_verp, _) = sent_to("ada@example.org");
+    let hard = serde_json::json!({
+        "id": "mg-event-1", "event": "failed", "severity": "permanent",
+        "recipient": "ada@example.org", "timestamp": site.now() as f64,
+        "envelope": {"sender": ada_verp},
+        "delivery-status": {"code": 550, "message": "5.1.1 The email account does not exist"},
+    });
+    // Forged first: a signature with another key, and one whose timestamp is old.
+    let forged = mailgun_body("not-the-key", site.now(), "token-1", hard.clone());
+    assert_eq!(post(&site, "/webhooks/mailgun", &forged).0, 401);
+    let stale = mailgun_body(key, site.now() - 301, "token-1", hard.clone());
+    assert_eq!(post(&site, "/webhooks/mailgun", &stale).0, 401);
+    let mut tampered: serde_json::Value =
+        serde_json::from_str(&mailgun_body(key, site.now(), "token-1", hard.clone())).unwrap();
+    tampered["signature"]["token"] = "token-2".into();
+    assert_eq!(
+        post(&site, "/webhooks/mailgun", &tampered.to_string()).0,
+        401
+    );
+    assert_eq!(
+        count(&site, events),
+        "0",
+        "a refused webhook changes nothing"
+    );
+    assert_eq!(count(&site, "SELECT COUNT(*) FROM suppressions"), "0");
+    // Genuine, then replayed.
+    let genuine = mailgun_body(key, site.now(), "token-1", hard);
+    let (status, body) = post(&site, "/webhooks/mailgun", &genuine);
+    assert_eq!((status, body.contains("applied")), (200, true), "{body}");
+    for _ in 0..2 {
+        let (status, body) = post(&site, "/webhooks/mailgun", &genuine);
+        assert_eq!((status, body.contains("duplicate")), (200, true), "{body}");
+    }
+    assert_eq!(count(&site, events), "1");
+
+    // SES through SNS: the subscription is confirmed (version 1 signature) ...
+    let cert_url = certs.url("/SimpleNotificationService-test.pem");
+    let subscribe = sns.sign(serde_json::json!({
+        "Type": "SubscriptionConfirmation",
+        "MessageId": "sns-sub-1",
+        "Token": "confirm-token",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-bounces",
+        "Message": "You have chosen to subscribe to the topic.",
+        "SubscribeURL": certs.url("/confirm-subscription"),
+        "Timestamp": "2027-01-13T23:00:00.000Z",
+        "SignatureVersion": "1",
+        "SigningCertURL": cert_url,
+    }));
+    let (status, body) = post(&site, "/webhooks/ses", &subscribe.to_string());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(certs.requests("/confirm-subscription").len(), 1);
+    // ... and bo's complaint arrives (version 2), matched by the Message-ID alone.
+    let (_, bo_message_id) = sent_to("bo@example.org");
+    let complaint = serde_json::json!({
+        "notificationType": "Complaint",
+        "complaint": {
+            "complainedRecipients": [{"emailAddress": "bo@example.org"}],
+            "timestamp": "2027-01-13T23:01:00.000Z",
+            "complaintFeedbackType": "abuse",
+        },
+        "mail": {
+            "messageId": "0100018c-ses-id",
+            "headers": [{"name": "Message-ID", "value": bo_message_id}],
+        },
+    });
+    let notification = sns.sign(serde_json::json!({
+        "Type": "Notification",
+        "MessageId": "sns-note-1",
+        "TopicArn": "arn:aws:sns:us-east-1:123456789012:herald-bounces",
+        "Message": complaint.to_string(),
+        "Timestamp": "2027-01-13T23:01:05.000Z",
+        "SignatureVersion": "2",
+        "SigningCertURL": cert_url,
+    }));
+    // The message changed after signing: refused.
+    let mut altered = notification.clone();
+    altered["Message"] = complaint
+        .to_string()
+        .replace("bo@example.org", "cy@example.net")
+        .into();
+    assert_eq!(post(&site, "/webhooks/ses", &altered.to_string()).0, 401);
+    // A certificate from a host not on the list: refused before anything is fetched.
+    let mut elsewhere = notification.clone();
+    elsewhere["SigningCertURL"] = "https://certs.example.net/x.pem".into();
+    assert_eq!(post(&site, "/webhooks/ses", &elsewhere.to_string()).0, 401);
+    assert_eq!(count(&site, events), "1");
+    let (status, body) = post(&site, "/webhooks/ses", &notification.to_string());
+    assert_eq!((status, body.contains("applied")), (200, true), "{body}");
+    let (status, body) = post(&site, "/webhooks/ses", &notification.to_string());
+    assert_eq!((status, body.contains("duplicate")), (200, true), "{body}");
+    assert_eq!(count(&site, events), "2");
+    assert_eq!(
+        certs.requests("/SimpleNotificationService-test.pem").len(),
+        1,
+        "fetched once"
+    );
+
+    let states = site.sql("SELECT email, state FROM subscribers ORDER BY email");
+    let state = |who: &str| states.iter().find(|r| r[0] == who).unwrap()[1].clone();
+    assert_eq!(state("ada@example.org"), "suppressed");
+    assert_eq!(state("bo@example.org"), "unsubscribed");
+    assert_eq!(state("cy@example.net"), "confirmed");
+    assert_eq!(state("di@example.net"), "confirmed");
+    let listed = site.run(&["suppressions", "list"]).ok().stdout();
+    assert!(listed.contains("hard bounce: 550 5.1.1"), "{listed}");
+    assert!(listed.contains("complaint"), "{listed}");
+    assert!(
+        listed.contains("via mailgun") && listed.contains("via ses"),
+        "{listed}"
+    );
+    assert_eq!(
+        count(
+            &site,
+            "SELECT d.state FROM deliveries d JOIN subscribers s ON s.id = d.subscriber_id
+             WHERE s.email = 'ada@example.org'"
+        ),
+        "bounced"
+    );
+    daemon.stop();
+
+    // The next send reaches only the readers still subscribed and not suppressed.
+    site.run(&["send", "--region", "cedar-falls", "--yes"]).ok();
+    let all = smtp.wait_for(6, Duration::from_secs(10));
+    std::thread::sleep(Duration::from_millis(300));
+    let mut second: Vec<String> = smtp.messages()[4..]
+        .iter()
+        .map(|(rcpt, _)| rcpt.trim().to_string())
+        .collect();
+    second.sort();
+    assert_eq!(all.len(), 6);
+    assert_eq!(second, ["cy@example.net", "di@example.net"]);
+}

@@ -9,6 +9,7 @@
 //! ([`mailto_unsubscribe_address`]).
 
 mod seal;
+pub mod webhooks;
 
 use crate::config::{BounceAddress, BouncesConfig};
 use crate::domain::{DeliveryId, SubscriberId, Timestamp};
