@@ -300,6 +300,12 @@ fn signed_webhooks_are_applied_once_forged_ones_change_nothing_and_the_next_send
         (senders[at].clone(), message_id)
     };
 
+    let token = site
+        .run(&["admin", "token", "create", "desk"])
+        .ok()
+        .stdout()
+        .trim()
+        .to_string();
     let key = "mailgun-test-signing-key";
     let mut command = site.command(&["daemon"]);
     command.env("HERALD__BOUNCES__MAILGUN_SIGNING_KEY", key);
@@ -425,6 +431,86 @@ fn signed_webhooks_are_applied_once_forged_ones_change_nothing_and_the_next_send
         ),
         "bounced"
     );
+    // Reported per kind and per domain: herald status, /admin/api/stats, /metrics.
+    let status = site.run(&["status"]).ok().stdout();
+    assert!(
+        status.contains("bounces: 1 reported after sending (1 hard, 0 soft), bounce rate 25.00%"),
+        "{status}"
+    );
+    assert!(
+        status.contains("1 complaint(s), complaint rate 25.000%"),
+        "{status}"
+    );
+    assert!(
+        status.contains("example.org") && status.contains("1 hard, 1 complaint; 2 suppressed"),
+        "{status}"
+    );
+    assert!(
+        status.contains("suppressions: 1 complaint, 1 hard"),
+        "{status}"
+    );
+    let bearer = format!("Bearer {token}");
+    let (code, _, stats) = support::request(
+        site.http_port,
+        "GET",
+        "/admin/api/stats",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let bounces = &stats["bounces"];
+    assert_eq!(bounces["sent"], 4);
+    assert_eq!(bounces["by_kind"]["hard"], 1);
+    assert_eq!(bounces["by_kind"]["complaint"], 1);
+    assert_eq!(bounces["complaint_rate"], 0.25);
+    assert_eq!(bounces["by_domain"][0]["domain"], "example.org");
+    assert_eq!(bounces["by_domain"][0]["suppressed"], 2);
+    assert_eq!(bounces["suppressions"]["hard"], 1);
+    let (code, _, listed) = support::request(
+        site.http_port,
+        "GET",
+        "/admin/api/suppressions",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed["count"], 2);
+    let kinds: Vec<&str> = listed["suppressions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["event"]["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"hard") && kinds.contains(&"complaint"),
+        "{listed}"
+    );
+    let (code, _, metrics) = support::request(
+        site.http_port,
+        "GET",
+        "/metrics",
+        &[("Authorization", &bearer)],
+        "",
+    )
+    .unwrap();
+    assert_eq!(code, 200);
+    for line in [
+        "herald_bounce_reports{kind=\"hard\"} 1",
+        "herald_bounce_reports{kind=\"complaint\"} 1",
+        "herald_bounce_reports_by_domain{domain=\"example.org\",kind=\"hard\"} 1",
+        "herald_bounce_rate 0.25",
+        "herald_complaint_rate 0.25",
+        "herald_suppressions{cause=\"complaint\"} 1",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "{line} not in\n{metrics}"
+        );
+    }
     daemon.stop();
 
     // The next send reaches only the readers still subscribed and not suppressed.
@@ -438,4 +524,39 @@ fn signed_webhooks_are_applied_once_forged_ones_change_nothing_and_the_next_send
     second.sort();
     assert_eq!(all.len(), 6);
     assert_eq!(second, ["cy@example.net", "di@example.net"]);
+}
+
+#[test]
+fn sign_ups_never_confirmed_are_erased_once_their_link_expired() {
+    let smtp = SmtpServer::start();
+    let site = Site::new(smtp.port);
+    site.add_confirmed("kept@example.org", "riverton");
+    site.run(&[
+        "subscribers",
+        "add",
+        "waiting@example.org",
+        "--region",
+        "riverton",
+    ])
+    .ok();
+    let now = site.run(&["subscribers", "purge-pending"]).ok().stdout();
+    assert!(now.contains("erased 0 sign-up(s)"), "{now}");
+    // Eight days on, past the seven-day confirmation link.
+    let site = site.with_clock("2027-01-21T23:00:00Z");
+    let later = site.run(&["subscribers", "purge-pending"]).ok().stdout();
+    assert!(later.contains("erased 1 sign-up(s)"), "{later}");
+    let left = site.sql("SELECT email, state FROM subscribers");
+    assert_eq!(
+        left,
+        vec![vec![
+            "kept@example.org".to_string(),
+            "confirmed".to_string()
+        ]]
+    );
+    assert_eq!(site.sql("SELECT SUM(count) FROM purged_signups")[0][0], "1");
+    let status = site.run(&["status"]).ok().stdout();
+    assert!(
+        status.contains("sign-ups erased unconfirmed: 1"),
+        "{status}"
+    );
 }
