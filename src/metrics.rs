@@ -204,6 +204,8 @@ pub struct LedgerSnapshot {
     pub readers: Vec<(SubscriberState, i64)>,
     /// Manual sends in progress (planning, sending or paused), per state.
     pub sends: Vec<(SendState, i64)>,
+    /// Bounces and complaints reported after sending, and the suppression list by cause.
+    pub bounces: crate::store::BounceStats,
 }
 
 const KINDS: [DeliveryKind; 4] = [
@@ -321,6 +323,8 @@ pub fn render(ledger: &LedgerSnapshot, metrics: &Metrics, now: Timestamp) -> Str
         );
     }
 
+    bounce_families(&mut out, &ledger.bounces);
+
     family(
         &mut out,
         "herald_smtp_replies_total",
@@ -416,6 +420,69 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     let _ = writeln!(out, " {}", format_value(value));
 }
 
+/// Bounce and complaint reports by kind and by domain, their rates, and the
+/// suppression list by cause.
+fn bounce_families(out: &mut String, bounces: &crate::store::BounceStats) {
+    family(
+        out,
+        "herald_bounce_reports",
+        "gauge",
+        "Bounce, complaint and unsubscribe reports recorded from the bounce mailbox and the relays' webhooks, by kind.",
+    );
+    for (kind, n) in &bounces.by_kind {
+        sample(
+            out,
+            "herald_bounce_reports",
+            &[("kind", kind.as_str())],
+            *n as f64,
+        );
+    }
+    family(
+        out,
+        "herald_bounce_reports_by_domain",
+        "gauge",
+        "The same reports for the recipient domains with the most of them, by domain and kind.",
+    );
+    for domain in &bounces.by_domain {
+        for (kind, n) in &domain.by_kind {
+            sample(
+                out,
+                "herald_bounce_reports_by_domain",
+                &[("domain", &domain.domain), ("kind", kind.as_str())],
+                *n as f64,
+            );
+        }
+    }
+    family(
+        out,
+        "herald_bounce_rate",
+        "gauge",
+        "Hard and soft bounces reported per email the relay accepted.",
+    );
+    sample(out, "herald_bounce_rate", &[], bounces.bounce_rate());
+    family(
+        out,
+        "herald_complaint_rate",
+        "gauge",
+        "Complaints reported per email the relay accepted.",
+    );
+    sample(out, "herald_complaint_rate", &[], bounces.complaint_rate());
+    family(
+        out,
+        "herald_suppressions",
+        "gauge",
+        "Suppression-list entries by cause (a report's kind, or other).",
+    );
+    for cause in ["hard", "soft", "complaint", "other"] {
+        let n = bounces
+            .suppressions
+            .iter()
+            .find(|(c, _)| c == cause)
+            .map_or(0, |(_, n)| *n);
+        sample(out, "herald_suppressions", &[("cause", cause)], n as f64);
+    }
+}
+
 /// A label value as the text format wants it: backslash, quote and line feed escaped.
 fn escape_label(value: &str) -> String {
     value
@@ -487,6 +554,7 @@ mod tests {
             lanes: vec![(2, 4, Some(Timestamp::from_unix(100)))],
             readers: vec![(SubscriberState::Confirmed, 9)],
             sends: vec![(SendState::Paused, 2)],
+            bounces: crate::store::BounceStats::default(),
         };
         let text = render(&ledger, &metrics, Timestamp::from_unix(160));
         for line in [

@@ -106,23 +106,28 @@ async fn each_mail_is_read_into_its_report_once_however_often_the_mailbox_is_pol
         vec![
             (
                 BounceKind::Hard,
-                Some("d1001.kX9q_2Zt"),
+                Some("hardaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
                 Some("gone.reader@example.com"),
                 Some("6f1c2a7e-0d4b-4c8e-9f51-1a2b3c4d5e6f@news.example.org"),
             ),
             (
                 BounceKind::Soft,
-                Some("d2002.Zz0-abc"),
+                Some("softaaaaaaaaaaaaaaaaaaaaaaaaaaaa"),
                 Some("full.box@example.net"),
                 Some("soft-original-2002@news.example.org"),
             ),
             (
                 BounceKind::Complaint,
-                Some("d3003.Qw3r_ty"),
+                Some("complaintaaaaaaaaaaaaaaaaaaaaaaa"),
                 Some("annoyed.reader@example.com"),
                 Some("complained-3003@news.example.org"),
             ),
-            (BounceKind::Unsubscribe, Some("s4004.Un5ub_x"), None, None),
+            (
+                BounceKind::Unsubscribe,
+                Some("bounces+u-unsubscribeaaaaaaaaaaaaaaaaaaaaaaaaaaaa@news.example.org"),
+                None,
+                None,
+            ),
         ]
     );
     assert!(reports.iter().all(|r| r.source == BounceSource::Imap));
@@ -167,13 +172,19 @@ async fn each_mail_is_read_into_its_report_once_however_often_the_mailbox_is_pol
     let later = String::from_utf8(fixture("hard.eml"))
         .unwrap()
         .replace("20270113230210.8C1D1C0456", "20270114090000.AAAA")
-        .replace("d1001.kX9q_2Zt", "d1009.later");
+        .replace(
+            "hardaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+            "lateraaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        );
     dovecot.append(&[later.as_bytes()]);
     let third = mailbox.poll(&recorder).await.unwrap();
     assert_eq!((third.mails, third.reports, third.unparsed), (1, 1, 0));
     let reports = recorded.reports();
     assert_eq!(reports.len(), 5);
-    assert_eq!(reports[4].verp_token.as_deref(), Some("d1009.later"));
+    assert_eq!(
+        reports[4].verp_token.as_deref(),
+        Some("lateraaaaaaaaaaaaaaaaaaaaaaaaaaa")
+    );
     assert!(seen(&dovecot.flags()[&6]));
 }
 
@@ -343,7 +354,7 @@ timezone = "America/Los_Angeles"
     assert_eq!((summary.mails, summary.reports), (1, 1));
     assert_eq!(
         recorded.reports()[0].verp_token.as_deref(),
-        Some("d1001.kX9q_2Zt")
+        Some("hardaaaaaaaaaaaaaaaaaaaaaaaaaaaa")
     );
 
     // Without the password the configuration is refused with the variable to set.

@@ -15,13 +15,9 @@ use std::panic::catch_unwind;
 use mail_parser::{MessageParser, MimeHeaders};
 use sha2::{Digest, Sha256};
 
-use super::{BounceKind, BounceReport, BounceSource};
+use super::{BounceKind, BounceReport, BounceSource, BounceTag};
+pub use crate::config::BounceAddress;
 use crate::domain::{Email, Timestamp};
-
-/// What follows `+` in the local part of a `List-Unsubscribe` mailto address, before
-/// its token: `bounces+unsubscribe-TOKEN@news.example.org`. It arrives in the bounce
-/// mailbox like every other `bounces+…` address.
-pub const UNSUBSCRIBE_TAG: &str = "unsubscribe-";
 
 /// Recipients read from one DSN at most; herald sends each message to one reader, so a
 /// longer list is not one of its bounces, and reading it all would only cost.
@@ -30,93 +26,18 @@ const MAX_RECIPIENTS: usize = 50;
 /// The longest diagnostic kept, in characters.
 const MAX_DIAGNOSTIC: usize = 1000;
 
-/// The longest token taken from an address.
-const MAX_TOKEN: usize = 200;
-
-/// The bounce address whose `+TOKEN` variants herald reads: `bounces@news.example.org`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BounceAddress {
-    local: String,
-    domain: String,
-}
-
-impl BounceAddress {
-    /// Reads `address` (`local@domain`, no `+` in the local part).
-    pub fn new(address: &str) -> Result<BounceAddress, String> {
-        let email = Email::parse(address).map_err(|e| {
-            format!(
-                "the bounce address {address:?} is not a valid address: {}",
-                e.reason()
-            )
-        })?;
-        let (local, domain) = email
-            .as_str()
-            .split_once('@')
-            .ok_or_else(|| format!("the bounce address {address:?} has no '@'"))?;
-        if local.contains('+') {
-            return Err(format!(
-                "the bounce address {address:?} must not contain '+': herald adds '+' and a token to it"
-            ));
-        }
-        Ok(BounceAddress {
-            local: local.to_string(),
-            domain: domain.to_string(),
-        })
-    }
-
-    /// The envelope sender of the email whose delivery `token` names:
-    /// `bounces+TOKEN@news.example.org`.
-    pub fn verp_address(&self, token: &str) -> String {
-        format!("{}+{token}@{}", self.local, self.domain)
-    }
-
-    /// The `List-Unsubscribe` mailto address for `token`:
-    /// `bounces+unsubscribe-TOKEN@news.example.org`, read back by [`parse_mail`].
-    pub fn unsubscribe_address(&self, token: &str) -> String {
-        format!("{}+{UNSUBSCRIBE_TAG}{token}@{}", self.local, self.domain)
-    }
-
-    /// The tag after `+` when `address` is `local+TAG@domain` (case-insensitive on the
-    /// local part and the domain), and the tag is a plausible token.
-    fn tag<'a>(&self, address: &'a str) -> Option<&'a str> {
-        let address = address.trim();
-        let (local, domain) = address.rsplit_once('@')?;
-        if !domain.eq_ignore_ascii_case(&self.domain) {
-            return None;
-        }
-        let (base, tag) = local.split_once('+')?;
-        (base.eq_ignore_ascii_case(&self.local) && plausible_token(tag)).then_some(tag)
-    }
-
-    /// The VERP token of `address`, when it is one of herald's envelope senders.
-    fn verp_token(&self, address: &str) -> Option<String> {
-        let tag = self.tag(address)?;
-        (!has_unsubscribe_tag(tag)).then(|| tag.to_string())
-    }
-
-    /// The token of `address`, when it is one of herald's mailto unsubscribe addresses.
-    fn unsubscribe_token(&self, address: &str) -> Option<String> {
-        let tag = self.tag(address)?;
-        if !has_unsubscribe_tag(tag) {
-            return None;
-        }
-        let token = &tag[UNSUBSCRIBE_TAG.len()..];
-        plausible_token(token).then(|| token.to_string())
+/// The VERP token of `address`, when it is one of herald's envelope senders.
+fn verp_token(bounce: &BounceAddress, address: &str) -> Option<String> {
+    match BounceTag::read(bounce, address)? {
+        BounceTag::Verp(token) => Some(token),
+        BounceTag::Unsubscribe(_) => None,
     }
 }
 
-fn has_unsubscribe_tag(tag: &str) -> bool {
-    tag.len() >= UNSUBSCRIBE_TAG.len()
-        && tag.as_bytes()[..UNSUBSCRIBE_TAG.len()].eq_ignore_ascii_case(UNSUBSCRIBE_TAG.as_bytes())
-}
-
-/// Tokens are signed and URL-safe: anything else is not herald's.
-fn plausible_token(token: &str) -> bool {
-    !token.is_empty()
-        && token.len() <= MAX_TOKEN
-        && token
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.=".contains(&b))
+/// The mailto unsubscribe address `address` is, spelt as herald wrote it.
+fn unsubscribe_address(bounce: &BounceAddress, address: &str) -> Option<String> {
+    let tag = BounceTag::read(bounce, address)?;
+    matches!(tag, BounceTag::Unsubscribe(_)).then(|| tag.address(bounce))
 }
 
 /// Why a mail gave no report. The mail stays in the mailbox, unread, for a person.
@@ -269,7 +190,7 @@ impl Original {
         let verp_token = field(&fields, "return-path")
             .into_iter()
             .flat_map(addresses)
-            .find_map(|a| bounce.verp_token(&a));
+            .find_map(|a| verp_token(bounce, &a));
         let to = field(&fields, "to")
             .into_iter()
             .flat_map(addresses)
@@ -289,7 +210,10 @@ impl Report<'_> {
             source: BounceSource::Imap,
             source_id: self.source_id.clone(),
             kind,
-            verp_token: self.envelope.iter().find_map(|a| self.bounce.verp_token(a)),
+            verp_token: self
+                .envelope
+                .iter()
+                .find_map(|a| verp_token(self.bounce, a)),
             original_message_id: self.original.as_ref().and_then(|o| o.message_id.clone()),
             recipient: None,
             diagnostic: None,
@@ -304,9 +228,8 @@ impl Report<'_> {
         let per_message = blocks.next().unwrap_or_default();
         let envelope_id = field(&per_message, "original-envelope-id").and_then(|id| {
             let id = id.trim();
-            self.bounce
-                .verp_token(id.trim_matches(['<', '>']))
-                .or_else(|| plausible_token(id).then(|| id.to_string()))
+            verp_token(self.bounce, id.trim_matches(['<', '>']))
+                .or_else(|| BounceTag::verp_token(id))
         });
         let mut reports = Vec::new();
         let mut named = 0;
@@ -377,7 +300,7 @@ impl Report<'_> {
             report.verp_token = field(&fields, "original-mail-from")
                 .into_iter()
                 .flat_map(addresses)
-                .find_map(|a| self.bounce.verp_token(&a))
+                .find_map(|a| verp_token(self.bounce, &a))
                 .or_else(|| self.original.as_ref().and_then(|o| o.verp_token.clone()));
         }
         report.recipient = field(&fields, "original-rcpt-to")
@@ -397,13 +320,13 @@ impl Report<'_> {
     /// A plain mail: an unsubscribe request when it went to a mailto unsubscribe
     /// address.
     fn unsubscribe(self) -> Result<Vec<BounceReport>, Unparsed> {
-        let token = self
+        let address = self
             .envelope
             .iter()
-            .find_map(|a| self.bounce.unsubscribe_token(a))
+            .find_map(|a| unsubscribe_address(self.bounce, a))
             .ok_or(Unparsed::NotAReport)?;
         let mut report = self.base(BounceKind::Unsubscribe);
-        report.verp_token = Some(token);
+        report.verp_token = Some(address);
         report.original_message_id = None;
         report.diagnostic = Some("unsubscribe request by mail".to_string());
         Ok(vec![report])

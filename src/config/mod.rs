@@ -34,7 +34,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 pub use alerts::AlertsConfig;
-pub use bounces::BouncesConfig;
+pub use bounces::{BounceAddress, BouncesConfig};
 pub use database::DatabaseConfig;
 pub use deliver::{DeliverConfig, Expiry};
 pub use dkim::DkimSettings;
@@ -139,7 +139,8 @@ pub struct Config {
     pub signup: SignupConfig,
     /// How log lines are written.
     pub log: LogConfig,
-    /// Bounces, complaints and unsubscribes that come back by mail.
+    /// Bounces, complaints and unsubscribes that come back later: VERP, the bounce
+    /// mailbox, the soft-bounce limit, the relays' webhooks.
     pub bounces: BouncesConfig,
     /// The regions readers can follow, in the file's order.
     pub regions: Regions,

@@ -17,6 +17,7 @@ mod admin_reads;
 mod api_tokens;
 mod articles;
 mod backup;
+mod bounces;
 mod engine_connection;
 mod outbox;
 mod planning;
@@ -38,6 +39,7 @@ pub use admin_reads::{DeliveryRow, ReaderDetail, SiteCounts};
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedPollState, PushOutcome};
 pub use backup::BackupSummary;
+pub use bounces::{BounceStats, DomainBounces, TOP_DOMAINS};
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
 pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Recipient};
@@ -50,7 +52,7 @@ pub use signup::{
 };
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
-pub use suppressions::{Suppression, SuppressionKey};
+pub use suppressions::{Suppression, SuppressionEvent, SuppressionKey};
 pub use workers::{DeadWorkers, Heartbeat, Worker};
 
 use std::path::Path;

@@ -250,6 +250,7 @@ impl Store {
             lanes,
             readers,
             sends,
+            bounces: self.bounce_stats().await?,
         })
     }
 

@@ -485,6 +485,21 @@ impl SmtpServer {
             .collect()
     }
 
+    /// The envelope sender (MAIL FROM) of every message received so far, in arrival
+    /// order.
+    pub fn envelope_senders(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|p| std::fs::read_to_string(p.with_extension("from")).unwrap_or_default())
+            .collect()
+    }
+
     /// Waits until at least `n` messages arrived, or panics after `timeout`.
     pub fn wait_for(&self, n: usize, timeout: Duration) -> Vec<(String, String)> {
         let start = Instant::now();
