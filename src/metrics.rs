@@ -121,6 +121,11 @@ pub struct Metrics {
     smtp_last_reply: AtomicI64,
     /// Whether the last attempt to open a session failed before the server answered.
     smtp_unreached: AtomicBool,
+    /// Mails in the bounce mailbox this process could not read and set aside.
+    bounce_mail_unparsed: AtomicU64,
+    /// Set-aside mails still unread in the bounce mailbox at the last good poll; -1
+    /// before one.
+    bounce_mail_waiting: AtomicI64,
 }
 
 impl Metrics {
@@ -131,6 +136,28 @@ impl Metrics {
             send_latency: Histogram::new(),
             smtp_last_reply: AtomicI64::new(0),
             smtp_unreached: AtomicBool::new(false),
+            bounce_mail_unparsed: AtomicU64::new(0),
+            bounce_mail_waiting: AtomicI64::new(-1),
+        }
+    }
+
+    /// Notes one good poll of the bounce mailbox: `set_aside` mails it could not read,
+    /// and `waiting` such mails unread in the mailbox now.
+    pub fn bounce_mailbox_polled(&self, set_aside: usize, waiting: usize) {
+        self.bounce_mail_unparsed
+            .fetch_add(set_aside as u64, Ordering::Relaxed);
+        self.bounce_mail_waiting.store(
+            i64::try_from(waiting).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Mails set aside unread in the bounce mailbox at the last good poll, if there was
+    /// one in this process.
+    pub fn bounce_mail_waiting(&self) -> Option<i64> {
+        match self.bounce_mail_waiting.load(Ordering::Relaxed) {
+            n if n < 0 => None,
+            n => Some(n),
         }
     }
 
@@ -324,6 +351,32 @@ pub fn render(ledger: &LedgerSnapshot, metrics: &Metrics, now: Timestamp) -> Str
     }
 
     bounce_families(&mut out, &ledger.bounces);
+    family(
+        &mut out,
+        "herald_bounce_mail_unparsed_total",
+        "counter",
+        "Mails in the bounce mailbox this process could not read; each is left unread, flagged $HeraldUnparsed, for a person.",
+    );
+    sample(
+        &mut out,
+        "herald_bounce_mail_unparsed_total",
+        &[],
+        metrics.bounce_mail_unparsed.load(Ordering::Relaxed) as f64,
+    );
+    if let Some(waiting) = metrics.bounce_mail_waiting() {
+        family(
+            &mut out,
+            "herald_bounce_mail_unparsed_waiting",
+            "gauge",
+            "Mails set aside unread in the bounce mailbox at the last poll.",
+        );
+        sample(
+            &mut out,
+            "herald_bounce_mail_unparsed_waiting",
+            &[],
+            waiting as f64,
+        );
+    }
 
     family(
         &mut out,

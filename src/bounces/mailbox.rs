@@ -193,6 +193,8 @@ pub async fn run(
     while !shutdown.is_triggered() {
         match mailbox.poll(recorder.as_ref()).await {
             Ok(summary) => {
+                crate::metrics::METRICS
+                    .bounce_mailbox_polled(summary.unparsed, summary.unparsed_waiting);
                 if summary.mails + summary.unparsed > 0 {
                     tracing::info!(
                         mails = summary.mails,
