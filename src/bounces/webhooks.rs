@@ -127,7 +127,7 @@ pub fn mailgun_report(
 
 fn hex_bytes(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
