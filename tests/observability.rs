@@ -232,8 +232,8 @@ fn metrics_match_a_send_just_made_and_need_the_admin_token() {
 fn readyz_says_when_migrations_are_not_current() {
     let smtp = SmtpServer::start();
     let site = Site::new(smtp.port);
-    // The newest migration this build carries, whichever it is.
-    let latest = std::fs::read_dir(repo().join("migrations/sqlite"))
+    // The migrations this build carries (versions may skip numbers), and the newest.
+    let versions: Vec<i64> = std::fs::read_dir(repo().join("migrations/sqlite"))
         .unwrap()
         .filter_map(|entry| {
             entry
@@ -244,12 +244,13 @@ fn readyz_says_when_migrations_are_not_current() {
                 .parse::<i64>()
                 .ok()
         })
-        .max()
-        .unwrap();
+        .collect();
+    let latest = *versions.iter().max().unwrap();
+    let count = versions.len();
     let daemon = LoggingDaemon::start(&site, &[]);
     let (status, body) = readyz_until(&site, "migrations: ok", Duration::from_secs(10));
     assert!(
-        body.contains(&format!("migrations: ok, {latest} applied")),
+        body.contains(&format!("migrations: ok, {count} applied")),
         "{body}"
     );
     assert!(body.contains("smtp: ok, nothing waiting"), "{body}");

@@ -127,7 +127,7 @@ pub fn mailgun_report(
 
 fn hex_bytes(text: &str) -> Option<Vec<u8>> {
     let text = text.trim();
-    if text.len() % 2 != 0 {
+    if !text.len().is_multiple_of(2) {
         return None;
     }
     (0..text.len())
@@ -293,7 +293,8 @@ pub fn allowed_sns_url(config: &BouncesConfig, url: &str) -> Result<url::Url, We
 /// Fetches SNS signing certificates from allowed hosts, keeping each (a topic signs
 /// with one certificate for months), and confirms subscriptions.
 pub struct SnsCertificates {
-    client: reqwest::Client,
+    /// Built on first use: a site that takes no SES webhooks never builds one.
+    client: std::sync::OnceLock<Result<reqwest::Client, String>>,
     cache: Mutex<HashMap<String, Vec<u8>>>,
 }
 
@@ -301,18 +302,26 @@ impl SnsCertificates {
     /// A fetcher with a short timeout and no redirects (a redirect could leave the
     /// allowed hosts).
     pub fn new() -> SnsCertificates {
-        crate::install_crypto_provider();
-        let client = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .expect("a client with the default TLS roots");
         SnsCertificates {
-            client,
+            client: std::sync::OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
         }
+    }
+
+    fn client(&self) -> Result<&reqwest::Client, WebhookError> {
+        self.client
+            .get_or_init(|| {
+                crate::install_crypto_provider();
+                reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .redirect(reqwest::redirect::Policy::none())
+                    .no_proxy()
+                    .user_agent(concat!("herald/", env!("CARGO_PKG_VERSION")))
+                    .build()
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(|e| WebhookError::Unavailable(format!("cannot make an HTTPS client: {e}")))
     }
 
     /// The certificate (DER) at `url`, which must be allowed.
@@ -334,7 +343,7 @@ impl SnsCertificates {
             WebhookError::Unavailable(format!("cannot fetch the SNS certificate {url}: {e}"))
         };
         let response = self
-            .client
+            .client()?
             .get(url.clone())
             .send()
             .await
@@ -366,7 +375,7 @@ impl SnsCertificates {
         subscribe_url: &str,
     ) -> Result<(), WebhookError> {
         let url = allowed_sns_url(config, subscribe_url)?;
-        let response = self.client.get(url.clone()).send().await.map_err(|e| {
+        let response = self.client()?.get(url.clone()).send().await.map_err(|e| {
             WebhookError::Unavailable(format!("cannot confirm the SNS subscription: {e}"))
         })?;
         if response.status().is_success() {

@@ -158,6 +158,16 @@ pub async fn stores_migrated_to(version: i64) -> Vec<(Backend, TestStore)> {
     out
 }
 
+/// Applies the migrations up to `version` that `store` lacks, and no later one: a test
+/// of one migration sees what it did, not what migrations added since did too.
+pub(crate) async fn migrate_to(store: &Store, backend: Backend, version: i64) {
+    match backend {
+        Backend::Sqlite => SQLITE_MIGRATIONS.run_to(version, &store.pool).await,
+        Backend::Postgres => POSTGRES_MIGRATIONS.run_to(version, &store.pool).await,
+    }
+    .unwrap();
+}
+
 /// A new, empty database on the PostgreSQL server, so tests never see each other's rows.
 async fn fresh_postgres(base: &str, version: i64) -> TestStore {
     sqlx::any::install_default_drivers();

@@ -452,3 +452,56 @@ async fn stale_sign_ups_are_erased_with_their_consent_and_counted() {
         assert_eq!(store.bounce_stats().await.unwrap().purged_signups, 1);
     }
 }
+
+#[tokio::test]
+async fn an_unsubscribe_report_unsubscribes_and_an_erased_reader_matches_nothing() {
+    let (policy, addresses) = keys();
+    for (backend, t) in stores().await {
+        let store = &t.store;
+        seed_planned(store).await;
+        send_all_due(store, 10, 2_000).await;
+        let (a_row, _) = row_of(store, "a@example.org").await;
+        let mut leave = report("mg-unsub", BounceKind::Unsubscribe, None, 4_000);
+        leave.source = BounceSource::Mailgun;
+        leave.verp_token = Some(verp_address(&addresses, a_row));
+        assert_eq!(
+            store.record_bounce(&leave, &policy).await.unwrap(),
+            Recorded::Applied {
+                delivery: a_row,
+                suppressed: false
+            },
+            "{backend:?}"
+        );
+        assert_eq!(state_of(store, "a@example.org").await, "unsubscribed");
+        assert!(
+            store
+                .suppression_of(&email("a@example.org"))
+                .await
+                .unwrap()
+                .is_none()
+        );
+        // An erased reader's row: nothing to act on, nothing kept.
+        let (b_row, _) = row_of(store, "b@example.org").await;
+        assert!(
+            store
+                .remove_subscriber(&email("b@example.org"), at(4_100))
+                .await
+                .unwrap()
+        );
+        let hard = report(
+            "dsn-b",
+            BounceKind::Hard,
+            Some(verp_address(&addresses, b_row)),
+            4_200,
+        );
+        assert_eq!(
+            store.record_bounce(&hard, &policy).await.unwrap(),
+            Recorded::Unmatched
+        );
+        let (events,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM bounce_events")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(events, 1);
+    }
+}

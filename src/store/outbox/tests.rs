@@ -517,6 +517,11 @@ async fn migration_status_lists_what_is_not_applied() {
     for (backend, t) in crate::store::testing::stores_migrated_to(newest - 1).await {
         let status = t.store.migration_status().await.unwrap();
         assert_eq!(status.pending, vec![newest], "{backend:?}");
-        assert_eq!(status.applied as i64, newest - 1, "{backend:?}");
+        // Versions may skip numbers (each branch is given its own).
+        let older = crate::store::SQLITE_MIGRATIONS
+            .iter()
+            .filter(|m| m.version < newest)
+            .count();
+        assert_eq!(status.applied, older, "{backend:?}");
     }
 }
