@@ -303,6 +303,19 @@ async fn bounces_complaints_and_unsubscribes_from_the_mailbox_keep_the_list_clea
         }
     }
 
+    // `herald status`, given the mailbox as the daemon is, counts the garbage mail.
+    let status = site
+        .command(&["status"])
+        .env("HERALD__BOUNCES__IMAP_URL", dovecot.imaps_url())
+        .env("HERALD__BOUNCES__IMAP_PASSWORD", PASSWORD)
+        .output()
+        .unwrap();
+    let status = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.contains("bounce mailbox: 1 mail(s) herald could not read"),
+        "{status}"
+    );
+
     assert_eq!(state(&site, HARD), "suppressed");
     assert_eq!(
         site.sql(&format!(

@@ -107,6 +107,15 @@ impl Mailbox {
         })
     }
 
+    /// How many mails wait in the mailbox, unread, because herald could not read them
+    /// (for `herald status`); reads nothing else and changes nothing.
+    pub async fn unparsed_waiting(&self) -> Result<usize, ImapError> {
+        let mut session = ImapSession::open(&self.settings).await?;
+        let waiting = session.unparsed_waiting().await?;
+        session.logout().await;
+        Ok(waiting)
+    }
+
     /// Reads every new mail once: its reports recorded and the mail marked read, or
     /// the mail set aside as unparsed.
     pub async fn poll(&self, recorder: &dyn RecordBounce) -> Result<PollSummary, PollError> {

@@ -70,6 +70,15 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     if bounces.purged_signups > 0 {
         println!("sign-ups erased unconfirmed: {}", bounces.purged_signups);
     }
+    if let Some(mailbox) = crate::bounces::mailbox::Mailbox::from_config(&config.bounces) {
+        match mailbox.unparsed_waiting().await {
+            Ok(n) => println!(
+                "bounce mailbox: {n} mail(s) herald could not read, left unread (flagged {})",
+                crate::bounces::imap::UNPARSED_KEYWORD
+            ),
+            Err(error) => println!("bounce mailbox: cannot be read: {error}"),
+        }
+    }
     let (articles, breaking) = store.article_totals().await?;
     println!("articles: {articles} stored, {breaking} breaking");
     println!("feeds:");
