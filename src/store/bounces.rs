@@ -32,8 +32,8 @@ struct Matched {
 /// The figures on bounces and complaints (see [`Store::bounce_stats`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct BounceStats {
-    /// Emails the relay accepted (rows `sent`, and `bounced` after acceptance or not):
-    /// what the rates are out of.
+    /// Emails the relay accepted (rows `sent`, and rows a hard bounce reported after
+    /// acceptance moved to `bounced`): what the rates are out of.
     pub sent: i64,
     /// Reports recorded, by kind (every kind, zeros included, in `BounceKind::ALL`
     /// order).
@@ -350,11 +350,24 @@ impl Store {
     /// Reports by kind and by domain, the emails accepted they are out of, and the
     /// suppression list by cause.
     pub async fn bounce_stats(&self) -> Result<BounceStats> {
-        let (sent,): (i64,) = sqlx::query_as(
-            "SELECT COUNT(*) FROM deliveries WHERE state = 'sent' OR (state = 'bounced' AND sent_at IS NOT NULL)",
+        let (sent_rows,): (i64,) =
+            sqlx::query_as("SELECT COUNT(*) FROM deliveries WHERE state = 'sent'")
+                .fetch_one(&self.pool)
+                .await?;
+        self.bounce_stats_with(sent_rows).await
+    }
+
+    /// [`Store::bounce_stats`], given the rows now `sent` (the ledger snapshot has
+    /// counted them already, and a scrape need not count a large table twice).
+    pub(super) async fn bounce_stats_with(&self, sent_rows: i64) -> Result<BounceStats> {
+        // Accepted by the relay: the rows still `sent`, and those a late hard bounce
+        // moved to `bounced` (one per row, however many reports it had).
+        let (late,): (i64,) = sqlx::query_as(
+            "SELECT COUNT(DISTINCT delivery_id) FROM bounce_events WHERE kind = 'hard'",
         )
         .fetch_one(&self.pool)
         .await?;
+        let sent = sent_rows + late;
         let kinds: Vec<(String, i64)> =
             sqlx::query_as("SELECT kind, COUNT(*) FROM bounce_events GROUP BY kind")
                 .fetch_all(&self.pool)
