@@ -1,6 +1,7 @@
 //! `herald daemon`: the same stages as the CLI, in a loop, plus the HTTP server.
 //!
-//! Each stage (ingest, plan, deliver, HTTP) runs under a supervisor (`supervise`) that
+//! Each stage (ingest, plan, deliver, sign-ups, the bounce mailbox when `[bounces]
+//! imap_url` is set, HTTP) runs under a supervisor (`supervise`) that
 //! restarts it when it fails and stops the process when it keeps failing; `/readyz`
 //! reports each stage's last good pass. SIGINT or SIGTERM fires one shutdown signal:
 //! ingest stops, the deliverer stops claiming, lets in-flight messages finish within
@@ -133,6 +134,34 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         let (store, shutdown) = (store.clone(), shutdown.clone());
         move |beat| run_queued_signups(store.clone(), web.clone(), shutdown.clone(), beat)
     });
+    // The bounce mailbox, when `[bounces] imap_url` is set: each report recorded in the
+    // store (matched to its delivery row, kept once, the policy applied).
+    let bounces = match crate::bounces::mailbox::Mailbox::from_config(&config.bounces) {
+        Some(mailbox) => {
+            let signer = crate::startup::signer(&config)?;
+            let addresses = crate::bounces::BounceAddresses::new(&config.bounces, &signer)
+                .context("the bounce mailbox needs bounces.address")?;
+            let recorder: Arc<dyn crate::bounces::mailbox::RecordBounce> =
+                Arc::new(crate::bounces::StoreRecorder::new(
+                    store.clone(),
+                    crate::bounces::BouncePolicy::new(&config.bounces, &signer),
+                    addresses,
+                ));
+            let mailbox = Arc::new(mailbox);
+            Some(supervisor.spawn("bounces", mailbox.overdue_after(), {
+                let shutdown = shutdown.clone();
+                move |beat| {
+                    crate::bounces::mailbox::run(
+                        mailbox.clone(),
+                        recorder.clone(),
+                        shutdown.clone(),
+                        beat,
+                    )
+                }
+            }))
+        }
+        None => None,
+    };
     let limits = Limits {
         max_connections,
         header_timeout: config.http.header_timeout,
@@ -164,6 +193,11 @@ pub async fn run(config: Config) -> anyhow::Result<ExitCode> {
         if let Err(error) = task.await {
             tracing::error!(stage, %error, "the stage's supervisor failed");
         }
+    }
+    if let Some(task) = bounces
+        && let Err(error) = task.await
+    {
+        tracing::error!(stage = "bounces", %error, "the stage's supervisor failed");
     }
     store.close().await;
     if supervisor.gave_up() {

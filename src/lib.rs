@@ -6,6 +6,7 @@
 //! `store` for all SQL, `domain` for the types, `cli` and `daemon` to run it all.
 
 pub mod api_token;
+pub mod bounces;
 pub mod cli;
 pub mod clock;
 pub mod compose;

@@ -121,6 +121,11 @@ pub struct Metrics {
     smtp_last_reply: AtomicI64,
     /// Whether the last attempt to open a session failed before the server answered.
     smtp_unreached: AtomicBool,
+    /// Mails in the bounce mailbox this process could not read and set aside.
+    bounce_mail_unparsed: AtomicU64,
+    /// Set-aside mails still unread in the bounce mailbox at the last good poll; -1
+    /// before one.
+    bounce_mail_waiting: AtomicI64,
 }
 
 impl Metrics {
@@ -131,6 +136,28 @@ impl Metrics {
             send_latency: Histogram::new(),
             smtp_last_reply: AtomicI64::new(0),
             smtp_unreached: AtomicBool::new(false),
+            bounce_mail_unparsed: AtomicU64::new(0),
+            bounce_mail_waiting: AtomicI64::new(-1),
+        }
+    }
+
+    /// Notes one good poll of the bounce mailbox: `set_aside` mails it could not read,
+    /// and `waiting` such mails unread in the mailbox now.
+    pub fn bounce_mailbox_polled(&self, set_aside: usize, waiting: usize) {
+        self.bounce_mail_unparsed
+            .fetch_add(set_aside as u64, Ordering::Relaxed);
+        self.bounce_mail_waiting.store(
+            i64::try_from(waiting).unwrap_or(i64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Mails set aside unread in the bounce mailbox at the last good poll, if there was
+    /// one in this process.
+    pub fn bounce_mail_waiting(&self) -> Option<i64> {
+        match self.bounce_mail_waiting.load(Ordering::Relaxed) {
+            n if n < 0 => None,
+            n => Some(n),
         }
     }
 
@@ -204,6 +231,8 @@ pub struct LedgerSnapshot {
     pub readers: Vec<(SubscriberState, i64)>,
     /// Manual sends in progress (planning, sending or paused), per state.
     pub sends: Vec<(SendState, i64)>,
+    /// Bounces and complaints reported after sending, and the suppression list by cause.
+    pub bounces: crate::store::BounceStats,
 }
 
 const KINDS: [DeliveryKind; 4] = [
@@ -321,6 +350,34 @@ pub fn render(ledger: &LedgerSnapshot, metrics: &Metrics, now: Timestamp) -> Str
         );
     }
 
+    bounce_families(&mut out, &ledger.bounces);
+    family(
+        &mut out,
+        "herald_bounce_mail_unparsed_total",
+        "counter",
+        "Mails in the bounce mailbox this process could not read; each is left unread, flagged $HeraldUnparsed, for a person.",
+    );
+    sample(
+        &mut out,
+        "herald_bounce_mail_unparsed_total",
+        &[],
+        metrics.bounce_mail_unparsed.load(Ordering::Relaxed) as f64,
+    );
+    if let Some(waiting) = metrics.bounce_mail_waiting() {
+        family(
+            &mut out,
+            "herald_bounce_mail_unparsed_waiting",
+            "gauge",
+            "Mails set aside unread in the bounce mailbox at the last poll.",
+        );
+        sample(
+            &mut out,
+            "herald_bounce_mail_unparsed_waiting",
+            &[],
+            waiting as f64,
+        );
+    }
+
     family(
         &mut out,
         "herald_smtp_replies_total",
@@ -416,6 +473,69 @@ fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: f64) {
     let _ = writeln!(out, " {}", format_value(value));
 }
 
+/// Bounce and complaint reports by kind and by domain, their rates, and the
+/// suppression list by cause.
+fn bounce_families(out: &mut String, bounces: &crate::store::BounceStats) {
+    family(
+        out,
+        "herald_bounce_reports",
+        "gauge",
+        "Bounce, complaint and unsubscribe reports recorded from the bounce mailbox and the relays' webhooks, by kind.",
+    );
+    for (kind, n) in &bounces.by_kind {
+        sample(
+            out,
+            "herald_bounce_reports",
+            &[("kind", kind.as_str())],
+            *n as f64,
+        );
+    }
+    family(
+        out,
+        "herald_bounce_reports_by_domain",
+        "gauge",
+        "The same reports for the recipient domains with the most of them, by domain and kind.",
+    );
+    for domain in &bounces.by_domain {
+        for (kind, n) in &domain.by_kind {
+            sample(
+                out,
+                "herald_bounce_reports_by_domain",
+                &[("domain", &domain.domain), ("kind", kind.as_str())],
+                *n as f64,
+            );
+        }
+    }
+    family(
+        out,
+        "herald_bounce_rate",
+        "gauge",
+        "Hard and soft bounces reported per email the relay accepted.",
+    );
+    sample(out, "herald_bounce_rate", &[], bounces.bounce_rate());
+    family(
+        out,
+        "herald_complaint_rate",
+        "gauge",
+        "Complaints reported per email the relay accepted.",
+    );
+    sample(out, "herald_complaint_rate", &[], bounces.complaint_rate());
+    family(
+        out,
+        "herald_suppressions",
+        "gauge",
+        "Suppression-list entries by cause (a report's kind, or other).",
+    );
+    for cause in ["hard", "soft", "complaint", "other"] {
+        let n = bounces
+            .suppressions
+            .iter()
+            .find(|(c, _)| c == cause)
+            .map_or(0, |(_, n)| *n);
+        sample(out, "herald_suppressions", &[("cause", cause)], n as f64);
+    }
+}
+
 /// A label value as the text format wants it: backslash, quote and line feed escaped.
 fn escape_label(value: &str) -> String {
     value
@@ -487,6 +607,7 @@ mod tests {
             lanes: vec![(2, 4, Some(Timestamp::from_unix(100)))],
             readers: vec![(SubscriberState::Confirmed, 9)],
             sends: vec![(SendState::Paused, 2)],
+            bounces: crate::store::BounceStats::default(),
         };
         let text = render(&ledger, &metrics, Timestamp::from_unix(160));
         for line in [

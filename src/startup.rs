@@ -49,7 +49,17 @@ pub fn web_config(config: &Config) -> WebConfig {
         expiry: config.deliver.expiry.clone(),
         smtp_reply_within: (config.mail.transport == crate::config::TransportKind::Smtp)
             .then(|| crate::web::smtp_reply_within(config.smtp.timeout)),
+        bounces: config.bounces.clone(),
     }
+}
+
+/// What a recorded bounce report does (`[bounces]`), checking VERP tokens with the
+/// site secret.
+pub fn bounce_policy(config: &Config) -> anyhow::Result<crate::bounces::BouncePolicy> {
+    Ok(crate::bounces::BouncePolicy::new(
+        &config.bounces,
+        &signer(config)?,
+    ))
 }
 
 /// The token signer from config, or from the generated key file.
@@ -64,6 +74,7 @@ pub fn signer(config: &Config) -> anyhow::Result<Signer> {
 /// in `mail.templates_dir` when there is one.
 pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
     let dir = config.mail.templates_dir.as_deref();
+    let bounces = crate::bounces::BounceAddresses::new(&config.bounces, &signer(config)?);
     let composer = Composer::new(
         &config.mail,
         &config.http.public_url,
@@ -77,7 +88,8 @@ pub fn composer(config: &Config) -> anyhow::Result<Arc<Composer>> {
             "cannot load the email templates ({})",
             templates_origin(dir)
         )
-    })?;
+    })?
+    .with_bounces(bounces);
     if !composer.one_click() {
         tracing::warn!(
             "http.public_url is {}, not https: emails go out without one-click unsubscribe \

@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use super::format_time;
+use crate::bounces::BounceKind;
 use crate::config::Config;
 use crate::domain::Timestamp;
 
@@ -26,6 +27,57 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
     match &queue.last_error {
         Some((t, e)) => println!("last error: {} {e}", format_time(Some(*t))),
         None => println!("last error: none"),
+    }
+    let bounces = store.bounce_stats().await?;
+    println!(
+        "bounces: {} reported after sending ({} hard, {} soft), bounce rate {:.2}%; \
+         {} complaint(s), complaint rate {:.3}%; {} unsubscribe(s) by mail",
+        bounces.count(BounceKind::Hard) + bounces.count(BounceKind::Soft),
+        bounces.count(BounceKind::Hard),
+        bounces.count(BounceKind::Soft),
+        bounces.bounce_rate() * 100.0,
+        bounces.count(BounceKind::Complaint),
+        bounces.complaint_rate() * 100.0,
+        bounces.count(BounceKind::Unsubscribe),
+    );
+    for domain in &bounces.by_domain {
+        let kinds: Vec<String> = domain
+            .by_kind
+            .iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, n)| format!("{n} {}", k.as_str()))
+            .collect();
+        println!(
+            "  {:<24} {}; {} suppressed",
+            domain.domain,
+            kinds.join(", "),
+            domain.suppressed
+        );
+    }
+    let causes: Vec<String> = bounces
+        .suppressions
+        .iter()
+        .map(|(cause, n)| format!("{n} {cause}"))
+        .collect();
+    println!(
+        "suppressions: {}",
+        if causes.is_empty() {
+            "none".into()
+        } else {
+            causes.join(", ")
+        }
+    );
+    if bounces.purged_signups > 0 {
+        println!("sign-ups erased unconfirmed: {}", bounces.purged_signups);
+    }
+    if let Some(mailbox) = crate::bounces::mailbox::Mailbox::from_config(&config.bounces) {
+        match mailbox.unparsed_waiting().await {
+            Ok(n) => println!(
+                "bounce mailbox: {n} mail(s) herald could not read, left unread (flagged {})",
+                crate::bounces::imap::UNPARSED_KEYWORD
+            ),
+            Err(error) => println!("bounce mailbox: cannot be read: {error}"),
+        }
     }
     let (articles, breaking) = store.article_totals().await?;
     println!("articles: {articles} stored, {breaking} breaking");

@@ -48,12 +48,25 @@ pub enum Command {
     },
     /// Write every reader as CSV to standard output, with their consent record.
     Export,
+    /// Erase now the sign-ups never confirmed within `signup.confirm_link_lifetime`
+    /// (the daemon does it daily); only their number is kept.
+    PurgePending,
 }
 
 /// Runs the subcommand.
 pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> {
     let store = crate::startup::open_store(config).await?;
     let code = match command {
+        Command::PurgePending => {
+            let erased = store
+                .purge_pending(config.signup.confirm_link_lifetime, Timestamp::now())
+                .await?;
+            println!(
+                "erased {erased} sign-up(s) never confirmed within {}s of signing up",
+                config.signup.confirm_link_lifetime.as_secs()
+            );
+            ExitCode::SUCCESS
+        }
         Command::Add {
             email,
             regions,

@@ -10,7 +10,7 @@ use crate::domain::Email;
 /// Subcommands of `herald suppressions`.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// Every entry: its hash, reason and date.
+    /// Every entry: its date, hash and reason, and the bounce or complaint behind it.
     List,
     /// Lift the suppression of one address, so herald may mail it again.
     Remove {
@@ -26,11 +26,19 @@ pub async fn run(config: &Config, command: Command) -> anyhow::Result<ExitCode> 
         Command::List => {
             let entries = store.suppressions().await?;
             for entry in &entries {
+                // The report that caused it, when one did: its id, kind, source and row.
+                let cause = match &entry.event {
+                    Some(e) => format!(
+                        "  (event {} {} via {}, delivery {})",
+                        e.id, e.kind, e.source, e.delivery
+                    ),
+                    None => String::new(),
+                };
                 println!(
-                    "{}  {:<12}  {}",
+                    "{}  {}  {}{cause}",
                     super::format_time(Some(entry.created_at)),
+                    entry.entry,
                     entry.reason,
-                    entry.entry
                 );
             }
             println!("{} suppressed address(es)", entries.len());

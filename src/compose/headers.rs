@@ -51,14 +51,37 @@ impl Header for Subject {
     }
 }
 
-/// `List-Unsubscribe: <https://…/unsubscribe?token=…>` (RFC 2369).
+/// `List-Unsubscribe: <https://…/unsubscribe?token=…>` (RFC 2369), with a signed
+/// `<mailto:…>` beside it when herald has a bounce mailbox to read it in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListUnsubscribe(String);
+pub struct ListUnsubscribe {
+    url: String,
+    mailto: Option<String>,
+}
+
+/// Keeps only what may stand in a header: no control characters, no angle brackets
+/// (which would end the URI early).
+fn header_safe(text: &str) -> String {
+    text.chars()
+        .filter(|c| !c.is_control() && *c != '<' && *c != '>')
+        .collect()
+}
 
 impl ListUnsubscribe {
     /// The header for one unsubscribe URL.
     pub fn new(url: &str) -> ListUnsubscribe {
-        ListUnsubscribe(url.chars().filter(|c| !c.is_control()).collect())
+        ListUnsubscribe {
+            url: header_safe(url),
+            mailto: None,
+        }
+    }
+
+    /// The header for an unsubscribe URL and an address a mail to which unsubscribes.
+    pub fn with_mailto(url: &str, address: &str) -> ListUnsubscribe {
+        ListUnsubscribe {
+            url: header_safe(url),
+            mailto: Some(header_safe(address)),
+        }
     }
 }
 
@@ -68,12 +91,34 @@ impl Header for ListUnsubscribe {
     }
 
     fn parse(s: &str) -> Result<Self, BoxError> {
-        let url = s.trim().trim_start_matches('<').trim_end_matches('>');
-        Ok(ListUnsubscribe::new(url))
+        let mut uris = s.split(',').map(|u| {
+            u.trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        });
+        let url = uris.next().unwrap_or_default();
+        Ok(match uris.next() {
+            Some(mailto) => ListUnsubscribe::with_mailto(
+                &url,
+                mailto.strip_prefix("mailto:").unwrap_or(&mailto),
+            ),
+            None => ListUnsubscribe::new(&url),
+        })
     }
 
     fn display(&self) -> HeaderValue {
-        HeaderValue::new(Self::name(), format!("<{}>", self.0))
+        match &self.mailto {
+            None => HeaderValue::new(Self::name(), format!("<{}>", self.url)),
+            // Folded always before the mailto, whatever the lengths: the same shape
+            // with markers as with values, so a content group's template splices
+            // into exactly what a full render writes.
+            Some(address) => {
+                let raw = format!("<{}>, <mailto:{address}>", self.url);
+                let encoded = format!("<{}>,\r\n <mailto:{address}>", self.url);
+                HeaderValue::dangerous_new_pre_encoded(Self::name(), raw, encoded)
+            }
+        }
     }
 }
 
@@ -207,5 +252,16 @@ mod tests {
         let mut headers = lettre::message::header::Headers::new();
         headers.set(header);
         assert!(!headers.to_string().trim_end().contains('\n'));
+        let both = ListUnsubscribe::with_mailto(
+            "https://x.example/u?token=1\r\nBcc: a@b.c",
+            "b+u-x@x.example>\r\nBcc: a@b.c",
+        );
+        let mut headers = lettre::message::header::Headers::new();
+        headers.set(both);
+        let text = headers.to_string();
+        assert_eq!(
+            text,
+            "List-Unsubscribe: <https://x.example/u?token=1Bcc: a@b.c>,\r\n <mailto:b+u-x@x.exampleBcc: a@b.c>\r\n"
+        );
     }
 }

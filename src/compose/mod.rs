@@ -18,10 +18,11 @@ use lettre::message::dkim::DkimConfig;
 use lettre::message::{Mailbox, MultiPart};
 use serde::Serialize;
 
+use crate::bounces::{BounceAddresses, mailto_unsubscribe_address, verp_address};
 use crate::config::{DkimSettings, MailConfig};
 use crate::domain::{
-    ArticleId, Cadence, DeliveryArticle, DeliveryKind, Email, MoreStories, SponsorBlock,
-    SubscriberId, Timestamp, Timezone,
+    ArticleId, Cadence, DeliveryArticle, DeliveryId, DeliveryKind, Email, MoreStories,
+    SponsorBlock, SubscriberId, Timestamp, Timezone,
 };
 use crate::tokens::{Purpose, Signer};
 
@@ -211,6 +212,9 @@ pub struct Composer {
     dkim: Option<DkimConfig>,
     confirm_lifetime_secs: i64,
     shared: shared::SharedDigests,
+    /// The bounce address (`[bounces] address`): the envelope sender of each email is
+    /// its VERP form, and list mail offers a `mailto:` unsubscribe at it.
+    bounces: Option<BounceAddresses>,
 }
 
 impl Composer {
@@ -249,9 +253,49 @@ impl Composer {
             dkim: dkim.map(dkim_config).transpose()?,
             confirm_lifetime_secs: confirm_link_lifetime.as_secs() as i64,
             shared: shared::SharedDigests::new(),
+            bounces: None,
         };
         composer.self_test().map_err(|e| e.with_origin(&origins))?;
         Ok(composer)
+    }
+
+    /// The same composer, writing VERP envelope senders and `mailto:` unsubscribes at
+    /// `bounces` (`None`: the envelope sender is the From address, as before).
+    pub fn with_bounces(mut self, bounces: Option<BounceAddresses>) -> Composer {
+        self.bounces = bounces;
+        self
+    }
+
+    /// Sets the envelope sender of `composed`, the email of delivery row `delivery`, to
+    /// the VERP address naming that row, when there is a bounce address; the header
+    /// `From` is not touched.
+    pub fn address_bounces(&self, composed: &mut Composed, delivery: DeliveryId) {
+        let Some(bounces) = &self.bounces else {
+            return;
+        };
+        let Ok(sender) = verp_address(bounces, delivery).parse::<lettre::Address>() else {
+            return;
+        };
+        if let Ok(envelope) = Envelope::new(Some(sender), composed.envelope.to().to_vec()) {
+            composed.envelope = envelope;
+        }
+    }
+
+    /// `List-Unsubscribe` for a reader: the https link, and the signed `mailto:` when
+    /// there is a bounce mailbox.
+    fn list_unsubscribe(
+        &self,
+        url: &str,
+        subscriber_id: SubscriberId,
+        now: Timestamp,
+    ) -> ListUnsubscribe {
+        match &self.bounces {
+            Some(bounces) => ListUnsubscribe::with_mailto(
+                url,
+                &mailto_unsubscribe_address(bounces, subscriber_id, now),
+            ),
+            None => ListUnsubscribe::new(url),
+        }
     }
 
     /// Renders every template once with sample data, so errors surface at start-up.
@@ -472,11 +516,12 @@ impl Composer {
     pub fn digest_in_full(&self, req: &DigestRequest<'_>) -> Result<Composed, ComposeError> {
         let ctx = self.digest_context(req);
         let (text, html) = self.render_digest(&ctx)?;
+        let unsubscribe = self.list_unsubscribe(&ctx.unsubscribe_url, req.subscriber_id, req.now);
         self.build(
             req.email,
             ctx.subject,
             self.message_id(req.message_id),
-            Some(&ctx.unsubscribe_url),
+            Some(unsubscribe),
             text,
             html,
         )
@@ -488,7 +533,7 @@ impl Composer {
         to: &Email,
         subject: String,
         message_id: String,
-        unsubscribe_url: Option<&str>,
+        unsubscribe: Option<ListUnsubscribe>,
         text: String,
         html: String,
     ) -> Result<Composed, ComposeError> {
@@ -498,8 +543,8 @@ impl Composer {
             .header(Subject::new(subject.clone()))
             .message_id(Some(message_id.clone()))
             .date(crate::clock::now_system());
-        if let Some(url) = unsubscribe_url {
-            builder = builder.header(ListUnsubscribe::new(url));
+        if let Some(header) = unsubscribe {
+            builder = builder.header(header);
             if self.one_click() {
                 builder = builder.header(ListUnsubscribePost);
             }

@@ -42,14 +42,17 @@ enum Field {
     UnsubscribeUrl,
     /// The preferences link.
     PreferencesUrl,
+    /// The signed address of the `mailto:` unsubscribe (only with a bounce address).
+    UnsubscribeMailto,
 }
 
 impl Field {
-    const ALL: [Field; 4] = [
+    const ALL: [Field; 5] = [
         Field::Email,
         Field::MessageId,
         Field::UnsubscribeUrl,
         Field::PreferencesUrl,
+        Field::UnsubscribeMailto,
     ];
 }
 
@@ -240,6 +243,15 @@ impl Composer {
                 Field::PreferencesUrl,
                 self.preferences_url(req.subscriber_id, req.now),
             ),
+            (
+                Field::UnsubscribeMailto,
+                self.bounces
+                    .as_ref()
+                    .map(|b| {
+                        crate::bounces::mailto_unsubscribe_address(b, req.subscriber_id, req.now)
+                    })
+                    .unwrap_or_default(),
+            ),
         ])
     }
 
@@ -322,7 +334,15 @@ impl Composer {
             .header(Subject::new(real.subject.clone()))
             .message_id(Some(shared.marker(Field::MessageId).to_string()))
             .date(crate::clock::now_system())
-            .header(ListUnsubscribe::new(shared.marker(Field::UnsubscribeUrl)));
+            .header(match &self.bounces {
+                // A marker in the header's place; the value is always written folded
+                // before it (see `ListUnsubscribe`), so the lengths do not matter.
+                Some(_) => ListUnsubscribe::with_mailto(
+                    shared.marker(Field::UnsubscribeUrl),
+                    &format!("{}@to.invalid", shared.marker(Field::UnsubscribeMailto)),
+                ),
+                None => ListUnsubscribe::new(shared.marker(Field::UnsubscribeUrl)),
+            });
         if self.one_click() {
             builder = builder.header(ListUnsubscribePost);
         }
@@ -358,6 +378,10 @@ impl Composer {
             (
                 shared.marker(Field::UnsubscribeUrl).to_string(),
                 Marked::Header(Field::UnsubscribeUrl),
+            ),
+            (
+                format!("{}@to.invalid", shared.marker(Field::UnsubscribeMailto)),
+                Marked::Header(Field::UnsubscribeMailto),
             ),
             (text_marker, Marked::Body(&text, Place::Text)),
             (html_marker, Marked::Body(&html, Place::Html)),
@@ -606,6 +630,56 @@ mod tests {
             .split("\r\n")
             .find_map(|line| line.strip_prefix(&format!("{name}: ")))
             .unwrap_or_else(|| panic!("no {name} in {headers}"))
+    }
+
+    #[test]
+    fn the_mailto_unsubscribe_splices_like_a_full_render() {
+        let bounces = crate::config::BouncesConfig {
+            address: Some(crate::config::BounceAddress {
+                local: "bounces".into(),
+                domain: "news.example.org".into(),
+            }),
+            soft_limit: 3,
+            sns_cert_hosts: vec![],
+            mailgun_signing_key: None,
+            imap: None,
+            poll_interval: std::time::Duration::from_secs(60),
+        };
+        let addresses = crate::bounces::BounceAddresses::new(&bounces, &Signer::new(b"k"));
+        let composer = composer(&shipped_templates()).with_bounces(addresses.clone());
+        let addresses = addresses.unwrap();
+        let articles = articles();
+        for (id, address) in [
+            (1, "ada@example.org"),
+            (2, "bo@example.net"),
+            (3, "cy@x.example"),
+        ] {
+            let email = Email::parse(address).unwrap();
+            let message_id = format!("{id:032x}");
+            let req = request(id, &email, &message_id, &articles);
+            let composed = composer.digest(&req).unwrap();
+            let full = composer.digest_in_full(&req).unwrap();
+            let (headers, ..) = parse(&composed.bytes);
+            let (full_headers, ..) = parse(&full.bytes);
+            let list = header(&headers, "List-Unsubscribe");
+            assert_eq!(list, header(&full_headers, "List-Unsubscribe"));
+            let mailto = list
+                .split("<mailto:")
+                .nth(1)
+                .and_then(|m| m.strip_suffix('>'))
+                .unwrap_or_else(|| panic!("{list}"));
+            assert_eq!(
+                crate::bounces::reader_from_unsubscribe_address(&addresses, mailto)
+                    .map(|r| r.reader),
+                Some(SubscriberId::new(id))
+            );
+            if id == 3 {
+                assert!(
+                    composer.digest_if_shared(&req).is_some(),
+                    "the group's template is used"
+                );
+            }
+        }
     }
 
     #[test]

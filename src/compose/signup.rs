@@ -152,8 +152,8 @@ impl Composer {
         let (text, html) = self.render_signup(req.kind, &ctx)?;
         // Only the welcome email is list mail; a confirmation is sent before the reader
         // has agreed to anything.
-        let unsubscribe =
-            (req.kind == DeliveryKind::Welcome).then_some(ctx.unsubscribe_url.as_str());
+        let unsubscribe = (req.kind == DeliveryKind::Welcome)
+            .then(|| self.list_unsubscribe(&ctx.unsubscribe_url, req.subscriber_id, req.now));
         self.build(
             req.email,
             ctx.subject.clone(),

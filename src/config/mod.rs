@@ -8,6 +8,7 @@
 //! with the key it came from.
 
 mod alerts;
+mod bounces;
 mod database;
 mod deliver;
 mod digest;
@@ -34,6 +35,7 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 
 pub use alerts::AlertsConfig;
+pub use bounces::{BounceAddress, BouncesConfig};
 pub use database::DatabaseConfig;
 pub use deliver::{DeliverConfig, Expiry};
 pub use digest::DigestConfig;
@@ -141,6 +143,9 @@ pub struct Config {
     pub signup: SignupConfig,
     /// How log lines are written.
     pub log: LogConfig,
+    /// Bounces, complaints and unsubscribes that come back later: VERP, the bounce
+    /// mailbox, the soft-bounce limit, the relays' webhooks.
+    pub bounces: BouncesConfig,
     /// The regions readers can follow, in the file's order.
     pub regions: Regions,
 }
@@ -164,6 +169,7 @@ struct Sections {
     dkim: IgnoredAny,
     signup: IgnoredAny,
     log: IgnoredAny,
+    bounces: IgnoredAny,
     #[serde(default)]
     regions: IgnoredAny,
 }
@@ -183,6 +189,7 @@ const DEFAULTS: [&str; 13] = [
     dkim::DEFAULTS,
     signup::DEFAULTS,
     log::DEFAULTS,
+    bounces::DEFAULTS,
 ];
 
 impl Config {
@@ -270,6 +277,7 @@ impl Config {
         let dkim = p.section::<dkim::File>(&root, "dkim");
         let signup = p.section::<signup::File>(&root, "signup");
         let log = p.section::<log::File>(&root, "log");
+        let bounces = p.section::<bounces::File>(&root, "bounces");
         let regions = match root.find_ref("regions") {
             Some(value) => p.value::<Vec<Setting<regions::Entry>>>("regions", value.clone()),
             None => Some(Vec::new()),
@@ -289,6 +297,7 @@ impl Config {
         let dkim = dkim.and_then(|s| s.check(p, mail.as_ref().map(|m| &m.from), base_dir));
         let signup = signup.and_then(|s| s.check(p));
         let log = log.and_then(|s| s.check(p));
+        let bounces = bounces.and_then(|s| s.check(p, base_dir));
         // Feeds named `file://relative` have always been read against the config
         // file's folder, with or without --config (the demo feeds sit beside it).
         let feeds_dir = match path.parent() {
@@ -314,6 +323,7 @@ impl Config {
             dkim: dkim?,
             signup: signup?,
             log: log?,
+            bounces: bounces?,
             regions: regions?,
         })
     }

@@ -197,7 +197,7 @@ impl File {
 }
 
 /// The PEM certificates in `file`, checked: at least one, all of them readable.
-fn read_certificates(file: &Path) -> Result<Vec<u8>, String> {
+pub(super) fn read_certificates(file: &Path) -> Result<Vec<u8>, String> {
     use rustls::pki_types::CertificateDer;
     use rustls::pki_types::pem::PemObject;
     let pem = std::fs::read(file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;

@@ -366,7 +366,7 @@ pub(super) fn prepare(
                     message_id: &delivery.message_id,
                     now,
                 })
-                .map(Some)
+                .map(|c| Some(with_bounce_address(composer, c, delivery.id)))
                 .map_err(|e| Outcome::Failed {
                     error: e.to_string(),
                 });
@@ -389,7 +389,7 @@ pub(super) fn prepare(
         sponsor: delivery.sponsor.as_deref(),
         now,
     };
-    match work {
+    let composed = match work {
         Work::Splice => Ok(composer.digest_if_shared(&request)),
         Work::Full => composer
             .digest(&request)
@@ -397,5 +397,13 @@ pub(super) fn prepare(
             .map_err(|e| Outcome::Failed {
                 error: e.to_string(),
             }),
-    }
+    };
+    composed.map(|composed| composed.map(|c| with_bounce_address(composer, c, delivery.id)))
+}
+
+/// The email with the envelope sender that names its row (VERP), when herald has a
+/// bounce address.
+fn with_bounce_address(composer: &Composer, mut composed: Composed, id: DeliveryId) -> Composed {
+    composer.address_bounces(&mut composed, id);
+    composed
 }

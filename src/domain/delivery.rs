@@ -232,6 +232,9 @@ pub enum Transition {
     /// An admin resumed a paused send: its held rows wait again, a row that was
     /// deferred keeping its retry time.
     Resume,
+    /// A hard bounce came back after the relay had accepted the row (by mail or a
+    /// relay's webhook): the row is bounced after all.
+    LateBounce,
 }
 
 /// The states one transition moves rows from, and the states it may leave them in.
@@ -249,7 +252,7 @@ use DeliveryState::{
 
 /// The transition table: the only moves a row's state makes.
 #[rustfmt::skip]
-const RULES: [(Transition, &[DeliveryState], &[DeliveryState]); 11] = [
+const RULES: [(Transition, &[DeliveryState], &[DeliveryState]); 12] = [
     // transition              from                  to
     (Transition::Plan,         &[],                  &[Queued]),
     (Transition::Claim,        &[Queued, Deferred],  &[Sending]),
@@ -264,11 +267,12 @@ const RULES: [(Transition, &[DeliveryState], &[DeliveryState]); 11] = [
                                                      &[Cancelled]),
     (Transition::Pause,        &[Queued, Deferred],  &[Paused]),
     (Transition::Resume,       &[Paused],            &[Queued, Deferred]),
+    (Transition::LateBounce,   &[Sent],              &[Bounced]),
 ];
 
 impl Transition {
     /// Every transition, in table order.
-    pub const ALL: [Transition; 11] = [
+    pub const ALL: [Transition; 12] = [
         Transition::Plan,
         Transition::Claim,
         Transition::Reclaim,
@@ -280,6 +284,7 @@ impl Transition {
         Transition::Cancel,
         Transition::Pause,
         Transition::Resume,
+        Transition::LateBounce,
     ];
 
     /// Its row of the transition table.
@@ -324,11 +329,11 @@ mod tests {
     }
 
     #[test]
-    fn final_states_are_those_only_an_admin_moves_rows_out_of() {
+    fn final_states_are_those_only_an_admin_or_a_late_bounce_moves_rows_out_of() {
         for state in DeliveryState::ALL {
             let moved_on_its_own = Transition::ALL
                 .into_iter()
-                .filter(|t| *t != Transition::RetryFailed)
+                .filter(|t| !matches!(t, Transition::RetryFailed | Transition::LateBounce))
                 .any(|t| t.rule().from.contains(&state));
             assert_eq!(state.is_final(), !moved_on_its_own, "{state}");
         }

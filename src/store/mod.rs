@@ -18,6 +18,7 @@ mod admin_reads;
 mod api_tokens;
 mod articles;
 mod backup;
+mod bounces;
 mod engine_connection;
 mod feed_leases;
 mod outbox;
@@ -42,6 +43,7 @@ pub use admin_reads::{DeliveryRow, ReaderDetail, SiteCounts};
 pub use api_tokens::ApiTokenRow;
 pub use articles::{ArticleRow, FeedCounts, FeedPollState, PushOutcome};
 pub use backup::BackupSummary;
+pub use bounces::{BounceStats, DomainBounces, TOP_DOMAINS};
 pub use engine_connection::EngineTransaction;
 pub use engine_connection::wal_hook::OnDurable;
 pub use outbox::{Claim, ClaimedDelivery, Lease, LeaseOwner, Recipient};
@@ -57,7 +59,7 @@ pub use signup::{
 pub use sponsors::{SponsorReport, SponsorRow};
 pub use status::{FeedStatus, LedgerRow, QueueStatus};
 pub use subscribers::{AddOutcome, NewSubscriber, SubscriberRow};
-pub use suppressions::{Suppression, SuppressionKey};
+pub use suppressions::{Suppression, SuppressionEvent, SuppressionKey};
 pub use workers::{DeadWorkers, Heartbeat, ProcessIdentity, Worker};
 
 use std::path::Path;

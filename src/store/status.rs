@@ -253,11 +253,17 @@ impl Store {
             .into_iter()
             .map(|(state, n)| Ok((decode("sends", "of that state", "state", &state)?, n)))
             .collect::<Result<Vec<_>>>()?;
+        let sent_rows = deliveries
+            .iter()
+            .filter(|(state, _, _)| *state == DeliveryState::Sent)
+            .map(|(_, _, n)| n)
+            .sum();
         Ok(LedgerSnapshot {
             deliveries,
             lanes,
             readers,
             sends,
+            bounces: self.bounce_stats_with(sent_rows).await?,
         })
     }
 

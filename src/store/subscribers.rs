@@ -190,7 +190,7 @@ pub(super) fn subscription(
 }
 
 /// Cancels the mail still waiting for a reader who left, saying why.
-async fn cancel_waiting(
+pub(super) async fn cancel_waiting(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     subscriber_id: SubscriberId,
     why: &str,

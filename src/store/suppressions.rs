@@ -116,40 +116,81 @@ pub struct Suppression {
     pub reason: String,
     /// When it was added.
     pub created_at: Timestamp,
+    /// The bounce or complaint report that caused it, if one did.
+    pub event: Option<SuppressionEvent>,
+}
+
+/// The report behind a suppression (a row of `bounce_events`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SuppressionEvent {
+    /// `bounce_events.id`.
+    pub id: i64,
+    /// `hard`, `soft` or `complaint`.
+    pub kind: String,
+    /// `imap`, `ses` or `mailgun`.
+    pub source: String,
+    /// The delivery row it answered.
+    pub delivery: i64,
+    /// When the report was made.
+    pub at: Timestamp,
+}
+
+/// An entry as selected: the suppression's columns, then its report's.
+type Row = (
+    String,
+    String,
+    Timestamp,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Option<i64>,
+    Option<Timestamp>,
+);
+
+/// The columns of [`Row`], from `suppressions p` joined to its report `e`.
+const COLUMNS: &str = "p.email_hash, p.reason, p.created_at, e.id, e.kind, e.source, e.delivery_id,
+     e.occurred_at FROM suppressions p LEFT JOIN bounce_events e ON e.id = p.bounce_event_id";
+
+fn entry_of(row: Row) -> Suppression {
+    let (entry, reason, created_at, id, kind, source, delivery, at) = row;
+    let event = match (id, kind, source, delivery, at) {
+        (Some(id), Some(kind), Some(source), Some(delivery), Some(at)) => Some(SuppressionEvent {
+            id,
+            kind,
+            source,
+            delivery,
+            at,
+        }),
+        _ => None,
+    };
+    Suppression {
+        entry,
+        reason,
+        created_at,
+        event,
+    }
 }
 
 impl Store {
     /// Every entry, newest first.
     pub async fn suppressions(&self) -> Result<Vec<Suppression>> {
-        let rows: Vec<(String, String, Timestamp)> = sqlx::query_as(
-            "SELECT email_hash, reason, created_at FROM suppressions
-             ORDER BY created_at DESC, email_hash",
-        )
+        let rows: Vec<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} ORDER BY p.created_at DESC, p.email_hash"
+        )))
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(entry, reason, created_at)| Suppression {
-                entry,
-                reason,
-                created_at,
-            })
-            .collect())
+        Ok(rows.into_iter().map(entry_of).collect())
     }
 
     /// Whether `email` is on the list, and why.
     pub async fn suppression_of(&self, email: &Email) -> Result<Option<Suppression>> {
-        let row: Option<(String, String, Timestamp)> = sqlx::query_as(
-            "SELECT email_hash, reason, created_at FROM suppressions WHERE email_hash = $1",
-        )
+        let row: Option<Row> = sqlx::query_as(sqlx::AssertSqlSafe(format!(
+            "SELECT {COLUMNS} WHERE p.email_hash = $1"
+        )))
         .bind(self.suppression.entry(email.as_str()))
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|(entry, reason, created_at)| Suppression {
-            entry,
-            reason,
-            created_at,
-        }))
+        Ok(row.map(entry_of))
     }
 
     /// Lifts the suppression of `email`; false if it was not suppressed.

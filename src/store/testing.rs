@@ -199,3 +199,10 @@ async fn fresh_postgres(base: &str, version: i64) -> TestStore {
         .unwrap();
     TestStore { store, _dir: None }
 }
+
+impl Store {
+    /// The pool, for tests outside the store module that read rows directly.
+    pub(crate) fn test_pool(&self) -> &AnyPool {
+        &self.pool
+    }
+}

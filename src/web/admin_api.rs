@@ -50,6 +50,7 @@ pub fn routes(state: AppState) -> Router<AppState> {
         .route("/admin/api/sends/{id}/cancel", post(sends::cancel))
         .route("/admin/api/subscribers", get(readers::lookup))
         .route("/admin/api/subscribers/{email}", delete(readers::erase))
+        .route("/admin/api/suppressions", get(readers::list_suppressions))
         .route("/admin/api/suppressions/{email}", delete(readers::lift))
         .route("/admin/api/deliveries", get(ledger::deliveries))
         .route("/admin/api/deliveries/retry", post(ledger::retry))

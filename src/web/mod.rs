@@ -15,6 +15,7 @@ mod regions;
 pub mod server;
 mod signup;
 mod time_limits;
+mod webhooks;
 
 pub use dashboard::DashboardPages;
 pub use pages::{PageError, Pages};
@@ -58,6 +59,8 @@ pub struct WebConfig {
     /// When mail goes out over SMTP: how recently the server must have answered, while
     /// mail is waiting, for `/readyz` to say ready. `None` for the file transport.
     pub smtp_reply_within: Option<std::time::Duration>,
+    /// Bounces: the soft-bounce limit and what the relays' webhooks are checked against.
+    pub bounces: crate::config::BouncesConfig,
 }
 
 /// How recently the SMTP server must have answered while mail is due: three command
@@ -91,6 +94,8 @@ pub struct AppState {
     /// What starts manual sends (the daemon's composer and transport); `None` where
     /// the server runs without them, and the API says so.
     pub sends: Option<Arc<ManualSends>>,
+    /// SNS signing certificates, fetched once each, for `/webhooks/ses`.
+    pub sns: Arc<crate::bounces::webhooks::SnsCertificates>,
 }
 
 impl AppState {
@@ -116,6 +121,7 @@ impl AppState {
             health: Health::default(),
             started_at: Timestamp::now(),
             sends: None,
+            sns: Arc::new(crate::bounces::webhooks::SnsCertificates::new()),
         })
     }
 
@@ -158,6 +164,7 @@ pub fn router(state: AppState) -> Router {
         .merge(metrics::routes(state.clone()))
         .merge(reader_pages)
         .merge(admin_api::routes(state.clone()))
+        .merge(webhooks::routes())
         .merge(dashboard::routes(state.clone()))
         .layer(middleware::from_fn_with_state(
             state.clone(),

@@ -297,15 +297,39 @@ const QUEUED_SIGNUP_BATCH: usize = 100;
 /// says so: three of its one-minute passes.
 pub const SIGNUPS_OVERDUE_AFTER: std::time::Duration = std::time::Duration::from_secs(190);
 
+/// How often the daemon erases sign-ups never confirmed.
+const PURGE_EVERY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
 /// Does the sign-ups left queued, at start-up and then every minute, until shutdown;
-/// each pass that could read the queue is a good pass on `beat`.
+/// each pass that could read the queue is a good pass on `beat`. Once a day (the first
+/// time at start-up) it also erases the sign-ups never confirmed.
 pub async fn run_queued_signups(
     store: Store,
     config: Arc<WebConfig>,
     shutdown: Shutdown,
     beat: crate::supervise::Beat,
 ) -> Result<(), crate::store::StoreError> {
+    // Sign-ups never confirmed are erased once a day (and at start-up), beside the
+    // queue they came from.
+    let mut next_purge = tokio::time::Instant::now();
     while !shutdown.is_triggered() {
+        if tokio::time::Instant::now() >= next_purge {
+            match store
+                .purge_pending(
+                    config.signup.confirm_link_lifetime,
+                    crate::domain::Timestamp::now(),
+                )
+                .await
+            {
+                Ok(erased) => {
+                    if erased > 0 {
+                        tracing::info!(erased, "erased sign-ups never confirmed");
+                    }
+                    next_purge += PURGE_EVERY;
+                }
+                Err(error) => tracing::warn!(%error, "cannot erase the stale sign-ups"),
+            }
+        }
         let mut read_on = false;
         match store.queued_signups(QUEUED_SIGNUP_BATCH as i64).await {
             Ok(ids) => {

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod dovecot;
 pub mod fault_smtp;
 
 pub mod feed_server;
@@ -481,6 +482,21 @@ impl SmtpServer {
                 let rcpt = std::fs::read_to_string(p.with_extension("rcpt")).unwrap_or_default();
                 (rcpt, std::fs::read_to_string(&p).unwrap())
             })
+            .collect()
+    }
+
+    /// The envelope sender (MAIL FROM) of every message received so far, in arrival
+    /// order.
+    pub fn envelope_senders(&self) -> Vec<String> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
+            .collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|p| std::fs::read_to_string(p.with_extension("from")).unwrap_or_default())
             .collect()
     }
 

@@ -1,8 +1,8 @@
 """A real SMTP server for herald's integration tests (aiosmtpd).
 
 Usage: smtp_server.py PORT OUTDIR [--starttls CERT KEY | --tls CERT KEY] [--auth USER:PASSWORD]
-Each accepted message is written to OUTDIR/NNNNNN.eml (atomically) and its envelope
-recipients to OUTDIR/NNNNNN.rcpt. Prints "ready" once listening; stops when stdin closes.
+Each accepted message is written to OUTDIR/NNNNNN.eml (atomically), its envelope
+recipients to OUTDIR/NNNNNN.rcpt and its envelope sender (MAIL FROM) to OUTDIR/NNNNNN.from. Prints "ready" once listening; stops when stdin closes.
 
 --starttls offers STARTTLS and refuses mail until the session is encrypted; --tls speaks
 TLS from the first byte (port 465 style); --auth refuses mail until the client has
@@ -29,6 +29,8 @@ class SaveToFolder:
         base = os.path.join(self.outdir, f"{self.count:06d}")
         with open(base + ".rcpt", "w") as f:
             f.write("\n".join(envelope.rcpt_tos))
+        with open(base + ".from", "w") as f:
+            f.write(envelope.mail_from or "")
         with open(base + ".tmp", "wb") as f:
             f.write(envelope.original_content or envelope.content)
         os.rename(base + ".tmp", base + ".eml")

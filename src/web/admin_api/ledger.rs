@@ -127,6 +127,10 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
         Ok(f) => f,
         Err(e) => return super::unavailable(e),
     };
+    let bounces = match state.store.bounce_stats().await {
+        Ok(b) => b,
+        Err(e) => return super::unavailable(e),
+    };
     let health = feed_health;
     let mut by_health = serde_json::Map::new();
     for name in ["healthy", "failing", "never_polled"] {
@@ -152,6 +156,32 @@ pub(super) async fn stats(State(state): State<AppState>) -> Response {
                 "last_error": f.last_error,
             })).collect::<Vec<_>>(),
         },
+        "bounces": bounces_json(&bounces),
     }))
     .into_response()
+}
+
+/// Bounces and complaints as `/admin/api/stats` shows them.
+fn bounces_json(b: &crate::store::BounceStats) -> serde_json::Value {
+    let kinds = |by_kind: &[(crate::bounces::BounceKind, i64)]| {
+        by_kind
+            .iter()
+            .map(|(k, n)| (k.as_str().to_string(), json!(n)))
+            .collect::<serde_json::Map<_, _>>()
+    };
+    json!({
+        "sent": b.sent,
+        "bounce_rate": b.bounce_rate(),
+        "complaint_rate": b.complaint_rate(),
+        "by_kind": kinds(&b.by_kind),
+        "by_domain": b.by_domain.iter().map(|d| json!({
+            "domain": d.domain,
+            "by_kind": kinds(&d.by_kind),
+            "suppressed": d.suppressed,
+        })).collect::<Vec<_>>(),
+        "suppressions": b.suppressions.iter()
+            .map(|(cause, n)| (cause.clone(), json!(n)))
+            .collect::<serde_json::Map<_, _>>(),
+        "purged_signups": b.purged_signups,
+    })
 }

@@ -84,7 +84,7 @@ pub(super) async fn lookup(
             .collect::<Vec<_>>(),
         "created_at": rfc3339(reader.created_at),
         "confirmed_at": reader.confirmed_at.map(rfc3339),
-        "suppressed": suppression.map(|s| json!({ "reason": s.reason, "since": rfc3339(s.created_at) })),
+        "suppressed": suppression.map(|s| suppression_json(&s)),
         "consent": detail.consent.as_ref().map(|c| json!({
             "given_at": rfc3339(c.given_at),
             "ip": c.ip,
@@ -148,6 +148,35 @@ pub(super) async fn lift(
             StatusCode::NOT_FOUND,
             format!("{email} is not on the suppression list"),
         ),
+        Err(e) => super::unavailable(e),
+    }
+}
+
+/// One suppression-list entry, with the report that caused it.
+fn suppression_json(s: &crate::store::Suppression) -> serde_json::Value {
+    json!({
+        "entry": s.entry,
+        "reason": s.reason,
+        "since": rfc3339(s.created_at),
+        "event": s.event.as_ref().map(|e| json!({
+            "id": e.id,
+            "kind": e.kind,
+            "source": e.source,
+            "delivery": e.delivery,
+            "at": rfc3339(e.at),
+        })),
+    })
+}
+
+/// `GET /admin/api/suppressions`: every entry, newest first, as `herald suppressions
+/// list` shows them.
+pub(super) async fn list_suppressions(State(state): State<AppState>) -> Response {
+    match state.store.suppressions().await {
+        Ok(entries) => Json(json!({
+            "count": entries.len(),
+            "suppressions": entries.iter().map(suppression_json).collect::<Vec<_>>(),
+        }))
+        .into_response(),
         Err(e) => super::unavailable(e),
     }
 }
