@@ -175,7 +175,7 @@ struct Sections {
 }
 
 /// Every section's built-in values, the bottom layer.
-const DEFAULTS: [&str; 13] = [
+const DEFAULTS: [&str; 14] = [
     database::DEFAULTS,
     http::DEFAULTS,
     mail::DEFAULTS,
