@@ -508,6 +508,34 @@ fn bounce_families(out: &mut String, bounces: &crate::store::BounceStats) {
     }
     family(
         out,
+        "herald_bounce_rate_by_domain",
+        "gauge",
+        "Hard and soft bounces reported per email the relay accepted, for the same domains.",
+    );
+    for domain in &bounces.by_domain {
+        sample(
+            out,
+            "herald_bounce_rate_by_domain",
+            &[("domain", &domain.domain)],
+            domain.bounce_rate(),
+        );
+    }
+    family(
+        out,
+        "herald_complaint_rate_by_domain",
+        "gauge",
+        "Complaints reported per email the relay accepted, for the same domains.",
+    );
+    for domain in &bounces.by_domain {
+        sample(
+            out,
+            "herald_complaint_rate_by_domain",
+            &[("domain", &domain.domain)],
+            domain.complaint_rate(),
+        );
+    }
+    family(
+        out,
         "herald_bounce_rate",
         "gauge",
         "Hard and soft bounces reported per email the relay accepted.",

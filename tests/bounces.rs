@@ -444,7 +444,11 @@ fn signed_webhooks_are_applied_once_forged_ones_change_nothing_and_the_next_send
         "{status}"
     );
     assert!(
-        status.contains("example.org") && status.contains("1 hard, 1 complaint; 2 suppressed"),
+        status.contains("example.org")
+            && status.contains(
+                "1 hard, 1 complaint; bounce rate 50.00%, complaint rate 50.000% of 2 sent; \
+                 2 suppressed"
+            ),
         "{status}"
     );
     assert!(
@@ -469,6 +473,9 @@ fn signed_webhooks_are_applied_once_forged_ones_change_nothing_and_the_next_send
     assert_eq!(bounces["complaint_rate"], 0.25);
     assert_eq!(bounces["by_domain"][0]["domain"], "example.org");
     assert_eq!(bounces["by_domain"][0]["suppressed"], 2);
+    assert_eq!(bounces["by_domain"][0]["sent"], 2);
+    assert_eq!(bounces["by_domain"][0]["bounce_rate"], 0.5);
+    assert_eq!(bounces["by_domain"][0]["complaint_rate"], 0.5);
     assert_eq!(bounces["suppressions"]["hard"], 1);
     let (code, _, listed) = support::request(
         site.http_port,
@@ -504,6 +511,8 @@ fn signed_webhooks_are_applied_once_forged_ones_change_nothing_and_the_next_send
         "herald_bounce_reports{kind=\"hard\"} 1",
         "herald_bounce_reports{kind=\"complaint\"} 1",
         "herald_bounce_reports_by_domain{domain=\"example.org\",kind=\"hard\"} 1",
+        "herald_bounce_rate_by_domain{domain=\"example.org\"} 0.5",
+        "herald_complaint_rate_by_domain{domain=\"example.org\"} 0.5",
         "herald_bounce_rate 0.25",
         "herald_complaint_rate 0.25",
         "herald_suppressions{cause=\"complaint\"} 1",

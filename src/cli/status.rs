@@ -48,9 +48,12 @@ pub async fn run(config: &Config) -> anyhow::Result<ExitCode> {
             .map(|(k, n)| format!("{n} {}", k.as_str()))
             .collect();
         println!(
-            "  {:<24} {}; {} suppressed",
+            "  {:<24} {}; bounce rate {:.2}%, complaint rate {:.3}% of {} sent; {} suppressed",
             domain.domain,
             kinds.join(", "),
+            domain.bounce_rate() * 100.0,
+            domain.complaint_rate() * 100.0,
+            domain.sent,
             domain.suppressed
         );
     }

@@ -8,7 +8,7 @@ use sqlx::AssertSqlSafe;
 
 use super::states::{from, target};
 use super::subscribers::cancel_waiting;
-use super::{Result, Store};
+use super::{Backend, Result, Store};
 use crate::bounces::{
     BounceKind, BouncePolicy, BounceReport, MailUnsubscribe, Recorded, stored_message_id,
 };
@@ -57,6 +57,31 @@ pub struct DomainBounces {
     pub by_kind: Vec<(BounceKind, i64)>,
     /// Addresses of this domain suppressed by a report.
     pub suppressed: i64,
+    /// Emails to this domain the relay accepted (as [`BounceStats::sent`]).
+    pub sent: i64,
+}
+
+impl DomainBounces {
+    /// This domain's reports of `kind`.
+    pub fn count(&self, kind: BounceKind) -> i64 {
+        self.by_kind
+            .iter()
+            .find(|(k, _)| *k == kind)
+            .map_or(0, |(_, n)| *n)
+    }
+
+    /// Hard and soft bounces per email to this domain the relay accepted (0 before any).
+    pub fn bounce_rate(&self) -> f64 {
+        rate(
+            self.count(BounceKind::Hard) + self.count(BounceKind::Soft),
+            self.sent,
+        )
+    }
+
+    /// Complaints per email to this domain the relay accepted (0 before any).
+    pub fn complaint_rate(&self) -> f64 {
+        rate(self.count(BounceKind::Complaint), self.sent)
+    }
 }
 
 /// Domains listed in [`BounceStats::by_domain`], so a scrape stays small.
@@ -408,6 +433,7 @@ impl Store {
                             .map_or(0, |(_, n)| *n),
                         domain,
                         by_kind: BounceKind::ALL.into_iter().map(|k| (k, 0)).collect(),
+                        sent: 0,
                     });
                     by_domain.last_mut().expect("pushed")
                 }
@@ -421,6 +447,36 @@ impl Store {
             total(b).cmp(&total(a)).then(a.domain.cmp(&b.domain))
         });
         by_domain.truncate(TOP_DOMAINS);
+        if !by_domain.is_empty() {
+            // What the listed domains were sent, counted like `sent` above: one pass
+            // over the rows still `sent`, grouped by the address's domain (stored
+            // lowercased), and the rows a late hard bounce moved, from their reports.
+            let domain_of = match self.backend {
+                Backend::Sqlite => "substr(s.email, instr(s.email, '@') + 1)",
+                Backend::Postgres => "split_part(s.email, '@', 2)",
+            };
+            let sent_by_domain: Vec<(String, i64)> = sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT {domain_of}, COUNT(*) FROM deliveries d
+                     JOIN subscribers s ON s.id = d.subscriber_id
+                     WHERE d.state = 'sent' GROUP BY {domain_of}"
+            )))
+            .fetch_all(&self.pool)
+            .await?;
+            let late_by_domain: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT domain, COUNT(DISTINCT delivery_id) FROM bounce_events
+                 WHERE kind = 'hard' GROUP BY domain",
+            )
+            .fetch_all(&self.pool)
+            .await?;
+            for entry in &mut by_domain {
+                let of = |rows: &[(String, i64)]| {
+                    rows.iter()
+                        .find(|(d, _)| *d == entry.domain)
+                        .map_or(0, |(_, n)| *n)
+                };
+                entry.sent = of(&sent_by_domain) + of(&late_by_domain);
+            }
+        }
         let suppressions: Vec<(String, i64)> = sqlx::query_as(
             "SELECT COALESCE(e.kind, 'other'), COUNT(*) FROM suppressions p
              LEFT JOIN bounce_events e ON e.id = p.bounce_event_id

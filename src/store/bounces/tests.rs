@@ -131,6 +131,15 @@ async fn a_hard_bounce_marks_its_row_bounced_and_suppresses_once() {
             .await
             .unwrap();
         assert_eq!(events, 1);
+        // One of the two emails to example.org bounced late: the moved row still counts
+        // as accepted, so the domain's bounce rate is a half.
+        let stats = store.bounce_stats().await.unwrap();
+        assert_eq!(stats.by_domain[0].domain, "example.org");
+        assert_eq!(stats.by_domain[0].sent, 2, "{backend:?}");
+        assert!(
+            (stats.by_domain[0].bounce_rate() - 0.5).abs() < 1e-9,
+            "{backend:?}"
+        );
         assert!(
             store
                 .suppression_of(&email("b@example.org"))
@@ -240,6 +249,10 @@ async fn a_complaint_unsubscribes_suppresses_and_withdraws_consent() {
         assert!((stats.complaint_rate() - 1.0).abs() < 1e-9);
         assert_eq!(stats.by_domain[0].domain, "example.org");
         assert_eq!(stats.by_domain[0].suppressed, 1);
+        // Both digests went to example.org: its rates are the site's.
+        assert_eq!(stats.by_domain[0].sent, 2, "{backend:?}");
+        assert!((stats.by_domain[0].complaint_rate() - 1.0).abs() < 1e-9);
+        assert_eq!(stats.by_domain[0].bounce_rate(), 0.0);
         assert_eq!(stats.suppressions, vec![("complaint".to_string(), 1)]);
     }
 }

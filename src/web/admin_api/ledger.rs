@@ -177,6 +177,9 @@ fn bounces_json(b: &crate::store::BounceStats) -> serde_json::Value {
         "by_domain": b.by_domain.iter().map(|d| json!({
             "domain": d.domain,
             "by_kind": kinds(&d.by_kind),
+            "sent": d.sent,
+            "bounce_rate": d.bounce_rate(),
+            "complaint_rate": d.complaint_rate(),
             "suppressed": d.suppressed,
         })).collect::<Vec<_>>(),
         "suppressions": b.suppressions.iter()
