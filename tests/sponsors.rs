@@ -15,10 +15,17 @@ const TOWN_LABEL: &str = "Sponsored by <script>alert(1)</script> Hardware & Co";
 /// Runs `herald ARGS…` with the site's clock `days` days after the pinned instant plus
 /// half a minute, the 23:00 daily slot due.
 fn run_on_day(site: &Site, days: i64, args: &[&str]) -> String {
+    run_at(site, days * 86_400 + 30, args)
+}
+
+/// Runs `herald ARGS…` with the site's clock `seconds` after the pinned instant. Each
+/// command's clock is pinned anew, to within a second: commands whose order in time
+/// matters are run tens of seconds apart on it, not in the same second.
+fn run_at(site: &Site, seconds: i64, args: &[&str]) -> String {
     let mut cmd = site.command(args);
     cmd.env(
         "HERALD_TEST_CLOCK_OFFSET",
-        (pinned_clock_offset() + days * 86_400 + 30).to_string(),
+        (pinned_clock_offset() + seconds).to_string(),
     )
     .env("HERALD__SCHEDULE__DAILY", "0 23 * * *");
     let out = cmd.output().unwrap();
@@ -187,7 +194,9 @@ feeds = ["file://{f}/mesa.xml"]
     let mut received = Vec::new();
     for day in 0..2 {
         write_feeds(feeds.path(), day);
-        run_on_day(&site, day, &["ingest"]);
+        // Stored ten seconds after the slot, planned twenty seconds later: the plan
+        // counts what was stored before it, never a story from its own second.
+        run_at(&site, day * 86_400 + 10, &["ingest"]);
         let plan = run_on_day(&site, day, &["plan"]);
         assert!(plan.contains("planned 3 email(s)"), "day {day}: {plan}");
         run_on_day(&site, day, &["deliver", "--until-empty"]);
