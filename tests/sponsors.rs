@@ -18,6 +18,13 @@ fn run_on_day(site: &Site, days: i64, args: &[&str]) -> String {
     run_at(site, days * 86_400 + 30, args)
 }
 
+/// Sends what is due with the site's clock ten seconds past the day's plan: each
+/// command's clock is pinned anew, to within a second, so a deliver run at the plan's
+/// own instant could read a moment before the rows it should send were due.
+fn deliver_on_day(site: &Site, days: i64) -> String {
+    run_at(site, days * 86_400 + 40, &["deliver", "--until-empty"])
+}
+
 /// Runs `herald ARGS…` with the site's clock `seconds` after the pinned instant. Each
 /// command's clock is pinned anew, to within a second: commands whose order in time
 /// matters are run tens of seconds apart on it, not in the same second.
@@ -199,7 +206,7 @@ feeds = ["file://{f}/mesa.xml"]
         run_at(&site, day * 86_400 + 10, &["ingest"]);
         let plan = run_on_day(&site, day, &["plan"]);
         assert!(plan.contains("planned 3 email(s)"), "day {day}: {plan}");
-        run_on_day(&site, day, &["deliver", "--until-empty"]);
+        deliver_on_day(&site, day);
         received = smtp.wait_for(3 * (day as usize + 1), Duration::from_secs(15));
         let today = &received[3 * day as usize..];
         let of = |who: &str| {
