@@ -7,7 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use support::{PINNED_CLOCK, Site, SmtpServer, epoch, parse_email, pinned_clock_offset};
+use support::days::{deliver_on_day, ingest_on_day, parts, run_on_day};
+use support::{PINNED_CLOCK, Site, SmtpServer, epoch};
 
 const STORIES: usize = 40;
 const BREAKING: [usize; 3] = [5, 17, 33];
@@ -46,50 +47,6 @@ fn stories(part: &str) -> Vec<usize> {
         .collect()
 }
 
-/// Runs `herald ARGS…` with the site's clock reading `days` days after the pinned
-/// instant, plus half a minute (so the 23:00 slot of that day is due).
-fn run_on_day(site: &Site, days: i64, args: &[&str]) -> String {
-    run_at(site, days * 86_400 + 30, args)
-}
-
-/// Sends what is due with the site's clock ten seconds past the day's plan: each
-/// command's clock is pinned anew, to within a second, so a deliver run at the plan's
-/// own instant could read a moment before the rows it should send were due.
-fn deliver_on_day(site: &Site, days: i64) -> String {
-    run_at(site, days * 86_400 + 40, &["deliver", "--until-empty"])
-}
-
-/// Runs `herald ARGS…` with the site's clock reading `seconds` after the pinned instant.
-fn run_at(site: &Site, seconds: i64, args: &[&str]) -> String {
-    let mut cmd = site.command(args);
-    cmd.env(
-        "HERALD_TEST_CLOCK_OFFSET",
-        (pinned_clock_offset() + seconds).to_string(),
-    )
-    .env("HERALD__SCHEDULE__DAILY", "0 23 * * *");
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The text and HTML parts of one email.
-fn parts(raw: &str) -> (String, String) {
-    let email = parse_email(raw);
-    let part = |kind: &str| {
-        email
-            .parts
-            .iter()
-            .find(|(t, _)| t.starts_with(kind))
-            .map(|(_, body)| body.clone())
-            .unwrap_or_else(|| panic!("no {kind} part"))
-    };
-    (part("text/plain"), part("text/html"))
-}
-
 #[test]
 fn forty_stories_capped_at_twelve_lead_with_breaking_and_the_rest_follow_later() {
     let smtp = SmtpServer::start();
@@ -106,7 +63,7 @@ fn forty_stories_capped_at_twelve_lead_with_breaking_and_the_rest_follow_later()
     // run: a left-out story leads the digests whose window reaches back to that slot
     // (README, "Top stories first, with a cap"), so the instant must not be left to the
     // clock's second ticking over.
-    run_at(&site, 10, &["ingest"]);
+    ingest_on_day(&site, 0);
     site.run(&[
         "subscribers",
         "add",

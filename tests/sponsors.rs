@@ -7,42 +7,11 @@ mod support;
 
 use std::time::Duration;
 
-use support::{PINNED_CLOCK, Site, SmtpServer, epoch, parse_email, pinned_clock_offset};
+use support::days::{deliver_on_day, ingest_on_day, parts, run_on_day};
+use support::{PINNED_CLOCK, Site, SmtpServer, epoch};
 
 const STATE_LABEL: &str = "Sponsored by Cascadia Credit Union";
 const TOWN_LABEL: &str = "Sponsored by <script>alert(1)</script> Hardware & Co";
-
-/// Runs `herald ARGS…` with the site's clock `days` days after the pinned instant plus
-/// half a minute, the 23:00 daily slot due.
-fn run_on_day(site: &Site, days: i64, args: &[&str]) -> String {
-    run_at(site, days * 86_400 + 30, args)
-}
-
-/// Sends what is due with the site's clock ten seconds past the day's plan: each
-/// command's clock is pinned anew, to within a second, so a deliver run at the plan's
-/// own instant could read a moment before the rows it should send were due.
-fn deliver_on_day(site: &Site, days: i64) -> String {
-    run_at(site, days * 86_400 + 40, &["deliver", "--until-empty"])
-}
-
-/// Runs `herald ARGS…` with the site's clock `seconds` after the pinned instant. Each
-/// command's clock is pinned anew, to within a second: commands whose order in time
-/// matters are run tens of seconds apart on it, not in the same second.
-fn run_at(site: &Site, seconds: i64, args: &[&str]) -> String {
-    let mut cmd = site.command(args);
-    cmd.env(
-        "HERALD_TEST_CLOCK_OFFSET",
-        (pinned_clock_offset() + seconds).to_string(),
-    )
-    .env("HERALD__SCHEDULE__DAILY", "0 23 * * *");
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 /// Writes each region's feed with two stories of `day`, plus the earlier days'.
 fn write_feeds(dir: &std::path::Path, day: i64) {
@@ -71,20 +40,6 @@ fn write_feeds(dir: &std::path::Path, day: i64) {
         )
         .unwrap();
     }
-}
-
-/// The text and HTML parts of one email.
-fn parts(raw: &str) -> (String, String) {
-    let email = parse_email(raw);
-    let part = |kind: &str| {
-        email
-            .parts
-            .iter()
-            .find(|(t, _)| t.starts_with(kind))
-            .map(|(_, body)| body.clone())
-            .unwrap_or_else(|| panic!("no {kind} part"))
-    };
-    (part("text/plain"), part("text/html"))
 }
 
 #[test]
@@ -203,7 +158,7 @@ feeds = ["file://{f}/mesa.xml"]
         write_feeds(feeds.path(), day);
         // Stored ten seconds after the slot, planned twenty seconds later: the plan
         // counts what was stored before it, never a story from its own second.
-        run_at(&site, day * 86_400 + 10, &["ingest"]);
+        ingest_on_day(&site, day);
         let plan = run_on_day(&site, day, &["plan"]);
         assert!(plan.contains("planned 3 email(s)"), "day {day}: {plan}");
         deliver_on_day(&site, day);

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+pub mod days;
 pub mod dovecot;
 pub mod fault_smtp;
 
